@@ -1,0 +1,26 @@
+//! The wire contract between the gateway, the devices and the dashboard backend.
+//!
+//! * [`device`]: what locks and bridges send (compact CBOR, integer map keys) and
+//!   what the server answers. Spec: `spec/device.cddl`.
+//! * [`event`]: the JSON events the dashboard backend receives. Spec:
+//!   `spec/events/*.schema.json`.
+//! * [`topic`]: every MQTT topic, built and parsed in one place. Spec:
+//!   `spec/asyncapi.yaml`.
+//! * [`units`]: the domain's small value types (intervals, battery, lock state)
+//!   shared by both encodings.
+//!
+//! This crate imports nothing of ours and does no I/O, so it can be fuzzed and
+//! benchmarked alone. Tests in `tests/` hold the code and the specs to each other.
+
+pub mod device;
+pub mod event;
+pub mod topic;
+pub mod units;
+
+pub use device::{
+    ActivityEvent, ActivityKind, ActivityLogBatch, DecodeError, Downlink, Heartbeat, LogAck, Uplink,
+};
+pub use units::{
+    ActivityLogInterval, Battery, BatteryLevel, ChannelInfo, DoorState, HeartbeatInterval,
+    LockModel, LockState, SignalQuality,
+};
