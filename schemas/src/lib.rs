@@ -14,6 +14,7 @@
 
 pub mod device;
 pub mod event;
+pub mod fleet;
 pub mod topic;
 pub mod units;
 
