@@ -1,0 +1,313 @@
+//! Registered locks and bridges. The registry answers the questions the ingest
+//! path asks on every report (is this a lock we know, may this bridge speak for
+//! it, which organisation gets the event) from memory, without a query.
+
+use schemas::{ActivityLogInterval, HeartbeatInterval, LockModel};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+macro_rules! id_newtype {
+    ($name:ident, $what:literal) => {
+        #[doc = concat!("The id of a ", $what, ".")]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Arc<str>);
+
+        impl $name {
+            pub fn new(s: &str) -> Self {
+                $name(Arc::from(s))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+id_newtype!(LockId, "lock");
+id_newtype!(BridgeId, "bridge");
+id_newtype!(OrgId, "organisation");
+
+/// How a lock's reports reach us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportPath {
+    /// NB-IoT over CoAP/UDP.
+    Coap,
+    /// NB-IoT with an MQTT modem.
+    Mqtt,
+    /// A Bluetooth lock whose linked bridge reports for it.
+    Bridge,
+}
+
+impl ReportPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportPath::Coap => "coap",
+            ReportPath::Mqtt => "mqtt",
+            ReportPath::Bridge => "bridge",
+        }
+    }
+}
+
+/// A registered lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    pub id: LockId,
+    pub model: LockModel,
+    /// 15 digits, NB-IoT models only.
+    pub imei: Option<String>,
+    pub bluetooth_id: String,
+    pub org: OrgId,
+    /// Empty in a flat organisation.
+    pub departments: Vec<String>,
+    /// IANA name of the property's time zone.
+    pub time_zone: String,
+    /// The intervals the lock must use (sent back in every heartbeat answer).
+    pub heartbeat_interval: HeartbeatInterval,
+    pub activity_log_interval: ActivityLogInterval,
+    pub bridge: Option<BridgeId>,
+    pub path: ReportPath,
+}
+
+/// A registered bridge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeRecord {
+    pub id: BridgeId,
+    pub org: OrgId,
+}
+
+/// The guide: a bridge links at most 2 locks or devices.
+pub const MAX_LOCKS_PER_BRIDGE: usize = 2;
+
+/// Every registered device, indexed for the ingest path.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    locks: HashMap<LockId, Arc<LockRecord>>,
+    bridges: HashMap<BridgeId, Arc<BridgeRecord>>,
+}
+
+impl Registry {
+    pub fn new(
+        locks: impl IntoIterator<Item = LockRecord>,
+        bridges: impl IntoIterator<Item = BridgeRecord>,
+    ) -> Self {
+        Registry {
+            locks: locks
+                .into_iter()
+                .map(|l| (l.id.clone(), Arc::new(l)))
+                .collect(),
+            bridges: bridges
+                .into_iter()
+                .map(|b| (b.id.clone(), Arc::new(b)))
+                .collect(),
+        }
+    }
+
+    pub fn lock(&self, id: &str) -> Option<&Arc<LockRecord>> {
+        self.locks.get(id)
+    }
+
+    pub fn bridge(&self, id: &str) -> Option<&Arc<BridgeRecord>> {
+        self.bridges.get(id)
+    }
+
+    pub fn lock_count(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub fn bridge_count(&self) -> usize {
+        self.bridges.len()
+    }
+
+    pub fn locks(&self) -> impl Iterator<Item = &Arc<LockRecord>> {
+        self.locks.values()
+    }
+
+    pub fn bridges(&self) -> impl Iterator<Item = &Arc<BridgeRecord>> {
+        self.bridges.values()
+    }
+
+    /// Add or replace records (after an import).
+    pub fn upsert(
+        &mut self,
+        locks: impl IntoIterator<Item = LockRecord>,
+        bridges: impl IntoIterator<Item = BridgeRecord>,
+    ) {
+        for l in locks {
+            self.locks.insert(l.id.clone(), Arc::new(l));
+        }
+        for b in bridges {
+            self.bridges.insert(b.id.clone(), Arc::new(b));
+        }
+    }
+
+    /// Who may report for `lock`, checked on every uplink.
+    pub fn authorise(
+        &self,
+        lock: &str,
+        via: Reporter<'_>,
+    ) -> Result<&Arc<LockRecord>, ReportRefusal> {
+        let rec = self
+            .lock(lock)
+            .ok_or_else(|| ReportRefusal::UnknownLock(lock.to_string()))?;
+        match via {
+            Reporter::Lock => {
+                if !rec.model.is_nb_iot() {
+                    return Err(ReportRefusal::NotNbIot {
+                        lock: lock.to_string(),
+                        model: rec.model,
+                    });
+                }
+            }
+            Reporter::Bridge(bridge) => {
+                if self.bridge(bridge).is_none() {
+                    return Err(ReportRefusal::UnknownBridge(bridge.to_string()));
+                }
+                if rec.bridge.as_ref().map(|b| b.as_str()) != Some(bridge) {
+                    return Err(ReportRefusal::NotLinked {
+                        lock: lock.to_string(),
+                        bridge: bridge.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(rec)
+    }
+}
+
+/// Who sent a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter<'a> {
+    /// The lock itself (CoAP or MQTT).
+    Lock,
+    /// A bridge relaying for a linked lock.
+    Bridge(&'a str),
+}
+
+/// Why a report is refused before anything is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportRefusal {
+    #[error(
+        "lock {0:?} is not registered: register it with `gateway devices import` before it reports"
+    )]
+    UnknownLock(String),
+    #[error("bridge {0:?} is not registered: register it with `gateway devices import`")]
+    UnknownBridge(String),
+    #[error("lock {lock:?} is not linked to bridge {bridge:?}: link it in the fleet file (bridge_id column) before the bridge reports for it")]
+    NotLinked { lock: String, bridge: String },
+    #[error("lock {lock:?} is a {model} and reports only through its bridge: direct uplinks are for NB-IoT models (INB1)")]
+    NotNbIot { lock: String, model: LockModel },
+}
+
+impl ReportRefusal {
+    /// Stable label for the `reason` metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReportRefusal::UnknownLock(_) => "unknown_device",
+            ReportRefusal::UnknownBridge(_) => "unknown_bridge",
+            ReportRefusal::NotLinked { .. } => "not_linked",
+            ReportRefusal::NotNbIot { .. } => "not_nb_iot",
+        }
+    }
+    /// True when the device is unknown (CoAP 4.04); false when it is known but
+    /// not allowed to send this (CoAP 4.03).
+    pub fn is_unknown(&self) -> bool {
+        matches!(
+            self,
+            ReportRefusal::UnknownLock(_) | ReportRefusal::UnknownBridge(_)
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRecord {
+        LockRecord {
+            id: LockId::new(id),
+            model,
+            imei: model.is_nb_iot().then(|| "490154203237518".to_string()),
+            bluetooth_id: format!("{model}{id}"),
+            org: OrgId::new("org-1"),
+            departments: vec!["dept-1".into()],
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::DEFAULT,
+            activity_log_interval: ActivityLogInterval::DEFAULT,
+            bridge: bridge.map(BridgeId::new),
+            path: if model.is_nb_iot() {
+                ReportPath::Coap
+            } else {
+                ReportPath::Bridge
+            },
+        }
+    }
+
+    fn registry() -> Registry {
+        Registry::new(
+            [
+                lock("L1", LockModel::Inb1, None),
+                lock("L2", LockModel::Sp2e, Some("B1")),
+            ],
+            [
+                BridgeRecord {
+                    id: BridgeId::new("B1"),
+                    org: OrgId::new("org-1"),
+                },
+                BridgeRecord {
+                    id: BridgeId::new("B2"),
+                    org: OrgId::new("org-1"),
+                },
+            ],
+        )
+    }
+
+    #[test]
+    fn nb_iot_lock_reports_for_itself() {
+        assert!(registry().authorise("L1", Reporter::Lock).is_ok());
+    }
+
+    #[test]
+    fn unknown_lock_is_refused_as_unknown() {
+        let err = registry().authorise("L9", Reporter::Lock).unwrap_err();
+        assert!(err.is_unknown());
+        assert_eq!(err.reason(), "unknown_device");
+    }
+
+    #[test]
+    fn bluetooth_lock_cannot_report_directly() {
+        let err = registry().authorise("L2", Reporter::Lock).unwrap_err();
+        assert_eq!(err.reason(), "not_nb_iot");
+        assert!(!err.is_unknown());
+    }
+
+    #[test]
+    fn only_the_linked_bridge_reports_for_a_lock() {
+        let r = registry();
+        assert!(r.authorise("L2", Reporter::Bridge("B1")).is_ok());
+        assert_eq!(
+            r.authorise("L2", Reporter::Bridge("B2"))
+                .unwrap_err()
+                .reason(),
+            "not_linked"
+        );
+        assert_eq!(
+            r.authorise("L2", Reporter::Bridge("B7"))
+                .unwrap_err()
+                .reason(),
+            "unknown_bridge"
+        );
+    }
+}
