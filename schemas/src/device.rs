@@ -74,7 +74,10 @@ pub enum ActivityKind {
     UnlockedPin,
     #[n(2)]
     UnlockedBluetooth,
+    /// Serde's snake_case would spell this `unlocked2fa`; the name is
+    /// `unlocked_2fa` everywhere ([`ActivityKind::as_str`], the JSON schema).
     #[n(3)]
+    #[serde(rename = "unlocked_2fa")]
     Unlocked2fa,
     #[n(4)]
     UnlockedKeypad,

@@ -15,6 +15,7 @@
 pub mod device;
 pub mod event;
 pub mod fleet;
+pub mod spec;
 pub mod topic;
 pub mod units;
 

@@ -54,8 +54,8 @@ impl ActivityLogInterval {
     pub const DEFAULT: ActivityLogInterval = ActivityLogInterval(60);
 
     pub fn from_minutes(minutes: u16) -> Result<Self, UnitError> {
-        let ok =
-            matches!(minutes, 1 | 10 | 30) || (minutes % 60 == 0 && (60..=1440).contains(&minutes));
+        let ok = matches!(minutes, 1 | 10 | 30)
+            || (minutes.is_multiple_of(60) && (60..=1440).contains(&minutes));
         if ok {
             Ok(ActivityLogInterval(minutes))
         } else {
