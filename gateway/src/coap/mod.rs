@@ -1,0 +1,34 @@
+//! The CoAP/UDP endpoint (RFC 7252) where NB-IoT locks POST heartbeats
+//! (`/hb`) and activity logs (`/log`) as CBOR.
+//!
+//! It owns CoAP framing, duplicate detection and response codes, and nothing
+//! else: reports go to [`crate::ingest`], which decides who may send them and
+//! stores them. This module must not touch the store or MQTT. A confirmable
+//! request is answered with a piggybacked ACK only after
+//! [`Ingest::submit`](crate::ingest::Ingest::submit) returned, so an ACK
+//! always means "durably committed".
+//!
+//! Layers, from the socket inwards:
+//!
+//! * [`server`]: the tokio UDP loop, one task per in-flight report (bounded),
+//!   graceful shutdown.
+//! * [`message`]: framing: pings, resets, malformed messages, piggybacked
+//!   and NON responses.
+//! * [`exchange`]: sans-I/O deduplication by (peer, message id) for
+//!   EXCHANGE_LIFETIME / NON_LIFETIME, with cached answers for
+//!   retransmissions.
+//! * *(later)* OSCORE (RFC 8613) will sit here, between deduplication of the
+//!   outer message and the handler: it unprotects the inner request and
+//!   protects the reply. The handler never sees the socket or the peer
+//!   address, so it needs no change for that.
+//! * [`handler`]: the resources: a request becomes an immediate answer or a
+//!   report to submit; the pipeline's outcome becomes the answer.
+
+pub mod exchange;
+pub mod handler;
+pub mod message;
+pub mod server;
+
+pub use exchange::{ExchangeTable, Verdict, EXCHANGE_LIFETIME, MAX_EXCHANGES, NON_LIFETIME};
+pub use handler::{Action, Reply, Submission, PATH_HEARTBEAT, PATH_LOG, WELL_KNOWN_CORE};
+pub use server::{serve, serve_with, CoapConfig, DRAIN_TIMEOUT, MAX_IN_FLIGHT, RECV_BUFFER_BYTES};

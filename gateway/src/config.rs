@@ -1,0 +1,267 @@
+//! The one typed configuration, resolved from (highest first) command-line
+//! flags, `LOCKFLEET_*` environment variables, a TOML file (`--config`), and
+//! the embedded defaults, so `gateway serve` runs with no configuration.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// CoAP's registered port (RFC 7252 §6.1), on every interface: locks come from the network.
+pub const DEFAULT_COAP_LISTEN: &str = "0.0.0.0:5683";
+/// MQTT's registered port, on every interface.
+pub const DEFAULT_MQTT_LISTEN: &str = "0.0.0.0:1883";
+/// Metrics and health on loopback only: scrapers run beside the gateway or through a proxy.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9100";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// History kept by default: three months of heartbeats and activity.
+pub const DEFAULT_RETENTION_DAYS: u64 = 90;
+
+/// Settings that flags, environment and file can all set.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// UDP address for CoAP [default: 0.0.0.0:5683]
+    #[arg(long, env = "LOCKFLEET_COAP_LISTEN")]
+    pub coap_listen: Option<SocketAddr>,
+    /// TCP address of the embedded MQTT broker [default: 0.0.0.0:1883]
+    #[arg(long, env = "LOCKFLEET_MQTT_LISTEN")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Use this external MQTT broker (host:port) instead of the embedded one
+    #[arg(long, env = "LOCKFLEET_MQTT_BROKER")]
+    pub mqtt_broker: Option<String>,
+    /// Shared-subscription group for device topics, for several instances on one broker
+    #[arg(long, env = "LOCKFLEET_MQTT_SHARED_GROUP")]
+    pub mqtt_shared_group: Option<String>,
+    /// HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:9100]
+    #[arg(long, env = "LOCKFLEET_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// sqlite://FILE or postgres://... [default: sqlite://DATA_DIR/lockfleet.db]
+    #[arg(long, env = "LOCKFLEET_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory for the default SQLite database [default: ./data]
+    #[arg(long, env = "LOCKFLEET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Days of heartbeat and activity history to keep [default: 90]
+    #[arg(long, env = "LOCKFLEET_RETENTION_DAYS")]
+    pub retention_days: Option<u64>,
+    /// Most reports per group commit [default: 512]
+    #[arg(long, env = "LOCKFLEET_COMMIT_MAX_BATCH")]
+    pub commit_max_batch: Option<usize>,
+    /// Milliseconds a group commit waits for more reports [default: 1]
+    #[arg(long, env = "LOCKFLEET_COMMIT_LINGER_MS")]
+    pub commit_linger_ms: Option<u64>,
+    /// Most MQTT connections the embedded broker accepts [default: 50000]
+    #[arg(long, env = "LOCKFLEET_MQTT_MAX_CONNECTIONS")]
+    pub mqtt_max_connections: Option<usize>,
+    /// Seconds between checks for newly imported devices [default: 2]
+    #[arg(long, env = "LOCKFLEET_REGISTRY_REFRESH_SECS")]
+    pub registry_refresh_secs: Option<u64>,
+}
+
+impl Settings {
+    /// Fill what `self` leaves unset from `other`.
+    fn or(self, other: Settings) -> Settings {
+        Settings {
+            coap_listen: self.coap_listen.or(other.coap_listen),
+            mqtt_listen: self.mqtt_listen.or(other.mqtt_listen),
+            mqtt_broker: self.mqtt_broker.or(other.mqtt_broker),
+            mqtt_shared_group: self.mqtt_shared_group.or(other.mqtt_shared_group),
+            http_listen: self.http_listen.or(other.http_listen),
+            database_url: self.database_url.or(other.database_url),
+            data_dir: self.data_dir.or(other.data_dir),
+            retention_days: self.retention_days.or(other.retention_days),
+            commit_max_batch: self.commit_max_batch.or(other.commit_max_batch),
+            commit_linger_ms: self.commit_linger_ms.or(other.commit_linger_ms),
+            mqtt_max_connections: self.mqtt_max_connections.or(other.mqtt_max_connections),
+            registry_refresh_secs: self.registry_refresh_secs.or(other.registry_refresh_secs),
+        }
+    }
+}
+
+/// Where the MQTT side connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttMode {
+    /// Run rumqttd in process on this address.
+    Embedded {
+        listen: SocketAddr,
+        max_connections: usize,
+    },
+    /// Use a broker someone else runs.
+    External { host: String, port: u16 },
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub coap_listen: SocketAddr,
+    pub mqtt: MqttMode,
+    pub mqtt_shared_group: Option<String>,
+    pub http_listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub retention: Duration,
+    pub writer: crate::ingest::writer::WriterConfig,
+    pub registry_refresh: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Resolve flags/env (`cli`) over the file named by `config_file` over defaults.
+    pub fn resolve(cli: Settings, config_file: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })?;
+                toml::from_str::<Settings>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Settings::default(),
+        };
+        Self::from_settings(cli.or(file))
+    }
+
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        // Infallible: the defaults are valid socket addresses.
+        let addr = |d: &str| -> SocketAddr { d.parse().expect("default address parses") };
+        let data_dir = s
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = s
+            .database_url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("lockfleet.db").display()));
+        let mqtt = match s.mqtt_broker {
+            Some(b) => {
+                let b = b.trim_start_matches("mqtt://").trim_start_matches("tcp://");
+                let (host, port) = match b.rsplit_once(':') {
+                    Some((h, p)) => (
+                        h.to_string(),
+                        p.parse::<u16>().map_err(|_| {
+                            ConfigError::Invalid(format!(
+                                "mqtt_broker {b:?}: port {p:?} is not a number; use host:port"
+                            ))
+                        })?,
+                    ),
+                    None => (b.to_string(), 1883),
+                };
+                if host.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "mqtt_broker has no host; use host:port, e.g. 127.0.0.1:1883".into(),
+                    ));
+                }
+                MqttMode::External { host, port }
+            }
+            None => MqttMode::Embedded {
+                listen: s.mqtt_listen.unwrap_or_else(|| addr(DEFAULT_MQTT_LISTEN)),
+                max_connections: s
+                    .mqtt_max_connections
+                    .unwrap_or(crate::mqtt::broker::DEFAULT_MAX_CONNECTIONS),
+            },
+        };
+        let max_batch = s.commit_max_batch.unwrap_or(512);
+        if max_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "commit_max_batch must be at least 1".into(),
+            ));
+        }
+        let retention_days = s.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+        if retention_days == 0 {
+            return Err(ConfigError::Invalid(
+                "retention_days must be at least 1".into(),
+            ));
+        }
+        Ok(Config {
+            coap_listen: s.coap_listen.unwrap_or_else(|| addr(DEFAULT_COAP_LISTEN)),
+            mqtt,
+            mqtt_shared_group: s.mqtt_shared_group,
+            http_listen: s.http_listen.unwrap_or_else(|| addr(DEFAULT_HTTP_LISTEN)),
+            database_url,
+            data_dir,
+            retention: Duration::from_secs(retention_days * 86_400),
+            writer: crate::ingest::writer::WriterConfig {
+                max_batch,
+                linger: Duration::from_millis(s.commit_linger_ms.unwrap_or(1)),
+            },
+            registry_refresh: Duration::from_secs(s.registry_refresh_secs.unwrap_or(2).max(1)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.coap_listen.port(), 5683);
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(c.database_url, "sqlite://./data/lockfleet.db");
+        assert!(matches!(c.mqtt, MqttMode::Embedded { listen, .. } if listen.port() == 1883));
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "coap_listen = \"127.0.0.1:6000\"\nhttp_listen = \"127.0.0.1:9999\"\n",
+        )
+        .unwrap();
+        let cli = Settings {
+            coap_listen: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::resolve(cli, Some(&path)).unwrap();
+        assert_eq!(c.coap_listen.port(), 7000);
+        assert_eq!(c.http_listen.port(), 9999);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "coap_listn = \"127.0.0.1:6000\"\n").unwrap();
+        let err = Config::resolve(Settings::default(), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("coap_listn"), "{err}");
+    }
+
+    #[test]
+    fn external_broker_parses_host_and_port() {
+        let s = Settings {
+            mqtt_broker: Some("mqtt://127.0.0.1:1884".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::from_settings(s).unwrap().mqtt,
+            MqttMode::External {
+                host: "127.0.0.1".into(),
+                port: 1884
+            }
+        );
+        let s = Settings {
+            mqtt_broker: Some("broker:x".into()),
+            ..Default::default()
+        };
+        assert!(Config::from_settings(s).is_err());
+    }
+}

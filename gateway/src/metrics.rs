@@ -1,0 +1,222 @@
+//! Every Prometheus metric the gateway exports: names, help texts, buckets and
+//! the small helpers the stages call. One place, so the Grafana dashboards and
+//! the docs have a single list to match.
+//!
+//! Label values are always from small fixed sets (transport, kind, reason,
+//! code); never a device id, and never anything secret.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
+
+/// Datagrams/messages received, by `transport` (coap, mqtt).
+pub const RECEIVED: &str = "lockfleet_uplinks_received_total";
+/// Payloads decoded into a report, by `transport` and `kind` (heartbeat, activity_log, bridge_status).
+pub const DECODED: &str = "lockfleet_uplinks_decoded_total";
+/// Inputs refused, by `transport` and `reason` (malformed, unknown_device, not_coap, ...).
+pub const REJECTED: &str = "lockfleet_uplinks_rejected_total";
+/// Reports already stored (same device seq), by `transport` and `kind`.
+pub const DUPLICATES: &str = "lockfleet_uplinks_duplicate_total";
+/// CoAP retransmissions answered from the exchange cache.
+pub const COAP_RETRANSMISSIONS: &str = "lockfleet_coap_retransmissions_total";
+/// Reports committed to the database, by `kind`.
+pub const COMMITTED: &str = "lockfleet_reports_committed_total";
+/// Activity-log entries committed.
+pub const ACTIVITY_COMMITTED: &str = "lockfleet_activity_events_committed_total";
+/// Dashboard events published, by `kind` (heartbeat, activity, state, battery_low, connectivity).
+pub const PUBLISHED: &str = "lockfleet_events_published_total";
+/// Dashboard events that could not be handed to the broker.
+pub const PUBLISH_FAILED: &str = "lockfleet_events_publish_failed_total";
+/// Reports per group commit.
+pub const BATCH_SIZE: &str = "lockfleet_commit_batch_size";
+/// Seconds one group commit took.
+pub const COMMIT_LATENCY: &str = "lockfleet_commit_duration_seconds";
+/// Failed group commits.
+pub const COMMIT_FAILED: &str = "lockfleet_commit_failed_total";
+/// Seconds from queueing a report to its answer (includes the commit).
+pub const ACK_LATENCY: &str = "lockfleet_ack_latency_seconds";
+/// Reports waiting for the writer.
+pub const QUEUE_DEPTH: &str = "lockfleet_ingest_queue_depth";
+/// CoAP exchanges remembered for duplicate detection.
+pub const COAP_EXCHANGES: &str = "lockfleet_coap_exchanges";
+/// Devices that reported within their heartbeat interval (locks) or are connected (bridges), by `kind`.
+pub const DEVICES_ONLINE: &str = "lockfleet_devices_online";
+/// Registered devices, by `kind` (lock, bridge).
+pub const DEVICES_REGISTERED: &str = "lockfleet_devices_registered";
+/// Rows deleted by retention, by `table`.
+pub const RETENTION_DELETED: &str = "lockfleet_retention_deleted_total";
+/// MQTT clients connected to the embedded broker.
+pub const MQTT_CONNECTIONS: &str = "lockfleet_mqtt_connections";
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const BATCH_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
+
+/// Install the global recorder. Call once per process; later calls return a
+/// handle to a fresh recorder that is not installed (tests start many servers).
+pub fn install() -> PrometheusHandle {
+    let builder = || {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_BUCKETS)
+            })
+            // Infallible: the bucket lists above are non-empty constants.
+            .expect("bucket lists are non-empty")
+    };
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = builder().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe();
+            }
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        RECEIVED,
+        "Datagrams and MQTT messages received from devices"
+    );
+    describe_counter!(DECODED, "Device payloads decoded into reports");
+    describe_counter!(REJECTED, "Device inputs refused, by reason");
+    describe_counter!(
+        DUPLICATES,
+        "Reports already stored (same device sequence number)"
+    );
+    describe_counter!(
+        COAP_RETRANSMISSIONS,
+        "CoAP retransmissions answered from the exchange cache"
+    );
+    describe_counter!(COMMITTED, "Reports durably committed");
+    describe_counter!(ACTIVITY_COMMITTED, "Activity-log entries durably committed");
+    describe_counter!(PUBLISHED, "Dashboard events published");
+    describe_counter!(PUBLISH_FAILED, "Dashboard events the broker did not accept");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Reports per group commit");
+    describe_histogram!(
+        COMMIT_LATENCY,
+        Unit::Seconds,
+        "Duration of one group commit"
+    );
+    describe_counter!(
+        COMMIT_FAILED,
+        "Group commits that failed (their reports were answered with an error)"
+    );
+    describe_histogram!(
+        ACK_LATENCY,
+        Unit::Seconds,
+        "Time from queueing a report to its answer"
+    );
+    describe_gauge!(QUEUE_DEPTH, "Reports waiting for the writer");
+    describe_gauge!(
+        COAP_EXCHANGES,
+        "CoAP exchanges remembered for duplicate detection"
+    );
+    describe_gauge!(
+        DEVICES_ONLINE,
+        "Locks heard within their heartbeat interval; bridges online"
+    );
+    describe_gauge!(DEVICES_REGISTERED, "Registered devices");
+    describe_counter!(RETENTION_DELETED, "Rows deleted by the retention task");
+    describe_gauge!(
+        MQTT_CONNECTIONS,
+        "MQTT clients connected to the embedded broker"
+    );
+}
+
+pub fn received(transport: &'static str) {
+    counter!(RECEIVED, "transport" => transport).increment(1);
+}
+pub fn decoded(transport: &'static str, kind: &'static str) {
+    counter!(DECODED, "transport" => transport, "kind" => kind).increment(1);
+}
+pub fn rejected(transport: &'static str, reason: &'static str) {
+    counter!(REJECTED, "transport" => transport, "reason" => reason).increment(1);
+}
+pub fn duplicate(transport: &'static str, kind: &'static str) {
+    counter!(DUPLICATES, "transport" => transport, "kind" => kind).increment(1);
+}
+pub fn coap_retransmission() {
+    counter!(COAP_RETRANSMISSIONS).increment(1);
+}
+pub fn ack_latency(d: Duration) {
+    histogram!(ACK_LATENCY).record(d.as_secs_f64());
+}
+pub fn committed(kind: &'static str, n: u64) {
+    counter!(COMMITTED, "kind" => kind).increment(n);
+}
+pub fn activity_committed(n: u64) {
+    counter!(ACTIVITY_COMMITTED).increment(n);
+}
+pub fn published(kind: &'static str) {
+    counter!(PUBLISHED, "kind" => kind).increment(1);
+}
+pub fn publish_failed(kind: &'static str) {
+    counter!(PUBLISH_FAILED, "kind" => kind).increment(1);
+}
+pub fn batch(size: usize, took: Duration) {
+    histogram!(BATCH_SIZE).record(size as f64);
+    histogram!(COMMIT_LATENCY).record(took.as_secs_f64());
+}
+pub fn commit_failed() {
+    counter!(COMMIT_FAILED).increment(1);
+}
+pub fn queue_depth(n: usize) {
+    gauge!(QUEUE_DEPTH).set(n as f64);
+}
+pub fn coap_exchanges(n: usize) {
+    gauge!(COAP_EXCHANGES).set(n as f64);
+}
+pub fn devices_online(kind: &'static str, n: usize) {
+    gauge!(DEVICES_ONLINE, "kind" => kind).set(n as f64);
+}
+pub fn devices_registered(kind: &'static str, n: usize) {
+    gauge!(DEVICES_REGISTERED, "kind" => kind).set(n as f64);
+}
+pub fn retention_deleted(table: &'static str, n: u64) {
+    counter!(RETENTION_DELETED, "table" => table).increment(n);
+}
+pub fn mqtt_connections(n: usize) {
+    gauge!(MQTT_CONNECTIONS).set(n as f64);
+}
+
+/// CoAP duplicates dropped without an answer, by `reason`: `in_progress` (a
+/// retransmission while the first copy is still being committed) or `non` (a
+/// repeated non-confirmable message).
+pub const COAP_DUPLICATES_IGNORED: &str = "lockfleet_coap_duplicates_ignored_total";
+/// CoAP exchanges forgotten before their lifetime because the exchange table
+/// was full (a steady rate means the table is too small for the traffic).
+pub const COAP_EXCHANGES_EVICTED: &str = "lockfleet_coap_exchanges_evicted_total";
+/// CoAP requests submitted to the pipeline and not yet answered.
+pub const COAP_IN_FLIGHT: &str = "lockfleet_coap_requests_in_flight";
+
+pub fn coap_duplicate_ignored(reason: &'static str) {
+    counter!(COAP_DUPLICATES_IGNORED, "reason" => reason).increment(1);
+}
+pub fn coap_exchanges_evicted(n: u64) {
+    counter!(COAP_EXCHANGES_EVICTED).increment(n);
+}
+pub fn coap_in_flight(n: usize) {
+    gauge!(COAP_IN_FLIGHT).set(n as f64);
+}
+/// Help texts of the CoAP metrics above (call from `describe`).
+pub fn describe_coap() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        COAP_DUPLICATES_IGNORED,
+        "CoAP duplicates dropped without an answer, by reason"
+    );
+    describe_counter!(
+        COAP_EXCHANGES_EVICTED,
+        "CoAP exchanges forgotten early because the exchange table was full"
+    );
+    describe_gauge!(COAP_IN_FLIGHT, "CoAP requests waiting for their commit");
+}

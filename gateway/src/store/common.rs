@@ -1,0 +1,480 @@
+//! Statements that read the same on both engines (`$n` placeholders,
+//! `ON CONFLICT`, row values), written once and expanded for each pool type
+//! by [`on_pool!`]: fleet import, the loads at start-up, retention, audit.
+
+use super::codes::{self, int, u32_of};
+use super::{Audit, ImportSummary, Purged, Store, StoreError, POSTGRES, SQLITE};
+use dispatcher::import::ParsedFleet;
+use dispatcher::telemetry::LatestState;
+use dispatcher::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, Registry, ReportPath};
+use schemas::{ActivityLogInterval, Battery, HeartbeatInterval, LockModel};
+use sqlx::{Postgres, QueryBuilder, Sqlite, Transaction};
+use std::collections::HashMap;
+
+/// Rows per statement when importing a fleet: 1000 locks x 12 columns stays
+/// well under SQLite's 32766 bind parameters (and PostgreSQL's 65535), and a
+/// million-lock file still needs only a thousand statements.
+const IMPORT_ROWS_PER_STATEMENT: usize = 1000;
+
+/// Rows per page when loading the registry or the lock states: bounds the
+/// memory of one result set (a fleet can hold millions of locks) while
+/// keeping round trips few.
+const LOAD_PAGE_ROWS: i64 = 10_000;
+
+/// Rows per retention `DELETE`: a few milliseconds of SQLite's write lock, so
+/// a group commit waiting behind it is barely delayed.
+const PURGE_ROWS_PER_STATEMENT: u64 = 5_000;
+
+/// Run `$body` with `$pool` bound to the concrete pool and `$engine` to the
+/// engine's name. The body is type-checked once per engine, so it can use
+/// sqlx's concrete types without generic bounds.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident, $engine:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => {
+                let $engine = SQLITE;
+                $body
+            }
+            Store::Postgres($pool) => {
+                let $engine = POSTGRES;
+                $body
+            }
+        }
+    };
+}
+
+/// Begin a transaction that will write.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl BeginWrite for sqlx::SqlitePool {
+    type Db = Sqlite;
+    /// `IMMEDIATE` takes the write lock up front (waiting `busy_timeout` for
+    /// it), so a transaction that reads before it writes cannot fail with
+    /// `SQLITE_BUSY` when another process (a CLI import) wrote in between.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for sqlx::PgPool {
+    type Db = Postgres;
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+pub(super) async fn ping(store: &Store) -> Result<(), StoreError> {
+    on_pool!(store, |pool, engine| {
+        sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(|e| StoreError::from_sqlx(engine, "ping", e))
+    })
+}
+
+pub(super) async fn registry_version(store: &Store) -> Result<u64, StoreError> {
+    let v: i64 = on_pool!(store, |pool, engine| {
+        sqlx::query_scalar("SELECT version FROM registry_version")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(engine, "reading the registry version", e))?
+    });
+    Ok(v.max(0) as u64)
+}
+
+pub(super) async fn import_fleet(
+    store: &Store,
+    fleet: &ParsedFleet,
+) -> Result<ImportSummary, StoreError> {
+    let now = int(now_ms());
+    let mut summary = ImportSummary::default();
+    on_pool!(store, |pool, engine| {
+        let err = |e| StoreError::from_sqlx(engine, "fleet import", e);
+        let mut tx = pool.begin_write().await.map_err(err)?;
+        // Bridges first: locks reference them.
+        for chunk in fleet.bridges.chunks(IMPORT_ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::new("SELECT COUNT(*) FROM bridges WHERE bridge_id IN (");
+            let mut ids = q.separated(", ");
+            for b in chunk {
+                ids.push_bind(b.id.as_str());
+            }
+            ids.push_unseparated(")");
+            let existing: i64 = q
+                .build_query_scalar()
+                .persistent(false)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+
+            let mut q =
+                QueryBuilder::new("INSERT INTO bridges (bridge_id, org, registered_at_ms) ");
+            q.push_values(chunk, |mut row, b| {
+                row.push_bind(b.id.as_str())
+                    .push_bind(b.org.as_str())
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (bridge_id) DO UPDATE SET org = excluded.org");
+            q.build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            let existing = existing.max(0) as u64;
+            summary.bridges_updated += existing;
+            summary.bridges_inserted += chunk.len() as u64 - existing;
+        }
+        for chunk in fleet.locks.chunks(IMPORT_ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::new("SELECT COUNT(*) FROM locks WHERE lock_id IN (");
+            let mut ids = q.separated(", ");
+            for l in chunk {
+                ids.push_bind(l.id.as_str());
+            }
+            ids.push_unseparated(")");
+            let existing: i64 = q
+                .build_query_scalar()
+                .persistent(false)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+
+            let mut q = QueryBuilder::new(
+                "INSERT INTO locks (lock_id, model, imei, bluetooth_id, org, departments, time_zone, \
+                 heartbeat_interval_h, activity_log_interval_min, bridge_id, transport, registered_at_ms) ",
+            );
+            q.push_values(chunk, |mut row, l| {
+                row.push_bind(l.id.as_str())
+                    .push_bind(l.model.as_str())
+                    .push_bind(l.imei.as_deref())
+                    .push_bind(codes::text(&l.bluetooth_id).into_owned())
+                    .push_bind(l.org.as_str())
+                    .push_bind(l.departments.join(";"))
+                    .push_bind(codes::text(&l.time_zone).into_owned())
+                    .push_bind(i64::from(l.heartbeat_interval.hours()))
+                    .push_bind(i64::from(l.activity_log_interval.minutes()))
+                    .push_bind(l.bridge.as_ref().map(|b| b.as_str()))
+                    .push_bind(l.path.as_str())
+                    .push_bind(now);
+            });
+            q.push(
+                " ON CONFLICT (lock_id) DO UPDATE SET model = excluded.model, imei = excluded.imei, \
+                 bluetooth_id = excluded.bluetooth_id, org = excluded.org, departments = excluded.departments, \
+                 time_zone = excluded.time_zone, heartbeat_interval_h = excluded.heartbeat_interval_h, \
+                 activity_log_interval_min = excluded.activity_log_interval_min, \
+                 bridge_id = excluded.bridge_id, transport = excluded.transport",
+            );
+            q.build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            let existing = existing.max(0) as u64;
+            summary.locks_updated += existing;
+            summary.locks_inserted += chunk.len() as u64 - existing;
+        }
+        sqlx::query("UPDATE registry_version SET version = version + 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+    });
+    Ok(summary)
+}
+
+type LockColumns = (
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    String,
+);
+
+pub(super) async fn load_registry(store: &Store) -> Result<Registry, StoreError> {
+    let mut bridges = Vec::new();
+    let mut locks = Vec::new();
+    on_pool!(store, |pool, engine| {
+        let err = |e| StoreError::from_sqlx(engine, "loading the registry", e);
+        let mut after = String::new();
+        loop {
+            let page: Vec<(String, String)> = sqlx::query_as(
+                "SELECT bridge_id, org FROM bridges WHERE bridge_id > $1 ORDER BY bridge_id LIMIT $2",
+            )
+            .bind(&after)
+            .bind(LOAD_PAGE_ROWS)
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
+            let Some(last) = page.last() else { break };
+            after = last.0.clone();
+            let full = page.len() as i64 == LOAD_PAGE_ROWS;
+            bridges.extend(page.into_iter().map(|(id, org)| BridgeRecord {
+                id: BridgeId::new(&id),
+                org: OrgId::new(&org),
+            }));
+            if !full {
+                break;
+            }
+        }
+        let mut after = String::new();
+        loop {
+            let page: Vec<LockColumns> = sqlx::query_as(
+                "SELECT lock_id, model, imei, bluetooth_id, org, departments, time_zone, heartbeat_interval_h, \
+                 activity_log_interval_min, bridge_id, transport FROM locks WHERE lock_id > $1 ORDER BY lock_id LIMIT $2",
+            )
+            .bind(&after)
+            .bind(LOAD_PAGE_ROWS)
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
+            let Some(last) = page.last() else { break };
+            after = last.0.clone();
+            let full = page.len() as i64 == LOAD_PAGE_ROWS;
+            for cols in page {
+                locks.push(lock_record(cols)?);
+            }
+            if !full {
+                break;
+            }
+        }
+    });
+    Ok(Registry::new(locks, bridges))
+}
+
+fn lock_record(c: LockColumns) -> Result<LockRecord, StoreError> {
+    let (id, model, imei, bluetooth_id, org, departments, time_zone, hb, log, bridge, transport) =
+        c;
+    let bad = |detail: String| StoreError::corrupt("locks", &id, detail);
+    let model: LockModel = model
+        .parse()
+        .map_err(|e: schemas::units::UnitError| bad(e.to_string()))?;
+    let hb = u16::try_from(hb)
+        .ok()
+        .and_then(|h| HeartbeatInterval::from_hours(h).ok())
+        .ok_or_else(|| {
+            bad(format!(
+                "heartbeat_interval_h {hb} is not 1, 2, 5, 12 or 24"
+            ))
+        })?;
+    let log = u16::try_from(log)
+        .ok()
+        .and_then(|m| ActivityLogInterval::from_minutes(m).ok())
+        .ok_or_else(|| {
+            bad(format!(
+                "activity_log_interval_min {log} is not an allowed interval"
+            ))
+        })?;
+    let path: ReportPath = codes::parse(&transport).map_err(|e| bad(format!("transport: {e}")))?;
+    Ok(LockRecord {
+        id: LockId::new(&id),
+        model,
+        imei,
+        bluetooth_id,
+        org: OrgId::new(&org),
+        departments: departments
+            .split(';')
+            .filter(|d| !d.is_empty())
+            .map(String::from)
+            .collect(),
+        time_zone,
+        heartbeat_interval: hb,
+        activity_log_interval: log,
+        bridge: bridge.as_deref().map(BridgeId::new),
+        path,
+    })
+}
+
+type StateColumns = (String, i64, String, String, Option<i64>, Option<String>);
+
+pub(super) async fn load_latest(store: &Store) -> Result<HashMap<LockId, LatestState>, StoreError> {
+    let mut latest = HashMap::new();
+    on_pool!(store, |pool, engine| {
+        let err = |e| StoreError::from_sqlx(engine, "loading the lock states", e);
+        let mut after = String::new();
+        loop {
+            let page: Vec<StateColumns> = sqlx::query_as(
+                "SELECT lock_id, seq, lock_state, door_state, battery_percent, battery_level FROM lock_state \
+                 WHERE lock_id > $1 ORDER BY lock_id LIMIT $2",
+            )
+            .bind(&after)
+            .bind(LOAD_PAGE_ROWS)
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
+            let Some(last) = page.last() else { break };
+            after = last.0.clone();
+            let full = page.len() as i64 == LOAD_PAGE_ROWS;
+            for cols in page {
+                let (id, state) = latest_state(cols)?;
+                latest.insert(id, state);
+            }
+            if !full {
+                break;
+            }
+        }
+    });
+    Ok(latest)
+}
+
+fn latest_state(c: StateColumns) -> Result<(LockId, LatestState), StoreError> {
+    let (id, seq, lock_state, door_state, percent, level) = c;
+    let bad = |detail: String| StoreError::corrupt("lock_state", &id, detail);
+    let battery = match (percent, level) {
+        (Some(p), None) => {
+            Battery::Percent(u8::try_from(p).map_err(|_| bad(format!("battery_percent {p}")))?)
+        }
+        (None, Some(l)) => {
+            Battery::Level(codes::parse(&l).map_err(|e| bad(format!("battery_level: {e}")))?)
+        }
+        _ => {
+            return Err(bad(
+                "exactly one of battery_percent and battery_level must be set".into(),
+            ))
+        }
+    };
+    let state = LatestState {
+        seq: u32_of(seq).map_err(|e| bad(format!("seq: {e}")))?,
+        lock_state: codes::parse(&lock_state).map_err(|e| bad(format!("lock_state: {e}")))?,
+        door_state: codes::parse(&door_state).map_err(|e| bad(format!("door_state: {e}")))?,
+        battery_low: battery.is_low(),
+    };
+    Ok((LockId::new(&id), state))
+}
+
+pub(super) async fn load_bridge_status(
+    store: &Store,
+) -> Result<HashMap<BridgeId, bool>, StoreError> {
+    let mut status = HashMap::new();
+    on_pool!(store, |pool, engine| {
+        let err = |e| StoreError::from_sqlx(engine, "loading the bridge status", e);
+        let mut after = String::new();
+        loop {
+            let page: Vec<(String, bool)> = sqlx::query_as(
+                "SELECT bridge_id, online FROM bridges WHERE online IS NOT NULL AND bridge_id > $1 \
+                 ORDER BY bridge_id LIMIT $2",
+            )
+            .bind(&after)
+            .bind(LOAD_PAGE_ROWS)
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
+            let Some(last) = page.last() else { break };
+            after = last.0.clone();
+            let full = page.len() as i64 == LOAD_PAGE_ROWS;
+            status.extend(
+                page.into_iter()
+                    .map(|(id, online)| (BridgeId::new(&id), online)),
+            );
+            if !full {
+                break;
+            }
+        }
+    });
+    Ok(status)
+}
+
+/// Retention statements, one per table: delete at most `$2` rows received
+/// before `$1`, found through the table's time index.
+const PURGE: [(&str, &str); 3] = [
+    (
+        "heartbeats",
+        "DELETE FROM heartbeats WHERE (lock_id, seq) IN \
+         (SELECT lock_id, seq FROM heartbeats WHERE received_at_ms < $1 LIMIT $2)",
+    ),
+    (
+        "activity_events",
+        "DELETE FROM activity_events WHERE (lock_id, event_seq) IN \
+         (SELECT lock_id, event_seq FROM activity_events WHERE received_at_ms < $1 LIMIT $2)",
+    ),
+    (
+        "bridge_connectivity",
+        "DELETE FROM bridge_connectivity WHERE id IN \
+         (SELECT id FROM bridge_connectivity WHERE at_ms < $1 LIMIT $2)",
+    ),
+];
+
+pub(super) async fn purge_before(
+    store: &Store,
+    cutoff_ms: u64,
+    max_rows: u64,
+) -> Result<Purged, StoreError> {
+    let cutoff = int(cutoff_ms);
+    let mut deleted = [0u64; 3];
+    for ((_, sql), total) in PURGE.iter().zip(&mut deleted) {
+        // Each DELETE is its own short transaction (autocommit).
+        while *total < max_rows {
+            let limit = (max_rows - *total).min(PURGE_ROWS_PER_STATEMENT);
+            let n = on_pool!(store, |pool, engine| {
+                sqlx::query(*sql)
+                    .bind(cutoff)
+                    .bind(int(limit))
+                    .execute(pool)
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(engine, "retention", e))?
+                    .rows_affected()
+            });
+            *total += n;
+            if n < limit {
+                break;
+            }
+        }
+    }
+    Ok(Purged {
+        heartbeats: deleted[0],
+        activity_events: deleted[1],
+        bridge_connectivity: deleted[2],
+    })
+}
+
+/// (lock id, seq) rows as read.
+type Keys = Vec<(String, i64)>;
+
+pub(super) async fn audit(store: &Store) -> Result<Audit, StoreError> {
+    let (hb, ev, changes): (Keys, Keys, i64) = on_pool!(store, |pool, engine| {
+        let err = |e| StoreError::from_sqlx(engine, "audit", e);
+        let hb = sqlx::query_as("SELECT lock_id, seq FROM heartbeats ORDER BY lock_id, seq")
+            .fetch_all(pool)
+            .await
+            .map_err(err)?;
+        let ev = sqlx::query_as(
+            "SELECT lock_id, event_seq FROM activity_events ORDER BY lock_id, event_seq",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(err)?;
+        let changes = sqlx::query_scalar("SELECT COUNT(*) FROM bridge_connectivity")
+            .fetch_one(pool)
+            .await
+            .map_err(err)?;
+        (hb, ev, changes)
+    });
+    let keys = |table: &'static str, rows: Keys| {
+        rows.into_iter()
+            .map(|(id, seq)| {
+                let seq = u32_of(seq).map_err(|e| StoreError::corrupt(table, &id, e))?;
+                Ok((id, seq))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+    };
+    Ok(Audit {
+        heartbeats: keys("heartbeats", hb)?,
+        events: keys("activity_events", ev)?,
+        bridge_changes: changes.max(0) as u64,
+    })
+}
+
+/// Wall clock, Unix milliseconds: the registration time of imported devices.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

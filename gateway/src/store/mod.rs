@@ -1,0 +1,245 @@
+//! Storage: the registered fleet and every report, exactly once, in SQLite
+//! (one machine, the default) or PostgreSQL (several instances).
+//!
+//! The store owns the schema (`migrations/sqlite`, `migrations/postgres`:
+//! same tables, one dialect each) and every SQL statement. It knows nothing
+//! of transports or dashboard events: the ingest writer hands it a [`Batch`]
+//! and learns, per row, whether the row was new; deciding what a new row
+//! means is the writer's job.
+//!
+//! * [`Store::commit`] is the group commit: every row of a batch in one
+//!   transaction, multi-row `INSERT .. ON CONFLICT DO NOTHING RETURNING` (one
+//!   `UNNEST` statement per table on PostgreSQL), so a resent report is
+//!   stored once and its duplicate is reported as not new.
+//! * Statements shared by both engines (import, loads, retention, audit) are
+//!   in `common`; the engine-specific parts (opening, the commit) in
+//!   `sqlite` and `postgres`.
+
+mod codes;
+mod common;
+mod error;
+mod plan;
+mod postgres;
+mod sqlite;
+#[doc(hidden)]
+pub mod testing;
+
+pub use error::StoreError;
+
+use dispatcher::telemetry::LatestState;
+use dispatcher::{BridgeId, LockId, Registry};
+use schemas::event::{ConnectivityCause, Transport};
+use std::collections::HashMap;
+use std::fmt;
+
+pub(crate) const SQLITE: &str = "sqlite";
+pub(crate) const POSTGRES: &str = "postgres";
+
+/// The database, one of two engines chosen by URL. Clone is cheap (pools).
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Store({})", self.engine())
+    }
+}
+
+/// One group commit's rows.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub heartbeats: Vec<HeartbeatRow>,
+    pub events: Vec<EventRow>,
+    pub bridge_changes: Vec<BridgeChangeRow>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.heartbeats.is_empty() && self.events.is_empty() && self.bridge_changes.is_empty()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HeartbeatRow {
+    pub hb: schemas::Heartbeat,
+    pub transport: Transport,
+    pub bridge_id: Option<String>,
+    /// Server receive time, Unix milliseconds.
+    pub received_at_ms: u64,
+}
+
+/// One entry of an activity-log batch.
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub lock_id: String,
+    /// The uplink sequence number of the batch that carried the entry.
+    pub batch_seq: u32,
+    pub event: schemas::ActivityEvent,
+    pub transport: Transport,
+    pub bridge_id: Option<String>,
+    pub received_at_ms: u64,
+}
+
+/// A bridge came online or went offline (the writer sends only real changes).
+#[derive(Clone, Debug)]
+pub struct BridgeChangeRow {
+    pub bridge_id: String,
+    pub online: bool,
+    pub cause: ConnectivityCause,
+    pub at_ms: u64,
+}
+
+/// Per row of the batch, in order: true if this row was newly inserted.
+/// When the same key (lock_id, seq) / (lock_id, event seq) appears twice in
+/// one batch, only the first occurrence can be true.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub heartbeats_inserted: Vec<bool>,
+    pub events_inserted: Vec<bool>,
+}
+
+/// What a fleet import changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub locks_inserted: u64,
+    pub locks_updated: u64,
+    pub bridges_inserted: u64,
+    pub bridges_updated: u64,
+}
+
+impl fmt::Display for ImportSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} new and {} updated lock(s), {} new and {} updated bridge(s)",
+            self.locks_inserted, self.locks_updated, self.bridges_inserted, self.bridges_updated
+        )
+    }
+}
+
+/// Rows deleted by one retention pass, per table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub heartbeats: u64,
+    pub activity_events: u64,
+    pub bridge_connectivity: u64,
+}
+
+impl Purged {
+    /// Count the deleted rows in the retention metric.
+    pub fn record_metrics(&self) {
+        crate::metrics::retention_deleted("heartbeats", self.heartbeats);
+        crate::metrics::retention_deleted("activity_events", self.activity_events);
+        crate::metrics::retention_deleted("bridge_connectivity", self.bridge_connectivity);
+    }
+}
+
+/// Every stored key, for tests and the post-run audit. Sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// (lock_id, seq) of every stored heartbeat.
+    pub heartbeats: Vec<(String, u32)>,
+    /// (lock_id, event seq) of every stored activity event.
+    pub events: Vec<(String, u32)>,
+    /// Number of bridge connectivity rows.
+    pub bridge_changes: u64,
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database at `url`:
+    /// `sqlite://path/to/file.db` (parent directories and the file are
+    /// created; WAL, `synchronous=FULL`) or `postgres://user@host:port/db`
+    /// (the database must exist).
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            sqlite::open(url).await.map(Store::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::open(url).await.map(Store::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl {
+                url: error::redact(url),
+            })
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => SQLITE,
+            Store::Postgres(_) => POSTGRES,
+        }
+    }
+
+    /// One round trip to the database (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        common::ping(self).await
+    }
+
+    /// Close every connection (SQLite also checkpoints its WAL). Waits for
+    /// connections in use to be returned.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(p) => p.close().await,
+            Store::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Register (insert or update) the locks and bridges of a validated fleet
+    /// file, all in one transaction. Bumps [`Store::registry_version`].
+    pub async fn import_fleet(
+        &self,
+        fleet: &dispatcher::import::ParsedFleet,
+    ) -> Result<ImportSummary, StoreError> {
+        common::import_fleet(self, fleet).await
+    }
+
+    /// A number that changes whenever a fleet import commits (from any
+    /// instance): poll it to know when to reload the registry.
+    pub async fn registry_version(&self) -> Result<u64, StoreError> {
+        common::registry_version(self).await
+    }
+
+    /// Every registered lock and bridge.
+    pub async fn load_registry(&self) -> Result<Registry, StoreError> {
+        common::load_registry(self).await
+    }
+
+    /// Newest state per lock (for change detection after a restart).
+    pub async fn load_latest(&self) -> Result<HashMap<LockId, LatestState>, StoreError> {
+        common::load_latest(self).await
+    }
+
+    /// Current online flag per bridge (absent = never seen).
+    pub async fn load_bridge_status(&self) -> Result<HashMap<BridgeId, bool>, StoreError> {
+        common::load_bridge_status(self).await
+    }
+
+    /// One group commit: every row in one transaction, all or nothing. On
+    /// `Err` nothing of the batch is stored.
+    pub async fn commit(&self, batch: &Batch) -> Result<Committed, StoreError> {
+        if batch.is_empty() {
+            return Ok(Committed::default());
+        }
+        match self {
+            Store::Sqlite(p) => sqlite::commit(p, batch).await,
+            Store::Postgres(p) => postgres::commit(p, batch).await,
+        }
+    }
+
+    /// Retention: delete heartbeats, activity events and bridge connectivity
+    /// rows received before `cutoff_ms` (Unix ms), at most `max_rows` per
+    /// table per call, in short statements of their own so that commits are
+    /// never blocked for long. Call again while a table returns `max_rows`.
+    pub async fn purge_before(&self, cutoff_ms: u64, max_rows: u64) -> Result<Purged, StoreError> {
+        common::purge_before(self, cutoff_ms, max_rows).await
+    }
+
+    /// Every stored heartbeat and activity-event key, and the number of
+    /// bridge connectivity rows. Reads whole tables: for tests and audits.
+    pub async fn audit(&self) -> Result<Audit, StoreError> {
+        common::audit(self).await
+    }
+}

@@ -1,0 +1,276 @@
+//! A group commit prepared for either engine: which rows to send (the first
+//! occurrence of each key, sorted by key), and how the keys the database
+//! returns map back to the caller's per-row flags. No I/O here.
+
+use super::codes::{self, int};
+use super::{Batch, BridgeChangeRow, EventRow, HeartbeatRow};
+use schemas::Battery;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+/// A stored row's key: (lock id, heartbeat seq or event seq).
+pub(crate) type Key<'a> = (&'a str, i64);
+
+/// What one commit sends, in the order it is sent.
+pub(crate) struct Plan<'a> {
+    /// First occurrences only, sorted by key: the same key twice in one
+    /// multi-row insert is ambiguous, and a fixed order means two instances
+    /// committing overlapping batches to PostgreSQL lock rows in the same
+    /// order instead of deadlocking.
+    pub heartbeats: Vec<&'a HeartbeatRow>,
+    pub events: Vec<&'a EventRow>,
+    /// Every change, in batch order (history).
+    pub bridge_changes: &'a [BridgeChangeRow],
+    /// The last change of each bridge in the batch, sorted by bridge id.
+    pub bridge_latest: Vec<&'a BridgeChangeRow>,
+    hb_first: Vec<bool>,
+    ev_first: Vec<bool>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(batch: &'a Batch) -> Self {
+        let (heartbeats, hb_first) = first_occurrences(&batch.heartbeats, |r| {
+            (r.hb.lock_id.as_str(), int(r.hb.seq.into()))
+        });
+        let (events, ev_first) = first_occurrences(&batch.events, |r| {
+            (r.lock_id.as_str(), int(r.event.seq.into()))
+        });
+        let mut latest: HashMap<&str, &BridgeChangeRow> = HashMap::new();
+        for c in &batch.bridge_changes {
+            latest.insert(&c.bridge_id, c);
+        }
+        let mut bridge_latest: Vec<_> = latest.into_values().collect();
+        bridge_latest.sort_by(|a, b| a.bridge_id.cmp(&b.bridge_id));
+        Plan {
+            heartbeats,
+            events,
+            bridge_changes: &batch.bridge_changes,
+            bridge_latest,
+            hb_first,
+            ev_first,
+        }
+    }
+
+    /// Per batch row: first occurrence and its key came back from the insert.
+    pub fn heartbeat_flags(&self, batch: &Batch, inserted: &HashSet<(String, i64)>) -> Vec<bool> {
+        flags(&batch.heartbeats, &self.hb_first, inserted, |r| {
+            (r.hb.lock_id.as_str(), int(r.hb.seq.into()))
+        })
+    }
+
+    pub fn event_flags(&self, batch: &Batch, inserted: &HashSet<(String, i64)>) -> Vec<bool> {
+        flags(&batch.events, &self.ev_first, inserted, |r| {
+            (r.lock_id.as_str(), int(r.event.seq.into()))
+        })
+    }
+
+    /// The newly inserted heartbeat with the highest seq of each lock, sorted
+    /// by lock id: what `lock_state` is upserted from (one row per lock, as
+    /// PostgreSQL's `ON CONFLICT DO UPDATE` requires).
+    pub fn newest_inserted(&self, inserted: &HashSet<(String, i64)>) -> Vec<&'a HeartbeatRow> {
+        let mut newest: HashMap<&str, &HeartbeatRow> = HashMap::new();
+        for r in self.heartbeats.iter().copied() {
+            if !inserted.contains(&(r.hb.lock_id.clone(), int(r.hb.seq.into()))) {
+                continue;
+            }
+            let e = newest.entry(r.hb.lock_id.as_str()).or_insert(r);
+            if r.hb.seq > e.hb.seq {
+                *e = r;
+            }
+        }
+        let mut rows: Vec<_> = newest.into_values().collect();
+        rows.sort_by(|a, b| a.hb.lock_id.cmp(&b.hb.lock_id));
+        rows
+    }
+}
+
+fn first_occurrences<'a, T>(
+    rows: &'a [T],
+    key: impl Fn(&'a T) -> Key<'a>,
+) -> (Vec<&'a T>, Vec<bool>) {
+    let mut seen = HashSet::with_capacity(rows.len());
+    let first: Vec<bool> = rows.iter().map(|r| seen.insert(key(r))).collect();
+    let mut unique: Vec<&T> = rows
+        .iter()
+        .zip(&first)
+        .filter(|(_, f)| **f)
+        .map(|(r, _)| r)
+        .collect();
+    unique.sort_by(|a, b| key(a).cmp(&key(b)));
+    (unique, first)
+}
+
+fn flags<'a, T>(
+    rows: &'a [T],
+    first: &[bool],
+    inserted: &HashSet<(String, i64)>,
+    key: impl Fn(&'a T) -> Key<'a>,
+) -> Vec<bool> {
+    rows.iter()
+        .zip(first)
+        .map(|(r, f)| {
+            let (lock, seq) = key(r);
+            // Allocation-free look-up would need a borrowed-key set; batches
+            // are a few hundred rows, so the clone is not worth avoiding.
+            *f && inserted.contains(&(lock.to_string(), seq))
+        })
+        .collect()
+}
+
+/// Appended to a `lock_state` insert on both engines: a heartbeat replaces
+/// the stored state only when its seq is higher, so a late report never moves
+/// a lock's state backwards. A macro so that `concat!` can build whole
+/// `&'static str` statements from it.
+macro_rules! lock_state_upsert {
+    () => {
+        " ON CONFLICT (lock_id) DO UPDATE SET seq = excluded.seq, \
+         device_time = excluded.device_time, received_at_ms = excluded.received_at_ms, \
+         battery_percent = excluded.battery_percent, battery_level = excluded.battery_level, \
+         signal_db = excluded.signal_db, signal_quality = excluded.signal_quality, carrier = excluded.carrier, \
+         lock_state = excluded.lock_state, door_state = excluded.door_state, firmware = excluded.firmware, \
+         heartbeat_interval_h = excluded.heartbeat_interval_h, \
+         activity_log_interval_min = excluded.activity_log_interval_min \
+         WHERE excluded.seq > lock_state.seq"
+    };
+}
+pub(crate) use lock_state_upsert;
+
+/// A heartbeat's column values, shared by both engines' statements.
+pub(crate) struct HeartbeatValues<'a> {
+    pub lock_id: &'a str,
+    pub seq: i64,
+    pub device_time: i64,
+    pub received_at_ms: i64,
+    pub transport: &'static str,
+    pub bridge_id: Option<&'a str>,
+    pub battery_percent: Option<i64>,
+    pub battery_level: Option<&'static str>,
+    pub signal_db: i64,
+    pub signal_quality: &'static str,
+    pub carrier: Cow<'a, str>,
+    pub channel_earfcn: Option<i64>,
+    pub channel_pci: Option<i64>,
+    pub channel_cell_id: Option<i64>,
+    pub channel_band: Option<i64>,
+    pub lock_state: &'static str,
+    pub door_state: &'static str,
+    pub firmware: Cow<'a, str>,
+    pub heartbeat_interval_h: i64,
+    pub activity_log_interval_min: i64,
+}
+
+impl<'a> HeartbeatValues<'a> {
+    pub fn of(r: &'a HeartbeatRow) -> Self {
+        let hb = &r.hb;
+        let (battery_percent, battery_level) = match hb.battery {
+            Battery::Percent(p) => (Some(i64::from(p)), None),
+            Battery::Level(l) => (None, Some(codes::battery_level(l))),
+        };
+        let ch = hb.channel.as_ref();
+        HeartbeatValues {
+            lock_id: &hb.lock_id,
+            seq: i64::from(hb.seq),
+            device_time: int(hb.device_time),
+            received_at_ms: int(r.received_at_ms),
+            transport: r.transport.as_str(),
+            bridge_id: r.bridge_id.as_deref(),
+            battery_percent,
+            battery_level,
+            signal_db: i64::from(hb.signal_db),
+            signal_quality: codes::signal_quality(hb.signal_quality),
+            carrier: codes::text(&hb.carrier),
+            channel_earfcn: ch.map(|c| i64::from(c.earfcn)),
+            channel_pci: ch.map(|c| i64::from(c.pci)),
+            channel_cell_id: ch.map(|c| i64::from(c.cell_id)),
+            channel_band: ch.map(|c| i64::from(c.band)),
+            lock_state: codes::lock_state(hb.lock_state),
+            door_state: codes::door_state(hb.door_state),
+            firmware: codes::text(&hb.firmware),
+            heartbeat_interval_h: i64::from(hb.heartbeat_interval.hours()),
+            activity_log_interval_min: i64::from(hb.activity_log_interval.minutes()),
+        }
+    }
+}
+
+/// An activity event's column values.
+pub(crate) struct EventValues<'a> {
+    pub lock_id: &'a str,
+    pub event_seq: i64,
+    pub batch_seq: i64,
+    pub time: i64,
+    pub kind: &'static str,
+    pub actor: Option<Cow<'a, str>>,
+    pub received_at_ms: i64,
+    pub transport: &'static str,
+    pub bridge_id: Option<&'a str>,
+}
+
+impl<'a> EventValues<'a> {
+    pub fn of(r: &'a EventRow) -> Self {
+        EventValues {
+            lock_id: &r.lock_id,
+            event_seq: i64::from(r.event.seq),
+            batch_seq: i64::from(r.batch_seq),
+            time: int(r.event.time),
+            kind: r.event.kind.as_str(),
+            actor: r.event.actor.as_deref().map(codes::text),
+            received_at_ms: int(r.received_at_ms),
+            transport: r.transport.as_str(),
+            bridge_id: r.bridge_id.as_deref(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{event_row as event, heartbeat_row as heartbeat};
+
+    #[test]
+    fn duplicates_are_sent_once_and_only_the_first_can_be_new() {
+        let batch = Batch {
+            heartbeats: vec![heartbeat("L2", 1), heartbeat("L1", 5), heartbeat("L2", 1)],
+            events: vec![event("L1", 3), event("L1", 3), event("L1", 2)],
+            bridge_changes: vec![],
+        };
+        let plan = Plan::new(&batch);
+        let sent: Vec<_> = plan
+            .heartbeats
+            .iter()
+            .map(|r| (r.hb.lock_id.as_str(), r.hb.seq))
+            .collect();
+        assert_eq!(sent, [("L1", 5), ("L2", 1)]);
+        assert_eq!(plan.events.len(), 2);
+        let all: HashSet<(String, i64)> = [("L1".to_string(), 5), ("L2".to_string(), 1)].into();
+        assert_eq!(plan.heartbeat_flags(&batch, &all), [true, true, false]);
+        let ev: HashSet<(String, i64)> = [("L1".to_string(), 3)].into();
+        assert_eq!(plan.event_flags(&batch, &ev), [true, false, false]);
+    }
+
+    #[test]
+    fn newest_inserted_takes_the_highest_new_seq_per_lock() {
+        let batch = Batch {
+            heartbeats: vec![
+                heartbeat("L1", 4),
+                heartbeat("L1", 9),
+                heartbeat("L1", 7),
+                heartbeat("L2", 1),
+            ],
+            ..Batch::default()
+        };
+        let plan = Plan::new(&batch);
+        // Seq 9 was already stored (not returned), so 7 is the newest new one.
+        let inserted: HashSet<(String, i64)> = [
+            ("L1".to_string(), 4),
+            ("L1".to_string(), 7),
+            ("L2".to_string(), 1),
+        ]
+        .into();
+        let newest: Vec<_> = plan
+            .newest_inserted(&inserted)
+            .iter()
+            .map(|r| (r.hb.lock_id.as_str(), r.hb.seq))
+            .collect();
+        assert_eq!(newest, [("L1", 7), ("L2", 1)]);
+    }
+}

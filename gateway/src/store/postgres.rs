@@ -1,0 +1,245 @@
+//! PostgreSQL: shared by every instance of the gateway. A commit sends one
+//! statement per table whatever the batch size: each column travels as one
+//! array parameter and `UNNEST` turns the arrays back into rows, so the
+//! statement text is fixed (prepared once per connection) and no bind limit
+//! applies.
+
+use super::plan::{lock_state_upsert, EventValues, HeartbeatValues, Plan};
+use super::{codes, Batch, Committed, StoreError, POSTGRES};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Transaction};
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Connections per instance: the ingest writer, retention, registry
+/// polling, `/readyz` and an import at once, with room to spare. Several
+/// instances share the server's `max_connections` (100 by default).
+const MAX_CONNECTIONS: u32 = 8;
+
+/// How long opening waits for the server to answer, so that a wrong host
+/// fails start-up with a clear message instead of hanging.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a statement waits for a free pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const INSERT_HEARTBEATS: &str = "INSERT INTO heartbeats (lock_id, seq, device_time, received_at_ms, transport, \
+     bridge_id, battery_percent, battery_level, signal_db, signal_quality, carrier, channel_earfcn, channel_pci, \
+     channel_cell_id, channel_band, lock_state, door_state, firmware, heartbeat_interval_h, activity_log_interval_min) \
+     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], \
+     $7::bigint[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], \
+     $15::bigint[], $16::text[], $17::text[], $18::text[], $19::bigint[], $20::bigint[]) \
+     ON CONFLICT (lock_id, seq) DO NOTHING RETURNING lock_id, seq";
+
+const INSERT_EVENTS: &str = "INSERT INTO activity_events (lock_id, event_seq, batch_seq, time, kind, actor, \
+     received_at_ms, transport, bridge_id) \
+     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], \
+     $7::bigint[], $8::text[], $9::text[]) \
+     ON CONFLICT (lock_id, event_seq) DO NOTHING RETURNING lock_id, event_seq";
+
+const UPSERT_LOCK_STATE: &str = concat!(
+    "INSERT INTO lock_state (lock_id, seq, device_time, received_at_ms, \
+     battery_percent, battery_level, signal_db, signal_quality, carrier, lock_state, door_state, firmware, \
+     heartbeat_interval_h, activity_log_interval_min) \
+     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
+     $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[])",
+    lock_state_upsert!()
+);
+
+const INSERT_CONNECTIVITY: &str =
+    "INSERT INTO bridge_connectivity (bridge_id, at_ms, online, cause) \
+     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::boolean[], $4::text[])";
+
+/// Each bridge's current status, unless a newer change is already stored
+/// (two instances may commit one bridge's changes out of order).
+const UPDATE_BRIDGES: &str =
+    "UPDATE bridges AS b SET online = u.online, status_changed_at_ms = u.at_ms \
+     FROM UNNEST($1::text[], $2::boolean[], $3::bigint[]) AS u (bridge_id, online, at_ms) \
+     WHERE b.bridge_id = u.bridge_id \
+     AND (b.status_changed_at_ms IS NULL OR b.status_changed_at_ms <= u.at_ms)";
+
+pub(super) async fn open(url: &str) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::BadUrl {
+            url: super::error::redact(url),
+            detail: e.to_string(),
+        })?
+        .application_name("lockfleet-gateway");
+    let address = match options.get_socket() {
+        Some(dir) => format!("{} (Unix socket)", dir.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    let fail = |detail: String| StoreError::ConnectPostgres {
+        address: address.clone(),
+        detail,
+    };
+    // One direct connection first: the pool retries refused connections
+    // until its timeout and then reports only "timed out".
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Err(_) => {
+            return Err(fail(format!(
+                "no answer within {} s: check the host and port, and that a firewall lets the connection through",
+                CONNECT_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(e)) => return Err(fail(connect_hint(&options, e))),
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options.clone())
+        .await
+        .map_err(|e| fail(connect_hint(&options, e)))?;
+    if let Err(e) = sqlx::migrate!("./migrations/postgres").run(&pool).await {
+        pool.close().await;
+        return Err(StoreError::migration(POSTGRES, e));
+    }
+    Ok(pool)
+}
+
+/// The driver's error with what to do about the common causes.
+fn connect_hint(options: &PgConnectOptions, e: sqlx::Error) -> String {
+    let user = options.get_username();
+    let db = options.get_database().unwrap_or(user);
+    let code = match &e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    match (code.as_deref(), &e) {
+        (Some("3D000"), _) => format!("{e}: create the database first (createdb -U {user} {db})"),
+        (Some("28P01" | "28000"), _) => {
+            format!("{e}: check the user and password in the URL, and pg_hba.conf")
+        }
+        (_, sqlx::Error::Io(io)) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("{e}: is PostgreSQL running and listening on that address?")
+        }
+        _ => e.to_string(),
+    }
+}
+
+pub(super) async fn commit(pool: &PgPool, batch: &Batch) -> Result<Committed, StoreError> {
+    let err = |e| StoreError::from_sqlx(POSTGRES, "group commit", e);
+    let mut tx = pool.begin().await.map_err(err)?;
+    match write(&mut tx, batch).await {
+        Ok(committed) => {
+            tx.commit().await.map_err(err)?;
+            Ok(committed)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(err(e))
+        }
+    }
+}
+
+/// Collect one column of `rows` into an array parameter.
+fn col<'a, T, U>(rows: &'a [T], f: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(f).collect()
+}
+
+async fn write(
+    tx: &mut Transaction<'static, Postgres>,
+    batch: &Batch,
+) -> Result<Committed, sqlx::Error> {
+    let plan = Plan::new(batch);
+
+    let mut inserted_hb = HashSet::new();
+    if !plan.heartbeats.is_empty() {
+        let v: Vec<HeartbeatValues> = plan
+            .heartbeats
+            .iter()
+            .map(|r| HeartbeatValues::of(r))
+            .collect();
+        let keys: Vec<(String, i64)> = sqlx::query_as(INSERT_HEARTBEATS)
+            .bind(col(&v, |v| v.lock_id))
+            .bind(col(&v, |v| v.seq))
+            .bind(col(&v, |v| v.device_time))
+            .bind(col(&v, |v| v.received_at_ms))
+            .bind(col(&v, |v| v.transport))
+            .bind(col(&v, |v| v.bridge_id))
+            .bind(col(&v, |v| v.battery_percent))
+            .bind(col(&v, |v| v.battery_level))
+            .bind(col(&v, |v| v.signal_db))
+            .bind(col(&v, |v| v.signal_quality))
+            .bind(col(&v, |v| v.carrier.as_ref()))
+            .bind(col(&v, |v| v.channel_earfcn))
+            .bind(col(&v, |v| v.channel_pci))
+            .bind(col(&v, |v| v.channel_cell_id))
+            .bind(col(&v, |v| v.channel_band))
+            .bind(col(&v, |v| v.lock_state))
+            .bind(col(&v, |v| v.door_state))
+            .bind(col(&v, |v| v.firmware.as_ref()))
+            .bind(col(&v, |v| v.heartbeat_interval_h))
+            .bind(col(&v, |v| v.activity_log_interval_min))
+            .fetch_all(&mut **tx)
+            .await?;
+        inserted_hb.extend(keys);
+    }
+
+    let newest = plan.newest_inserted(&inserted_hb);
+    if !newest.is_empty() {
+        let v: Vec<HeartbeatValues> = newest.iter().map(|r| HeartbeatValues::of(r)).collect();
+        sqlx::query(UPSERT_LOCK_STATE)
+            .bind(col(&v, |v| v.lock_id))
+            .bind(col(&v, |v| v.seq))
+            .bind(col(&v, |v| v.device_time))
+            .bind(col(&v, |v| v.received_at_ms))
+            .bind(col(&v, |v| v.battery_percent))
+            .bind(col(&v, |v| v.battery_level))
+            .bind(col(&v, |v| v.signal_db))
+            .bind(col(&v, |v| v.signal_quality))
+            .bind(col(&v, |v| v.carrier.as_ref()))
+            .bind(col(&v, |v| v.lock_state))
+            .bind(col(&v, |v| v.door_state))
+            .bind(col(&v, |v| v.firmware.as_ref()))
+            .bind(col(&v, |v| v.heartbeat_interval_h))
+            .bind(col(&v, |v| v.activity_log_interval_min))
+            .execute(&mut **tx)
+            .await?;
+    }
+
+    let mut inserted_ev = HashSet::new();
+    if !plan.events.is_empty() {
+        let v: Vec<EventValues> = plan.events.iter().map(|r| EventValues::of(r)).collect();
+        let keys: Vec<(String, i64)> = sqlx::query_as(INSERT_EVENTS)
+            .bind(col(&v, |v| v.lock_id))
+            .bind(col(&v, |v| v.event_seq))
+            .bind(col(&v, |v| v.batch_seq))
+            .bind(col(&v, |v| v.time))
+            .bind(col(&v, |v| v.kind))
+            .bind(col(&v, |v| v.actor.as_deref()))
+            .bind(col(&v, |v| v.received_at_ms))
+            .bind(col(&v, |v| v.transport))
+            .bind(col(&v, |v| v.bridge_id))
+            .fetch_all(&mut **tx)
+            .await?;
+        inserted_ev.extend(keys);
+    }
+
+    if !plan.bridge_changes.is_empty() {
+        let c = plan.bridge_changes;
+        sqlx::query(INSERT_CONNECTIVITY)
+            .bind(col(c, |c| c.bridge_id.as_str()))
+            .bind(col(c, |c| codes::int(c.at_ms)))
+            .bind(col(c, |c| c.online))
+            .bind(col(c, |c| codes::cause(c.cause)))
+            .execute(&mut **tx)
+            .await?;
+        let l = &plan.bridge_latest;
+        sqlx::query(UPDATE_BRIDGES)
+            .bind(col(l, |c| c.bridge_id.as_str()))
+            .bind(col(l, |c| c.online))
+            .bind(col(l, |c| codes::int(c.at_ms)))
+            .execute(&mut **tx)
+            .await?;
+    }
+
+    Ok(Committed {
+        heartbeats_inserted: plan.heartbeat_flags(batch, &inserted_hb),
+        events_inserted: plan.event_flags(batch, &inserted_ev),
+    })
+}
