@@ -1,0 +1,671 @@
+//! The store against real engines: every behaviour test runs on SQLite (a
+//! file in a temporary directory) and on PostgreSQL (a fresh database on the
+//! server named by `LOCKFLEET_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`; unreachable means failed, not
+//! skipped).
+
+use dispatcher::import::ParsedFleet;
+use dispatcher::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, ReportPath};
+use gateway::store::testing::{bridge_change, event_row, heartbeat_row, TestDb};
+use gateway::store::{Batch, Committed, Purged, Store, StoreError};
+use schemas::event::Transport;
+use schemas::{
+    ActivityLogInterval, Battery, BatteryLevel, DoorState, HeartbeatInterval, LockModel, LockState,
+};
+use std::future::Future;
+
+/// Run `body` (given the database URL) on a fresh database, then remove it.
+/// A panicking body leaves the removal to `TestDb`'s `Drop`.
+async fn run<F, Fut>(db: TestDb, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    body(db.url.clone()).await;
+    db.cleanup().await;
+}
+
+/// One `#[tokio::test]` per engine for each named body.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::run(gateway::store::testing::TestDb::sqlite().await, super::$name).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::run(gateway::store::testing::TestDb::postgres().await, super::$name).await;
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    opening_twice_keeps_the_data_and_migrates_once,
+    import_then_load_registry_round_trips_every_field,
+    reimport_updates_fields_and_counts_updates,
+    commit_stores_new_rows_and_flags_each_one,
+    same_seq_twice_in_a_batch_is_stored_once,
+    recommitting_the_same_rows_stores_nothing_new,
+    lock_state_keeps_the_highest_seq_even_when_an_older_heartbeat_arrives_later,
+    bridge_changes_update_status_and_history,
+    older_bridge_change_does_not_override_a_newer_status,
+    purge_deletes_only_old_rows_and_respects_max_rows,
+    failed_commit_stores_nothing,
+    batch_larger_than_one_statement_is_stored_whole,
+    nul_in_device_text_does_not_fail_the_commit,
+);
+
+fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRecord {
+    LockRecord {
+        id: LockId::new(id),
+        model,
+        imei: model.is_nb_iot().then(|| "490154203237518".to_string()),
+        bluetooth_id: format!("{model}{id}"),
+        org: OrgId::new("org-1"),
+        departments: vec!["dept-1".into(), "dept-2".into()],
+        time_zone: "Asia/Singapore".into(),
+        heartbeat_interval: HeartbeatInterval::DEFAULT,
+        activity_log_interval: ActivityLogInterval::DEFAULT,
+        bridge: bridge.map(BridgeId::new),
+        path: if bridge.is_some() {
+            ReportPath::Bridge
+        } else {
+            ReportPath::Coap
+        },
+    }
+}
+
+fn bridge(id: &str) -> BridgeRecord {
+    BridgeRecord {
+        id: BridgeId::new(id),
+        org: OrgId::new("org-1"),
+    }
+}
+
+/// L1 (INB1, CoAP), L2 (SP2E behind B1, flat organisation), L3 (INB1-2FA over
+/// MQTT with non-default intervals); bridges B1 and B2.
+fn fleet() -> ParsedFleet {
+    let mut l2 = lock("L2", LockModel::Sp2e, Some("B1"));
+    l2.departments = vec![];
+    let mut l3 = lock("L3", LockModel::Inb1TwoFactor, None);
+    l3.path = ReportPath::Mqtt;
+    l3.heartbeat_interval = HeartbeatInterval::from_hours(2).unwrap();
+    l3.activity_log_interval = ActivityLogInterval::from_minutes(10).unwrap();
+    l3.time_zone = "UTC".into();
+    ParsedFleet {
+        locks: vec![lock("L1", LockModel::Inb1, None), l2, l3],
+        bridges: vec![bridge("B1"), bridge("B2")],
+    }
+}
+
+async fn open(url: &str) -> Store {
+    Store::open(url)
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"))
+}
+
+/// Run one statement through the store's own pool (test set-up only).
+async fn execute(store: &Store, sql: &'static str) {
+    match store {
+        Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+        Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn keys(pairs: &[(&str, u32)]) -> Vec<(String, u32)> {
+    pairs.iter().map(|(l, s)| (l.to_string(), *s)).collect()
+}
+
+async fn opening_twice_keeps_the_data_and_migrates_once(url: String) {
+    let store = open(&url).await;
+    store.ping().await.unwrap();
+    store.import_fleet(&fleet()).await.unwrap();
+    let batch = Batch {
+        heartbeats: vec![heartbeat_row("L1", 1)],
+        ..Batch::default()
+    };
+    store.commit(&batch).await.unwrap();
+    store.close().await;
+
+    let store = open(&url).await;
+    assert_eq!(
+        store.engine(),
+        if url.starts_with("sqlite") {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+    );
+    assert_eq!(store.audit().await.unwrap().heartbeats, keys(&[("L1", 1)]));
+    assert_eq!(store.load_registry().await.unwrap().lock_count(), 3);
+    // A second store on the same database at once is fine too.
+    let other = open(&url).await;
+    other.ping().await.unwrap();
+    other.close().await;
+    store.close().await;
+}
+
+async fn import_then_load_registry_round_trips_every_field(url: String) {
+    let store = open(&url).await;
+    let v0 = store.registry_version().await.unwrap();
+    let summary = store.import_fleet(&fleet()).await.unwrap();
+    assert_eq!(
+        (
+            summary.locks_inserted,
+            summary.locks_updated,
+            summary.bridges_inserted,
+            summary.bridges_updated
+        ),
+        (3, 0, 2, 0)
+    );
+    assert!(store.registry_version().await.unwrap() > v0);
+
+    let registry = store.load_registry().await.unwrap();
+    assert_eq!(registry.lock_count(), 3);
+    assert_eq!(registry.bridge_count(), 2);
+    let f = fleet();
+    for l in &f.locks {
+        assert_eq!(registry.lock(l.id.as_str()).map(|r| &**r), Some(l));
+    }
+    for b in &f.bridges {
+        assert_eq!(registry.bridge(b.id.as_str()).map(|r| &**r), Some(b));
+    }
+    store.close().await;
+}
+
+async fn reimport_updates_fields_and_counts_updates(url: String) {
+    let store = open(&url).await;
+    store.import_fleet(&fleet()).await.unwrap();
+    let v1 = store.registry_version().await.unwrap();
+
+    let mut f = fleet();
+    f.locks[0].heartbeat_interval = HeartbeatInterval::from_hours(5).unwrap();
+    f.locks[0].departments = vec!["dept-9".into()];
+    // L2 moves from B1 to B2.
+    f.locks[1].bridge = Some(BridgeId::new("B2"));
+    f.locks.push(lock("L4", LockModel::Inb1, None));
+    f.bridges.truncate(1);
+    let summary = store.import_fleet(&f).await.unwrap();
+    assert_eq!(
+        (
+            summary.locks_inserted,
+            summary.locks_updated,
+            summary.bridges_inserted,
+            summary.bridges_updated
+        ),
+        (1, 3, 0, 1)
+    );
+    assert!(
+        summary.to_string().contains("1 new and 3 updated lock(s)"),
+        "{summary}"
+    );
+    assert!(store.registry_version().await.unwrap() > v1);
+
+    let registry = store.load_registry().await.unwrap();
+    assert_eq!(registry.lock_count(), 4);
+    assert_eq!(
+        registry.bridge_count(),
+        2,
+        "bridges absent from the file stay registered"
+    );
+    for l in &f.locks {
+        assert_eq!(registry.lock(l.id.as_str()).map(|r| &**r), Some(l));
+    }
+    store.close().await;
+}
+
+async fn commit_stores_new_rows_and_flags_each_one(url: String) {
+    let store = open(&url).await;
+    store.import_fleet(&fleet()).await.unwrap();
+    let mut bridged = heartbeat_row("L2", 4);
+    bridged.transport = Transport::Bridge;
+    bridged.bridge_id = Some("B1".into());
+    bridged.hb.channel = None;
+    bridged.hb.battery = Battery::Percent(28);
+    let batch = Batch {
+        heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L1", 2), bridged],
+        events: vec![
+            event_row("L1", 10),
+            event_row("L1", 11),
+            event_row("L3", 10),
+        ],
+        bridge_changes: vec![],
+    };
+    let committed = store.commit(&batch).await.unwrap();
+    assert_eq!(
+        committed,
+        Committed {
+            heartbeats_inserted: vec![true, true, true],
+            events_inserted: vec![true, true, true],
+        }
+    );
+    let audit = store.audit().await.unwrap();
+    assert_eq!(audit.heartbeats, keys(&[("L1", 1), ("L1", 2), ("L2", 4)]));
+    assert_eq!(audit.events, keys(&[("L1", 10), ("L1", 11), ("L3", 10)]));
+    assert_eq!(audit.bridge_changes, 0);
+
+    let latest = store.load_latest().await.unwrap();
+    assert_eq!(latest.len(), 2);
+    assert_eq!(latest["L1"].seq, 2);
+    assert!(latest["L2"].battery_low, "SP2E at 28 % is low");
+    assert!(!latest["L1"].battery_low);
+    // An empty batch is answered without touching the database.
+    assert_eq!(
+        store.commit(&Batch::default()).await.unwrap(),
+        Committed::default()
+    );
+    store.close().await;
+}
+
+async fn same_seq_twice_in_a_batch_is_stored_once(url: String) {
+    let store = open(&url).await;
+    let mut second = heartbeat_row("L1", 1);
+    second.hb.lock_state = LockState::Unlocked;
+    let batch = Batch {
+        heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L1", 2), second],
+        events: vec![event_row("L1", 5), event_row("L1", 5), event_row("L1", 6)],
+        bridge_changes: vec![],
+    };
+    let committed = store.commit(&batch).await.unwrap();
+    assert_eq!(committed.heartbeats_inserted, [true, true, false]);
+    assert_eq!(committed.events_inserted, [true, false, true]);
+    let audit = store.audit().await.unwrap();
+    assert_eq!(audit.heartbeats, keys(&[("L1", 1), ("L1", 2)]));
+    assert_eq!(audit.events, keys(&[("L1", 5), ("L1", 6)]));
+    store.close().await;
+}
+
+async fn recommitting_the_same_rows_stores_nothing_new(url: String) {
+    let store = open(&url).await;
+    let batch = Batch {
+        heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L3", 7)],
+        events: vec![event_row("L1", 1), event_row("L1", 2)],
+        bridge_changes: vec![],
+    };
+    store.commit(&batch).await.unwrap();
+    let before = store.audit().await.unwrap();
+
+    let again = store.commit(&batch).await.unwrap();
+    assert_eq!(again.heartbeats_inserted, [false, false]);
+    assert_eq!(again.events_inserted, [false, false]);
+    // Mixed: one old row, one new row.
+    let mixed = Batch {
+        heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L1", 2)],
+        events: vec![event_row("L1", 2), event_row("L1", 3)],
+        bridge_changes: vec![],
+    };
+    let c = store.commit(&mixed).await.unwrap();
+    assert_eq!(c.heartbeats_inserted, [false, true]);
+    assert_eq!(c.events_inserted, [false, true]);
+
+    let after = store.audit().await.unwrap();
+    assert_eq!(before.heartbeats.len() + 1, after.heartbeats.len());
+    assert_eq!(after.events, keys(&[("L1", 1), ("L1", 2), ("L1", 3)]));
+    store.close().await;
+}
+
+async fn lock_state_keeps_the_highest_seq_even_when_an_older_heartbeat_arrives_later(url: String) {
+    let store = open(&url).await;
+    let commit_one = |seq: u32, state: LockState| {
+        let mut r = heartbeat_row("L1", seq);
+        r.hb.lock_state = state;
+        Batch {
+            heartbeats: vec![r],
+            ..Batch::default()
+        }
+    };
+    store
+        .commit(&commit_one(5, LockState::Locked))
+        .await
+        .unwrap();
+    let late = store
+        .commit(&commit_one(3, LockState::Unlocked))
+        .await
+        .unwrap();
+    assert_eq!(
+        late.heartbeats_inserted,
+        [true],
+        "a late heartbeat is still history"
+    );
+    let latest = store.load_latest().await.unwrap();
+    assert_eq!(
+        (latest["L1"].seq, latest["L1"].lock_state),
+        (5, LockState::Locked)
+    );
+
+    // Several new heartbeats of one lock in one batch, out of order: the highest wins.
+    let mut nine = heartbeat_row("L1", 9);
+    nine.hb.lock_state = LockState::Jammed;
+    nine.hb.door_state = DoorState::Open;
+    nine.hb.battery = Battery::Level(BatteryLevel::Low);
+    let batch = Batch {
+        heartbeats: vec![
+            commit_one(7, LockState::Unlocked).heartbeats.remove(0),
+            nine,
+            heartbeat_row("L1", 8),
+        ],
+        ..Batch::default()
+    };
+    store.commit(&batch).await.unwrap();
+    let l = store.load_latest().await.unwrap()["L1"];
+    assert_eq!(
+        (l.seq, l.lock_state, l.door_state, l.battery_low),
+        (9, LockState::Jammed, DoorState::Open, true)
+    );
+    store.close().await;
+}
+
+async fn bridge_changes_update_status_and_history(url: String) {
+    let store = open(&url).await;
+    store.import_fleet(&fleet()).await.unwrap();
+    assert!(
+        store.load_bridge_status().await.unwrap().is_empty(),
+        "never seen = absent"
+    );
+
+    let batch = Batch {
+        bridge_changes: vec![
+            bridge_change("B1", true, 1000),
+            bridge_change("B2", true, 1000),
+            bridge_change("B1", false, 2000),
+        ],
+        ..Batch::default()
+    };
+    let c = store.commit(&batch).await.unwrap();
+    assert!(c.heartbeats_inserted.is_empty() && c.events_inserted.is_empty());
+    let status = store.load_bridge_status().await.unwrap();
+    assert_eq!(status.len(), 2);
+    assert!(!status["B1"], "the last change of the batch wins");
+    assert!(status["B2"]);
+    assert_eq!(store.audit().await.unwrap().bridge_changes, 3);
+    store.close().await;
+}
+
+async fn older_bridge_change_does_not_override_a_newer_status(url: String) {
+    let store = open(&url).await;
+    store.import_fleet(&fleet()).await.unwrap();
+    let one = |online, at| Batch {
+        bridge_changes: vec![bridge_change("B1", online, at)],
+        ..Batch::default()
+    };
+    store.commit(&one(true, 5000)).await.unwrap();
+    // Another instance commits an earlier disconnect after it.
+    store.commit(&one(false, 4000)).await.unwrap();
+    assert!(store.load_bridge_status().await.unwrap()["B1"]);
+    assert_eq!(
+        store.audit().await.unwrap().bridge_changes,
+        2,
+        "history keeps both"
+    );
+    store.close().await;
+}
+
+async fn purge_deletes_only_old_rows_and_respects_max_rows(url: String) {
+    let store = open(&url).await;
+    // Heartbeats and events received at 1000, 2000, ... 10000 ms.
+    let mut batch = Batch::default();
+    for i in 1..=10u32 {
+        let mut hb = heartbeat_row("L1", i);
+        hb.received_at_ms = u64::from(i) * 1000;
+        batch.heartbeats.push(hb);
+        let mut ev = event_row("L1", i);
+        ev.received_at_ms = u64::from(i) * 1000;
+        batch.events.push(ev);
+        batch
+            .bridge_changes
+            .push(bridge_change("B1", i % 2 == 1, u64::from(i) * 1000));
+    }
+    store.commit(&batch).await.unwrap();
+
+    // Six rows per table are older than 6500 ms; take at most 4 per call.
+    let p = store.purge_before(6500, 4).await.unwrap();
+    assert_eq!(
+        p,
+        Purged {
+            heartbeats: 4,
+            activity_events: 4,
+            bridge_connectivity: 4
+        }
+    );
+    let p = store.purge_before(6500, 4).await.unwrap();
+    assert_eq!(
+        (p.heartbeats, p.activity_events, p.bridge_connectivity),
+        (2, 2, 2)
+    );
+    let p = store.purge_before(6500, 4).await.unwrap();
+    assert_eq!(p, Purged::default());
+
+    let audit = store.audit().await.unwrap();
+    assert_eq!(
+        audit.heartbeats,
+        keys(&[("L1", 7), ("L1", 8), ("L1", 9), ("L1", 10)])
+    );
+    assert_eq!(
+        audit.events,
+        keys(&[("L1", 7), ("L1", 8), ("L1", 9), ("L1", 10)])
+    );
+    assert_eq!(audit.bridge_changes, 4);
+    // Retention never touches the newest state.
+    assert_eq!(store.load_latest().await.unwrap()["L1"].seq, 10);
+    store.close().await;
+}
+
+async fn failed_commit_stores_nothing(url: String) {
+    let store = open(&url).await;
+    store.import_fleet(&fleet()).await.unwrap();
+    // Make the last statements of the commit fail, after heartbeats, lock
+    // state and events were written in the same transaction.
+    match store.engine() {
+        "sqlite" => {
+            execute(
+                &store,
+                "CREATE TRIGGER refuse BEFORE INSERT ON bridge_connectivity \
+                 BEGIN SELECT RAISE(ABORT, 'forced failure'); END",
+            )
+            .await
+        }
+        _ => {
+            execute(
+                &store,
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql \
+                 AS $$ BEGIN RAISE EXCEPTION 'forced failure'; END $$",
+            )
+            .await;
+            execute(
+                &store,
+                "CREATE TRIGGER refuse BEFORE INSERT ON bridge_connectivity \
+                 FOR EACH STATEMENT EXECUTE FUNCTION refuse()",
+            )
+            .await;
+        }
+    }
+    let batch = Batch {
+        heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L3", 1)],
+        events: vec![event_row("L1", 1)],
+        bridge_changes: vec![bridge_change("B1", true, 1000)],
+    };
+    let err = store.commit(&batch).await.unwrap_err();
+    assert!(matches!(err, StoreError::Failed { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("forced failure"), "{err}");
+
+    let audit = store.audit().await.unwrap();
+    assert!(
+        audit.heartbeats.is_empty() && audit.events.is_empty(),
+        "{audit:?}"
+    );
+    assert_eq!(audit.bridge_changes, 0);
+    assert!(store.load_latest().await.unwrap().is_empty());
+    assert!(store.load_bridge_status().await.unwrap().is_empty());
+
+    // Once the database accepts it again, the same batch is wholly new.
+    match store.engine() {
+        "sqlite" => execute(&store, "DROP TRIGGER refuse").await,
+        _ => execute(&store, "DROP TRIGGER refuse ON bridge_connectivity").await,
+    }
+    let c = store.commit(&batch).await.unwrap();
+    assert_eq!(c.heartbeats_inserted, [true, true]);
+    assert_eq!(c.events_inserted, [true]);
+    store.close().await;
+}
+
+async fn batch_larger_than_one_statement_is_stored_whole(url: String) {
+    let store = open(&url).await;
+    // More rows than one SQLite statement can bind (1638 heartbeats, 3640
+    // events), with a duplicate of every tenth heartbeat at the end.
+    let mut batch = Batch::default();
+    for i in 0..2000u32 {
+        batch
+            .heartbeats
+            .push(heartbeat_row(&format!("L{}", i % 50), i));
+    }
+    for i in 0..4000u32 {
+        batch.events.push(event_row(&format!("L{}", i % 7), i));
+    }
+    for i in (0..2000u32).step_by(10) {
+        batch
+            .heartbeats
+            .push(heartbeat_row(&format!("L{}", i % 50), i));
+    }
+    let c = store.commit(&batch).await.unwrap();
+    assert_eq!(c.heartbeats_inserted.iter().filter(|f| **f).count(), 2000);
+    assert!(c.heartbeats_inserted[..2000].iter().all(|f| *f));
+    assert!(c.heartbeats_inserted[2000..].iter().all(|f| !*f));
+    assert!(c.events_inserted.iter().all(|f| *f));
+    let audit = store.audit().await.unwrap();
+    assert_eq!((audit.heartbeats.len(), audit.events.len()), (2000, 4000));
+    let latest = store.load_latest().await.unwrap();
+    assert_eq!(latest.len(), 50);
+    assert_eq!(latest["L7"].seq, 1957);
+    store.close().await;
+}
+
+async fn nul_in_device_text_does_not_fail_the_commit(url: String) {
+    let store = open(&url).await;
+    let mut hb = heartbeat_row("L1", 1);
+    hb.hb.firmware = "1.0\0evil".into();
+    hb.hb.carrier = "\0".into();
+    let mut ev = event_row("L1", 1);
+    ev.event.actor = Some("slot\0".into());
+    ev.event.time = u64::MAX;
+    hb.hb.device_time = u64::MAX;
+    let c = store
+        .commit(&Batch {
+            heartbeats: vec![hb],
+            events: vec![ev],
+            bridge_changes: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.heartbeats_inserted, c.events_inserted),
+        (vec![true], vec![true])
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn unsupported_url_says_what_to_use() {
+    let err = Store::open("mysql://u:secret@h/db").await.unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedUrl { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("sqlite://") && msg.contains("postgres://"),
+        "{msg}"
+    );
+    assert!(!msg.contains("secret"), "the password is not echoed: {msg}");
+}
+
+#[tokio::test]
+async fn sqlite_creates_missing_directories() {
+    let db = TestDb::sqlite().await;
+    let nested = db.url.replace("gateway.db", "a/b/c/gateway.db");
+    let store = open(&nested).await;
+    store.ping().await.unwrap();
+    store.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_directory_that_cannot_be_created_is_named() {
+    let db = TestDb::sqlite().await;
+    // A regular file where a directory should be.
+    let file = db.url.trim_start_matches("sqlite://").to_string();
+    std::fs::write(&file, b"not a directory").unwrap();
+    let err = Store::open(&format!("sqlite://{file}/sub/x.db"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::CreateDir { .. }), "{err:?}");
+    assert!(err.to_string().contains("gateway.db/sub"), "{err}");
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn unreachable_postgres_names_host_and_port() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let err = Store::open("postgres://postgres:pw@127.0.0.1:1/test")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ConnectPostgres { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot connect to PostgreSQL at 127.0.0.1:1"),
+        "{msg}"
+    );
+    assert!(msg.contains("is PostgreSQL running"), "{msg}");
+}
+
+#[tokio::test]
+async fn missing_postgres_database_says_to_create_it() {
+    let db = TestDb::postgres().await;
+    let missing = match db.url.split_once('?') {
+        Some((base, query)) => format!("{base}_missing?{query}"),
+        None => format!("{}_missing", db.url),
+    };
+    let err = Store::open(&missing).await.unwrap_err();
+    assert!(
+        err.to_string().contains("create the database first"),
+        "{err}"
+    );
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_is_opened_for_durability() {
+    let db = TestDb::sqlite().await;
+    let store = open(&db.url).await;
+    let Store::Sqlite(pool) = &store else {
+        panic!("expected SQLite")
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (mode.as_str(), sync, fk),
+        ("wal", 2, 1),
+        "WAL, synchronous=FULL, foreign keys"
+    );
+    assert!(busy >= 1000, "busy_timeout {busy} ms");
+    drop(conn);
+    store.close().await;
+    db.cleanup().await;
+}
