@@ -1,1 +1,32 @@
+//! A simulated fleet of smart locks and bridges for the lock-fleet gateway.
+//!
+//! * [`fleet`]: generate, write and read the fleet file.
+//! * [`lock`] and [`activity`]: one lock's behaviour, sans I/O, driven by
+//!   [`clock`] time and [`timers`].
+//! * [`coap_client`]: the CoAP client exchange layer (RFC 7252), sans I/O.
+//! * [`coap_socket`]: the task per UDP socket that puts CoAP locks on the wire.
+//! * [`mqtt_lock`], [`bridge`], [`mqtt_conn`], [`mqtt_fleet`]: MQTT locks and
+//!   bridges, their connections and the task that runs them.
+//! * [`net`]: injected loss and duplication; [`stats`] and [`ledger`]: what
+//!   happened.
+//! * [`run`]: a whole run ([`run::SimConfig`] in, [`run::RunReport`] out).
 
+pub mod activity;
+pub mod bridge;
+pub mod clock;
+pub mod coap_client;
+pub mod coap_socket;
+pub mod fleet;
+pub mod ledger;
+pub mod lock;
+pub mod mqtt_conn;
+pub mod mqtt_fleet;
+pub mod mqtt_lock;
+pub mod net;
+pub mod run;
+pub mod stats;
+pub mod timers;
+
+pub use fleet::{Fleet, FleetSpec};
+pub use ledger::{AckedReport, PendingReport};
+pub use run::{run, start, RunHandle, RunReport, SimConfig};

@@ -1,1 +1,264 @@
-fn main() {}
+//! `device-sim`: generate a fleet file, or make a fleet live against a gateway.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use device_sim::fleet::{self, Fleet, FleetSpec};
+use device_sim::net::NetFaults;
+use device_sim::run::{self, RunReport, SimConfig};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the progress line is printed.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A simulated fleet of INB1 locks (CoAP, MQTT) and bridges (MQTT)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a fleet file (the CSV the gateway imports).
+    Fleet(FleetArgs),
+    /// Make a fleet live against a gateway.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Number of locks, bridged ones included.
+    #[arg(long, default_value_t = 1000)]
+    locks: usize,
+    /// Number of bridges (each links 1 or 2 locks).
+    #[arg(long, default_value_t = 50)]
+    bridges: usize,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of organisations.
+    #[arg(long, default_value_t = 8)]
+    orgs: usize,
+    /// Share of INB1 locks on MQTT instead of CoAP.
+    #[arg(long, default_value_t = 0.1)]
+    mqtt_share: f64,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Fleet file to simulate.
+    #[arg(long)]
+    fleet: PathBuf,
+    /// Gateway host or address.
+    #[arg(long, default_value = "127.0.0.1")]
+    gateway: String,
+    #[arg(long, default_value_t = 5683)]
+    coap_port: u16,
+    #[arg(long, default_value_t = 1883)]
+    mqtt_port: u16,
+    /// How much faster than real time the intervals run (600: a 24 h
+    /// heartbeat every 144 s).
+    #[arg(long, default_value_t = 600.0)]
+    speedup: f64,
+    /// Stop generating reports after this long (e.g. 60s, 5m, 1h); default:
+    /// until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop each lock after this many reports.
+    #[arg(long)]
+    max_reports: Option<u32>,
+    /// After generation stops, keep retrying unacknowledged reports this long.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    drain: Duration,
+    /// Probability of dropping each datagram/publish (and CoAP response).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Probability of sending a datagram/publish twice.
+    #[arg(long, default_value_t = 0.0)]
+    dup: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// UDP sockets shared by the CoAP locks.
+    #[arg(long, default_value_t = run::DEFAULT_SOCKETS)]
+    sockets: usize,
+    /// CoAP ACK_TIMEOUT in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    ack_timeout_ms: u64,
+    /// How long an MQTT report waits for its answer before being resent.
+    #[arg(long, default_value_t = 5000)]
+    mqtt_ack_timeout_ms: u64,
+    /// Write the acknowledged reports to this CSV file at the end.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Fleet(args) => write_fleet(args),
+        Command::Run(args) => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+            rt.block_on(run_fleet(args))
+        }
+    }
+}
+
+fn write_fleet(args: FleetArgs) -> anyhow::Result<()> {
+    let spec = FleetSpec {
+        locks: args.locks,
+        bridges: args.bridges,
+        orgs: args.orgs,
+        mqtt_share: args.mqtt_share,
+        seed: args.seed,
+    };
+    let fleet = fleet::generate(&spec)?;
+    fleet
+        .write_csv(&args.out)
+        .with_context(|| format!("cannot write the fleet file {}", args.out.display()))?;
+    eprintln!(
+        "wrote {}: {} locks ({} coap, {} mqtt, {} bridged), {} bridges",
+        args.out.display(),
+        fleet.locks.len(),
+        fleet.count_by_transport(schemas::event::Transport::Coap),
+        fleet.count_by_transport(schemas::event::Transport::Mqtt),
+        fleet.count_by_transport(schemas::event::Transport::Bridge),
+        fleet.bridges.len()
+    );
+    Ok(())
+}
+
+async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
+    let fleet = Fleet::read_csv(&args.fleet)
+        .with_context(|| format!("cannot read the fleet file {}", args.fleet.display()))?;
+    let cancel = CancellationToken::new();
+    let config = SimConfig {
+        gateway: args.gateway,
+        coap_port: args.coap_port,
+        mqtt_port: args.mqtt_port,
+        speedup: args.speedup,
+        duration: args.duration,
+        max_reports_per_device: args.max_reports,
+        drain_timeout: args.drain,
+        faults: NetFaults::new(args.loss, args.dup)?,
+        seed: args.seed,
+        sockets: args.sockets,
+        ack_timeout: Duration::from_millis(args.ack_timeout_ms),
+        mqtt_ack_timeout: Duration::from_millis(args.mqtt_ack_timeout_ms),
+        progress: (!args.quiet).then_some(PROGRESS_EVERY),
+        cancel: cancel.clone(),
+    };
+    tokio::spawn(async move {
+        // First Ctrl-C: stop generating, drain, disconnect cleanly. Second: quit now.
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping (Ctrl-C again to quit at once)");
+            cancel.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let report = run::run(config, fleet).await?;
+    print_summary(&report);
+    if let Some(path) = args.ledger {
+        write_ledger(&report, &path)
+            .with_context(|| format!("cannot write the ledger {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_summary(report: &RunReport) {
+    let s = &report.stats;
+    eprintln!("{s}");
+    eprintln!(
+        "done: {} reports created, {} acknowledged, {} unacknowledged, {} refused, {} retransmissions, {} duplicates injected, {} dropped",
+        s.created,
+        report.acknowledged.len(),
+        report.unacknowledged.len(),
+        s.rejected,
+        s.retransmitted,
+        s.dup_injected,
+        s.dropped
+    );
+}
+
+/// `lock_id,transport,kind,seq,first_event_seq,event_count` per acknowledged report.
+fn write_ledger(report: &RunReport, path: &PathBuf) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "lock_id,transport,kind,seq,first_event_seq,event_count"
+    )?;
+    for r in &report.acknowledged {
+        writeln!(
+            out,
+            "{},{},{},{},{},{}",
+            r.lock_id,
+            r.transport.as_str(),
+            r.kind.as_str(),
+            r.seq,
+            r.event_seqs.start,
+            r.event_seqs.len()
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Parses `500ms`, `60s`, `5m`, `2h` (a bare number is seconds).
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration: use e.g. 500ms, 60s, 5m, 1h"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => bail!("unknown unit {other:?} in {s:?}: use ms, s, m or h"),
+    };
+    Duration::try_from_secs_f64(secs).with_context(|| format!("{s:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,46 @@
+//! A bridge: an always-on Wi-Fi hub with one MQTT connection (client id =
+//! bridge id) through which it reports for its one or two linked locks. It
+//! announces itself on `br/{bridge}/status` (`online` after every ConnAck,
+//! `offline` before a clean disconnect, `lost` as its Last Will) and hears
+//! answers on `br/{bridge}/ack/{lock}/hb|log` and errors on `br/{bridge}/err`.
+//!
+//! The linked locks' behaviour is the ordinary [`crate::lock::Lock`]; this
+//! module only defines the bridge's connection.
+
+use crate::mqtt_conn::{ConnSpec, KEEP_ALIVE};
+use schemas::topic::down;
+
+/// The connection of bridge `bridge`.
+pub fn conn_spec(bridge: &str, host: &str, port: u16) -> ConnSpec {
+    let base = format!("br/{bridge}");
+    ConnSpec {
+        client_id: bridge.to_string(),
+        host: host.to_string(),
+        port,
+        keep_alive: KEEP_ALIVE,
+        filters: vec![format!("{base}/ack/#"), down::error(&base)],
+        status_topic: Some(down::bridge_status(bridge)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt_conn::STATUS_LOST;
+    use rumqttc::QoS;
+
+    #[test]
+    fn bridge_connection_has_its_last_will_and_filters() {
+        let spec = conn_spec("B00001", "127.0.0.1", 1883);
+        assert_eq!(spec.client_id, "B00001");
+        assert_eq!(spec.filters, vec!["br/B00001/ack/#", "br/B00001/err"]);
+        assert_eq!(spec.status_topic.as_deref(), Some("br/B00001/status"));
+        let opts = spec.options();
+        assert!(!opts.clean_session());
+        let will = opts.last_will().unwrap();
+        assert_eq!(will.topic, "br/B00001/status");
+        assert_eq!(&will.message[..], STATUS_LOST.as_bytes());
+        assert_eq!(will.qos, QoS::AtLeastOnce);
+        assert!(schemas::topic::DeviceTopic::parse(&will.topic).is_ok());
+    }
+}

@@ -1,0 +1,316 @@
+//! One UDP socket shared by many CoAP locks (as locks behind one NAT share
+//! an address) and the single task that drives it: it feeds datagrams and
+//! time into the sans-I/O [`CoapClient`] and [`Lock`]s, keeps one ordered
+//! set of lock wake-ups, and applies the injected loss and duplication.
+//! No task, timer or allocation per lock beyond the lock itself.
+
+use crate::clock::SimClock;
+use crate::coap_client::{CoapClient, Event, Incoming, StartError, TransmissionParams};
+use crate::ledger::Ledger;
+use crate::lock::{Answer, Lock};
+use crate::net::{Fate, Impairment};
+use crate::run::{Phase, DRAIN_RETRY_DELAY};
+use crate::stats::Stats;
+use crate::timers::TimerQueue;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use schemas::device::UplinkKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+/// Largest datagram we read. Answers are small (a downlink is bounded by the
+/// NB-IoT budget); anything longer is truncated and fails to parse.
+pub const RECV_BUFFER_BYTES: usize = 4096;
+
+/// Datagrams read per wake-up before timers get a turn, so a flood of
+/// answers cannot starve retransmissions (quinn-udp's `IO_LOOP_BOUND` idea).
+pub const IO_LOOP_BOUND: usize = 64;
+
+/// Uri-Path of heartbeats.
+pub const PATH_HEARTBEAT: &str = "hb";
+/// Uri-Path of activity-log batches.
+pub const PATH_LOG: &str = "log";
+
+/// The Uri-Path a report of `kind` is POSTed to.
+pub fn uri_path(kind: UplinkKind) -> &'static str {
+    match kind {
+        UplinkKind::Heartbeat => PATH_HEARTBEAT,
+        UplinkKind::ActivityLog => PATH_LOG,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tag {
+    /// Index into this socket's locks.
+    lock: usize,
+    seq: u32,
+    kind: UplinkKind,
+}
+
+/// The locks of one socket and everything needed to drive them.
+pub struct SocketTask {
+    socket: UdpSocket,
+    server: SocketAddr,
+    client: CoapClient<Tag>,
+    locks: Vec<Lock>,
+    wakes: TimerQueue<usize>,
+    impairment: Impairment,
+    rng: SmallRng,
+    clock: SimClock,
+    stats: Arc<Stats>,
+    phase: Phase,
+    ledger: Ledger,
+}
+
+impl SocketTask {
+    /// Binds an ephemeral UDP socket of the server's address family.
+    pub async fn bind(
+        server: SocketAddr,
+        locks: Vec<Lock>,
+        params: TransmissionParams,
+        impairment: Impairment,
+        seed: u64,
+        clock: SimClock,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Self> {
+        let local: SocketAddr = if server.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(local).await?;
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // RFC 7252 §4.4 and §5.3.1: start message ids and tokens at random.
+        let client = CoapClient::new(params, rng.random(), rng.random());
+        let mut wakes = TimerQueue::new();
+        for (i, lock) in locks.iter().enumerate() {
+            if let Some(at) = lock.next_wake() {
+                wakes.set(i, at);
+            }
+        }
+        Ok(SocketTask {
+            socket,
+            server,
+            client,
+            locks,
+            wakes,
+            impairment,
+            rng,
+            clock,
+            stats,
+            phase: Phase::Running,
+            ledger: Ledger::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Runs until the phase becomes [`Phase::Stopping`] (or its sender goes
+    /// away) and returns the ledger, outboxes included.
+    pub async fn run(mut self, mut phase: watch::Receiver<Phase>) -> Ledger {
+        let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+        loop {
+            let deadline = match (self.wakes.next_deadline(), self.client.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                biased;
+                changed = phase.changed() => {
+                    let next = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Stopping };
+                    if next == Phase::Stopping {
+                        break;
+                    }
+                    if next == Phase::Draining && self.phase == Phase::Running {
+                        self.phase = next;
+                        self.begin_drain(Instant::now());
+                    }
+                }
+                received = self.socket.recv_from(&mut buf) => {
+                    let now = Instant::now();
+                    match received {
+                        Ok((n, _)) => self.on_datagram(now, &buf[..n]),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "udp receive failed");
+                            self.stats.error("io");
+                        }
+                    }
+                    for _ in 1..IO_LOOP_BOUND {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Ok((n, _)) => self.on_datagram(now, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {}
+            }
+            let now = Instant::now();
+            self.on_timers(now);
+            self.on_events(now);
+            self.flush().await;
+        }
+        self.stats.in_flight_add(-(self.client.len() as i64));
+        for lock in &self.locks {
+            self.ledger.record_pending(lock);
+        }
+        self.ledger
+    }
+
+    fn on_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        if self.impairment.drop_incoming() {
+            self.stats.dropped_in();
+            return;
+        }
+        if self.client.handle(now, bytes) == Incoming::Malformed {
+            self.stats.error("malformed_answer");
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        while let Some(i) = self.wakes.pop_due(now) {
+            let out = self.locks[i].wake(now, &self.clock, self.phase == Phase::Running);
+            self.stats.created(u64::from(out.created));
+            self.stats.abandoned(u64::from(out.abandoned));
+            self.stats.events_lost(u64::from(out.events_lost));
+            if out.finished {
+                self.stats.lock_done();
+            }
+            self.rearm(i);
+            self.pump(i, now);
+        }
+        self.client.handle_timeout(now);
+    }
+
+    fn on_events(&mut self, now: Instant) {
+        while let Some(event) = self.client.poll_event() {
+            self.stats.in_flight_add(-1);
+            let lock = match &event {
+                Event::Response { tag, .. } | Event::Reset { tag } | Event::GaveUp { tag } => {
+                    tag.lock
+                }
+            };
+            match event {
+                Event::Response { tag, code, payload } if code.is_success() => {
+                    let answer = Answer::decode(tag.kind, &payload);
+                    match answer.seq() {
+                        None => self.stats.error("undecodable_answer"),
+                        Some(seq) if seq != tag.seq => self.stats.error("seq_mismatch"),
+                        Some(_) => {}
+                    }
+                    let lock = &mut self.locks[tag.lock];
+                    if let Some(report) = lock.on_acked(tag.seq, &answer, now, &self.clock) {
+                        self.stats.acked(lock.index());
+                        let after = now.saturating_duration_since(self.clock.start());
+                        self.ledger.record_ack(lock, report, after);
+                    }
+                    self.rearm(tag.lock);
+                }
+                Event::Response { tag, code, payload } => {
+                    tracing::debug!(
+                        lock = self.locks[tag.lock].id(),
+                        seq = tag.seq,
+                        %code,
+                        diagnostic = %String::from_utf8_lossy(&payload),
+                        "report refused"
+                    );
+                    if self.locks[tag.lock].on_refused(tag.seq).is_some() {
+                        self.stats.rejected(&code.to_string());
+                    }
+                }
+                Event::Reset { tag } => {
+                    if self.locks[tag.lock].on_refused(tag.seq).is_some() {
+                        self.stats.rejected("rst");
+                    }
+                }
+                Event::GaveUp { tag } => {
+                    self.stats.gave_up();
+                    self.locks[tag.lock].on_gave_up(tag.seq);
+                    if self.phase == Phase::Draining {
+                        self.wakes.set_earlier(tag.lock, now + DRAIN_RETRY_DELAY);
+                    }
+                }
+            }
+            // The lock's exchange ended: it may send its next report.
+            self.pump(lock, now);
+        }
+    }
+
+    fn begin_drain(&mut self, now: Instant) {
+        for i in 0..self.locks.len() {
+            if self.locks[i].outbox().next().is_some() && self.locks[i].in_flight().is_none() {
+                self.wakes.set(i, now);
+            }
+        }
+    }
+
+    fn rearm(&mut self, i: usize) {
+        match self.locks[i].next_wake() {
+            Some(at) => self.wakes.set(i, at),
+            None => self.wakes.cancel(i),
+        }
+    }
+
+    /// Starts the lock's next exchange if it is awake and idle (NSTART 1).
+    fn pump(&mut self, i: usize, now: Instant) {
+        let Some(out) = self.locks[i].poll_send() else {
+            return;
+        };
+        let tag = Tag {
+            lock: i,
+            seq: out.seq,
+            kind: out.kind,
+        };
+        match self
+            .client
+            .start(now, tag, uri_path(out.kind), &out.payload, &mut self.rng)
+        {
+            Ok(_) => {
+                self.stats.sent(out.first_attempt);
+                self.stats.in_flight_add(1);
+            }
+            Err(e @ StartError::NoMessageId) => {
+                // Transient: the report waits for the lock's next wake.
+                tracing::debug!(lock = self.locks[i].id(), error = %e, "cannot send report now");
+                self.stats.error("no_message_id");
+                self.locks[i].on_gave_up(out.seq);
+            }
+            Err(e @ StartError::TooLarge(_)) => {
+                tracing::warn!(lock = self.locks[i].id(), error = %e, "cannot send report");
+                if self.locks[i].on_refused(out.seq).is_some() {
+                    self.stats.rejected("unsendable");
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(t) = self.client.poll_transmit() {
+            if t.retransmission {
+                self.stats.retransmitted();
+            }
+            let fate = self.impairment.outgoing();
+            match fate {
+                Fate::Drop => self.stats.dropped_out(),
+                Fate::SendTwice => self.stats.dup_injected(),
+                Fate::Send => {}
+            }
+            for _ in 0..fate.copies() {
+                if let Err(e) = self.socket.send_to(&t.bytes, self.server).await {
+                    tracing::debug!(error = %e, "udp send failed");
+                    self.stats.error("io");
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(at) = deadline {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}

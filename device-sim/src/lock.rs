@@ -1,0 +1,523 @@
+//! One simulated lock, sans I/O: its timers (heartbeat and activity-log
+//! intervals, each with its own phase), its sequence counters, its battery,
+//! signal and mechanical state, and its outbox of reports awaiting an
+//! acknowledgement. The transports drive it with `now` and tell it what the
+//! network did; it never sleeps, reads a clock or touches a socket.
+//!
+//! The protocol with a transport:
+//! 1. [`Lock::next_wake`] says when to call [`Lock::wake`], which creates due
+//!    reports (activity-log batches first, then the heartbeat) and wakes the
+//!    lock up;
+//! 2. while awake, [`Lock::poll_send`] hands out one report at a time
+//!    (NSTART 1);
+//! 3. the transport answers with [`Lock::on_acked`], [`Lock::on_refused`] or
+//!    [`Lock::on_gave_up`]. A report that gave up stays in the outbox and
+//!    goes again, with the same `seq`, at the next wake.
+
+use crate::activity::{self, Physical, Recorder};
+use crate::clock::SimClock;
+use crate::fleet::LockSpec;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use schemas::device::{encode, UplinkKind, MAX_EVENTS_PER_BATCH, MAX_UPLINK_BYTES};
+use schemas::event::Transport;
+use schemas::{
+    ActivityEvent, ActivityLogBatch, ActivityLogInterval, Battery, BatteryLevel, ChannelInfo,
+    Downlink, Heartbeat, HeartbeatInterval, LockModel, LogAck, SignalQuality,
+};
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// Most reports a lock keeps waiting for an acknowledgement. Past it the
+/// oldest heartbeat is discarded (a newer one supersedes it); log batches are
+/// never discarded, new ones wait instead.
+pub const MAX_OUTBOX_REPORTS: usize = 32;
+
+/// Most activity events a lock buffers before uploading; past it the oldest
+/// are overwritten, like the ring buffer of a real lock's log.
+pub const MAX_PENDING_EVENTS: usize = 1024;
+
+/// Share of locks that start just above the low-battery threshold, so some
+/// go low during a run.
+const NEARLY_LOW_SHARE: f64 = 0.05;
+/// Battery cost, in percent, of one uplink, one activity event, and one
+/// simulated hour asleep.
+const BATTERY_PER_REPORT: f32 = 0.02;
+const BATTERY_PER_EVENT: f32 = 0.005;
+const BATTERY_PER_HOUR: f32 = 0.01;
+
+const CARRIERS: [&str; 6] = [
+    "Singtel", "StarHub", "M1", "Vodafone", "Telstra", "T-Mobile",
+];
+/// (band, EARFCN) pairs of NB-IoT deployments.
+const CELLS: [(u8, u32); 4] = [(8, 3734), (3, 1575), (20, 6300), (28, 9410)];
+
+/// One report, as queued and as sent (the bytes never change on resend).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub kind: UplinkKind,
+    pub seq: u32,
+    /// CBOR-encoded [`Heartbeat`] or [`ActivityLogBatch`].
+    pub payload: Vec<u8>,
+    /// The activity events a batch carries (empty for heartbeats).
+    pub event_seqs: Range<u32>,
+    /// How many times it was handed to a transport.
+    pub attempts: u32,
+}
+
+/// A report handed to the transport by [`Lock::poll_send`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub kind: UplinkKind,
+    pub seq: u32,
+    pub payload: Vec<u8>,
+    /// False when an earlier attempt gave up.
+    pub first_attempt: bool,
+}
+
+/// The server's answer to a report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Downlink(Downlink),
+    LogAck(LogAck),
+    /// A success code whose payload did not decode: the report is stored,
+    /// but there is nothing to adopt.
+    Undecodable,
+}
+
+impl Answer {
+    /// Decodes the answer to a report of `kind`: a [`Downlink`] for a
+    /// heartbeat, a [`LogAck`] for a log batch.
+    pub fn decode(kind: UplinkKind, payload: &[u8]) -> Answer {
+        let decoded = match kind {
+            UplinkKind::Heartbeat => Downlink::decode(payload).map(Answer::Downlink),
+            UplinkKind::ActivityLog => LogAck::decode(payload).map(Answer::LogAck),
+        };
+        decoded.unwrap_or(Answer::Undecodable)
+    }
+
+    /// The `seq` of the report this answers, when it decoded.
+    pub fn seq(&self) -> Option<u32> {
+        match self {
+            Answer::Downlink(d) => Some(d.seq),
+            Answer::LogAck(a) => Some(a.seq),
+            Answer::Undecodable => None,
+        }
+    }
+}
+
+/// What one [`Lock::wake`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakeOutcome {
+    pub created: u32,
+    /// Reports discarded because the outbox was full.
+    pub abandoned: u32,
+    /// Events overwritten because the log buffer was full.
+    pub events_lost: u32,
+    /// The lock reached its report budget during this wake.
+    pub finished: bool,
+}
+
+/// A simulated lock. See the module docs for the protocol.
+#[derive(Debug)]
+pub struct Lock {
+    index: usize,
+    id: String,
+    model: LockModel,
+    transport: Transport,
+    rng: SmallRng,
+    heartbeat_interval: HeartbeatInterval,
+    activity_log_interval: ActivityLogInterval,
+    physical: Physical,
+    visits_per_hour: f64,
+    battery_pct: f32,
+    signal_base_db: i16,
+    carrier: &'static str,
+    channel: Option<ChannelInfo>,
+    firmware: &'static str,
+    next_seq: u32,
+    next_event_seq: u32,
+    /// Simulated time up to which activity has been generated.
+    events_until: Duration,
+    pending: VecDeque<ActivityEvent>,
+    outbox: VecDeque<Report>,
+    in_flight: Option<u32>,
+    awake: bool,
+    next_heartbeat: Instant,
+    next_log: Instant,
+    reports_created: u32,
+    max_reports: Option<u32>,
+}
+
+impl Lock {
+    /// A lock as paired, `index` being its position in the fleet. Its first
+    /// heartbeat and log upload fall at random phases within their intervals.
+    pub fn new(
+        spec: &LockSpec,
+        index: usize,
+        seed: u64,
+        clock: &SimClock,
+        max_reports: Option<u32>,
+    ) -> Self {
+        let mut rng =
+            SmallRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let bridged = spec.transport == Transport::Bridge;
+        let battery_pct = if rng.random_bool(NEARLY_LOW_SHARE) {
+            rng.random_range(30.1..30.6)
+        } else {
+            rng.random_range(35.0..100.0)
+        };
+        let (carrier, channel) = if bridged {
+            ("", None)
+        } else {
+            let (band, earfcn) = CELLS[rng.random_range(0..CELLS.len())];
+            let channel = ChannelInfo {
+                earfcn,
+                pci: rng.random_range(0..504),
+                cell_id: rng.random_range(0..(1 << 28)),
+                band,
+            };
+            (CARRIERS[rng.random_range(0..CARRIERS.len())], Some(channel))
+        };
+        let hb_real = clock.real_interval(Duration::from_secs(spec.heartbeat_interval.as_secs()));
+        let log_real =
+            clock.real_interval(Duration::from_secs(spec.activity_log_interval.as_secs()));
+        let start = clock.start();
+        Lock {
+            index,
+            id: spec.id.clone(),
+            model: spec.model,
+            transport: spec.transport,
+            heartbeat_interval: spec.heartbeat_interval,
+            activity_log_interval: spec.activity_log_interval,
+            physical: Physical::initial(spec.model),
+            visits_per_hour: activity::draw_visit_rate(&mut rng),
+            battery_pct,
+            signal_base_db: rng.random_range(-2..=28),
+            carrier,
+            channel,
+            firmware: if spec.model.is_nb_iot() {
+                "1.4.2"
+            } else {
+                "2.1.0"
+            },
+            next_seq: 1,
+            next_event_seq: 1,
+            events_until: Duration::ZERO,
+            pending: VecDeque::new(),
+            outbox: VecDeque::new(),
+            in_flight: None,
+            awake: false,
+            next_heartbeat: start + hb_real.mul_f64(rng.random::<f64>()),
+            next_log: start + log_real.mul_f64(rng.random::<f64>()),
+            reports_created: 0,
+            max_reports,
+            rng,
+        }
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    pub fn model(&self) -> LockModel {
+        self.model
+    }
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+    pub fn physical(&self) -> Physical {
+        self.physical
+    }
+    pub fn intervals(&self) -> (HeartbeatInterval, ActivityLogInterval) {
+        (self.heartbeat_interval, self.activity_log_interval)
+    }
+    /// Reports awaiting an acknowledgement, oldest first.
+    pub fn outbox(&self) -> impl Iterator<Item = &Report> {
+        self.outbox.iter()
+    }
+    pub fn in_flight(&self) -> Option<u32> {
+        self.in_flight
+    }
+    pub fn report(&self, seq: u32) -> Option<&Report> {
+        self.outbox.iter().find(|r| r.seq == seq)
+    }
+    /// True once the lock has created all the reports it may.
+    pub fn finished(&self) -> bool {
+        self.max_reports.is_some_and(|m| self.reports_created >= m)
+    }
+
+    /// When the lock next needs [`Lock::wake`]; `None` once it has finished
+    /// and has nothing left to send.
+    pub fn next_wake(&self) -> Option<Instant> {
+        if self.finished() && self.outbox.is_empty() {
+            None
+        } else {
+            Some(self.next_heartbeat.min(self.next_log))
+        }
+    }
+
+    /// Wakes the lock at `now`. With `generate`, simulates the activity since
+    /// the last wake and creates the reports that are due; without it (while
+    /// draining) it only resumes sending what the outbox holds.
+    pub fn wake(&mut self, now: Instant, clock: &SimClock, generate: bool) -> WakeOutcome {
+        let mut out = WakeOutcome::default();
+        let heartbeat_due = now >= self.next_heartbeat;
+        let log_due = now >= self.next_log;
+        if generate && !self.finished() {
+            out.events_lost = self.simulate_until(clock.sim_elapsed(now), clock);
+            if heartbeat_due || log_due {
+                // The guide: a heartbeat "syncs logs" too, so it carries
+                // whatever accumulated; a log wake uploads even an empty log.
+                self.queue_log_batches(log_due, &mut out);
+            }
+            if heartbeat_due {
+                self.queue_heartbeat(now, clock, &mut out);
+            }
+            out.finished = self.finished();
+        }
+        if heartbeat_due {
+            let every = clock.real_interval(Duration::from_secs(self.heartbeat_interval.as_secs()));
+            self.next_heartbeat = next_after(self.next_heartbeat, every, now);
+        }
+        if log_due {
+            let every =
+                clock.real_interval(Duration::from_secs(self.activity_log_interval.as_secs()));
+            self.next_log = next_after(self.next_log, every, now);
+        }
+        self.awake = !self.outbox.is_empty();
+        out
+    }
+
+    /// The next report to send, if the lock is awake and nothing is in flight.
+    pub fn poll_send(&mut self) -> Option<Outgoing> {
+        if !self.awake || self.in_flight.is_some() {
+            return None;
+        }
+        let Some(report) = self.outbox.front_mut() else {
+            self.awake = false;
+            return None;
+        };
+        report.attempts += 1;
+        self.in_flight = Some(report.seq);
+        Some(Outgoing {
+            kind: report.kind,
+            seq: report.seq,
+            payload: report.payload.clone(),
+            first_attempt: report.attempts == 1,
+        })
+    }
+
+    /// The server acknowledged report `seq`. Returns the report the first
+    /// time, `None` for a duplicate answer. A [`Downlink`] sets the intervals
+    /// the lock uses from now on (the guide: changes take effect at the next
+    /// heartbeat, which is this one).
+    pub fn on_acked(
+        &mut self,
+        seq: u32,
+        answer: &Answer,
+        now: Instant,
+        clock: &SimClock,
+    ) -> Option<Report> {
+        if let Answer::Downlink(d) = answer {
+            if d.heartbeat_interval != self.heartbeat_interval {
+                self.heartbeat_interval = d.heartbeat_interval;
+                self.next_heartbeat =
+                    now + clock.real_interval(Duration::from_secs(d.heartbeat_interval.as_secs()));
+            }
+            if d.activity_log_interval != self.activity_log_interval {
+                self.activity_log_interval = d.activity_log_interval;
+                self.next_log = now
+                    + clock.real_interval(Duration::from_secs(d.activity_log_interval.as_secs()));
+            }
+        }
+        self.take(seq)
+    }
+
+    /// The server refused report `seq` (4.xx/5.xx): it is not retried.
+    pub fn on_refused(&mut self, seq: u32) -> Option<Report> {
+        self.take(seq)
+    }
+
+    /// The transport gave up on report `seq`: it stays queued and the lock
+    /// sleeps until its next wake.
+    pub fn on_gave_up(&mut self, seq: u32) {
+        if self.in_flight == Some(seq) {
+            self.in_flight = None;
+            self.awake = false;
+        }
+    }
+
+    fn take(&mut self, seq: u32) -> Option<Report> {
+        if self.in_flight == Some(seq) {
+            self.in_flight = None;
+        }
+        let pos = self.outbox.iter().position(|r| r.seq == seq)?;
+        self.outbox.remove(pos)
+    }
+
+    fn simulate_until(&mut self, sim_now: Duration, clock: &SimClock) -> u32 {
+        let from = self.events_until;
+        self.events_until = sim_now.max(from);
+        let mut events = Vec::new();
+        let unix_at = |d: Duration| clock.unix_at(d);
+        let mut rec = Recorder {
+            state: &mut self.physical,
+            next_seq: &mut self.next_event_seq,
+            out: &mut events,
+            unix_at: &unix_at,
+        };
+        activity::simulate(
+            &mut rec,
+            &mut self.rng,
+            self.model,
+            self.visits_per_hour,
+            from,
+            sim_now,
+        );
+        let hours = (sim_now.saturating_sub(from)).as_secs_f32() / 3600.0;
+        self.drain_battery(BATTERY_PER_HOUR * hours + BATTERY_PER_EVENT * events.len() as f32);
+        self.pending.extend(events);
+        let mut lost = 0;
+        while self.pending.len() > MAX_PENDING_EVENTS {
+            self.pending.pop_front();
+            lost += 1;
+        }
+        lost
+    }
+
+    fn queue_log_batches(&mut self, at_least_one: bool, out: &mut WakeOutcome) {
+        let mut made_one = false;
+        while !self.pending.is_empty() || (at_least_one && !made_one) {
+            if self.outbox_full_of_logs() || self.finished() {
+                return;
+            }
+            let mut take = self.pending.len().min(MAX_EVENTS_PER_BATCH);
+            let (payload, events) = loop {
+                let events: Vec<ActivityEvent> = self.pending.iter().take(take).cloned().collect();
+                let batch = ActivityLogBatch {
+                    lock_id: self.id.clone(),
+                    seq: self.next_seq,
+                    events,
+                };
+                let payload = encode(&batch);
+                if payload.len() <= MAX_UPLINK_BYTES || take <= 1 {
+                    break (payload, batch.events);
+                }
+                take /= 2;
+            };
+            let event_seqs = match (events.first(), events.last()) {
+                (Some(a), Some(b)) => a.seq..b.seq.wrapping_add(1),
+                _ => 0..0,
+            };
+            if !self.push(UplinkKind::ActivityLog, payload, event_seqs, out) {
+                return;
+            }
+            self.pending.drain(..events.len());
+            made_one = true;
+        }
+    }
+
+    fn queue_heartbeat(&mut self, now: Instant, clock: &SimClock, out: &mut WakeOutcome) {
+        if self.finished() {
+            return;
+        }
+        let jitter = self.rng.random_range(-3..=3);
+        let signal_db = self.signal_base_db.saturating_add(jitter);
+        let hb = Heartbeat {
+            lock_id: self.id.clone(),
+            seq: self.next_seq,
+            device_time: clock.device_time(now),
+            battery: self.battery(),
+            signal_db,
+            signal_quality: SignalQuality::from_db(signal_db),
+            carrier: self.carrier.to_string(),
+            channel: self.channel.clone(),
+            lock_state: self.physical.lock,
+            door_state: self.physical.door,
+            firmware: self.firmware.to_string(),
+            heartbeat_interval: self.heartbeat_interval,
+            activity_log_interval: self.activity_log_interval,
+        };
+        self.push(UplinkKind::Heartbeat, encode(&hb), 0..0, out);
+    }
+
+    /// Queues a report under the current `next_seq`, making room if needed.
+    /// False when there is no room (only log batches queued).
+    fn push(
+        &mut self,
+        kind: UplinkKind,
+        payload: Vec<u8>,
+        event_seqs: Range<u32>,
+        out: &mut WakeOutcome,
+    ) -> bool {
+        if self.outbox.len() >= MAX_OUTBOX_REPORTS {
+            let oldest_hb = self
+                .outbox
+                .iter()
+                .position(|r| r.kind == UplinkKind::Heartbeat && Some(r.seq) != self.in_flight);
+            match oldest_hb {
+                Some(pos) => {
+                    self.outbox.remove(pos);
+                    out.abandoned += 1;
+                }
+                // Only log batches queued: this report is not created (its
+                // seq is not consumed).
+                None => return false,
+            }
+        }
+        self.outbox.push_back(Report {
+            kind,
+            seq: self.next_seq,
+            payload,
+            event_seqs,
+            attempts: 0,
+        });
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        self.reports_created += 1;
+        out.created += 1;
+        self.drain_battery(BATTERY_PER_REPORT);
+        true
+    }
+
+    fn outbox_full_of_logs(&self) -> bool {
+        self.outbox.len() >= MAX_OUTBOX_REPORTS
+            && self
+                .outbox
+                .iter()
+                .all(|r| r.kind == UplinkKind::ActivityLog || Some(r.seq) == self.in_flight)
+    }
+
+    fn drain_battery(&mut self, pct: f32) {
+        self.battery_pct = (self.battery_pct - pct).max(0.0);
+    }
+
+    /// The battery as this model reports it: SP2E in percent, others as a level.
+    pub fn battery(&self) -> Battery {
+        let pct = self.battery_pct.clamp(0.0, 100.0);
+        if self.model.reports_battery_percent() {
+            Battery::Percent(pct.floor() as u8)
+        } else if pct < f32::from(schemas::units::LOW_BATTERY_PERCENT) {
+            Battery::Level(BatteryLevel::Low)
+        } else if pct < 70.0 {
+            Battery::Level(BatteryLevel::Moderate)
+        } else {
+            Battery::Level(BatteryLevel::High)
+        }
+    }
+}
+
+/// The first deadline after `now` on the grid `last + k * every`, so a lock
+/// that was asleep too long skips missed wakes instead of bursting.
+fn next_after(last: Instant, every: Duration, now: Instant) -> Instant {
+    let behind = now.saturating_duration_since(last);
+    let periods = (behind.as_nanos() / every.as_nanos().max(1)) as u32 + 1;
+    last + every * periods
+}
+
+#[cfg(test)]
+#[path = "lock_tests.rs"]
+mod tests;

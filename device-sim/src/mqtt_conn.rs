@@ -1,0 +1,186 @@
+//! One device's MQTT connection (rumqttc) and the task that polls its event
+//! loop. It follows CRATE-NOTES: a stable client id with `clean_session =
+//! false`, resubscribe on every ConnAck, sleep before reconnecting after an
+//! error. For bridges it also keeps the status topic: `online` after each
+//! ConnAck, `offline` before a clean disconnect, and the Last Will `lost`
+//! (as `spec/asyncapi.yaml` specifies) when the connection drops.
+//!
+//! The task does I/O only: it forwards what arrives to the [`MqttFleet`]
+//! (crate::mqtt_lock::MqttFleet) over a bounded channel and never decides
+//! anything about reports.
+
+use crate::stats::Stats;
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Keep-alive of device connections (the brief: 30 s).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Pause before reconnecting after an error: rumqttc would retry at once
+/// (upstream #918) and hammer a gateway that is down.
+pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// First connections are spread over this much time so a fleet does not
+/// connect in one burst.
+pub const CONNECT_SPREAD: Duration = Duration::from_millis(500);
+/// How long a connection may take to say goodbye at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Requests (publishes, subscribes) queued towards one connection; a full
+/// queue makes `try_publish` fail, which the ack timeout then covers.
+pub const REQUEST_CAPACITY: usize = 32;
+
+/// Payload of a bridge's status topic when it is connected.
+pub const STATUS_ONLINE: &str = "online";
+/// Payload of a bridge's status topic just before a clean disconnect.
+pub const STATUS_OFFLINE: &str = "offline";
+/// The bridge's Last Will, published by the broker when the connection drops
+/// (`spec/asyncapi.yaml` `x-last-will`, and what the gateway maps to
+/// `ConnectivityCause::LastWill`).
+pub const STATUS_LOST: &str = "lost";
+
+/// What a connection is and what it subscribes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnSpec {
+    /// The lock or bridge id.
+    pub client_id: String,
+    pub host: String,
+    pub port: u16,
+    pub keep_alive: Duration,
+    /// Filters subscribed after every ConnAck.
+    pub filters: Vec<String>,
+    /// Bridges: where `online`/`offline` and the Last Will go.
+    pub status_topic: Option<String>,
+}
+
+/// What a connection task reports to the fleet.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// Connected and subscribed: reports may flow.
+    Up { conn: usize },
+    /// The connection dropped; rumqttc will reconnect.
+    Down { conn: usize },
+    /// A publish arrived on one of the filters.
+    Message {
+        conn: usize,
+        topic: String,
+        payload: Vec<u8>,
+    },
+}
+
+impl ConnSpec {
+    /// rumqttc options: client id = device id, keep-alive, persistent session,
+    /// and for bridges the Last Will.
+    pub fn options(&self) -> MqttOptions {
+        let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        o.set_keep_alive(self.keep_alive);
+        o.set_clean_session(false);
+        if let Some(topic) = &self.status_topic {
+            o.set_last_will(LastWill::new(
+                topic.clone(),
+                STATUS_LOST.as_bytes().to_vec(),
+                QoS::AtLeastOnce,
+                false,
+            ));
+        }
+        o
+    }
+
+    /// The client handle and event loop of this connection (nothing is sent
+    /// until [`drive`] polls the loop).
+    pub fn connect(&self) -> (AsyncClient, EventLoop) {
+        AsyncClient::new(self.options(), REQUEST_CAPACITY)
+    }
+}
+
+/// Polls one connection until `stop` is cancelled, then says goodbye
+/// (bridges publish `offline`) and disconnects.
+pub async fn drive(
+    conn: usize,
+    spec: ConnSpec,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    events: tokio::sync::mpsc::Sender<ConnEvent>,
+    stop: CancellationToken,
+    stats: Arc<Stats>,
+) {
+    let spread = rand::rng().random_range(Duration::ZERO..=CONNECT_SPREAD);
+    tokio::select! {
+        _ = tokio::time::sleep(spread) => {}
+        _ = stop.cancelled() => return,
+    }
+    let mut up = false;
+    let mut goodbye_by: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled(), if goodbye_by.is_none() => {
+                goodbye_by = Some(Instant::now() + SHUTDOWN_GRACE);
+                if let Some(topic) = &spec.status_topic {
+                    let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, STATUS_OFFLINE);
+                }
+                let _ = client.try_disconnect();
+            }
+            _ = sleep_until(goodbye_by) => break,
+            polled = eventloop.poll() => match polled {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    tracing::debug!(client = %spec.client_id, session_present = ack.session_present, "connected");
+                    // rumqttc does not resubscribe (upstream #250).
+                    let filters = spec.filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        tracing::debug!(client = %spec.client_id, error = %e, "cannot queue subscribe");
+                    }
+                    if let (Some(topic), None) = (&spec.status_topic, goodbye_by) {
+                        let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, STATUS_ONLINE);
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if !up {
+                        up = true;
+                        stats.mqtt_connected_add(1);
+                        if events.send(ConnEvent::Up { conn }).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let msg = ConnEvent::Message { conn, topic: p.topic, payload: p.payload.to_vec() };
+                    if events.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) if goodbye_by.is_some() => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if up {
+                        up = false;
+                        stats.mqtt_connected_add(-1);
+                        let _ = events.send(ConnEvent::Down { conn }).await;
+                    }
+                    if goodbye_by.is_some() {
+                        break;
+                    }
+                    tracing::debug!(client = %spec.client_id, error = %e, "mqtt connection error; reconnecting");
+                    stats.error("mqtt_connection");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+    }
+    if up {
+        stats.mqtt_connected_add(-1);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,390 @@
+//! A whole simulation run: [`SimConfig`] and a [`Fleet`] in, a
+//! [`RunReport`] (counters and the ledger of acknowledged reports) out.
+//!
+//! [`start`] spawns one task per CoAP socket, one task for the MQTT locks
+//! and bridges (plus one I/O task per MQTT connection) and a coordinator
+//! that moves every task through the [`Phase`]s: `Running` (locks generate
+//! reports), `Draining` (no new reports; outboxes are retried until empty or
+//! the drain timeout passes), `Stopping` (bridges say `offline`, connections
+//! close, ledgers are collected).
+
+use crate::clock::SimClock;
+use crate::coap_client::TransmissionParams;
+use crate::coap_socket::SocketTask;
+use crate::fleet::Fleet;
+use crate::ledger::{AckedReport, Ledger, PendingReport};
+use crate::lock::Lock;
+use crate::mqtt_fleet::{MqttFleet, MqttTarget};
+use crate::mqtt_lock::{self, route_for};
+use crate::net::{Impairment, NetFaults};
+use crate::stats::{Stats, StatsSnapshot};
+use schemas::event::Transport;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// While draining, how soon a lock retries after an exchange gave up.
+pub const DRAIN_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// How often the coordinator checks whether the run may move on (all
+/// reports settled, every lock finished). Cheap: it reads a few atomics.
+pub const SETTLE_POLL: Duration = Duration::from_millis(20);
+
+/// Default number of UDP sockets the CoAP locks share. A socket may start
+/// about 265 exchanges per second (65536 message ids per EXCHANGE_LIFETIME,
+/// RFC 7252 §4.4), so 64 sockets carry about 17 k reports per second, the
+/// rate of a million locks on paper; a load test beyond that needs more.
+pub const DEFAULT_SOCKETS: usize = 64;
+
+/// Default time allowed to empty the outboxes after the run.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a run is; every task watches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    Draining,
+    Stopping,
+}
+
+/// Everything a run needs besides the fleet.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Host name or address of the gateway (CoAP and MQTT).
+    pub gateway: String,
+    pub coap_port: u16,
+    pub mqtt_port: u16,
+    /// How much faster than real time the locks' intervals run.
+    pub speedup: f64,
+    /// Stop generating after this long (real time); `None`: until cancelled
+    /// or until every lock reached `max_reports_per_device`.
+    pub duration: Option<Duration>,
+    /// Stop generating once a lock created this many reports.
+    pub max_reports_per_device: Option<u32>,
+    /// After generation stops, retry outboxes for at most this long; zero
+    /// stops at once.
+    pub drain_timeout: Duration,
+    pub faults: NetFaults,
+    pub seed: u64,
+    /// UDP sockets shared by the CoAP locks.
+    pub sockets: usize,
+    /// CoAP ACK_TIMEOUT (RFC 7252 §4.8).
+    pub ack_timeout: Duration,
+    /// How long an MQTT report waits for its answer before being resent.
+    pub mqtt_ack_timeout: Duration,
+    /// Print a progress line to stderr this often.
+    pub progress: Option<Duration>,
+    /// Cancel to end the run early (it still drains, then stops cleanly).
+    pub cancel: CancellationToken,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            gateway: "127.0.0.1".into(),
+            coap_port: 5683,
+            mqtt_port: 1883,
+            speedup: 600.0,
+            duration: None,
+            max_reports_per_device: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            faults: NetFaults::default(),
+            seed: 1,
+            sockets: DEFAULT_SOCKETS,
+            ack_timeout: crate::coap_client::ACK_TIMEOUT,
+            mqtt_ack_timeout: mqtt_lock::DEFAULT_ACK_TIMEOUT,
+            progress: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("speedup must be a positive number, got {0}")]
+    Speedup(f64),
+    #[error("sockets must be at least 1")]
+    NoSockets,
+    #[error("ack timeout must be longer than zero")]
+    AckTimeout,
+    #[error("cannot resolve gateway {host}: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("gateway {host} resolves to no address")]
+    NoAddress { host: String },
+    #[error("cannot bind a UDP socket: {0}")]
+    Bind(std::io::Error),
+    #[error("a simulator task failed: {0}")]
+    Task(String),
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    pub stats: StatsSnapshot,
+    /// Every acknowledged report, each (lock, seq) once.
+    pub acknowledged: Vec<AckedReport>,
+    /// Reports still unacknowledged at the end.
+    pub unacknowledged: Vec<PendingReport>,
+}
+
+impl RunReport {
+    /// True when nothing was left unacknowledged.
+    pub fn all_acknowledged(&self) -> bool {
+        self.unacknowledged.is_empty()
+    }
+
+    /// Acknowledged reports per lock id.
+    pub fn acknowledged_by_lock(&self) -> HashMap<&str, Vec<&AckedReport>> {
+        let mut by: HashMap<&str, Vec<&AckedReport>> = HashMap::new();
+        for r in &self.acknowledged {
+            by.entry(r.lock_id.as_str()).or_default().push(r);
+        }
+        by
+    }
+}
+
+/// A run in progress.
+pub struct RunHandle {
+    stats: Arc<Stats>,
+    clock: SimClock,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<RunReport, RunError>>,
+}
+
+impl RunHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.stats
+            .snapshot(Instant::now().saturating_duration_since(self.clock.start()))
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Waits until every lock has had at least `k` reports acknowledged;
+    /// false if `timeout` passes first.
+    pub async fn wait_acked_per_lock(&self, k: u32, timeout: Duration) -> bool {
+        let give_up = Instant::now() + timeout;
+        loop {
+            if self.stats.min_acked_per_lock() >= k {
+                return true;
+            }
+            if Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+
+    /// Ends the run: no new reports, drain, then stop cleanly.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the run to end and returns its report.
+    pub async fn finish(self) -> Result<RunReport, RunError> {
+        self.task.await.map_err(|e| RunError::Task(e.to_string()))?
+    }
+}
+
+/// Runs `fleet` to the end and returns the report.
+pub async fn run(config: SimConfig, fleet: Fleet) -> Result<RunReport, RunError> {
+    start(config, fleet).await?.finish().await
+}
+
+/// Starts a run on the current tokio runtime.
+pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunError> {
+    if !(config.speedup.is_finite() && config.speedup > 0.0) {
+        return Err(RunError::Speedup(config.speedup));
+    }
+    if config.sockets == 0 {
+        return Err(RunError::NoSockets);
+    }
+    if config.ack_timeout.is_zero() || config.mqtt_ack_timeout.is_zero() {
+        return Err(RunError::AckTimeout);
+    }
+    let clock = SimClock::starting_now(config.speedup);
+    let stats = Arc::new(Stats::new(fleet.locks.len()));
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let mut tasks: JoinSet<Ledger> = JoinSet::new();
+
+    let mut coap = Vec::new();
+    let mut mqtt = Vec::new();
+    for (i, spec) in fleet.locks.iter().enumerate() {
+        let lock = Lock::new(spec, i, config.seed, &clock, config.max_reports_per_device);
+        match (spec.transport, route_for(spec)) {
+            (Transport::Coap, _) => coap.push(lock),
+            (_, Some(route)) => mqtt.push((lock, route)),
+            (_, None) => tracing::warn!(lock = %spec.id, "lock has no way to report; skipped"),
+        }
+    }
+    tracing::info!(
+        locks = fleet.locks.len(),
+        coap = coap.len(),
+        mqtt_direct = fleet.count_by_transport(Transport::Mqtt),
+        bridged = fleet.count_by_transport(Transport::Bridge),
+        bridges = fleet.bridges.len(),
+        speedup = config.speedup,
+        "starting simulation"
+    );
+
+    if !coap.is_empty() {
+        let server = resolve(&config.gateway, config.coap_port).await?;
+        let params = TransmissionParams {
+            ack_timeout: config.ack_timeout,
+            ..TransmissionParams::default()
+        };
+        let sockets = config.sockets.min(coap.len());
+        let mut buckets: Vec<Vec<Lock>> = (0..sockets).map(|_| Vec::new()).collect();
+        for (i, lock) in coap.into_iter().enumerate() {
+            buckets[i % sockets].push(lock);
+        }
+        for (s, locks) in buckets.into_iter().enumerate() {
+            let seed = config.seed.wrapping_add(1 + s as u64);
+            let task = SocketTask::bind(
+                server,
+                locks,
+                params,
+                Impairment::new(config.faults, seed),
+                seed,
+                clock,
+                stats.clone(),
+            )
+            .await
+            .map_err(RunError::Bind)?;
+            tasks.spawn(task.run(phase_rx.clone()));
+        }
+    }
+    if !mqtt.is_empty() || !fleet.bridges.is_empty() {
+        let target = MqttTarget {
+            host: config.gateway.clone(),
+            port: config.mqtt_port,
+            ack_timeout: config.mqtt_ack_timeout,
+        };
+        let impairment = Impairment::new(config.faults, config.seed.wrapping_sub(1));
+        let fleet_task = MqttFleet::start(
+            mqtt,
+            &fleet.bridges,
+            &target,
+            impairment,
+            clock,
+            stats.clone(),
+        );
+        tasks.spawn(fleet_task.run(phase_rx.clone()));
+    }
+
+    let lock_count = fleet.locks.len() as u64;
+    let task = tokio::spawn(coordinate(
+        config.clone(),
+        stats.clone(),
+        clock,
+        phase_tx,
+        tasks,
+        lock_count,
+    ));
+    Ok(RunHandle {
+        stats,
+        clock,
+        cancel: config.cancel,
+        task,
+    })
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RunError> {
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| RunError::Resolve {
+            host: host.to_string(),
+            source,
+        })?;
+    addrs.next().ok_or_else(|| RunError::NoAddress {
+        host: host.to_string(),
+    })
+}
+
+async fn coordinate(
+    config: SimConfig,
+    stats: Arc<Stats>,
+    clock: SimClock,
+    phase: watch::Sender<Phase>,
+    mut tasks: JoinSet<Ledger>,
+    lock_count: u64,
+) -> Result<RunReport, RunError> {
+    let elapsed = || Instant::now().saturating_duration_since(clock.start());
+    let end_at = config.duration.map(|d| clock.start() + d);
+    let mut progress = config.progress.map(|p| {
+        let mut i = tokio::time::interval(p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        i
+    });
+    let mut poll = tokio::time::interval(SETTLE_POLL);
+    let all_finished =
+        || config.max_reports_per_device.is_some() && stats.locks_done() >= lock_count;
+
+    // Running.
+    loop {
+        tokio::select! {
+            _ = config.cancel.cancelled() => break,
+            _ = sleep_until(end_at), if end_at.is_some() => break,
+            _ = tick(&mut progress), if progress.is_some() => eprintln!("{}", stats.snapshot(elapsed())),
+            _ = poll.tick() => if all_finished() { break },
+        }
+    }
+
+    // Draining.
+    if !config.drain_timeout.is_zero() && stats.outstanding() > 0 {
+        tracing::info!(outstanding = stats.outstanding(), "draining outboxes");
+        let _ = phase.send(Phase::Draining);
+        let drain_end = Instant::now() + config.drain_timeout;
+        while stats.outstanding() > 0 && Instant::now() < drain_end {
+            tokio::select! {
+                _ = tick(&mut progress), if progress.is_some() => eprintln!("{}", stats.snapshot(elapsed())),
+                _ = poll.tick() => {}
+            }
+        }
+    }
+
+    // Stopping.
+    let _ = phase.send(Phase::Stopping);
+    let mut ledger = Ledger::default();
+    while let Some(joined) = tasks.join_next().await {
+        ledger.merge(joined.map_err(|e| RunError::Task(e.to_string()))?);
+    }
+    ledger
+        .acked
+        .sort_by(|a, b| (&a.lock_id, a.seq).cmp(&(&b.lock_id, b.seq)));
+    ledger
+        .pending
+        .sort_by(|a, b| (&a.lock_id, a.seq).cmp(&(&b.lock_id, b.seq)));
+    Ok(RunReport {
+        stats: stats.snapshot(elapsed()),
+        acknowledged: ledger.acked,
+        unacknowledged: ledger.pending,
+    })
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

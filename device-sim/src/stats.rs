@@ -1,0 +1,272 @@
+//! Live counters shared by every task of a run (atomics, no lock on the hot
+//! path), their point-in-time [`StatsSnapshot`], and the one-line progress
+//! format. Owns no ledger: tasks keep their acknowledged reports and hand
+//! them over at the end.
+
+use dashmap::DashMap;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Counters of one run. Create with [`Stats::new`], share as `Arc<Stats>`.
+#[derive(Debug)]
+pub struct Stats {
+    created: AtomicU64,
+    sent: AtomicU64,
+    resent: AtomicU64,
+    retransmitted: AtomicU64,
+    acked: AtomicU64,
+    rejected: AtomicU64,
+    gave_up: AtomicU64,
+    abandoned: AtomicU64,
+    events_lost: AtomicU64,
+    dup_injected: AtomicU64,
+    dropped_out: AtomicU64,
+    dropped_in: AtomicU64,
+    in_flight: AtomicI64,
+    mqtt_connected: AtomicI64,
+    locks_done: AtomicU64,
+    errors: DashMap<String, u64>,
+    acked_per_lock: Vec<AtomicU32>,
+}
+
+impl Stats {
+    /// Counters for a fleet of `locks` locks (indexed as in the fleet file).
+    pub fn new(locks: usize) -> Self {
+        Stats {
+            created: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
+            retransmitted: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            gave_up: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            events_lost: AtomicU64::new(0),
+            dup_injected: AtomicU64::new(0),
+            dropped_out: AtomicU64::new(0),
+            dropped_in: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            mqtt_connected: AtomicI64::new(0),
+            locks_done: AtomicU64::new(0),
+            errors: DashMap::new(),
+            acked_per_lock: (0..locks).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    pub fn created(&self, n: u64) {
+        self.created.fetch_add(n, Relaxed);
+    }
+    /// A report went out for the first time (`first`) or again after an
+    /// earlier attempt gave up (new message id, same seq).
+    pub fn sent(&self, first: bool) {
+        if first {
+            self.sent.fetch_add(1, Relaxed);
+        } else {
+            self.resent.fetch_add(1, Relaxed);
+        }
+    }
+    /// The same message went out again (CoAP retransmission, MQTT resend
+    /// after an ack timeout).
+    pub fn retransmitted(&self) {
+        self.retransmitted.fetch_add(1, Relaxed);
+    }
+    pub fn acked(&self, lock_index: usize) {
+        self.acked.fetch_add(1, Relaxed);
+        if let Some(c) = self.acked_per_lock.get(lock_index) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+    /// The server refused a report (4.xx/5.xx, RST, MQTT error topic); it is
+    /// not retried. `code` is e.g. `4.00`, `rst`, `mqtt:bad_payload`.
+    pub fn rejected(&self, code: &str) {
+        self.rejected.fetch_add(1, Relaxed);
+        self.error(code);
+    }
+    /// Counts an error by code without settling a report.
+    pub fn error(&self, code: &str) {
+        *self.errors.entry(code.to_string()).or_insert(0) += 1;
+    }
+    /// An exchange exhausted its retransmissions; the report stays queued.
+    pub fn gave_up(&self) {
+        self.gave_up.fetch_add(1, Relaxed);
+    }
+    /// Reports discarded because a lock's outbox overflowed.
+    pub fn abandoned(&self, n: u64) {
+        if n > 0 {
+            self.abandoned.fetch_add(n, Relaxed);
+        }
+    }
+    /// Activity events overwritten in a full log buffer before upload.
+    pub fn events_lost(&self, n: u64) {
+        self.events_lost.fetch_add(n, Relaxed);
+    }
+    pub fn dup_injected(&self) {
+        self.dup_injected.fetch_add(1, Relaxed);
+    }
+    pub fn dropped_out(&self) {
+        self.dropped_out.fetch_add(1, Relaxed);
+    }
+    pub fn dropped_in(&self) {
+        self.dropped_in.fetch_add(1, Relaxed);
+    }
+    pub fn in_flight_add(&self, delta: i64) {
+        self.in_flight.fetch_add(delta, Relaxed);
+    }
+    pub fn mqtt_connected_add(&self, delta: i64) {
+        self.mqtt_connected.fetch_add(delta, Relaxed);
+    }
+    /// A lock reached `max_reports_per_device` and generates nothing more.
+    pub fn lock_done(&self) {
+        self.locks_done.fetch_add(1, Relaxed);
+    }
+    pub fn locks_done(&self) -> u64 {
+        self.locks_done.load(Relaxed)
+    }
+
+    /// Reports created and not yet acknowledged, refused or abandoned.
+    pub fn outstanding(&self) -> u64 {
+        let settled =
+            self.acked.load(Relaxed) + self.rejected.load(Relaxed) + self.abandoned.load(Relaxed);
+        self.created.load(Relaxed).saturating_sub(settled)
+    }
+
+    /// Acknowledged reports of the lock at `lock_index`.
+    pub fn acked_of(&self, lock_index: usize) -> u32 {
+        self.acked_per_lock
+            .get(lock_index)
+            .map(|c| c.load(Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// The fewest acknowledged reports of any lock (0 for an empty fleet).
+    pub fn min_acked_per_lock(&self) -> u32 {
+        self.acked_per_lock
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    pub fn snapshot(&self, elapsed: Duration) -> StatsSnapshot {
+        StatsSnapshot {
+            elapsed,
+            created: self.created.load(Relaxed),
+            sent: self.sent.load(Relaxed),
+            resent: self.resent.load(Relaxed),
+            retransmitted: self.retransmitted.load(Relaxed),
+            acked: self.acked.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            gave_up: self.gave_up.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
+            events_lost: self.events_lost.load(Relaxed),
+            dup_injected: self.dup_injected.load(Relaxed),
+            dropped: self.dropped_out.load(Relaxed) + self.dropped_in.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed).max(0) as u64,
+            outstanding: self.outstanding(),
+            mqtt_connected: self.mqtt_connected.load(Relaxed).max(0) as u64,
+            errors: self
+                .errors
+                .iter()
+                .map(|e| (e.key().clone(), *e.value()))
+                .collect(),
+        }
+    }
+}
+
+/// The counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub elapsed: Duration,
+    /// Reports the locks generated.
+    pub created: u64,
+    /// First transmissions of reports.
+    pub sent: u64,
+    /// Later attempts of a report after an earlier one gave up (same seq, new message).
+    pub resent: u64,
+    /// Retransmissions of the same message (CoAP) or resends after an ack timeout (MQTT).
+    pub retransmitted: u64,
+    pub acked: u64,
+    /// Reports the server refused (see `errors`), not retried.
+    pub rejected: u64,
+    /// Exchanges that exhausted their retransmissions.
+    pub gave_up: u64,
+    /// Reports discarded because a lock's outbox was full.
+    pub abandoned: u64,
+    /// Activity events overwritten in a full log buffer before upload.
+    pub events_lost: u64,
+    /// Extra copies sent by `--dup`.
+    pub dup_injected: u64,
+    /// Messages dropped by `--loss` (outgoing and incoming).
+    pub dropped: u64,
+    /// Exchanges awaiting an answer now.
+    pub in_flight: u64,
+    /// Created and not yet acknowledged, refused or abandoned.
+    pub outstanding: u64,
+    pub mqtt_connected: u64,
+    /// Errors by code (`4.00`, `5.03`, `rst`, `mqtt:<reason>`, `io`, ...).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{:>6.1}s] sent {} acked {} retx {} resent {} dup {} dropped {} in-flight {} outstanding {} mqtt-up {}",
+            self.elapsed.as_secs_f64(),
+            self.sent,
+            self.acked,
+            self.retransmitted,
+            self.resent,
+            self.dup_injected,
+            self.dropped,
+            self.in_flight,
+            self.outstanding,
+            self.mqtt_connected,
+        )?;
+        if self.gave_up > 0 {
+            write!(f, " gave-up {}", self.gave_up)?;
+        }
+        if self.abandoned > 0 {
+            write!(f, " abandoned {}", self.abandoned)?;
+        }
+        if self.events_lost > 0 {
+            write!(f, " events-lost {}", self.events_lost)?;
+        }
+        if self.errors.is_empty() {
+            write!(f, " errors 0")
+        } else {
+            write!(f, " errors")?;
+            for (code, n) in &self.errors {
+                write!(f, " {code}={n}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outstanding_is_created_minus_settled() {
+        let s = Stats::new(2);
+        s.created(5);
+        s.acked(0);
+        s.acked(1);
+        s.rejected("4.00");
+        s.abandoned(1);
+        assert_eq!(s.outstanding(), 1);
+        assert_eq!(s.acked_of(1), 1);
+        assert_eq!(s.min_acked_per_lock(), 1);
+        let snap = s.snapshot(Duration::from_secs(3));
+        assert_eq!(snap.errors.get("4.00"), Some(&1));
+        let line = snap.to_string();
+        assert!(
+            line.contains("acked 2") && line.contains("4.00=1"),
+            "{line}"
+        );
+    }
+}
