@@ -9,7 +9,8 @@ use crate::coap_client::{CoapClient, Event, Incoming, StartError, TransmissionPa
 use crate::ledger::Ledger;
 use crate::lock::{Answer, Lock};
 use crate::net::{Fate, Impairment};
-use crate::run::{Phase, DRAIN_RETRY_DELAY};
+use crate::persist::LiveCounters;
+use crate::run::{Phase, Shared, DRAIN_RETRY_DELAY};
 use crate::stats::Stats;
 use crate::timers::TimerQueue;
 use rand::rngs::SmallRng;
@@ -61,6 +62,7 @@ pub struct SocketTask {
     rng: SmallRng,
     clock: SimClock,
     stats: Arc<Stats>,
+    counters: Arc<LiveCounters>,
     phase: Phase,
     ledger: Ledger,
 }
@@ -73,8 +75,7 @@ impl SocketTask {
         params: TransmissionParams,
         impairment: Impairment,
         seed: u64,
-        clock: SimClock,
-        stats: Arc<Stats>,
+        shared: Shared,
     ) -> std::io::Result<Self> {
         let local: SocketAddr = if server.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
@@ -99,8 +100,9 @@ impl SocketTask {
             wakes,
             impairment,
             rng,
-            clock,
-            stats,
+            clock: shared.clock,
+            stats: shared.stats,
+            counters: shared.counters,
             phase: Phase::Running,
             ledger: Ledger::default(),
         })
@@ -111,7 +113,7 @@ impl SocketTask {
     }
 
     /// Runs until the phase becomes [`Phase::Stopping`] (or its sender goes
-    /// away) and returns the ledger, outboxes included.
+    /// away) and returns the ledger, outboxes and counters included.
     pub async fn run(mut self, mut phase: watch::Receiver<Phase>) -> Ledger {
         let mut buf = vec![0u8; RECV_BUFFER_BYTES];
         loop {
@@ -157,6 +159,7 @@ impl SocketTask {
         self.stats.in_flight_add(-(self.client.len() as i64));
         for lock in &self.locks {
             self.ledger.record_pending(lock);
+            self.ledger.record_counters(lock);
         }
         self.ledger
     }
@@ -173,7 +176,9 @@ impl SocketTask {
 
     fn on_timers(&mut self, now: Instant) {
         while let Some(i) = self.wakes.pop_due(now) {
-            let out = self.locks[i].wake(now, &self.clock, self.phase == Phase::Running);
+            let lock = &mut self.locks[i];
+            let out = lock.wake(now, &self.clock, self.phase == Phase::Running);
+            self.counters.store(lock.index(), lock.counters());
             self.stats.created(u64::from(out.created));
             self.stats.abandoned(u64::from(out.abandoned));
             self.stats.events_lost(u64::from(out.events_lost));

@@ -1,8 +1,9 @@
 //! The record of what the server acknowledged (and what it never did), so a
 //! test can check that the database holds every acknowledged report exactly
-//! once. Each task keeps its own [`Ledger`]; the run merges them at the end.
+//! once, and where each lock's counters ended (what the state file keeps).
+//! Each task keeps its own [`Ledger`]; the run merges them at the end.
 
-use crate::lock::{Lock, Report};
+use crate::lock::{Counters, Lock, Report};
 use schemas::device::UplinkKind;
 use schemas::event::Transport;
 use std::ops::Range;
@@ -36,11 +37,13 @@ pub struct PendingReport {
     pub event_seqs: Range<u32>,
 }
 
-/// Acknowledged and still-pending reports.
+/// Acknowledged and still-pending reports, and the locks' final counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     pub acked: Vec<AckedReport>,
     pub pending: Vec<PendingReport>,
+    /// (lock index in the fleet, its counters when its task stopped).
+    pub counters: Vec<(usize, Counters)>,
 }
 
 impl Ledger {
@@ -54,6 +57,11 @@ impl Ledger {
             attempts: report.attempts,
             acked_after,
         });
+    }
+
+    /// Records where `lock`'s counters ended.
+    pub fn record_counters(&mut self, lock: &Lock) {
+        self.counters.push((lock.index(), lock.counters()));
     }
 
     /// Records what `lock` still holds in its outbox.
@@ -70,5 +78,6 @@ impl Ledger {
     pub fn merge(&mut self, other: Ledger) {
         self.acked.extend(other.acked);
         self.pending.extend(other.pending);
+        self.counters.extend(other.counters);
     }
 }

@@ -9,6 +9,10 @@
 //!   bridges, their connections and the task that runs them.
 //! * [`net`]: injected loss and duplication; [`stats`] and [`ledger`]: what
 //!   happened.
+//! * [`state`] and [`persist`]: each lock's seq counters carried from run to
+//!   run in a state file (`fleet.csv.state` beside the fleet file), reserved
+//!   ahead as RFC 8613 Appendix B.1.1 does, so a restarted or crashed
+//!   simulator never reuses a (lock, seq) the gateway has stored.
 //! * [`run`]: a whole run ([`run::SimConfig`] in, [`run::RunReport`] out).
 
 pub mod activity;
@@ -23,10 +27,14 @@ pub mod mqtt_conn;
 pub mod mqtt_fleet;
 pub mod mqtt_lock;
 pub mod net;
+pub mod persist;
 pub mod run;
+pub mod state;
 pub mod stats;
 pub mod timers;
 
 pub use fleet::{Fleet, FleetSpec};
 pub use ledger::{AckedReport, PendingReport};
+pub use lock::Counters;
+pub use persist::StateOptions;
 pub use run::{run, start, RunHandle, RunReport, SimConfig};

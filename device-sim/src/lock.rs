@@ -13,6 +13,10 @@
 //! 3. the transport answers with [`Lock::on_acked`], [`Lock::on_refused`] or
 //!    [`Lock::on_gave_up`]. A report that gave up stays in the outbox and
 //!    goes again, with the same `seq`, at the next wake.
+//!
+//! A lock's [`Counters`] outlive a run, as they outlive a reboot in real
+//! firmware: [`Lock::with_counters`] continues from saved ones and
+//! [`Lock::counters`] reports them (the state file, [`crate::state`]).
 
 use crate::activity::{self, Physical, Recorder};
 use crate::clock::SimClock;
@@ -52,6 +56,30 @@ const CARRIERS: [&str; 6] = [
 ];
 /// (band, EARFCN) pairs of NB-IoT deployments.
 const CELLS: [(u8, u32); 4] = [(8, 3734), (3, 1575), (20, 6300), (28, 9410)];
+
+/// A lock's sequence counters: the `seq` of its next report and of its next
+/// activity event. Lock firmware keeps them in non-volatile memory for the
+/// device's whole life, so the gateway never sees a (lock, seq) twice for two
+/// different reports. Neither is ever 0: both wrap from `u32::MAX` to 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Counters {
+    pub next_seq: u32,
+    pub next_event_seq: u32,
+}
+
+impl Counters {
+    /// The counters of a lock fresh from the factory.
+    pub const START: Counters = Counters {
+        next_seq: 1,
+        next_event_seq: 1,
+    };
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::START
+    }
+}
 
 /// One report, as queued and as sent (the bytes never change on resend).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,8 +230,8 @@ impl Lock {
             } else {
                 "2.1.0"
             },
-            next_seq: 1,
-            next_event_seq: 1,
+            next_seq: Counters::START.next_seq,
+            next_event_seq: Counters::START.next_event_seq,
             events_until: Duration::ZERO,
             pending: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -214,6 +242,23 @@ impl Lock {
             reports_created: 0,
             max_reports,
             rng,
+        }
+    }
+
+    /// The same lock continuing from `counters` (saved by an earlier run)
+    /// instead of [`Counters::START`]. A 0 becomes 1: no seq is ever 0.
+    pub fn with_counters(mut self, counters: Counters) -> Self {
+        self.next_seq = counters.next_seq.max(1);
+        self.next_event_seq = counters.next_event_seq.max(1);
+        self
+    }
+
+    /// The seqs the next report and the next activity event will take. Only
+    /// [`Lock::wake`] advances them.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            next_seq: self.next_seq,
+            next_event_seq: self.next_event_seq,
         }
     }
 

@@ -359,3 +359,48 @@ fn draining_wakes_send_but_create_nothing() {
     assert_eq!(out.created, 0);
     assert_eq!(lock.poll_send().unwrap().seq, o.seq);
 }
+
+#[test]
+fn a_lock_with_saved_counters_continues_from_them_and_reports_where_it_is() {
+    let (lock, c) = inb1(None);
+    let saved = Counters {
+        next_seq: 500,
+        next_event_seq: 9000,
+    };
+    let mut lock = lock.with_counters(saved);
+    assert_eq!(lock.counters(), saved);
+    let acked = run_perfect(&mut lock, &c, c.start() + Duration::from_secs(300));
+    let seqs: Vec<u32> = acked.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (500..500 + acked.len() as u32).collect::<Vec<_>>());
+    let events: Vec<u32> = acked.iter().flat_map(|r| r.event_seqs.clone()).collect();
+    assert!(!events.is_empty());
+    assert_eq!(
+        events,
+        (9000..9000 + events.len() as u32).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        lock.counters(),
+        Counters {
+            next_seq: 500 + acked.len() as u32,
+            next_event_seq: 9000 + events.len() as u32,
+        }
+    );
+}
+
+#[test]
+fn saved_counters_never_make_a_seq_0_and_wrap_past_u32_max_to_1() {
+    let (lock, c) = inb1(None);
+    let lock = lock.with_counters(Counters {
+        next_seq: 0,
+        next_event_seq: 0,
+    });
+    assert_eq!(lock.counters(), Counters::START);
+
+    let mut lock = lock.with_counters(Counters {
+        next_seq: u32::MAX,
+        next_event_seq: 1,
+    });
+    let acked = run_perfect(&mut lock, &c, c.start() + Duration::from_secs(30));
+    let seqs: Vec<u32> = acked.iter().take(3).map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![u32::MAX, 1, 2]);
+}

@@ -1,10 +1,14 @@
 //! `device-sim`: generate a fleet file, or make a fleet live against a gateway.
+//! A run continues each lock's seqs from the state file beside the fleet file
+//! (`fleet.csv.state`) and leaves it current for the next run.
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use device_sim::fleet::{self, Fleet, FleetSpec};
 use device_sim::net::NetFaults;
+use device_sim::persist::StateOptions;
 use device_sim::run::{self, RunReport, SimConfig};
+use device_sim::state;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -98,6 +102,15 @@ struct RunArgs {
     /// Write the acknowledged reports to this CSV file at the end.
     #[arg(long)]
     ledger: Option<PathBuf>,
+    /// Where each lock's next seq and event seq are kept between runs, so a
+    /// second run is not taken for duplicates; default: the fleet file's
+    /// path with `.state` appended.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Start every lock at seq 1 whatever the state file holds (e.g. against
+    /// a new gateway database), then overwrite it.
+    #[arg(long)]
+    fresh_state: bool,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -148,6 +161,9 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
     let fleet = Fleet::read_csv(&args.fleet)
         .with_context(|| format!("cannot read the fleet file {}", args.fleet.display()))?;
     let cancel = CancellationToken::new();
+    let state_path = args
+        .state
+        .unwrap_or_else(|| state::default_path(&args.fleet));
     let config = SimConfig {
         gateway: args.gateway,
         coap_port: args.coap_port,
@@ -163,9 +179,15 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
         mqtt_ack_timeout: Duration::from_millis(args.mqtt_ack_timeout_ms),
         progress: (!args.quiet).then_some(PROGRESS_EVERY),
         cancel: cancel.clone(),
+        state: Some(StateOptions {
+            path: state_path.clone(),
+            fresh: args.fresh_state,
+        }),
+        ..SimConfig::default()
     };
     tokio::spawn(async move {
-        // First Ctrl-C: stop generating, drain, disconnect cleanly. Second: quit now.
+        // First Ctrl-C: stop generating, drain, disconnect cleanly, save the
+        // exact counters. Second: quit now, leaving the reserved counters.
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("stopping (Ctrl-C again to quit at once)");
             cancel.cancel();
@@ -174,8 +196,17 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let report = run::run(config, fleet).await?;
+    let handle = run::start(config, fleet).await?;
+    if let Some(origin) = handle.state_origin() {
+        eprintln!("{origin}");
+    }
+    let report = handle.finish().await?;
     print_summary(&report);
+    eprintln!(
+        "lock counters of {} locks written to {}",
+        report.counters.len(),
+        state_path.display()
+    );
     if let Some(path) = args.ledger {
         write_ledger(&report, &path)
             .with_context(|| format!("cannot write the ledger {}", path.display()))?;

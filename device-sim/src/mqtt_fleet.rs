@@ -12,7 +12,8 @@ use crate::lock::{Answer, Lock};
 use crate::mqtt_conn::{self, ConnEvent};
 use crate::mqtt_lock::{conn_spec_for, parse_reply, AckWait, OnTimeout, Reply, Route};
 use crate::net::{Fate, Impairment};
-use crate::run::{Phase, DRAIN_RETRY_DELAY};
+use crate::persist::LiveCounters;
+use crate::run::{Phase, Shared, DRAIN_RETRY_DELAY};
 use crate::stats::Stats;
 use crate::timers::TimerQueue;
 use rumqttc::{AsyncClient, QoS};
@@ -51,6 +52,7 @@ pub struct MqttFleet {
     impairment: Impairment,
     clock: SimClock,
     stats: Arc<Stats>,
+    counters: Arc<LiveCounters>,
     phase: Phase,
     ack_timeout: Duration,
     ledger: Ledger,
@@ -75,9 +77,13 @@ impl MqttFleet {
         bridges: &[BridgeSpec],
         target: &MqttTarget,
         impairment: Impairment,
-        clock: SimClock,
-        stats: Arc<Stats>,
+        shared: Shared,
     ) -> Self {
+        let Shared {
+            clock,
+            stats,
+            counters,
+        } = shared;
         let (tx, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let conn_stop = CancellationToken::new();
         let mut conn_tasks = JoinSet::new();
@@ -145,6 +151,7 @@ impl MqttFleet {
             impairment,
             clock,
             stats,
+            counters,
             phase: Phase::Running,
             ack_timeout: target.ack_timeout,
             ledger: Ledger::default(),
@@ -155,7 +162,7 @@ impl MqttFleet {
     }
 
     /// Runs until [`Phase::Stopping`], then closes every connection (bridges
-    /// say `offline` first) and returns the ledger.
+    /// say `offline` first) and returns the ledger, counters included.
     pub async fn run(mut self, mut phase: watch::Receiver<Phase>) -> Ledger {
         loop {
             let deadline = self.timers.next_deadline();
@@ -193,6 +200,7 @@ impl MqttFleet {
         self.stats.in_flight_add(-(waiting as i64));
         for slot in &self.slots {
             self.ledger.record_pending(&slot.lock);
+            self.ledger.record_counters(&slot.lock);
         }
         self.ledger
     }
@@ -302,6 +310,7 @@ impl MqttFleet {
                 let out = slot
                     .lock
                     .wake(now, &self.clock, self.phase == Phase::Running);
+                self.counters.store(slot.lock.index(), slot.lock.counters());
                 self.stats.created(u64::from(out.created));
                 self.stats.abandoned(u64::from(out.abandoned));
                 self.stats.events_lost(u64::from(out.events_lost));

@@ -7,19 +7,26 @@
 //! reports), `Draining` (no new reports; outboxes are retried until empty or
 //! the drain timeout passes), `Stopping` (bridges say `offline`, connections
 //! close, ledgers are collected).
+//!
+//! With [`SimConfig::state`], each lock's counters continue from the state
+//! file and the run keeps it current ([`crate::persist`]): the reservation is
+//! written before any task starts, re-reserved every
+//! [`persist::SAVE_CHECK_EVERY`] for locks past half of it, and the exact
+//! counters are written once the tasks have stopped.
 
 use crate::clock::SimClock;
 use crate::coap_client::TransmissionParams;
 use crate::coap_socket::SocketTask;
 use crate::fleet::Fleet;
 use crate::ledger::{AckedReport, Ledger, PendingReport};
-use crate::lock::Lock;
+use crate::lock::{Counters, Lock};
 use crate::mqtt_fleet::{MqttFleet, MqttTarget};
 use crate::mqtt_lock::{self, route_for};
 use crate::net::{Impairment, NetFaults};
+use crate::persist::{self, LiveCounters, Origin, Persister, StateError, StateOptions};
 use crate::stats::{Stats, StatsSnapshot};
 use schemas::event::Transport;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,6 +87,13 @@ pub struct SimConfig {
     pub progress: Option<Duration>,
     /// Cancel to end the run early (it still drains, then stops cleanly).
     pub cancel: CancellationToken,
+    /// Where each lock's counters are kept between runs; `None`: nothing is
+    /// read or written.
+    pub state: Option<StateOptions>,
+    /// Counters to start from, by lock id, for locks the state file does not
+    /// list (for every lock without a state file); any other lock starts at
+    /// [`Counters::START`].
+    pub start_counters: HashMap<String, Counters>,
 }
 
 impl Default for SimConfig {
@@ -99,6 +113,8 @@ impl Default for SimConfig {
             mqtt_ack_timeout: mqtt_lock::DEFAULT_ACK_TIMEOUT,
             progress: None,
             cancel: CancellationToken::new(),
+            state: None,
+            start_counters: HashMap::new(),
         }
     }
 }
@@ -123,6 +139,8 @@ pub enum RunError {
     Bind(std::io::Error),
     #[error("a simulator task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// What a run did.
@@ -133,6 +151,9 @@ pub struct RunReport {
     pub acknowledged: Vec<AckedReport>,
     /// Reports still unacknowledged at the end.
     pub unacknowledged: Vec<PendingReport>,
+    /// Each lock's counters at the end, by lock id: what the next run starts
+    /// from, and what the state file holds for it if there is one.
+    pub counters: BTreeMap<String, Counters>,
 }
 
 impl RunReport {
@@ -151,15 +172,31 @@ impl RunReport {
     }
 }
 
+/// What every task of a run shares with the coordinator.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub clock: SimClock,
+    pub stats: Arc<Stats>,
+    /// Each lock's counters as its task last left them (for periodic saves).
+    pub counters: Arc<LiveCounters>,
+}
+
 /// A run in progress.
 pub struct RunHandle {
     stats: Arc<Stats>,
     clock: SimClock,
     cancel: CancellationToken,
+    origin: Option<Origin>,
     task: JoinHandle<Result<RunReport, RunError>>,
 }
 
 impl RunHandle {
+    /// Where the locks' starting counters came from (`None` without
+    /// [`SimConfig::state`]).
+    pub fn state_origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         self.stats
@@ -195,6 +232,16 @@ impl RunHandle {
     pub async fn finish(self) -> Result<RunReport, RunError> {
         self.task.await.map_err(|e| RunError::Task(e.to_string()))?
     }
+
+    /// Ends the run at once, as a crash would: no drain, no [`RunReport`], and the
+    /// state file keeps its last reservation, so the next run starts past
+    /// every seq this one may have used.
+    pub async fn abort(self) {
+        self.task.abort();
+        // Dropping the coordinator drops the JoinSet of its tasks, which
+        // aborts them.
+        let _ = self.task.await;
+    }
 }
 
 /// Runs `fleet` to the end and returns the report.
@@ -213,15 +260,36 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
     if config.ack_timeout.is_zero() || config.mqtt_ack_timeout.is_zero() {
         return Err(RunError::AckTimeout);
     }
+    let ids: Vec<String> = fleet.locks.iter().map(|l| l.id.clone()).collect();
+    let (mut persister, start_counters, origin) = match &config.state {
+        Some(options) => {
+            let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let (p, start, origin) = Persister::open(options, &id_refs, &config.start_counters)?;
+            (Some(p), start, Some(origin))
+        }
+        None => {
+            let start = ids
+                .iter()
+                .map(|id| config.start_counters.get(id).copied().unwrap_or_default())
+                .collect();
+            (None, start, None)
+        }
+    };
     let clock = SimClock::starting_now(config.speedup);
     let stats = Arc::new(Stats::new(fleet.locks.len()));
+    let shared = Shared {
+        clock,
+        stats: stats.clone(),
+        counters: Arc::new(LiveCounters::new(&start_counters)),
+    };
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let mut tasks: JoinSet<Ledger> = JoinSet::new();
 
     let mut coap = Vec::new();
     let mut mqtt = Vec::new();
     for (i, spec) in fleet.locks.iter().enumerate() {
-        let lock = Lock::new(spec, i, config.seed, &clock, config.max_reports_per_device);
+        let lock = Lock::new(spec, i, config.seed, &clock, config.max_reports_per_device)
+            .with_counters(start_counters[i]);
         match (spec.transport, route_for(spec)) {
             (Transport::Coap, _) => coap.push(lock),
             (_, Some(route)) => mqtt.push((lock, route)),
@@ -238,6 +306,7 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
         "starting simulation"
     );
 
+    let mut socket_tasks = Vec::new();
     if !coap.is_empty() {
         let server = resolve(&config.gateway, config.coap_port).await?;
         let params = TransmissionParams {
@@ -257,13 +326,23 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
                 params,
                 Impairment::new(config.faults, seed),
                 seed,
-                clock,
-                stats.clone(),
+                shared.clone(),
             )
             .await
             .map_err(RunError::Bind)?;
-            tasks.spawn(task.run(phase_rx.clone()));
+            socket_tasks.push(task);
         }
+    }
+
+    // RFC 8613 Appendix B.1.1: the reservation is on disk before any lock
+    // may use a seq from it, so a crash from now on cannot lead to reuse.
+    if let Some(p) = persister.as_mut() {
+        persist::save(p.path().to_path_buf(), p.text()).await?;
+        p.mark_saved();
+    }
+
+    for task in socket_tasks {
+        tasks.spawn(task.run(phase_rx.clone()));
     }
     if !mqtt.is_empty() || !fleet.bridges.is_empty() {
         let target = MqttTarget {
@@ -272,31 +351,27 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
             ack_timeout: config.mqtt_ack_timeout,
         };
         let impairment = Impairment::new(config.faults, config.seed.wrapping_sub(1));
-        let fleet_task = MqttFleet::start(
-            mqtt,
-            &fleet.bridges,
-            &target,
-            impairment,
-            clock,
-            stats.clone(),
-        );
+        let fleet_task =
+            MqttFleet::start(mqtt, &fleet.bridges, &target, impairment, shared.clone());
         tasks.spawn(fleet_task.run(phase_rx.clone()));
     }
 
-    let lock_count = fleet.locks.len() as u64;
-    let task = tokio::spawn(coordinate(
-        config.clone(),
-        stats.clone(),
-        clock,
-        phase_tx,
+    let cancel = config.cancel.clone();
+    let coordinator = Coordinator {
+        config,
+        shared,
+        phase: phase_tx,
         tasks,
-        lock_count,
-    ));
+        ids,
+        start: start_counters,
+        persister,
+    };
     Ok(RunHandle {
         stats,
         clock,
-        cancel: config.cancel,
-        task,
+        cancel,
+        origin,
+        task: tokio::spawn(coordinator.run()),
     })
 }
 
@@ -312,65 +387,137 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RunError> {
     })
 }
 
-async fn coordinate(
+/// The task that moves a run through its [`Phase`]s, keeps the state file
+/// current and assembles the [`RunReport`].
+struct Coordinator {
     config: SimConfig,
-    stats: Arc<Stats>,
-    clock: SimClock,
+    shared: Shared,
     phase: watch::Sender<Phase>,
-    mut tasks: JoinSet<Ledger>,
-    lock_count: u64,
-) -> Result<RunReport, RunError> {
-    let elapsed = || Instant::now().saturating_duration_since(clock.start());
-    let end_at = config.duration.map(|d| clock.start() + d);
-    let mut progress = config.progress.map(|p| {
-        let mut i = tokio::time::interval(p);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        i
-    });
-    let mut poll = tokio::time::interval(SETTLE_POLL);
-    let all_finished =
-        || config.max_reports_per_device.is_some() && stats.locks_done() >= lock_count;
+    tasks: JoinSet<Ledger>,
+    /// Lock ids in fleet order.
+    ids: Vec<String>,
+    /// The counters each lock started from, in fleet order.
+    start: Vec<Counters>,
+    persister: Option<Persister>,
+}
 
-    // Running.
-    loop {
-        tokio::select! {
-            _ = config.cancel.cancelled() => break,
-            _ = sleep_until(end_at), if end_at.is_some() => break,
-            _ = tick(&mut progress), if progress.is_some() => eprintln!("{}", stats.snapshot(elapsed())),
-            _ = poll.tick() => if all_finished() { break },
-        }
-    }
+impl Coordinator {
+    async fn run(self) -> Result<RunReport, RunError> {
+        let Coordinator {
+            config,
+            shared,
+            phase,
+            mut tasks,
+            ids,
+            start,
+            mut persister,
+        } = self;
+        let Shared {
+            clock,
+            stats,
+            counters: live,
+        } = shared;
+        let elapsed = || Instant::now().saturating_duration_since(clock.start());
+        let end_at = config.duration.map(|d| clock.start() + d);
+        let mut progress = config.progress.map(|p| {
+            let mut i = tokio::time::interval(p);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            i
+        });
+        let mut poll = tokio::time::interval(SETTLE_POLL);
+        let mut save_check = persister.as_ref().map(|_| {
+            let every = persist::SAVE_CHECK_EVERY;
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let lock_count = ids.len() as u64;
+        let all_finished =
+            || config.max_reports_per_device.is_some() && stats.locks_done() >= lock_count;
 
-    // Draining.
-    if !config.drain_timeout.is_zero() && stats.outstanding() > 0 {
-        tracing::info!(outstanding = stats.outstanding(), "draining outboxes");
-        let _ = phase.send(Phase::Draining);
-        let drain_end = Instant::now() + config.drain_timeout;
-        while stats.outstanding() > 0 && Instant::now() < drain_end {
+        // Running. Only now do locks allocate seqs, so only now can they run
+        // short of their reservation.
+        loop {
             tokio::select! {
+                _ = config.cancel.cancelled() => break,
+                _ = sleep_until(end_at), if end_at.is_some() => break,
                 _ = tick(&mut progress), if progress.is_some() => eprintln!("{}", stats.snapshot(elapsed())),
-                _ = poll.tick() => {}
+                _ = tick(&mut save_check), if save_check.is_some() => {
+                    if let Some(p) = persister.as_mut() {
+                        save_if_due(p, &live).await;
+                    }
+                }
+                _ = poll.tick() => if all_finished() { break },
             }
         }
-    }
 
-    // Stopping.
-    let _ = phase.send(Phase::Stopping);
-    let mut ledger = Ledger::default();
-    while let Some(joined) = tasks.join_next().await {
-        ledger.merge(joined.map_err(|e| RunError::Task(e.to_string()))?);
+        // Draining.
+        if !config.drain_timeout.is_zero() && stats.outstanding() > 0 {
+            tracing::info!(outstanding = stats.outstanding(), "draining outboxes");
+            let _ = phase.send(Phase::Draining);
+            let drain_end = Instant::now() + config.drain_timeout;
+            while stats.outstanding() > 0 && Instant::now() < drain_end {
+                tokio::select! {
+                    _ = tick(&mut progress), if progress.is_some() => eprintln!("{}", stats.snapshot(elapsed())),
+                    _ = poll.tick() => {}
+                }
+            }
+        }
+
+        // Stopping.
+        let _ = phase.send(Phase::Stopping);
+        let mut ledger = Ledger::default();
+        while let Some(joined) = tasks.join_next().await {
+            ledger.merge(joined.map_err(|e| RunError::Task(e.to_string()))?);
+        }
+        let mut end = start;
+        for (i, c) in std::mem::take(&mut ledger.counters) {
+            if let Some(slot) = end.get_mut(i) {
+                *slot = c;
+            }
+        }
+        // A clean end: the exact counters replace the reservation.
+        if let Some(mut p) = persister {
+            p.set_exact(&end);
+            persist::save(p.path().to_path_buf(), p.text()).await?;
+        }
+        ledger
+            .acked
+            .sort_by(|a, b| (&a.lock_id, a.seq).cmp(&(&b.lock_id, b.seq)));
+        ledger
+            .pending
+            .sort_by(|a, b| (&a.lock_id, a.seq).cmp(&(&b.lock_id, b.seq)));
+        Ok(RunReport {
+            stats: stats.snapshot(elapsed()),
+            acknowledged: ledger.acked,
+            unacknowledged: ledger.pending,
+            counters: ids.into_iter().zip(end).collect(),
+        })
     }
-    ledger
-        .acked
-        .sort_by(|a, b| (&a.lock_id, a.seq).cmp(&(&b.lock_id, b.seq)));
-    ledger
-        .pending
-        .sort_by(|a, b| (&a.lock_id, a.seq).cmp(&(&b.lock_id, b.seq)));
-    Ok(RunReport {
-        stats: stats.snapshot(elapsed()),
-        acknowledged: ledger.acked,
-        unacknowledged: ledger.pending,
-    })
+}
+
+/// The periodic save: re-reserves the locks past half of their reservation
+/// and writes the file if that changed it (or an earlier write failed).
+async fn save_if_due(p: &mut Persister, live: &LiveCounters) {
+    let re = p.rereserve(live);
+    if re.overrun > 0 {
+        tracing::warn!(
+            locks = re.overrun,
+            "locks used more seqs than reserved between two saves; a crash then could have reused some"
+        );
+    }
+    if !p.unsaved() {
+        return;
+    }
+    match persist::save(p.path().to_path_buf(), p.text()).await {
+        Ok(()) => {
+            p.mark_saved();
+            tracing::debug!(locks = re.locks, "re-reserved lock counters");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot save lock counters; retrying at the next check")
+        }
+    }
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {

@@ -203,6 +203,7 @@ async fn mqtt_locks_and_bridges_get_every_report_acknowledged_and_bridges_say_go
         let mut seqs: Vec<u32> = by_lock[lock.id.as_str()].iter().map(|r| r.seq).collect();
         seqs.sort_unstable();
         assert_eq!(seqs, vec![1, 2, 3], "{}", lock.id);
+        assert_eq!(report.counters[&lock.id].next_seq, 4, "{}", lock.id);
     }
     assert!(
         report.stats.dropped > 0 && report.stats.retransmitted > 0,

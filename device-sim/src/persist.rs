@@ -1,0 +1,490 @@
+//! The state file at the edge of a run ([`crate::state`] holds the format and
+//! the reservation arithmetic): where each lock's starting counters come from
+//! ([`Persister::open`]), how the coordinator sees the counters of locks that
+//! live in other tasks ([`LiveCounters`]) and decides what to re-reserve
+//! ([`Persister::rereserve`]), and how the file is replaced on disk
+//! ([`write_atomic`], [`save`]).
+//!
+//! The run writes the file three times over: with every lock's reservation
+//! before the first report, again whenever a lock has used half of its
+//! reservation, and with the exact counters at a clean end. A crash (or a
+//! second Ctrl-C, or [`crate::run::RunHandle::abort`]) leaves the last
+//! reservation in place, so the next run skips ahead instead of reusing seqs.
+
+use crate::lock::Counters;
+use crate::state::{self, ParseError, StateFile, RESERVATION};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::time::Duration;
+
+/// How often the coordinator looks for locks past half of their reservation.
+/// A look reads two atomics per lock (milliseconds for a million locks) and a
+/// write follows only when some lock passed half, so it can be frequent; at
+/// this cadence a lock would need more than 16 000 seqs a second to use up a
+/// [`RESERVATION`] between two looks.
+pub const SAVE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Suffix of the temporary file a save writes before renaming it over the
+/// state file (in the same directory, so the rename is atomic).
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Where a run keeps its locks' counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateOptions {
+    pub path: PathBuf,
+    /// Ignore what the file holds, even if it cannot be read, and replace it
+    /// (e.g. against a new gateway database).
+    pub fresh: bool,
+}
+
+impl StateOptions {
+    /// Read from and write to `path`.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        StateOptions {
+            path: path.into(),
+            fresh: false,
+        }
+    }
+}
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read the state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    // `at` is not a `source`: the message already carries it whole.
+    #[error("the state file {path} is malformed at {at}; fix that line, delete the file, or pass --fresh-state to start every lock at seq 1")]
+    Malformed { path: PathBuf, at: ParseError },
+    #[error("cannot write the state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where a run's starting counters came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The file held `found` of the fleet's `fleet` locks and `others` locks
+    /// that are not in the fleet (kept as they are).
+    Read {
+        path: PathBuf,
+        found: usize,
+        fleet: usize,
+        others: usize,
+    },
+    /// No file yet.
+    Missing { path: PathBuf },
+    /// [`StateOptions::fresh`]: the file was not read.
+    Ignored { path: PathBuf },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Read {
+                path,
+                found,
+                fleet,
+                others,
+            } => write!(
+                f,
+                "lock counters read from {}: {found} of {fleet} locks found, {others} other locks kept",
+                path.display()
+            ),
+            Origin::Missing { path } => write!(
+                f,
+                "no state file at {} yet: locks start at seq 1",
+                path.display()
+            ),
+            Origin::Ignored { path } => write!(
+                f,
+                "fresh state: not reading {}, locks start at seq 1",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Each lock's counters as its task last left them, indexed like the fleet.
+/// A task stores them after every [`crate::lock::Lock::wake`], the only call
+/// that allocates seqs: two relaxed stores, nothing else per report. The
+/// coordinator reads them for periodic saves; a value it reads a moment late
+/// is only lower than the truth, which the reservation margin covers.
+#[derive(Debug)]
+pub struct LiveCounters {
+    locks: Box<[LiveSlot]>,
+}
+
+#[derive(Debug)]
+struct LiveSlot {
+    next_seq: AtomicU32,
+    next_event_seq: AtomicU32,
+}
+
+impl LiveCounters {
+    /// One slot per lock, holding `start`.
+    pub fn new(start: &[Counters]) -> Self {
+        let locks = start
+            .iter()
+            .map(|c| LiveSlot {
+                next_seq: AtomicU32::new(c.next_seq),
+                next_event_seq: AtomicU32::new(c.next_event_seq),
+            })
+            .collect();
+        LiveCounters { locks }
+    }
+
+    /// Records the counters of the lock at `lock_index` (out of range: ignored).
+    pub fn store(&self, lock_index: usize, c: Counters) {
+        if let Some(slot) = self.locks.get(lock_index) {
+            slot.next_seq.store(c.next_seq, Relaxed);
+            slot.next_event_seq.store(c.next_event_seq, Relaxed);
+        }
+    }
+
+    pub fn load(&self, lock_index: usize) -> Option<Counters> {
+        self.locks.get(lock_index).map(|slot| Counters {
+            next_seq: slot.next_seq.load(Relaxed),
+            next_event_seq: slot.next_event_seq.load(Relaxed),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+}
+
+/// What one [`Persister::rereserve`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rereserved {
+    /// Locks re-reserved from their current counters.
+    pub locks: usize,
+    /// Of those, locks that had gone past their reservation: had the run
+    /// crashed just before, the next one could have reused some of their seqs.
+    pub overrun: usize,
+}
+
+/// The coordinator's view of the state file: what it holds (locks outside
+/// the fleet included) and where each lock's reservation was made from.
+#[derive(Debug)]
+pub struct Persister {
+    path: PathBuf,
+    file: StateFile,
+    /// Per fleet lock, its slot in `file`.
+    slots: Vec<usize>,
+    /// Per fleet lock, the counters its current reservation was made from.
+    bases: Vec<Counters>,
+    /// `file` holds changes not yet on disk.
+    unsaved: bool,
+}
+
+impl Persister {
+    /// Reads the state file (unless `fresh`) and returns, in fleet order, the
+    /// counters each of `fleet_ids` starts from: the file's, else
+    /// `fallback`'s, else [`Counters::START`]. The persister then holds a
+    /// reservation for every one of them, not yet saved.
+    pub fn open(
+        options: &StateOptions,
+        fleet_ids: &[&str],
+        fallback: &HashMap<String, Counters>,
+    ) -> Result<(Persister, Vec<Counters>, Origin), StateError> {
+        let path = options.path.clone();
+        let (mut file, read) = if options.fresh {
+            (StateFile::default(), false)
+        } else {
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let file = StateFile::parse(&bytes).map_err(|at| StateError::Malformed {
+                        path: path.clone(),
+                        at,
+                    })?;
+                    (file, true)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (StateFile::default(), false),
+                Err(source) => return Err(StateError::Read { path, source }),
+            }
+        };
+        let in_file = file.len();
+        let mut found = 0;
+        let mut start = Vec::with_capacity(fleet_ids.len());
+        let mut slots = Vec::with_capacity(fleet_ids.len());
+        for id in fleet_ids {
+            let saved = file.get(id);
+            found += usize::from(saved.is_some());
+            let c = saved
+                .or_else(|| fallback.get(*id).copied())
+                .unwrap_or_default();
+            slots.push(file.insert(id, state::reserve(c)));
+            start.push(c);
+        }
+        let origin = match (options.fresh, read) {
+            (true, _) => Origin::Ignored { path: path.clone() },
+            (false, false) => Origin::Missing { path: path.clone() },
+            (false, true) => Origin::Read {
+                path: path.clone(),
+                found,
+                fleet: fleet_ids.len(),
+                others: in_file - found,
+            },
+        };
+        let persister = Persister {
+            path,
+            file,
+            slots,
+            bases: start.clone(),
+            unsaved: true,
+        };
+        Ok((persister, start, origin))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's text as it should now be on disk.
+    pub fn text(&self) -> String {
+        self.file.to_text()
+    }
+
+    /// True when [`Persister::text`] has changes not yet saved.
+    pub fn unsaved(&self) -> bool {
+        self.unsaved
+    }
+
+    /// The text last taken from [`Persister::text`] is on disk.
+    pub fn mark_saved(&mut self) {
+        self.unsaved = false;
+    }
+
+    /// Re-reserves, from its current counters, every lock that has used more
+    /// than half of its reservation.
+    pub fn rereserve(&mut self, live: &LiveCounters) -> Rereserved {
+        let mut out = Rereserved::default();
+        for (i, base) in self.bases.iter_mut().enumerate() {
+            let Some(now) = live.load(i) else { continue };
+            if !state::needs_reservation(*base, now) {
+                continue;
+            }
+            out.locks += 1;
+            if state::used(*base, now) > RESERVATION {
+                out.overrun += 1;
+            }
+            *base = now;
+            self.file.set(self.slots[i], state::reserve(now));
+        }
+        if out.locks > 0 {
+            self.unsaved = true;
+        }
+        out
+    }
+
+    /// Sets the exact counters the fleet's locks ended with (no margin), in
+    /// fleet order, for the final save of a clean end.
+    pub fn set_exact(&mut self, counters: &[Counters]) {
+        for (slot, c) in self.slots.iter().zip(counters) {
+            self.file.set(*slot, *c);
+        }
+        self.unsaved = true;
+    }
+}
+
+/// Replaces the file at `path` with `contents` atomically: a temporary file
+/// beside it, flushed to disk, then renamed over it. A crash leaves the old
+/// file or the new one, never a mix.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let Some(name) = path.file_name() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path does not name a file",
+        ));
+    };
+    let mut temp_name = name.to_owned();
+    temp_name.push(TEMP_SUFFIX);
+    let temp = path.with_file_name(temp_name);
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, path)?;
+    // The rename survives a power cut only once the directory is synced.
+    // Best effort: some file systems refuse to sync a directory, and a crash
+    // of the process alone (kill -9) is already covered by the rename.
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// [`write_atomic`] on a blocking thread, off the async runtime's workers.
+pub async fn save(path: PathBuf, text: String) -> Result<(), StateError> {
+    let target = path.clone();
+    let written = tokio::task::spawn_blocking(move || write_atomic(&target, text.as_bytes()))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    written.map_err(|source| StateError::Write { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(next_seq: u32, next_event_seq: u32) -> Counters {
+        Counters {
+            next_seq,
+            next_event_seq,
+        }
+    }
+
+    fn open_at(path: &Path, fresh: bool) -> Result<(Persister, Vec<Counters>, Origin), StateError> {
+        let options = StateOptions {
+            path: path.to_path_buf(),
+            fresh,
+        };
+        Persister::open(&options, &["L1", "L2"], &HashMap::new())
+    }
+
+    #[test]
+    fn a_missing_file_starts_every_lock_at_1_and_reserves_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.csv.state");
+        let (p, start, origin) = open_at(&path, false).unwrap();
+        assert_eq!(start, vec![Counters::START; 2]);
+        assert_eq!(origin, Origin::Missing { path: path.clone() });
+        assert!(p.unsaved());
+        let k = 1 + RESERVATION;
+        assert_eq!(
+            p.text(),
+            format!("lock_id,next_seq,next_event_seq\nL1,{k},{k}\nL2,{k},{k}\n")
+        );
+    }
+
+    #[test]
+    fn saved_counters_are_the_start_and_other_locks_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::write(
+            &path,
+            "lock_id,next_seq,next_event_seq\nGONE,9,9\nL2,50,60\n",
+        )
+        .unwrap();
+        let fallback = HashMap::from([("L1".to_string(), c(7, 8)), ("L2".to_string(), c(1, 1))]);
+        let (p, start, origin) =
+            Persister::open(&StateOptions::at(&path), &["L1", "L2"], &fallback).unwrap();
+        assert_eq!(start, vec![c(7, 8), c(50, 60)], "file first, then fallback");
+        assert_eq!(
+            origin,
+            Origin::Read {
+                path,
+                found: 1,
+                fleet: 2,
+                others: 1
+            }
+        );
+        let text = p.text();
+        assert!(text.contains("\nGONE,9,9\n"), "{text}");
+        assert!(text.contains(&format!("\nL2,{},{}\n", 50 + RESERVATION, 60 + RESERVATION)));
+    }
+
+    #[test]
+    fn a_malformed_file_names_the_file_the_line_and_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.csv.state");
+        std::fs::write(&path, "lock_id,next_seq,next_event_seq\nL1,5,6\nL2,-1,6\n").unwrap();
+        let err = open_at(&path, false).unwrap_err();
+        assert!(matches!(err, StateError::Malformed { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("line 3: next_seq \"-1\""), "{msg}");
+        assert!(
+            msg.contains("delete the file") && msg.contains("--fresh-state"),
+            "{msg}"
+        );
+
+        // Fresh state does not read it at all.
+        let (_, start, origin) = open_at(&path, true).unwrap();
+        assert_eq!(start, vec![Counters::START; 2]);
+        assert_eq!(origin, Origin::Ignored { path });
+    }
+
+    #[test]
+    fn only_locks_past_half_their_reservation_are_re_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut p, start, _) = open_at(&dir.path().join("s"), false).unwrap();
+        p.mark_saved();
+        let live = LiveCounters::new(&start);
+        let half = RESERVATION / 2;
+        live.store(0, c(1 + half, 1));
+        live.store(1, c(2, 1 + half));
+        assert_eq!(p.rereserve(&live), Rereserved::default());
+        assert!(!p.unsaved(), "nothing to write");
+
+        live.store(1, c(2, 2 + half));
+        assert_eq!(
+            p.rereserve(&live),
+            Rereserved {
+                locks: 1,
+                overrun: 0
+            }
+        );
+        assert!(p.unsaved());
+        let k = 1 + RESERVATION;
+        let l2 = state::reserve(c(2, 2 + half));
+        assert_eq!(
+            p.text(),
+            format!(
+                "lock_id,next_seq,next_event_seq\nL1,{k},{k}\nL2,{},{}\n",
+                l2.next_seq, l2.next_event_seq
+            )
+        );
+        // L2's new base is its current counters: no second re-reservation.
+        assert_eq!(p.rereserve(&live).locks, 0);
+
+        live.store(0, c(2 + RESERVATION, 1));
+        assert_eq!(
+            p.rereserve(&live),
+            Rereserved {
+                locks: 1,
+                overrun: 1
+            }
+        );
+
+        p.set_exact(&[c(3, 4), c(5, 6)]);
+        assert_eq!(
+            p.text(),
+            "lock_id,next_seq,next_event_seq\nL1,3,4\nL2,5,6\n"
+        );
+    }
+
+    #[test]
+    fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.csv.state");
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("fleet.csv.state")]);
+    }
+}

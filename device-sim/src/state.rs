@@ -1,0 +1,402 @@
+//! The state file: each lock's [`Counters`] carried from one run to the
+//! next, as lock firmware carries them across reboots in non-volatile memory.
+//! Without it every run would start every lock at seq 1 again, and the
+//! gateway, which keys reports by (lock, seq) and events by (lock, event
+//! seq), would acknowledge everything as a duplicate and store nothing.
+//!
+//! The file is text, one lock a line under the header [`HEADER`]
+//! (`lock_id,next_seq,next_event_seq`). Locks that are not in the fleet being
+//! run stay in the file untouched: a run may simulate a subset.
+//!
+//! Crash safety follows RFC 8613 Appendix B.1.1 (how an OSCORE endpoint
+//! keeps its Sender Sequence Number across reboots): before a run uses any
+//! seq, it writes every lock's counters advanced by [`RESERVATION`]; while it
+//! runs it re-reserves, from its current counters, a lock that has used more
+//! than half of its reservation; at a clean end it writes the exact values.
+//! After a crash the next run starts past the reservation: seqs are skipped,
+//! never reused.
+//!
+//! This module is pure (parse, serialise, reservation arithmetic); reading
+//! and writing the file is [`crate::persist`]'s.
+
+use crate::lock::Counters;
+use schemas::device::valid_id;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The first line of a state file.
+pub const HEADER: &str = "lock_id,next_seq,next_event_seq";
+
+/// What is appended to the fleet file's path to name its default state file.
+pub const DEFAULT_SUFFIX: &str = ".state";
+
+/// How far ahead of a lock's counters the state file is written while the
+/// lock runs (the `K` of RFC 8613 Appendix B.1.1). It must exceed what a lock
+/// can use between two saves: the run checks every
+/// [`crate::persist::SAVE_CHECK_EVERY`] and re-reserves past half of it, so a
+/// lock would need more than 16 000 seqs a second to outrun it, where one
+/// report at a time and a few activity events per simulated hour give a few
+/// hundred even at a speedup of 100 000. It is also what a crash skips, so it
+/// is small enough for a u32 counter to survive 65 000 crashes before it
+/// wraps.
+pub const RESERVATION: u32 = 1 << 16;
+
+/// How many values a seq takes: 1 to `u32::MAX` (0 is never used).
+const SEQ_SPACE: u64 = u32::MAX as u64;
+
+/// The default state file of the fleet file at `fleet`: its path with
+/// [`DEFAULT_SUFFIX`] appended (`fleet.csv` -> `fleet.csv.state`).
+pub fn default_path(fleet: &Path) -> PathBuf {
+    let mut path = fleet.as_os_str().to_owned();
+    path.push(DEFAULT_SUFFIX);
+    PathBuf::from(path)
+}
+
+/// `seq` advanced `n` times the way a lock advances it: `u32::MAX` is
+/// followed by 1, never by 0.
+pub fn seq_add(seq: u32, n: u32) -> u32 {
+    let from = u64::from(seq.max(1)) - 1;
+    // The remainder is below `u32::MAX`, so the sum fits a u32.
+    ((from + u64::from(n)) % SEQ_SPACE + 1) as u32
+}
+
+/// How many times `from` was advanced to reach `to`, counting forward across
+/// the wrap (the inverse of [`seq_add`]).
+pub fn seqs_between(from: u32, to: u32) -> u32 {
+    let from = u64::from(from.max(1)) - 1;
+    let to = u64::from(to.max(1)) - 1;
+    ((to + SEQ_SPACE - from) % SEQ_SPACE) as u32
+}
+
+/// What the state file holds for a lock whose counters are `c` while it may
+/// run: both counters advanced by [`RESERVATION`].
+pub fn reserve(c: Counters) -> Counters {
+    Counters {
+        next_seq: seq_add(c.next_seq, RESERVATION),
+        next_event_seq: seq_add(c.next_event_seq, RESERVATION),
+    }
+}
+
+/// How much of a reservation made from `base` a lock now at `now` has used:
+/// the larger of its report and event seqs used since.
+pub fn used(base: Counters, now: Counters) -> u32 {
+    seqs_between(base.next_seq, now.next_seq)
+        .max(seqs_between(base.next_event_seq, now.next_event_seq))
+}
+
+/// True once a lock has used more than half of the reservation made from
+/// `base`: time to re-reserve from `now`.
+pub fn needs_reservation(base: Counters, now: Counters) -> bool {
+    used(base, now) > RESERVATION / 2
+}
+
+/// The contents of a state file, in file order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateFile {
+    locks: Vec<(String, Counters)>,
+    index: HashMap<String, usize>,
+}
+
+/// Where a state file is malformed and how.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {problem}")]
+pub struct ParseError {
+    /// 1-based; the header is line 1.
+    pub line: usize,
+    pub problem: Problem,
+}
+
+/// What is wrong with a line of a state file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("not UTF-8 text")]
+    NotText,
+    #[error("the header must be exactly {HEADER:?}, found {0:?}")]
+    Header(String),
+    #[error("expected 3 columns ({HEADER}), found {0}")]
+    Columns(usize),
+    #[error("lock_id {0:?} is not a lock id (letters, digits, '-', '_', '.')")]
+    LockId(String),
+    #[error("{column} {value:?} is not a number from 1 to 4294967295")]
+    Number { column: &'static str, value: String },
+    #[error("lock {id:?} already appears on line {first_line}")]
+    Duplicate { id: String, first_line: usize },
+}
+
+impl StateFile {
+    /// Parses a state file. Blank lines are skipped; anything else that is
+    /// not a well-formed line is an error naming the line.
+    pub fn parse(bytes: &[u8]) -> Result<StateFile, ParseError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ParseError {
+            line: 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            problem: Problem::NotText,
+        })?;
+        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
+        let header = lines.next().map_or("", |(_, l)| l);
+        if header != HEADER {
+            return Err(ParseError {
+                line: 1,
+                problem: Problem::Header(header.to_string()),
+            });
+        }
+        let mut file = StateFile::default();
+        let mut first_line: HashMap<String, usize> = HashMap::new();
+        for (line, l) in lines.filter(|(_, l)| !l.is_empty()) {
+            let err = |problem| ParseError { line, problem };
+            let columns: Vec<&str> = l.split(',').map(str::trim).collect();
+            let [id, seq, event_seq] = columns[..] else {
+                return Err(err(Problem::Columns(columns.len())));
+            };
+            if !valid_id(id) {
+                return Err(err(Problem::LockId(id.to_string())));
+            }
+            if let Some(&first_line) = first_line.get(id) {
+                return Err(err(Problem::Duplicate {
+                    id: id.to_string(),
+                    first_line,
+                }));
+            }
+            let number = |column, value: &str| match value.parse::<u32>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(err(Problem::Number {
+                    column,
+                    value: value.to_string(),
+                })),
+            };
+            let counters = Counters {
+                next_seq: number("next_seq", seq)?,
+                next_event_seq: number("next_event_seq", event_seq)?,
+            };
+            first_line.insert(id.to_string(), line);
+            file.insert(id, counters);
+        }
+        Ok(file)
+    }
+
+    /// The file's text: the header, then one line per lock in order.
+    pub fn to_text(&self) -> String {
+        // "lock_id,4294967295,4294967295\n" is about 30 bytes plus the id.
+        let mut out = String::with_capacity(HEADER.len() + 1 + self.locks.len() * 40);
+        out.push_str(HEADER);
+        out.push('\n');
+        for (id, c) in &self.locks {
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "{id},{},{}", c.next_seq, c.next_event_seq);
+        }
+        out
+    }
+
+    /// The counters of `lock_id`, if the file has it.
+    pub fn get(&self, lock_id: &str) -> Option<Counters> {
+        self.index.get(lock_id).map(|&slot| self.locks[slot].1)
+    }
+
+    /// Sets the counters of `lock_id`, appending it if new, and returns its
+    /// slot for [`StateFile::set`].
+    pub fn insert(&mut self, lock_id: &str, counters: Counters) -> usize {
+        if let Some(&slot) = self.index.get(lock_id) {
+            self.locks[slot].1 = counters;
+            return slot;
+        }
+        let slot = self.locks.len();
+        self.locks.push((lock_id.to_string(), counters));
+        self.index.insert(lock_id.to_string(), slot);
+        slot
+    }
+
+    /// Sets the counters in `slot` (from [`StateFile::insert`]); a slot the
+    /// file does not have is ignored.
+    pub fn set(&mut self, slot: usize, counters: Counters) {
+        if let Some(entry) = self.locks.get_mut(slot) {
+            entry.1 = counters;
+        }
+    }
+
+    /// Every lock and its counters, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Counters)> {
+        self.locks.iter().map(|(id, c)| (id.as_str(), *c))
+    }
+
+    pub fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(next_seq: u32, next_event_seq: u32) -> Counters {
+        Counters {
+            next_seq,
+            next_event_seq,
+        }
+    }
+
+    fn problem(text: &str) -> ParseError {
+        StateFile::parse(text.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn a_state_file_round_trips_in_order() {
+        let mut file = StateFile::default();
+        file.insert("L000002", c(7, 40));
+        file.insert("L000001", c(1, 1));
+        file.insert("L000003", c(u32::MAX, 65_537));
+        let text = file.to_text();
+        assert_eq!(
+            text,
+            "lock_id,next_seq,next_event_seq\nL000002,7,40\nL000001,1,1\nL000003,4294967295,65537\n"
+        );
+        assert_eq!(StateFile::parse(text.as_bytes()).unwrap(), file);
+    }
+
+    #[test]
+    fn crlf_blank_lines_and_spaces_are_accepted() {
+        let file =
+            StateFile::parse(b"lock_id,next_seq,next_event_seq\r\n\r\n L1 , 5 ,6\r\n\n").unwrap();
+        assert_eq!(file.iter().collect::<Vec<_>>(), vec![("L1", c(5, 6))]);
+    }
+
+    #[test]
+    fn a_malformed_line_is_named_with_its_number_and_problem() {
+        let e = problem("lock_id,next_seq,next_event_seq\nL1,5,6\nL2,abc,6\n");
+        assert_eq!(e.line, 3);
+        assert_eq!(
+            e.to_string(),
+            "line 3: next_seq \"abc\" is not a number from 1 to 4294967295"
+        );
+
+        let zero = problem("lock_id,next_seq,next_event_seq\nL1,5,0\n");
+        assert_eq!(
+            zero.problem,
+            Problem::Number {
+                column: "next_event_seq",
+                value: "0".into()
+            }
+        );
+        let too_big = problem("lock_id,next_seq,next_event_seq\nL1,4294967296,1\n");
+        assert_eq!(too_big.line, 2);
+        assert_eq!(
+            problem("lock_id,next_seq,next_event_seq\nL1,5\n").problem,
+            Problem::Columns(2)
+        );
+        assert_eq!(
+            problem("lock_id,next_seq,next_event_seq\nL 1,5,6\n").problem,
+            Problem::LockId("L 1".into())
+        );
+        assert_eq!(
+            problem("lock_id,next_seq,next_event_seq\nL1,5,6\nL2,1,1\nL1,9,9\n"),
+            ParseError {
+                line: 4,
+                problem: Problem::Duplicate {
+                    id: "L1".into(),
+                    first_line: 2
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_header_or_binary_garbage_is_malformed() {
+        assert_eq!(problem("").problem, Problem::Header(String::new()));
+        assert_eq!(
+            problem("L1,5,6\n"),
+            ParseError {
+                line: 1,
+                problem: Problem::Header("L1,5,6".into())
+            }
+        );
+        let e = StateFile::parse(b"lock_id,next_seq,next_event_seq\nL1,5,6\nL2,\xff,1\n");
+        assert_eq!(
+            e.unwrap_err(),
+            ParseError {
+                line: 3,
+                problem: Problem::NotText
+            }
+        );
+    }
+
+    #[test]
+    fn locks_not_updated_are_kept_untouched_in_place() {
+        let mut file = StateFile::parse(
+            b"lock_id,next_seq,next_event_seq\nOTHER-1,900,901\nL1,5,6\nOTHER-2,3,4\n",
+        )
+        .unwrap();
+        let slot = file.insert("L1", c(70, 80));
+        file.insert("NEW", c(1, 1));
+        file.set(slot, c(71, 81));
+        assert_eq!(
+            file.to_text(),
+            "lock_id,next_seq,next_event_seq\nOTHER-1,900,901\nL1,71,81\nOTHER-2,3,4\nNEW,1,1\n"
+        );
+        assert_eq!(file.get("OTHER-2"), Some(c(3, 4)));
+        assert_eq!(file.get("L2"), None);
+    }
+
+    #[test]
+    fn the_default_state_file_sits_beside_the_fleet_file() {
+        assert_eq!(
+            default_path(Path::new("runs/fleet.csv")),
+            PathBuf::from("runs/fleet.csv.state")
+        );
+    }
+
+    #[test]
+    fn seq_add_advances_like_a_lock_and_skips_zero() {
+        for seq in [1, 2, 1000, u32::MAX - 1, u32::MAX] {
+            assert_eq!(seq_add(seq, 1), seq.wrapping_add(1).max(1), "{seq}");
+            assert_eq!(seq_add(seq, 0), seq);
+        }
+        assert_eq!(seq_add(u32::MAX - 1, 3), 2);
+        assert_eq!(seq_add(u32::MAX, RESERVATION), RESERVATION);
+        // A whole turn of the 1..=u32::MAX cycle comes back to the start.
+        assert_eq!(seq_add(42, u32::MAX), 42);
+    }
+
+    #[test]
+    fn seqs_between_counts_forward_across_the_wrap() {
+        assert_eq!(seqs_between(1, 1), 0);
+        assert_eq!(seqs_between(5, 9), 4);
+        assert_eq!(seqs_between(u32::MAX, 1), 1);
+        assert_eq!(seqs_between(u32::MAX - 10, 10), 20);
+        for (seq, n) in [(1, RESERVATION), (u32::MAX - 5, RESERVATION), (7, 0)] {
+            assert_eq!(seqs_between(seq, seq_add(seq, n)), n);
+        }
+    }
+
+    #[test]
+    fn a_reservation_advances_both_counters_by_the_margin() {
+        assert_eq!(reserve(c(1, 1)), c(1 + RESERVATION, 1 + RESERVATION));
+        assert_eq!(
+            reserve(c(u32::MAX - 9, 100)),
+            c(RESERVATION - 9, 100 + RESERVATION)
+        );
+        // Never 0, even when the margin lands exactly on the wrap.
+        let just_before = u32::MAX - RESERVATION + 1;
+        assert_eq!(reserve(c(just_before, just_before)), c(1, 1));
+        assert_eq!(reserve(c(just_before - 1, 1)).next_seq, u32::MAX);
+    }
+
+    #[test]
+    fn re_reservation_is_due_past_half_the_margin_on_either_counter() {
+        let base = c(10, u32::MAX - 100);
+        let half = RESERVATION / 2;
+        assert!(!needs_reservation(base, base));
+        assert!(!needs_reservation(base, c(10 + half, u32::MAX - 100)));
+        assert!(needs_reservation(base, c(11 + half, u32::MAX - 100)));
+        // The event counter wrapped on the way; the distance still counts.
+        let events = seq_add(base.next_event_seq, half + 1);
+        assert!(events < base.next_event_seq);
+        assert_eq!(used(base, c(10, events)), half + 1);
+        assert!(needs_reservation(base, c(10, events)));
+    }
+}
