@@ -45,8 +45,13 @@ pub const DEVICES_ONLINE: &str = "lockfleet_devices_online";
 pub const DEVICES_REGISTERED: &str = "lockfleet_devices_registered";
 /// Rows deleted by retention, by `table`.
 pub const RETENTION_DELETED: &str = "lockfleet_retention_deleted_total";
-/// MQTT clients connected to the embedded broker.
+/// MQTT clients connected to the embedded broker (updated while it carries traffic).
 pub const MQTT_CONNECTIONS: &str = "lockfleet_mqtt_connections";
+/// Publishes the embedded broker routed, by `outcome` (routed, failed).
+pub const BROKER_PUBLISHES: &str = "lockfleet_mqtt_broker_publishes_total";
+/// Alerts of the embedded broker, by `kind`: `cursor_jump` (a subscriber fell
+/// behind and lost messages), `bad_publish`.
+pub const BROKER_ALERTS: &str = "lockfleet_mqtt_broker_alerts_total";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -128,8 +133,17 @@ fn describe() {
     describe_counter!(RETENTION_DELETED, "Rows deleted by the retention task");
     describe_gauge!(
         MQTT_CONNECTIONS,
-        "MQTT clients connected to the embedded broker"
+        "MQTT clients connected to the embedded broker (updated while it carries traffic)"
     );
+    describe_counter!(
+        BROKER_PUBLISHES,
+        "Publishes routed by the embedded broker, by outcome"
+    );
+    describe_counter!(
+        BROKER_ALERTS,
+        "Embedded broker alerts; cursor_jump means a subscriber lost messages"
+    );
+    describe_coap();
 }
 
 pub fn received(transport: &'static str) {
@@ -187,6 +201,13 @@ pub fn retention_deleted(table: &'static str, n: u64) {
 pub fn mqtt_connections(n: usize) {
     gauge!(MQTT_CONNECTIONS).set(n as f64);
 }
+pub fn broker_publishes(routed: u64, failed: u64) {
+    counter!(BROKER_PUBLISHES, "outcome" => "routed").increment(routed);
+    counter!(BROKER_PUBLISHES, "outcome" => "failed").increment(failed);
+}
+pub fn broker_alert(kind: &'static str) {
+    counter!(BROKER_ALERTS, "kind" => kind).increment(1);
+}
 
 /// CoAP duplicates dropped without an answer, by `reason`: `in_progress` (a
 /// retransmission while the first copy is still being committed) or `non` (a
@@ -207,8 +228,8 @@ pub fn coap_exchanges_evicted(n: u64) {
 pub fn coap_in_flight(n: usize) {
     gauge!(COAP_IN_FLIGHT).set(n as f64);
 }
-/// Help texts of the CoAP metrics above (call from `describe`).
-pub fn describe_coap() {
+/// Help texts of the CoAP metrics above.
+fn describe_coap() {
     use metrics::{describe_counter, describe_gauge};
     describe_counter!(
         COAP_DUPLICATES_IGNORED,

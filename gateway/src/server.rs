@@ -74,7 +74,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             listen,
             max_connections,
         } => {
-            let addr = mqtt::broker::start(*listen, *max_connections)?;
+            let addr = mqtt::broker::start(*listen, *max_connections).await?;
             tracing::info!(%addr, "embedded MQTT broker listening (MQTT 3.1.1)");
             let host = if addr.ip().is_unspecified() {
                 "127.0.0.1".to_string()

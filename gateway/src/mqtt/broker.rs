@@ -1,11 +1,13 @@
 //! The embedded broker (rumqttd), for single-machine deployments.
 //!
 //! rumqttd's `Broker::start` never returns and only logs a listener that fails
-//! to bind, so we check the address ourselves first and run the broker on its
-//! own thread. It cannot be stopped: it ends with the process.
+//! to bind, so we check the address ourselves first, run the broker on its
+//! own thread, and return only once its listener accepts connections. It
+//! cannot be stopped: it ends with the process.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::time::Duration;
 
 /// Most simultaneous MQTT connections. rumqttd panics past its limit (upstream
 /// #991), so the limit is set well above the bridges and MQTT locks one
@@ -33,11 +35,20 @@ pub enum BrokerError {
     },
     #[error("cannot start the embedded MQTT broker thread: {0}")]
     Thread(std::io::Error),
+    #[error("the embedded MQTT broker did not start listening on {addr} within {waited:?}: another process may have taken the port after our check; choose another with --mqtt-listen")]
+    NotListening { addr: SocketAddr, waited: Duration },
 }
 
+/// How long the broker's thread gets to bind its listener. It binds within
+/// milliseconds; this covers a loaded machine without hiding a failure.
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause between connection attempts while waiting for the listener.
+const LISTEN_POLL: Duration = Duration::from_millis(5);
+
 /// Start rumqttd listening for MQTT 3.1.1 on `listen` (port 0 picks a free
-/// port). Returns the address it listens on.
-pub fn start(listen: SocketAddr, max_connections: usize) -> Result<SocketAddr, BrokerError> {
+/// port). Returns the address it listens on, once it accepts connections.
+pub async fn start(listen: SocketAddr, max_connections: usize) -> Result<SocketAddr, BrokerError> {
     // Bind first: a clear error now beats rumqttd's log line later. Port 0 is
     // resolved here so the caller (and tests) learn the real port.
     let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -77,16 +88,103 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<SocketAddr, B
             shared_subscriptions_strategy: Default::default(),
         },
         v4: Some(HashMap::from([("v4".to_string(), server)])),
+        metrics: Some(meter_settings()),
         ..Default::default()
     };
+    let mut broker = rumqttd::Broker::new(config);
+    match (broker.meters(), broker.alerts()) {
+        (Ok(meters), Ok(alerts)) => {
+            tokio::spawn(export_meters(meters));
+            tokio::spawn(export_alerts(alerts));
+        }
+        // Only if the router thread is already gone, which `start` would report.
+        _ => tracing::warn!("cannot read the embedded broker's meters; its metrics stay at zero"),
+    }
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
             if let Err(e) = broker.start() {
                 tracing::error!(error = %e, "embedded MQTT broker stopped");
             }
         })
         .map_err(BrokerError::Thread)?;
+    wait_listening(addr).await?;
     Ok(addr)
+}
+
+/// Connect until the listener answers. A connection closed before CONNECT
+/// costs rumqttd nothing but a debug line.
+async fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
+    let target = if addr.ip().is_unspecified() {
+        SocketAddr::new(
+            if addr.is_ipv4() {
+                Ipv4Addr::LOCALHOST.into()
+            } else {
+                Ipv6Addr::LOCALHOST.into()
+            },
+            addr.port(),
+        )
+    } else {
+        addr
+    };
+    let attempts = async {
+        while tokio::net::TcpStream::connect(target).await.is_err() {
+            tokio::time::sleep(LISTEN_POLL).await;
+        }
+    };
+    tokio::time::timeout(LISTEN_TIMEOUT, attempts)
+        .await
+        .map_err(|_| BrokerError::NotListening {
+            addr,
+            waited: LISTEN_TIMEOUT,
+        })
+}
+
+/// Seconds between the router's meter reports. rumqttd sends a report only
+/// when publishes happened since the last one, so an idle broker's
+/// connection gauge holds its last value.
+const METER_PUSH_SECS: u64 = 5;
+
+/// rumqttd's timer thread unwraps both intervals in one `select!`, so both
+/// kinds must be configured or it panics.
+fn meter_settings() -> HashMap<rumqttd::MetricType, rumqttd::MetricSettings> {
+    // MetricSettings has no constructor, only serde; a literal always parses.
+    let every: rumqttd::MetricSettings =
+        serde_json::from_value(serde_json::json!({ "push_interval": METER_PUSH_SECS }))
+            .expect("push_interval is MetricSettings' only field");
+    HashMap::from([
+        (rumqttd::MetricType::Meters, every.clone()),
+        (rumqttd::MetricType::Alerts, every),
+    ])
+}
+
+/// The router's connection and publish counts, into our metrics.
+async fn export_meters(link: rumqttd::meters::MetersLink) {
+    while let Ok(meters) = link.next().await {
+        for meter in meters {
+            if let rumqttd::Meter::Router(_, r) = meter {
+                crate::metrics::mqtt_connections(r.total_connections);
+                crate::metrics::broker_publishes(
+                    r.total_publishes as u64,
+                    r.failed_publishes as u64,
+                );
+            }
+        }
+    }
+}
+
+/// The router's alerts: `cursor_jump` means a subscriber fell behind by more
+/// than the retained segments and lost messages.
+async fn export_alerts(link: rumqttd::alerts::AlertsLink) {
+    while let Ok(alerts) = link.next().await {
+        for alert in alerts {
+            // rumqttd does not export the kind's type, only its name.
+            let kind = match alert.kind.name().as_str() {
+                "cursor_jump" => "cursor_jump",
+                "bad_publish" => "bad_publish",
+                _ => "other",
+            };
+            crate::metrics::broker_alert(kind);
+        }
+    }
 }
