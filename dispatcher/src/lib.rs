@@ -5,10 +5,13 @@
 //!   of the guides checked and every refusal explained.
 //! * [`telemetry`]: what a stored report means for the dashboard: the events
 //!   it causes (state changes, low battery) and the lock's newest state.
+//! * [`presence`]: which locks are online (heard within their heartbeat
+//!   interval), counted in constant space per minute of deadline.
 //!
 //! Time is always passed in; nothing here sleeps, reads a clock or opens a socket.
 
 pub mod import;
+pub mod presence;
 pub mod registry;
 pub mod telemetry;
 

@@ -251,9 +251,12 @@ async fn commit_stores_new_rows_and_flags_each_one(url: String) {
 
     let latest = store.load_latest().await.unwrap();
     assert_eq!(latest.len(), 2);
-    assert_eq!(latest["L1"].seq, 2);
-    assert!(latest["L2"].battery_low, "SP2E at 28 % is low");
-    assert!(!latest["L1"].battery_low);
+    assert_eq!(latest["L1"].state.seq, 2);
+    assert!(latest["L2"].state.battery_low, "SP2E at 28 % is low");
+    assert!(!latest["L1"].state.battery_low);
+    // Presence after a restart needs when the newest heartbeat arrived and its interval.
+    assert_eq!(latest["L1"].received_at_ms, 1_790_000_000_000 + 2);
+    assert_eq!(latest["L1"].heartbeat_interval, HeartbeatInterval::DEFAULT);
     // An empty batch is answered without touching the database.
     assert_eq!(
         store.commit(&Batch::default()).await.unwrap(),
@@ -334,7 +337,7 @@ async fn lock_state_keeps_the_highest_seq_even_when_an_older_heartbeat_arrives_l
     );
     let latest = store.load_latest().await.unwrap();
     assert_eq!(
-        (latest["L1"].seq, latest["L1"].lock_state),
+        (latest["L1"].state.seq, latest["L1"].state.lock_state),
         (5, LockState::Locked)
     );
 
@@ -352,7 +355,7 @@ async fn lock_state_keeps_the_highest_seq_even_when_an_older_heartbeat_arrives_l
         ..Batch::default()
     };
     store.commit(&batch).await.unwrap();
-    let l = store.load_latest().await.unwrap()["L1"];
+    let l = store.load_latest().await.unwrap()["L1"].state;
     assert_eq!(
         (l.seq, l.lock_state, l.door_state, l.battery_low),
         (9, LockState::Jammed, DoorState::Open, true)
@@ -380,8 +383,9 @@ async fn bridge_changes_update_status_and_history(url: String) {
     assert!(c.heartbeats_inserted.is_empty() && c.events_inserted.is_empty());
     let status = store.load_bridge_status().await.unwrap();
     assert_eq!(status.len(), 2);
-    assert!(!status["B1"], "the last change of the batch wins");
-    assert!(status["B2"]);
+    assert!(!status["B1"].online, "the last change of the batch wins");
+    assert_eq!(status["B1"].changed_at_ms, 2000);
+    assert!(status["B2"].online);
     assert_eq!(store.audit().await.unwrap().bridge_changes, 3);
     store.close().await;
 }
@@ -396,7 +400,7 @@ async fn older_bridge_change_does_not_override_a_newer_status(url: String) {
     store.commit(&one(true, 5000)).await.unwrap();
     // Another instance commits an earlier disconnect after it.
     store.commit(&one(false, 4000)).await.unwrap();
-    assert!(store.load_bridge_status().await.unwrap()["B1"]);
+    assert!(store.load_bridge_status().await.unwrap()["B1"].online);
     assert_eq!(
         store.audit().await.unwrap().bridge_changes,
         2,
@@ -451,7 +455,7 @@ async fn purge_deletes_only_old_rows_and_respects_max_rows(url: String) {
     );
     assert_eq!(audit.bridge_changes, 4);
     // Retention never touches the newest state.
-    assert_eq!(store.load_latest().await.unwrap()["L1"].seq, 10);
+    assert_eq!(store.load_latest().await.unwrap()["L1"].state.seq, 10);
     store.close().await;
 }
 
@@ -541,7 +545,7 @@ async fn batch_larger_than_one_statement_is_stored_whole(url: String) {
     assert_eq!((audit.heartbeats.len(), audit.events.len()), (2000, 4000));
     let latest = store.load_latest().await.unwrap();
     assert_eq!(latest.len(), 50);
-    assert_eq!(latest["L7"].seq, 1957);
+    assert_eq!(latest["L7"].state.seq, 1957);
     store.close().await;
 }
 

@@ -231,7 +231,7 @@ pub enum DecodeError {
     Empty,
     #[error("payload is {len} bytes, larger than the {max}-byte limit: split the activity log into smaller batches")]
     TooLarge { len: usize, max: usize },
-    #[error("payload is not valid {what} CBOR: {detail}")]
+    #[error("payload is not valid {what} CBOR: {detail}; encode it as schemas/spec/device.cddl describes")]
     Cbor { what: &'static str, detail: String },
     #[error("payload has {extra} bytes after the CBOR item: send exactly one item")]
     TrailingBytes { extra: usize },

@@ -146,9 +146,11 @@ pub struct DeviceError {
     pub message: String,
 }
 
-/// The `event_id` for the event of kind `kind` caused by report `seq` of `lock`.
-pub fn event_id(kind: &str, lock: &str, seq: u32) -> String {
-    format!("{kind}:{lock}:{seq}")
+/// The `event_id` for the event of kind `kind` caused by report `seq` of
+/// device `id` (for connectivity, the change's time in Unix milliseconds,
+/// strictly increasing per bridge).
+pub fn event_id(kind: &str, id: &str, seq: impl Into<u64>) -> String {
+    format!("{kind}:{id}:{}", seq.into())
 }
 
 #[cfg(test)]
@@ -166,6 +168,6 @@ mod tests {
 
     #[test]
     fn event_ids_are_stable() {
-        assert_eq!(event_id("heartbeat", "L1", 9), "heartbeat:L1:9");
+        assert_eq!(event_id("heartbeat", "L1", 9u32), "heartbeat:L1:9");
     }
 }

@@ -106,6 +106,15 @@ impl Ingest {
 
     /// Check who sent `report`, queue it, and wait until it is committed.
     pub async fn submit(&self, report: Report) -> Result<Outcome, IngestError> {
+        self.enqueue(report).await?.outcome().await
+    }
+
+    /// Check who sent `report` and queue it; the writer handles reports in
+    /// the order they were queued. Returns once it is queued (waiting while
+    /// the queue is full); await [`Pending::outcome`] for the commit. A
+    /// transport whose messages must keep their order (a bridge's
+    /// online/offline) queues them one after another from one task.
+    pub async fn enqueue(&self, report: Report) -> Result<Pending, IngestError> {
         let subject = self.authorise(&report)?;
         let (reply, answer) = oneshot::channel();
         let queued_at = std::time::Instant::now();
@@ -117,9 +126,7 @@ impl Ingest {
             })
             .await
             .map_err(|_| IngestError::ShuttingDown)?;
-        let out = answer.await.map_err(|_| IngestError::ShuttingDown)?;
-        crate::metrics::ack_latency(queued_at.elapsed());
-        out
+        Ok(Pending { answer, queued_at })
     }
 
     fn authorise(&self, report: &Report) -> Result<Subject, IngestError> {
@@ -165,6 +172,22 @@ impl QueueDepthProbe {
     pub fn depth(&self) -> Option<usize> {
         // The strong handle lives only for this read.
         self.0.upgrade().map(|q| q.max_capacity() - q.capacity())
+    }
+}
+
+/// A queued report's answer, due once its group commit is done.
+#[derive(Debug)]
+pub struct Pending {
+    answer: oneshot::Receiver<Result<Outcome, IngestError>>,
+    queued_at: std::time::Instant,
+}
+
+impl Pending {
+    /// Wait for the commit (or the refusal) of the queued report.
+    pub async fn outcome(self) -> Result<Outcome, IngestError> {
+        let out = self.answer.await.map_err(|_| IngestError::ShuttingDown)?;
+        crate::metrics::ack_latency(self.queued_at.elapsed());
+        out
     }
 }
 

@@ -10,7 +10,8 @@
 
 use super::{IngestError, Outcome, ReportBody, Subject, WriteRequest};
 use crate::metrics;
-use crate::store::{Batch, BridgeChangeRow, EventRow, HeartbeatRow, Store};
+use crate::store::{Batch, BridgeChangeRow, BridgeStatus, EventRow, HeartbeatRow, Store};
+use dispatcher::presence::{self, Presence};
 use dispatcher::telemetry::{self, DashboardEvent, LatestState, Origin};
 use dispatcher::{BridgeId, LockId};
 use schemas::event::{self as ev, BridgeConnectivityEvent};
@@ -48,11 +49,28 @@ pub struct Outbound {
     pub kind: &'static str,
 }
 
+/// How often the online-lock count is brought up to date when no report
+/// arrives to do it. The gauge is scraped every 15-60 s; this is finer.
+pub const PRESENCE_TICK: Duration = Duration::from_secs(10);
+
+/// What the writer remembers of a lock.
+#[derive(Clone, Copy, Debug)]
+struct Known {
+    /// The newest heartbeat's state, for change detection.
+    state: LatestState,
+    /// Until when the lock counts as online (see [`presence::online_until`]).
+    online_until: u64,
+}
+
 /// The writer's memory: what change detection compares against.
 pub struct Writer {
     store: Store,
-    latest: HashMap<LockId, LatestState>,
-    bridges_online: HashMap<BridgeId, bool>,
+    latest: HashMap<LockId, Known>,
+    presence: Presence,
+    bridges: HashMap<BridgeId, BridgeStatus>,
+    /// Bridges whose status in `bridges` is online, kept as they change
+    /// so that the gauge never needs a scan of every bridge.
+    bridges_online_count: usize,
     events: mpsc::Sender<Outbound>,
     config: WriterConfig,
 }
@@ -64,13 +82,35 @@ impl Writer {
         events: mpsc::Sender<Outbound>,
         config: WriterConfig,
     ) -> Result<Self, crate::store::StoreError> {
-        let latest = store.load_latest().await?;
-        let bridges_online = store.load_bridge_status().await?;
-        metrics::devices_online("bridge", bridges_online.values().filter(|o| **o).count());
+        let stored = store.load_latest().await?;
+        let bridges = store.load_bridge_status().await?;
+        let bridges_online_count = bridges.values().filter(|b| b.online).count();
+        metrics::devices_online("bridge", bridges_online_count);
+        let now_s = crate::ingest::now_ms() / 1000;
+        let mut presence = Presence::new();
+        presence.advance(now_s);
+        let latest = stored
+            .into_iter()
+            .map(|(id, s)| {
+                let online_until =
+                    presence::online_until(s.received_at_ms / 1000, s.heartbeat_interval);
+                presence.heard(now_s, None, online_until);
+                (
+                    id,
+                    Known {
+                        state: s.state,
+                        online_until,
+                    },
+                )
+            })
+            .collect();
+        metrics::devices_online("lock", presence.online());
         Ok(Writer {
             store,
             latest,
-            bridges_online,
+            presence,
+            bridges,
+            bridges_online_count,
             events,
             config,
         })
@@ -79,9 +119,19 @@ impl Writer {
     /// Run until every sender of `queue` is gone and the queue is drained.
     pub async fn run(mut self, mut queue: mpsc::Receiver<WriteRequest>) {
         let mut batch = Vec::with_capacity(self.config.max_batch);
+        let mut presence_tick = tokio::time::interval(PRESENCE_TICK);
+        presence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Some(first) = queue.recv().await else {
-                break;
+            let first = tokio::select! {
+                first = queue.recv() => match first {
+                    Some(first) => first,
+                    None => break,
+                },
+                _ = presence_tick.tick() => {
+                    let online = self.presence.advance(crate::ingest::now_ms() / 1000);
+                    metrics::devices_online("lock", online);
+                    continue;
+                }
             };
             batch.push(first);
             let deadline = tokio::time::Instant::now() + self.config.linger;
@@ -109,7 +159,7 @@ impl Writer {
     async fn commit(&mut self, requests: &mut Vec<WriteRequest>) {
         let mut rows = Batch::default();
         // Bridge changes are decided here, against memory updated in batch order.
-        let mut bridge_view: HashMap<String, bool> = HashMap::new();
+        let mut bridge_view: HashMap<String, BridgeStatus> = HashMap::new();
         let mut bridge_changed = Vec::with_capacity(requests.len());
         for req in requests.iter() {
             let r = &req.report;
@@ -138,18 +188,32 @@ impl Writer {
                     let current = bridge_view
                         .get(bridge.as_str())
                         .copied()
-                        .or_else(|| self.bridges_online.get(bridge.as_str()).copied());
-                    let changed = current != Some(*online);
+                        .or_else(|| self.bridges.get(bridge.as_str()).copied());
+                    let changed = current.map(|c| c.online) != Some(*online);
                     if changed {
-                        bridge_view.insert(bridge.clone(), *online);
+                        // Strictly increasing per bridge: the change's time orders
+                        // the stored history and makes its event id unique.
+                        let at_ms = match current {
+                            Some(c) => r.received_at_ms.max(c.changed_at_ms + 1),
+                            None => r.received_at_ms,
+                        };
+                        bridge_view.insert(
+                            bridge.clone(),
+                            BridgeStatus {
+                                online: *online,
+                                changed_at_ms: at_ms,
+                            },
+                        );
                         rows.bridge_changes.push(BridgeChangeRow {
                             bridge_id: bridge.clone(),
                             online: *online,
                             cause: *cause,
-                            at_ms: r.received_at_ms,
+                            at_ms,
                         });
+                        bridge_changed.push(Some(at_ms));
+                    } else {
+                        bridge_changed.push(None);
                     }
-                    bridge_changed.push(changed);
                 }
             }
         }
@@ -190,10 +254,27 @@ impl Writer {
                     let stored = hb_flags.next().unwrap_or(false);
                     if stored {
                         metrics::committed("heartbeat", 1);
-                        let previous = self.latest.get(lock.id.as_str()).copied();
-                        let (events, latest) = telemetry::on_heartbeat(lock, hb, origin, previous);
-                        if let Some(l) = latest {
-                            self.latest.insert(lock.id.clone(), l);
+                        let known = self.latest.get(lock.id.as_str()).copied();
+                        let (events, latest) =
+                            telemetry::on_heartbeat(lock, hb, origin, known.map(|k| k.state));
+                        // Any stored heartbeat shows the lock alive now, even one
+                        // older than the newest state.
+                        let online_until =
+                            presence::online_until(r.received_at_ms / 1000, hb.heartbeat_interval);
+                        self.presence.heard(
+                            server_time,
+                            known.map(|k| k.online_until),
+                            online_until,
+                        );
+                        // `on_heartbeat` returns no state only when a newer one is known.
+                        if let Some(state) = latest.or(known.map(|k| k.state)) {
+                            self.latest.insert(
+                                lock.id.clone(),
+                                Known {
+                                    state,
+                                    online_until,
+                                },
+                            );
                         }
                         outbound.extend(events.iter().map(to_outbound));
                     } else {
@@ -249,21 +330,29 @@ impl Writer {
                     },
                     Subject::Bridge(rec),
                 ) => {
-                    let changed = bridge_flags.next().unwrap_or(false);
-                    if changed {
-                        self.bridges_online.insert(rec.id.clone(), *online);
+                    let change = bridge_flags.next().flatten();
+                    if let Some(at_ms) = change {
+                        let now = BridgeStatus {
+                            online: *online,
+                            changed_at_ms: at_ms,
+                        };
+                        let was_online = self
+                            .bridges
+                            .insert(rec.id.clone(), now)
+                            .is_some_and(|b| b.online);
+                        match (was_online, *online) {
+                            (false, true) => self.bridges_online_count += 1,
+                            (true, false) => self.bridges_online_count -= 1,
+                            _ => {}
+                        }
                         metrics::committed("bridge_status", 1);
                         let event = BridgeConnectivityEvent {
-                            event_id: ev::event_id(
-                                "connectivity",
-                                bridge,
-                                (r.received_at_ms / 1000) as u32,
-                            ),
+                            event_id: ev::event_id("connectivity", bridge, at_ms),
                             org: rec.org.to_string(),
                             bridge_id: bridge.clone(),
                             online: *online,
                             cause: *cause,
-                            at_ms: r.received_at_ms,
+                            at_ms,
                         };
                         outbound.push(Outbound {
                             topic: topic::events::bridge_connectivity(&event.org, bridge),
@@ -272,7 +361,9 @@ impl Writer {
                             kind: "connectivity",
                         });
                     }
-                    Outcome::BridgeStatus { changed }
+                    Outcome::BridgeStatus {
+                        changed: change.is_some(),
+                    }
                 }
                 // Authorisation pairs every uplink with a lock and every status
                 // with a bridge; anything else is a bug, answered rather than panicking.
@@ -286,11 +377,9 @@ impl Writer {
             answers.push((req.reply, outcome));
         }
         if !bridge_view_empty {
-            metrics::devices_online(
-                "bridge",
-                self.bridges_online.values().filter(|o| **o).count(),
-            );
+            metrics::devices_online("bridge", self.bridges_online_count);
         }
+        metrics::devices_online("lock", self.presence.online());
         for o in outbound {
             if self.events.send(o).await.is_err() {
                 metrics::publish_failed("closed");

@@ -6,7 +6,9 @@
 //! channel slows our reading from the broker, which is the backpressure.
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,13 +87,29 @@ impl MqttClient {
                     };
                     match event {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            connected.store(true, Ordering::Relaxed);
                             logged_down = false;
-                            tracing::info!(broker = %format!("{}:{}", config.host, config.port), "MQTT session up");
-                            for f in &filters {
-                                if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                                    tracing::warn!(filter = %f, error = %e, "cannot subscribe");
-                                }
+                            // One SUBSCRIBE for every filter, so one SUBACK says all are in place.
+                            let subscribe = filters
+                                .iter()
+                                .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                            if let Err(e) = client.try_subscribe_many(subscribe) {
+                                tracing::warn!(error = %e, "cannot subscribe to the device topics");
+                            }
+                        }
+                        // Ready only once the device topics are subscribed: a
+                        // report published before that would reach nobody.
+                        Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                            let refused: Vec<&String> = filters
+                                .iter()
+                                .zip(&ack.return_codes)
+                                .filter(|(_, code)| matches!(code, SubscribeReasonCode::Failure))
+                                .map(|(f, _)| f)
+                                .collect();
+                            if refused.is_empty() {
+                                connected.store(true, Ordering::Relaxed);
+                                tracing::info!(broker = %format!("{}:{}", config.host, config.port), "MQTT session up, device topics subscribed");
+                            } else {
+                                tracing::error!(?refused, "the broker refused our subscriptions; device reports over MQTT will not arrive");
                             }
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -136,6 +154,7 @@ impl MqttClient {
             .await
     }
 
+    /// Connected, with the device topics subscribed.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }

@@ -8,7 +8,7 @@
 
 use super::client::Incoming;
 use super::MqttClient;
-use crate::ingest::{Ingest, IngestError, Outcome, Report, ReportBody};
+use crate::ingest::{Ingest, IngestError, Outcome, Pending, Report, ReportBody};
 use crate::metrics;
 use schemas::event::{ConnectivityCause, DeviceError, Transport};
 use schemas::topic::{self, DeviceTopic};
@@ -30,6 +30,11 @@ pub const STATUS_OFFLINE: &[u8] = b"offline";
 pub const STATUS_LOST: &[u8] = b"lost";
 
 /// Handle device messages until `shutdown`, then wait for those in flight.
+///
+/// Messages are decoded and queued for the writer here, one after another in
+/// the order the broker delivered them, so a bridge's `lost` then `online`
+/// are applied in that order. Only waiting for the commit and publishing the
+/// answer run in their own tasks.
 pub async fn run(
     mut incoming: mpsc::Receiver<Incoming>,
     client: MqttClient,
@@ -48,9 +53,32 @@ pub async fn run(
             .acquire_owned()
             .await
             .expect("semaphore open");
-        let (client, ingest) = (client.clone(), ingest.clone());
+        metrics::received("mqtt");
+        let Ok(t) = DeviceTopic::parse(&msg.topic) else {
+            // Only our own filters are subscribed; a topic that matches them
+            // but is not ours (a bad id) has no trustworthy reply address.
+            metrics::rejected("mqtt", "unknown_topic");
+            tracing::debug!(topic = %msg.topic, "message on an unknown device topic dropped");
+            continue;
+        };
+        let reply_base = t.reply_base();
+        let queued = match decode(&t, &msg.payload) {
+            Ok(prepared) => ingest
+                .enqueue(prepared.report)
+                .await
+                .map(|pending| (pending, prepared.ack))
+                .map_err(Refusal::from),
+            Err(refusal) => Err(refusal),
+        };
+        let client = client.clone();
         tokio::spawn(async move {
-            handle(msg, &client, &ingest).await;
+            let answered = match queued {
+                Ok((pending, ack)) => answer(pending, ack, &client).await,
+                Err(refusal) => Err(refusal),
+            };
+            if let Err(refusal) = answered {
+                refuse(&msg.topic, &reply_base, &refusal, &client).await;
+            }
             drop(permit);
         });
     }
@@ -82,67 +110,58 @@ impl Refusal {
     }
 }
 
-async fn handle(msg: Incoming, client: &MqttClient, ingest: &Ingest) {
-    metrics::received("mqtt");
-    let Ok(t) = DeviceTopic::parse(&msg.topic) else {
-        // Only our own filters are subscribed; a topic that matches them but
-        // is not ours (a bad id) has no trustworthy reply address.
-        metrics::rejected("mqtt", "unknown_topic");
-        tracing::debug!(topic = %msg.topic, "message on an unknown device topic dropped");
-        return;
+/// A decoded message: the report to queue, and where its answer goes.
+struct Prepared {
+    report: Report,
+    /// The ack topic, for uplinks; bridge statuses are not answered.
+    ack: Option<String>,
+}
+
+/// Count the refusal and tell the device on its error topic.
+async fn refuse(topic: &str, reply_base: &str, refusal: &Refusal, client: &MqttClient) {
+    metrics::rejected("mqtt", refusal.reason());
+    tracing::debug!(topic, reason = refusal.reason(), "device message refused");
+    let err = DeviceError {
+        topic: topic.to_string(),
+        reason: refusal.reason().to_string(),
+        message: refusal.to_string(),
     };
-    if let Err(refusal) = process(&t, &msg, client, ingest).await {
-        metrics::rejected("mqtt", refusal.reason());
-        tracing::debug!(topic = %msg.topic, reason = refusal.reason(), "device message refused");
-        let err = DeviceError {
-            topic: msg.topic.clone(),
-            reason: refusal.reason().to_string(),
-            message: refusal.to_string(),
-        };
-        // Infallible: a plain struct of strings.
-        let payload = serde_json::to_vec(&err).expect("error serialises");
-        if client
-            .publish(topic::down::error(&t.reply_base()), payload)
-            .await
-            .is_err()
-        {
-            metrics::publish_failed("device_error");
-        }
+    // Infallible: a plain struct of strings.
+    let payload = serde_json::to_vec(&err).expect("error serialises");
+    if client
+        .publish(topic::down::error(reply_base), payload)
+        .await
+        .is_err()
+    {
+        metrics::publish_failed("device_error");
     }
 }
 
-async fn process(
-    t: &DeviceTopic<'_>,
-    msg: &Incoming,
-    client: &MqttClient,
-    ingest: &Ingest,
-) -> Result<(), Refusal> {
+/// Decode a message on a device topic into the report it carries.
+fn decode(t: &DeviceTopic<'_>, payload: &[u8]) -> Result<Prepared, Refusal> {
     let (uplink, transport, bridge) = match *t {
         DeviceTopic::LockHeartbeat { lock } => (
-            Uplink::Heartbeat(same_lock(Heartbeat::decode(&msg.payload)?, lock)?),
+            Uplink::Heartbeat(same_lock(Heartbeat::decode(payload)?, lock)?),
             Transport::Mqtt,
             None,
         ),
         DeviceTopic::LockLog { lock } => (
-            Uplink::ActivityLog(same_lock_batch(
-                ActivityLogBatch::decode(&msg.payload)?,
-                lock,
-            )?),
+            Uplink::ActivityLog(same_lock_batch(ActivityLogBatch::decode(payload)?, lock)?),
             Transport::Mqtt,
             None,
         ),
         DeviceTopic::BridgeHeartbeat { bridge } => (
-            Uplink::Heartbeat(Heartbeat::decode(&msg.payload)?),
+            Uplink::Heartbeat(Heartbeat::decode(payload)?),
             Transport::Bridge,
             Some(bridge),
         ),
         DeviceTopic::BridgeLog { bridge } => (
-            Uplink::ActivityLog(ActivityLogBatch::decode(&msg.payload)?),
+            Uplink::ActivityLog(ActivityLogBatch::decode(payload)?),
             Transport::Bridge,
             Some(bridge),
         ),
         DeviceTopic::BridgeStatus { bridge } => {
-            let (online, cause) = match &msg.payload[..] {
+            let (online, cause) = match payload {
                 STATUS_ONLINE => (true, ConnectivityCause::Connected),
                 STATUS_OFFLINE => (false, ConnectivityCause::Disconnected),
                 STATUS_LOST => (false, ConnectivityCause::LastWill),
@@ -163,35 +182,37 @@ async fn process(
                 bridge: Some(bridge.to_string()),
                 received_at_ms: crate::ingest::now_ms(),
             };
-            ingest.submit(report).await?;
-            return Ok(());
+            return Ok(Prepared { report, ack: None });
         }
     };
     metrics::decoded("mqtt", uplink.kind().as_str());
-    let lock = uplink.lock_id().to_string();
+    let lock = uplink.lock_id();
+    let ack = match (&uplink, bridge) {
+        (Uplink::Heartbeat(_), Some(b)) => topic::down::bridge_heartbeat_ack(b, lock),
+        (Uplink::Heartbeat(_), None) => topic::down::lock_heartbeat_ack(lock),
+        (Uplink::ActivityLog(_), Some(b)) => topic::down::bridge_log_ack(b, lock),
+        (Uplink::ActivityLog(_), None) => topic::down::lock_log_ack(lock),
+    };
     let report = Report {
         body: ReportBody::Uplink(uplink),
         transport,
         bridge: bridge.map(String::from),
         received_at_ms: crate::ingest::now_ms(),
     };
-    let (ack_topic, payload) = match ingest.submit(report).await? {
-        Outcome::Heartbeat { downlink, .. } => {
-            let topic = match bridge {
-                Some(b) => topic::down::bridge_heartbeat_ack(b, &lock),
-                None => topic::down::lock_heartbeat_ack(&lock),
-            };
-            (topic, device::encode(&downlink))
-        }
-        Outcome::ActivityLog { ack } => {
-            let topic = match bridge {
-                Some(b) => topic::down::bridge_log_ack(b, &lock),
-                None => topic::down::lock_log_ack(&lock),
-            };
-            (topic, device::encode(&ack))
-        }
+    Ok(Prepared {
+        report,
+        ack: Some(ack),
+    })
+}
+
+/// Wait for the commit and publish the answer on the device's ack topic.
+async fn answer(pending: Pending, ack: Option<String>, client: &MqttClient) -> Result<(), Refusal> {
+    let payload = match pending.outcome().await? {
+        Outcome::Heartbeat { downlink, .. } => device::encode(&downlink),
+        Outcome::ActivityLog { ack } => device::encode(&ack),
         Outcome::BridgeStatus { .. } => return Ok(()),
     };
+    let Some(ack_topic) = ack else { return Ok(()) };
     if client.publish(ack_topic, payload).await.is_err() {
         metrics::publish_failed("device_ack");
     }

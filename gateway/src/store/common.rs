@@ -4,6 +4,7 @@
 
 use super::codes::{self, int, u32_of};
 use super::{Audit, ImportSummary, Purged, Store, StoreError, POSTGRES, SQLITE};
+use super::{BridgeStatus, StoredState};
 use dispatcher::import::ParsedFleet;
 use dispatcher::telemetry::LatestState;
 use dispatcher::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, Registry, ReportPath};
@@ -256,14 +257,7 @@ fn lock_record(c: LockColumns) -> Result<LockRecord, StoreError> {
     let model: LockModel = model
         .parse()
         .map_err(|e: schemas::units::UnitError| bad(e.to_string()))?;
-    let hb = u16::try_from(hb)
-        .ok()
-        .and_then(|h| HeartbeatInterval::from_hours(h).ok())
-        .ok_or_else(|| {
-            bad(format!(
-                "heartbeat_interval_h {hb} is not 1, 2, 5, 12 or 24"
-            ))
-        })?;
+    let hb = heartbeat_interval(hb).map_err(bad)?;
     let log = u16::try_from(log)
         .ok()
         .and_then(|m| ActivityLogInterval::from_minutes(m).ok())
@@ -292,16 +286,32 @@ fn lock_record(c: LockColumns) -> Result<LockRecord, StoreError> {
     })
 }
 
-type StateColumns = (String, i64, String, String, Option<i64>, Option<String>);
+fn heartbeat_interval(hours: i64) -> Result<HeartbeatInterval, String> {
+    u16::try_from(hours)
+        .ok()
+        .and_then(|h| HeartbeatInterval::from_hours(h).ok())
+        .ok_or_else(|| format!("heartbeat_interval_h {hours} is not 1, 2, 5, 12 or 24"))
+}
 
-pub(super) async fn load_latest(store: &Store) -> Result<HashMap<LockId, LatestState>, StoreError> {
+type StateColumns = (
+    String,
+    i64,
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+pub(super) async fn load_latest(store: &Store) -> Result<HashMap<LockId, StoredState>, StoreError> {
     let mut latest = HashMap::new();
     on_pool!(store, |pool, engine| {
         let err = |e| StoreError::from_sqlx(engine, "loading the lock states", e);
         let mut after = String::new();
         loop {
             let page: Vec<StateColumns> = sqlx::query_as(
-                "SELECT lock_id, seq, lock_state, door_state, battery_percent, battery_level FROM lock_state \
+                "SELECT lock_id, seq, lock_state, door_state, battery_percent, battery_level, received_at_ms, heartbeat_interval_h FROM lock_state \
                  WHERE lock_id > $1 ORDER BY lock_id LIMIT $2",
             )
             .bind(&after)
@@ -324,8 +334,8 @@ pub(super) async fn load_latest(store: &Store) -> Result<HashMap<LockId, LatestS
     Ok(latest)
 }
 
-fn latest_state(c: StateColumns) -> Result<(LockId, LatestState), StoreError> {
-    let (id, seq, lock_state, door_state, percent, level) = c;
+fn latest_state(c: StateColumns) -> Result<(LockId, StoredState), StoreError> {
+    let (id, seq, lock_state, door_state, percent, level, received_at_ms, interval_h) = c;
     let bad = |detail: String| StoreError::corrupt("lock_state", &id, detail);
     let battery = match (percent, level) {
         (Some(p), None) => {
@@ -346,19 +356,29 @@ fn latest_state(c: StateColumns) -> Result<(LockId, LatestState), StoreError> {
         door_state: codes::parse(&door_state).map_err(|e| bad(format!("door_state: {e}")))?,
         battery_low: battery.is_low(),
     };
-    Ok((LockId::new(&id), state))
+    let heartbeat_interval = heartbeat_interval(interval_h).map_err(bad)?;
+    let received_at_ms = u64::try_from(received_at_ms)
+        .map_err(|_| bad(format!("received_at_ms {received_at_ms}")))?;
+    Ok((
+        LockId::new(&id),
+        StoredState {
+            state,
+            received_at_ms,
+            heartbeat_interval,
+        },
+    ))
 }
 
 pub(super) async fn load_bridge_status(
     store: &Store,
-) -> Result<HashMap<BridgeId, bool>, StoreError> {
+) -> Result<HashMap<BridgeId, BridgeStatus>, StoreError> {
     let mut status = HashMap::new();
     on_pool!(store, |pool, engine| {
         let err = |e| StoreError::from_sqlx(engine, "loading the bridge status", e);
         let mut after = String::new();
         loop {
-            let page: Vec<(String, bool)> = sqlx::query_as(
-                "SELECT bridge_id, online FROM bridges WHERE online IS NOT NULL AND bridge_id > $1 \
+            let page: Vec<(String, bool, Option<i64>)> = sqlx::query_as(
+                "SELECT bridge_id, online, status_changed_at_ms FROM bridges WHERE online IS NOT NULL AND bridge_id > $1 \
                  ORDER BY bridge_id LIMIT $2",
             )
             .bind(&after)
@@ -369,10 +389,17 @@ pub(super) async fn load_bridge_status(
             let Some(last) = page.last() else { break };
             after = last.0.clone();
             let full = page.len() as i64 == LOAD_PAGE_ROWS;
-            status.extend(
-                page.into_iter()
-                    .map(|(id, online)| (BridgeId::new(&id), online)),
-            );
+            status.extend(page.into_iter().map(|(id, online, at)| {
+                // Set together with `online`; a negative time cannot be ours.
+                let changed_at_ms = at.and_then(|a| u64::try_from(a).ok()).unwrap_or(0);
+                (
+                    BridgeId::new(&id),
+                    BridgeStatus {
+                        online,
+                        changed_at_ms,
+                    },
+                )
+            }));
             if !full {
                 break;
             }

@@ -33,6 +33,22 @@ use std::collections::HashMap;
 use std::fmt;
 
 pub(crate) const SQLITE: &str = "sqlite";
+
+/// A bridge's connectivity as stored: the newest change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BridgeStatus {
+    pub online: bool,
+    pub changed_at_ms: u64,
+}
+
+/// A lock's newest heartbeat as stored: its state, when it arrived, and the
+/// heartbeat interval the lock said was in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredState {
+    pub state: LatestState,
+    pub received_at_ms: u64,
+    pub heartbeat_interval: schemas::HeartbeatInterval,
+}
 pub(crate) const POSTGRES: &str = "postgres";
 
 /// The database, one of two engines chosen by URL. Clone is cheap (pools).
@@ -207,13 +223,13 @@ impl Store {
         common::load_registry(self).await
     }
 
-    /// Newest state per lock (for change detection after a restart).
-    pub async fn load_latest(&self) -> Result<HashMap<LockId, LatestState>, StoreError> {
+    /// Newest state per lock (for change detection and presence after a restart).
+    pub async fn load_latest(&self) -> Result<HashMap<LockId, StoredState>, StoreError> {
         common::load_latest(self).await
     }
 
     /// Current online flag per bridge (absent = never seen).
-    pub async fn load_bridge_status(&self) -> Result<HashMap<BridgeId, bool>, StoreError> {
+    pub async fn load_bridge_status(&self) -> Result<HashMap<BridgeId, BridgeStatus>, StoreError> {
         common::load_bridge_status(self).await
     }
 

@@ -324,7 +324,7 @@ pub fn connectivity_event() -> impl Strategy<Value = BridgeConnectivityEvent> {
     (id(), id(), select(ALL_CAUSES), any::<u64>()).prop_map(|(org, bridge, cause, at_ms)| {
         BridgeConnectivityEvent {
             // As the gateway derives it: the receive time in seconds stands in for a seq.
-            event_id: event::event_id("connectivity", &bridge, (at_ms / 1000) as u32),
+            event_id: event::event_id("connectivity", &bridge, at_ms),
             org,
             bridge_id: bridge,
             online: cause == ConnectivityCause::Connected,
