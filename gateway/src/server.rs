@@ -28,6 +28,16 @@ pub const RETENTION_CHUNK: u64 = 10_000;
 pub const RETENTION_EVERY: Duration = Duration::from_secs(600);
 /// Longest a shutdown waits for in-flight work before giving up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a shutdown waits for the broker to acknowledge the last
+/// publishes. A broker acknowledges in milliseconds; a slow external one
+/// under load gets seconds, without holding a deploy hostage.
+pub const MQTT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the embedded broker keeps running after it acknowledged the last
+/// events, so that connected subscribers receive them before the process
+/// (and the broker's in-memory sessions) ends. Forwarding takes microseconds;
+/// this covers a loaded machine. Subscribers that are offline at that moment
+/// miss them: a deployment that needs them uses an external, persistent broker.
+pub const EMBEDDED_BROKER_LINGER: Duration = Duration::from_millis(500);
 /// How long the MQTT session gets to write its last publishes and DISCONNECT
 /// before it is cancelled: loopback or a nearby broker needs milliseconds.
 pub const MQTT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,6 +57,7 @@ pub struct Running {
     mqtt_loop: JoinHandle<()>,
     http: JoinHandle<()>,
     ingest: Option<Ingest>,
+    embedded_broker: bool,
 }
 
 /// Start every part; returns once all listeners are bound.
@@ -198,6 +209,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         mqtt_loop,
         http,
         ingest: Some(ingest),
+        embedded_broker: matches!(config.mqtt, MqttMode::Embedded { .. }),
     })
 }
 
@@ -270,6 +282,17 @@ impl Running {
         self.ingest.take();
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.writer).await;
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.publisher).await;
+        // Every event of an acknowledged report must reach the broker before
+        // we leave: wait for its PUBACKs, not just for the bytes to be written.
+        let unacked = self.mqtt.flush(MQTT_ACK_TIMEOUT).await;
+        if unacked > 0 {
+            tracing::warn!(unacked, "the MQTT broker did not acknowledge the last publishes within {MQTT_ACK_TIMEOUT:?}; those dashboard events may be lost");
+        }
+        if self.embedded_broker {
+            // The embedded broker ends with this process: let it hand the last
+            // events to the subscribers connected now.
+            tokio::time::sleep(EMBEDDED_BROKER_LINGER).await;
+        }
         self.mqtt.disconnect().await;
         // Give the session a moment to write the queued publishes and the DISCONNECT;
         // a JoinHandle must not be polled again once the timeout saw it finish.

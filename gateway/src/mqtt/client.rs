@@ -9,10 +9,10 @@ use bytes::Bytes;
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +48,16 @@ pub struct Incoming {
 pub struct MqttClient {
     client: AsyncClient,
     connected: Arc<AtomicBool>,
+    acks: Arc<AckCount>,
+}
+
+/// QoS 1 publishes handed to the session, and PUBACKs received: equal when
+/// the broker holds everything we published.
+#[derive(Default)]
+struct AckCount {
+    published: AtomicU64,
+    acked: AtomicU64,
+    changed: Notify,
 }
 
 impl MqttClient {
@@ -70,6 +80,7 @@ impl MqttClient {
         );
         let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
         let connected = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AckCount::default());
         let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
         let filters: Vec<String> = match &config.shared_group {
             Some(g) => filters.iter().map(|f| format!("$share/{g}/{f}")).collect(),
@@ -78,6 +89,7 @@ impl MqttClient {
         let handle = {
             let client = client.clone();
             let connected = connected.clone();
+            let acks = acks.clone();
             tokio::spawn(async move {
                 let mut logged_down = false;
                 loop {
@@ -121,6 +133,10 @@ impl MqttClient {
                                 break;
                             }
                         }
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            acks.acked.fetch_add(1, Ordering::Relaxed);
+                            acks.changed.notify_waiters();
+                        }
                         // Our own DISCONNECT is out: the session is over.
                         Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                         Ok(_) => {}
@@ -140,7 +156,15 @@ impl MqttClient {
                 connected.store(false, Ordering::Relaxed);
             })
         };
-        (MqttClient { client, connected }, rx, handle)
+        (
+            MqttClient {
+                client,
+                connected,
+                acks,
+            },
+            rx,
+            handle,
+        )
     }
 
     /// Publish at QoS 1. Waits only when the request buffer is full.
@@ -151,7 +175,27 @@ impl MqttClient {
     ) -> Result<(), rumqttc::ClientError> {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
+            .await?;
+        self.acks.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Wait until the broker acknowledged every publish handed to the
+    /// session, or `timeout` passed. Returns how many are still unacknowledged.
+    pub async fn flush(&self, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so no PUBACK slips between them.
+            let changed = self.acks.changed.notified();
+            let published = self.acks.published.load(Ordering::Relaxed);
+            let acked = self.acks.acked.load(Ordering::Relaxed);
+            if acked >= published {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return published - acked;
+            }
+        }
     }
 
     /// Connected, with the device topics subscribed.
