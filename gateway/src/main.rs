@@ -5,6 +5,13 @@ use clap::{Parser, Subcommand};
 use gateway::config::{Config, Settings};
 use std::path::PathBuf;
 
+/// Log filter when `RUST_LOG` is unset. rumqttd is off: it logs every clean
+/// client disconnect at ERROR ("no-connection id N is already gone",
+/// "router-drop"), and what matters about it is exported as metrics
+/// (`lockfleet_mqtt_*`) or checked by us (its listener). `RUST_LOG=info,rumqttd=info`
+/// shows it again.
+const DEFAULT_LOG_FILTER: &str = "info,rumqttd=off,rumqttc=warn,sqlx=warn";
+
 #[derive(Parser)]
 #[command(
     name = "gateway",
@@ -51,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn,rumqttc=warn,sqlx=warn".into()),
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();

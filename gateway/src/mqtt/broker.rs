@@ -112,8 +112,9 @@ pub async fn start(listen: SocketAddr, max_connections: usize) -> Result<SocketA
     Ok(addr)
 }
 
-/// Connect until the listener answers. A connection closed before CONNECT
-/// costs rumqttd nothing but a debug line.
+/// Connect until the broker answers a CONNECT with a CONNACK. A real MQTT
+/// exchange, not a bare TCP connect: rumqttd logs a connection closed before
+/// its CONNECT as an error.
 async fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
     let target = if addr.ip().is_unspecified() {
         SocketAddr::new(
@@ -128,7 +129,7 @@ async fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
         addr
     };
     let attempts = async {
-        while tokio::net::TcpStream::connect(target).await.is_err() {
+        while probe(target).await.is_err() {
             tokio::time::sleep(LISTEN_POLL).await;
         }
     };
@@ -187,4 +188,33 @@ async fn export_alerts(link: rumqttd::alerts::AlertsLink) {
             crate::metrics::broker_alert(kind);
         }
     }
+}
+
+/// MQTT 3.1.1 CONNECT (§3.1) with a clean session, keep-alive 60 s (rumqttd
+/// refuses 0) and client id `lockfleet-probe`.
+const PROBE_CONNECT: &[u8] = &[
+    0x10, 27, // CONNECT, remaining length
+    0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00,
+    0x3c, // protocol, level 4, clean session, keep-alive
+    0x00, 15, b'l', b'o', b'c', b'k', b'f', b'l', b'e', b'e', b't', b'-', b'p', b'r', b'o', b'b',
+    b'e',
+];
+/// MQTT 3.1.1 DISCONNECT (§3.14).
+const PROBE_DISCONNECT: &[u8] = &[0xe0, 0x00];
+
+/// One CONNECT, CONNACK (accepted), DISCONNECT exchange.
+async fn probe(target: SocketAddr) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(target).await?;
+    stream.write_all(PROBE_CONNECT).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    // CONNACK (§3.2): 0x20, length 2, flags, return code 0 = accepted.
+    if connack[0] != 0x20 || connack[3] != 0 {
+        return Err(std::io::Error::other(format!(
+            "unexpected CONNACK {connack:02x?}"
+        )));
+    }
+    stream.write_all(PROBE_DISCONNECT).await?;
+    stream.shutdown().await
 }
