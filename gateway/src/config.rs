@@ -33,6 +33,9 @@ pub struct Settings {
     /// Shared-subscription group for device topics, for several instances on one broker
     #[arg(long, env = "LOCKFLEET_MQTT_SHARED_GROUP")]
     pub mqtt_shared_group: Option<String>,
+    /// MQTT client id of this instance: unique per instance and the same across its restarts, so its persistent session (and what waits in it) is found again [default: lockfleet-gateway-HOSTNAME]
+    #[arg(long, env = "LOCKFLEET_MQTT_CLIENT_ID")]
+    pub mqtt_client_id: Option<String>,
     /// HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:9100]
     #[arg(long, env = "LOCKFLEET_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
@@ -67,6 +70,7 @@ impl Settings {
             mqtt_listen: self.mqtt_listen.or(other.mqtt_listen),
             mqtt_broker: self.mqtt_broker.or(other.mqtt_broker),
             mqtt_shared_group: self.mqtt_shared_group.or(other.mqtt_shared_group),
+            mqtt_client_id: self.mqtt_client_id.or(other.mqtt_client_id),
             http_listen: self.http_listen.or(other.http_listen),
             database_url: self.database_url.or(other.database_url),
             data_dir: self.data_dir.or(other.data_dir),
@@ -77,6 +81,46 @@ impl Settings {
             registry_refresh_secs: self.registry_refresh_secs.or(other.registry_refresh_secs),
         }
     }
+}
+
+/// Longest MQTT client id we accept: brokers must take 23 characters
+/// (MQTT 3.1.1 §3.1.3.1); Mosquitto and rumqttd take far more, and a prefix
+/// plus a host name needs more than 23.
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+fn valid_client_id(id: &str) -> bool {
+    (1..=MAX_CLIENT_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `lockfleet-gateway-{hostname}`: stable across restarts on one host, so a
+/// restarted instance resumes its persistent session on an external broker.
+/// Two instances on one host need `mqtt_client_id` set apart.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let host = if host.is_empty() {
+        "localhost".to_string()
+    } else {
+        host
+    };
+    let id = format!("lockfleet-gateway-{host}");
+    id.chars().take(MAX_CLIENT_ID_LEN).collect()
 }
 
 /// Where the MQTT side connects.
@@ -97,6 +141,7 @@ pub struct Config {
     pub coap_listen: SocketAddr,
     pub mqtt: MqttMode,
     pub mqtt_shared_group: Option<String>,
+    pub mqtt_client_id: String,
     pub http_listen: SocketAddr,
     pub database_url: String,
     pub data_dir: PathBuf,
@@ -190,6 +235,11 @@ impl Config {
             coap_listen: s.coap_listen.unwrap_or_else(|| addr(DEFAULT_COAP_LISTEN)),
             mqtt,
             mqtt_shared_group: s.mqtt_shared_group,
+            mqtt_client_id: match s.mqtt_client_id {
+                Some(id) if valid_client_id(&id) => id,
+                Some(id) => return Err(ConfigError::Invalid(format!("mqtt_client_id {id:?} must be 1 to {MAX_CLIENT_ID_LEN} characters of A-Z a-z 0-9 - _ ."))),
+                None => default_client_id(),
+            },
             http_listen: s.http_listen.unwrap_or_else(|| addr(DEFAULT_HTTP_LISTEN)),
             database_url,
             data_dir,
@@ -243,6 +293,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("coap_listn"), "{err}");
+    }
+
+    #[test]
+    fn client_id_defaults_to_a_stable_per_host_id_and_is_validated() {
+        let a = Config::from_settings(Settings::default())
+            .unwrap()
+            .mqtt_client_id;
+        let b = Config::from_settings(Settings::default())
+            .unwrap()
+            .mqtt_client_id;
+        assert_eq!(a, b, "the same across restarts");
+        assert!(
+            a.starts_with("lockfleet-gateway-") && valid_client_id(&a),
+            "{a}"
+        );
+        let s = Settings {
+            mqtt_client_id: Some("gw-1".into()),
+            ..Default::default()
+        };
+        assert_eq!(Config::from_settings(s).unwrap().mqtt_client_id, "gw-1");
+        for bad in [
+            "",
+            "has space",
+            "x".repeat(MAX_CLIENT_ID_LEN + 1).as_str(),
+            "a/b",
+        ] {
+            let s = Settings {
+                mqtt_client_id: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = Config::from_settings(s).unwrap_err().to_string();
+            assert!(err.contains("mqtt_client_id"), "{err}");
+        }
     }
 
     #[test]

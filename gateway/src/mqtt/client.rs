@@ -143,7 +143,7 @@ impl MqttClient {
                         Err(e) => {
                             connected.store(false, Ordering::Relaxed);
                             if !logged_down {
-                                tracing::warn!(error = %e, "MQTT session down; reconnecting every {RECONNECT_DELAY:?}");
+                                tracing::warn!(error = %e, client_id = %config.client_id, "MQTT session down; reconnecting every {RECONNECT_DELAY:?} (if it keeps dropping right after connecting, another client uses this id: give each instance its own --mqtt-client-id)");
                                 logged_down = true;
                             }
                             tokio::select! {
