@@ -5,11 +5,14 @@
 //!   of the guides checked and every refusal explained.
 //! * [`telemetry`]: what a stored report means for the dashboard: the events
 //!   it causes (state changes, low battery) and the lock's newest state.
-//! * [`presence`]: which locks are online (heard within their heartbeat
-//!   interval), counted in constant space per minute of deadline.
+//! * [`presence`]: when a lock counts as online (heard within its heartbeat
+//!   interval plus a grace).
+//! * [`connectivity`]: whether a bridge's status report changes its
+//!   connectivity, against the stored status.
 //!
 //! Time is always passed in; nothing here sleeps, reads a clock or opens a socket.
 
+pub mod connectivity;
 pub mod import;
 pub mod presence;
 pub mod registry;

@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 pub const INGEST_QUEUE_CAPACITY: usize = 4_096;
 /// Rows retention deletes per table per pass, so a pass never holds a long lock.
 pub const RETENTION_CHUNK: u64 = 10_000;
+/// How often the online-device gauges are counted in the database. Two
+/// index range scans; a Prometheus scrape every 15-60 s needs no more.
+pub const ONLINE_REFRESH: Duration = Duration::from_secs(15);
 /// How often retention runs.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(600);
 /// Longest a shutdown waits for in-flight work before giving up.
@@ -107,7 +110,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let intake = CancellationToken::new();
     let background = CancellationToken::new();
-    let client_id = format!("lockfleet-gateway-{}", std::process::id());
+    let client_id = config.mqtt_client_id.clone();
+    tracing::info!(client_id = %client_id, "MQTT client id");
     let filters = schemas::topic::DEVICE_FILTERS
         .iter()
         .map(|f| f.to_string())
@@ -124,9 +128,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
 
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(mqtt::events::EVENT_QUEUE_CAPACITY);
-    let writer = Writer::load(store.clone(), events_tx, config.writer)
-        .await
-        .context("loading the newest state of every lock")?;
+    let writer = Writer::new(store.clone(), events_tx, config.writer);
     let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(INGEST_QUEUE_CAPACITY);
     let ingest = Ingest::new(registry.clone(), queue_tx);
     let writer = tokio::spawn(writer.run(queue_rx));
@@ -251,6 +253,24 @@ fn spawn_housekeeping(
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot reload the device registry; keeping the old one")
                         }
+                    }
+                }
+            }
+        });
+    }
+    {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ONLINE_REFRESH);
+            loop {
+                tokio::select! { _ = stop.cancelled() => break, _ = tick.tick() => {} }
+                match store.count_online(crate::ingest::now_ms()).await {
+                    Ok(n) => {
+                        metrics::devices_online("lock", n.locks as usize);
+                        metrics::devices_online("bridge", n.bridges as usize);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot count the devices online; the gauges keep their last value")
                     }
                 }
             }

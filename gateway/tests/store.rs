@@ -6,8 +6,10 @@
 
 use dispatcher::import::ParsedFleet;
 use dispatcher::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, ReportPath};
-use gateway::store::testing::{bridge_change, event_row, heartbeat_row, TestDb};
-use gateway::store::{Batch, Committed, Purged, Store, StoreError};
+use gateway::store::testing::{bridge_status, event_row, heartbeat_row, TestDb};
+use gateway::store::{
+    Batch, BridgeStatus, Change, Committed, OnlineCounts, Purged, Store, StoreError,
+};
 use schemas::event::Transport;
 use schemas::{
     ActivityLogInterval, Battery, BatteryLevel, DoorState, HeartbeatInterval, LockModel, LockState,
@@ -51,8 +53,11 @@ on_both_engines!(
     same_seq_twice_in_a_batch_is_stored_once,
     recommitting_the_same_rows_stores_nothing_new,
     lock_state_keeps_the_highest_seq_even_when_an_older_heartbeat_arrives_later,
-    bridge_changes_update_status_and_history,
-    older_bridge_change_does_not_override_a_newer_status,
+    bridge_statuses_are_decided_against_the_stored_status,
+    a_status_received_before_the_stored_change_is_placed_after_it,
+    concurrent_commits_of_one_bridge_keep_its_history_alternating,
+    locks_before_is_each_lock_s_stored_state_before_the_batch,
+    online_locks_and_bridges_are_counted_in_the_database,
     purge_deletes_only_old_rows_and_respects_max_rows,
     failed_commit_stores_nothing,
     batch_larger_than_one_statement_is_stored_whole,
@@ -234,7 +239,7 @@ async fn commit_stores_new_rows_and_flags_each_one(url: String) {
             event_row("L1", 11),
             event_row("L3", 10),
         ],
-        bridge_changes: vec![],
+        bridge_statuses: vec![],
     };
     let committed = store.commit(&batch).await.unwrap();
     assert_eq!(
@@ -242,6 +247,7 @@ async fn commit_stores_new_rows_and_flags_each_one(url: String) {
         Committed {
             heartbeats_inserted: vec![true, true, true],
             events_inserted: vec![true, true, true],
+            ..Committed::default()
         }
     );
     let audit = store.audit().await.unwrap();
@@ -272,7 +278,7 @@ async fn same_seq_twice_in_a_batch_is_stored_once(url: String) {
     let batch = Batch {
         heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L1", 2), second],
         events: vec![event_row("L1", 5), event_row("L1", 5), event_row("L1", 6)],
-        bridge_changes: vec![],
+        bridge_statuses: vec![],
     };
     let committed = store.commit(&batch).await.unwrap();
     assert_eq!(committed.heartbeats_inserted, [true, true, false]);
@@ -288,7 +294,7 @@ async fn recommitting_the_same_rows_stores_nothing_new(url: String) {
     let batch = Batch {
         heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L3", 7)],
         events: vec![event_row("L1", 1), event_row("L1", 2)],
-        bridge_changes: vec![],
+        bridge_statuses: vec![],
     };
     store.commit(&batch).await.unwrap();
     let before = store.audit().await.unwrap();
@@ -300,7 +306,7 @@ async fn recommitting_the_same_rows_stores_nothing_new(url: String) {
     let mixed = Batch {
         heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L1", 2)],
         events: vec![event_row("L1", 2), event_row("L1", 3)],
-        bridge_changes: vec![],
+        bridge_statuses: vec![],
     };
     let c = store.commit(&mixed).await.unwrap();
     assert_eq!(c.heartbeats_inserted, [false, true]);
@@ -363,7 +369,7 @@ async fn lock_state_keeps_the_highest_seq_even_when_an_older_heartbeat_arrives_l
     store.close().await;
 }
 
-async fn bridge_changes_update_status_and_history(url: String) {
+async fn bridge_statuses_are_decided_against_the_stored_status(url: String) {
     let store = open(&url).await;
     store.import_fleet(&fleet()).await.unwrap();
     assert!(
@@ -372,40 +378,220 @@ async fn bridge_changes_update_status_and_history(url: String) {
     );
 
     let batch = Batch {
-        bridge_changes: vec![
-            bridge_change("B1", true, 1000),
-            bridge_change("B2", true, 1000),
-            bridge_change("B1", false, 2000),
+        bridge_statuses: vec![
+            bridge_status("B1", true, 1000),
+            bridge_status("B2", true, 1000),
+            bridge_status("B1", false, 2000),
+            bridge_status("B1", false, 2500),
         ],
         ..Batch::default()
     };
     let c = store.commit(&batch).await.unwrap();
     assert!(c.heartbeats_inserted.is_empty() && c.events_inserted.is_empty());
+    let at = |c: &Option<Change>| c.map(|c| (c.online, c.at_ms));
+    assert_eq!(
+        c.bridge_changes.iter().map(at).collect::<Vec<_>>(),
+        [
+            Some((true, 1000)),
+            Some((true, 1000)),
+            Some((false, 2000)),
+            None
+        ],
+        "a repeated status is no change"
+    );
     let status = store.load_bridge_status().await.unwrap();
     assert_eq!(status.len(), 2);
-    assert!(!status["B1"].online, "the last change of the batch wins");
-    assert_eq!(status["B1"].changed_at_ms, 2000);
+    assert_eq!(
+        status["B1"],
+        BridgeStatus {
+            online: false,
+            changed_at_ms: 2000
+        }
+    );
     assert!(status["B2"].online);
     assert_eq!(store.audit().await.unwrap().bridge_changes, 3);
+
+    // The next batch compares with what is stored, not with its own first row.
+    let again = Batch {
+        bridge_statuses: vec![
+            bridge_status("B1", false, 3000),
+            bridge_status("B2", false, 3000),
+        ],
+        ..Batch::default()
+    };
+    let c = store.commit(&again).await.unwrap();
+    assert_eq!(
+        c.bridge_changes.iter().map(at).collect::<Vec<_>>(),
+        [None, Some((false, 3000))]
+    );
     store.close().await;
 }
 
-async fn older_bridge_change_does_not_override_a_newer_status(url: String) {
+async fn a_status_received_before_the_stored_change_is_placed_after_it(url: String) {
     let store = open(&url).await;
     store.import_fleet(&fleet()).await.unwrap();
     let one = |online, at| Batch {
-        bridge_changes: vec![bridge_change("B1", online, at)],
+        bridge_statuses: vec![bridge_status("B1", online, at)],
         ..Batch::default()
     };
     store.commit(&one(true, 5000)).await.unwrap();
-    // Another instance commits an earlier disconnect after it.
-    store.commit(&one(false, 4000)).await.unwrap();
-    assert!(store.load_bridge_status().await.unwrap()["B1"].online);
+    // Another instance received a disconnect earlier but commits it after:
+    // it still changes the status, and its time keeps the history ordered.
+    let c = store.commit(&one(false, 4000)).await.unwrap();
+    assert_eq!(c.bridge_changes[0].map(|c| c.at_ms), Some(5001));
+    assert_eq!(
+        store.load_bridge_status().await.unwrap()["B1"],
+        BridgeStatus {
+            online: false,
+            changed_at_ms: 5001
+        }
+    );
+    assert_eq!(store.audit().await.unwrap().bridge_changes, 2);
+    store.close().await;
+}
+
+/// Two store handles (two instances) commit statuses of one bridge at once.
+/// Each commit decides against what the other committed, so the history
+/// alternates, its times strictly increase, and every change was reported
+/// to exactly one of them.
+async fn concurrent_commits_of_one_bridge_keep_its_history_alternating(url: String) {
+    const ROUNDS: u64 = 40;
+    let a = open(&url).await;
+    a.import_fleet(&fleet()).await.unwrap();
+    let b = open(&url).await;
+    let run = |store: Store, offset: u64| {
+        tokio::spawn(async move {
+            let mut changes = Vec::new();
+            for i in 0..ROUNDS {
+                let batch = Batch {
+                    bridge_statuses: vec![bridge_status(
+                        "B1",
+                        (i + offset).is_multiple_of(2),
+                        1000 + i,
+                    )],
+                    ..Batch::default()
+                };
+                changes.extend(
+                    store
+                        .commit(&batch)
+                        .await
+                        .unwrap()
+                        .bridge_changes
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+            store.close().await;
+            changes
+        })
+    };
+    let (from_a, from_b) = tokio::join!(run(a, 0), run(b, 1));
+    let mut changes: Vec<Change> = from_a.unwrap().into_iter().chain(from_b.unwrap()).collect();
+    changes.sort_by_key(|c| c.at_ms);
+    assert!(!changes.is_empty());
+    for pair in changes.windows(2) {
+        assert!(
+            pair[0].at_ms < pair[1].at_ms,
+            "times strictly increase: {pair:?}"
+        );
+        assert_ne!(
+            pair[0].online, pair[1].online,
+            "each change flips the status: {pair:?}"
+        );
+    }
+    let store = open(&url).await;
     assert_eq!(
         store.audit().await.unwrap().bridge_changes,
-        2,
-        "history keeps both"
+        changes.len() as u64
     );
+    let last = changes.last().unwrap();
+    assert_eq!(
+        store.load_bridge_status().await.unwrap()["B1"],
+        BridgeStatus {
+            online: last.online,
+            changed_at_ms: last.at_ms
+        }
+    );
+    store.close().await;
+}
+
+async fn locks_before_is_each_lock_s_stored_state_before_the_batch(url: String) {
+    let store = open(&url).await;
+    store.import_fleet(&fleet()).await.unwrap();
+    let c = store
+        .commit(&Batch {
+            heartbeats: vec![heartbeat_row("L1", 1)],
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        c.locks_before.is_empty(),
+        "nothing stored before the first heartbeat"
+    );
+
+    let mut second = heartbeat_row("L1", 2);
+    second.hb.lock_state = LockState::Unlocked;
+    let c = store
+        .commit(&Batch {
+            heartbeats: vec![second, heartbeat_row("L2", 1)],
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.locks_before.len(), 1, "{:?}", c.locks_before);
+    let before = c.locks_before["L1"];
+    assert_eq!(
+        (before.seq, before.lock_state),
+        (1, heartbeat_row("L1", 1).hb.lock_state)
+    );
+    assert_eq!(
+        store.load_latest().await.unwrap()["L1"].state.lock_state,
+        LockState::Unlocked
+    );
+    store.close().await;
+}
+
+async fn online_locks_and_bridges_are_counted_in_the_database(url: String) {
+    let store = open(&url).await;
+    store.import_fleet(&fleet()).await.unwrap();
+    let mut l1 = heartbeat_row("L1", 1);
+    l1.hb.heartbeat_interval = HeartbeatInterval::from_hours(1).unwrap();
+    let mut l2 = heartbeat_row("L2", 1);
+    l2.hb.heartbeat_interval = HeartbeatInterval::from_hours(24).unwrap();
+    let heard = l1.received_at_ms;
+    let batch = Batch {
+        heartbeats: vec![l1, l2],
+        bridge_statuses: vec![
+            bridge_status("B1", true, heard),
+            bridge_status("B2", false, heard),
+        ],
+        ..Batch::default()
+    };
+    store.commit(&batch).await.unwrap();
+    let until = |h: u64| {
+        dispatcher::presence::online_until_ms(
+            heard,
+            HeartbeatInterval::from_hours(h as u16).unwrap(),
+        )
+    };
+    let count = |now| {
+        let store = store.clone();
+        async move { store.count_online(now).await.unwrap() }
+    };
+    assert_eq!(
+        count(heard + 1).await,
+        OnlineCounts {
+            locks: 2,
+            bridges: 1
+        }
+    );
+    assert_eq!(
+        count(until(1)).await.locks,
+        1,
+        "the 1 h lock is overdue at its deadline"
+    );
+    assert_eq!(count(until(24)).await.locks, 0);
     store.close().await;
 }
 
@@ -421,8 +607,8 @@ async fn purge_deletes_only_old_rows_and_respects_max_rows(url: String) {
         ev.received_at_ms = u64::from(i) * 1000;
         batch.events.push(ev);
         batch
-            .bridge_changes
-            .push(bridge_change("B1", i % 2 == 1, u64::from(i) * 1000));
+            .bridge_statuses
+            .push(bridge_status("B1", i % 2 == 1, u64::from(i) * 1000));
     }
     store.commit(&batch).await.unwrap();
 
@@ -491,7 +677,7 @@ async fn failed_commit_stores_nothing(url: String) {
     let batch = Batch {
         heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L3", 1)],
         events: vec![event_row("L1", 1)],
-        bridge_changes: vec![bridge_change("B1", true, 1000)],
+        bridge_statuses: vec![bridge_status("B1", true, 1000)],
     };
     let err = store.commit(&batch).await.unwrap_err();
     assert!(matches!(err, StoreError::Failed { .. }), "{err:?}");
@@ -562,7 +748,7 @@ async fn nul_in_device_text_does_not_fail_the_commit(url: String) {
         .commit(&Batch {
             heartbeats: vec![hb],
             events: vec![ev],
-            bridge_changes: vec![],
+            bridge_statuses: vec![],
         })
         .await
         .unwrap();

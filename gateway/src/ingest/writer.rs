@@ -5,15 +5,13 @@
 //! commits them in one transaction, and only then, in queue order: derives the
 //! dashboard events, hands them to the publisher, and answers each request.
 //! A failed commit answers every request of the batch with
-//! [`IngestError::Storage`] and changes nothing in memory, so the devices
-//! retry and nothing acknowledged is lost.
+//! [`IngestError::Storage`], so the devices retry and nothing acknowledged
+//! is lost.
 
 use super::{IngestError, Outcome, ReportBody, Subject, WriteRequest};
 use crate::metrics;
-use crate::store::{Batch, BridgeChangeRow, BridgeStatus, EventRow, HeartbeatRow, Store};
-use dispatcher::presence::{self, Presence};
+use crate::store::{Batch, BridgeStatusRow, EventRow, HeartbeatRow, StatusReport, Store};
 use dispatcher::telemetry::{self, DashboardEvent, LatestState, Origin};
-use dispatcher::{BridgeId, LockId};
 use schemas::event::{self as ev, BridgeConnectivityEvent};
 use schemas::{topic, Downlink, LogAck, Uplink};
 use std::collections::HashMap;
@@ -49,89 +47,30 @@ pub struct Outbound {
     pub kind: &'static str,
 }
 
-/// How often the online-lock count is brought up to date when no report
-/// arrives to do it. The gauge is scraped every 15-60 s; this is finer.
-pub const PRESENCE_TICK: Duration = Duration::from_secs(10);
-
-/// What the writer remembers of a lock.
-#[derive(Clone, Copy, Debug)]
-struct Known {
-    /// The newest heartbeat's state, for change detection.
-    state: LatestState,
-    /// Until when the lock counts as online (see [`presence::online_until`]).
-    online_until: u64,
-}
-
-/// The writer's memory: what change detection compares against.
+/// The writer. It keeps no per-device state: what a report changes is
+/// decided against the database inside the commit (see [`Store::commit`]),
+/// so any number of instances agree, and memory does not grow with the fleet.
 pub struct Writer {
     store: Store,
-    latest: HashMap<LockId, Known>,
-    presence: Presence,
-    bridges: HashMap<BridgeId, BridgeStatus>,
-    /// Bridges whose status in `bridges` is online, kept as they change
-    /// so that the gauge never needs a scan of every bridge.
-    bridges_online_count: usize,
     events: mpsc::Sender<Outbound>,
     config: WriterConfig,
 }
 
 impl Writer {
-    /// Load what change detection needs from the store.
-    pub async fn load(
-        store: Store,
-        events: mpsc::Sender<Outbound>,
-        config: WriterConfig,
-    ) -> Result<Self, crate::store::StoreError> {
-        let stored = store.load_latest().await?;
-        let bridges = store.load_bridge_status().await?;
-        let bridges_online_count = bridges.values().filter(|b| b.online).count();
-        metrics::devices_online("bridge", bridges_online_count);
-        let now_s = crate::ingest::now_ms() / 1000;
-        let mut presence = Presence::new();
-        presence.advance(now_s);
-        let latest = stored
-            .into_iter()
-            .map(|(id, s)| {
-                let online_until =
-                    presence::online_until(s.received_at_ms / 1000, s.heartbeat_interval);
-                presence.heard(now_s, None, online_until);
-                (
-                    id,
-                    Known {
-                        state: s.state,
-                        online_until,
-                    },
-                )
-            })
-            .collect();
-        metrics::devices_online("lock", presence.online());
-        Ok(Writer {
+    pub fn new(store: Store, events: mpsc::Sender<Outbound>, config: WriterConfig) -> Self {
+        Writer {
             store,
-            latest,
-            presence,
-            bridges,
-            bridges_online_count,
             events,
             config,
-        })
+        }
     }
 
     /// Run until every sender of `queue` is gone and the queue is drained.
-    pub async fn run(mut self, mut queue: mpsc::Receiver<WriteRequest>) {
+    pub async fn run(self, mut queue: mpsc::Receiver<WriteRequest>) {
         let mut batch = Vec::with_capacity(self.config.max_batch);
-        let mut presence_tick = tokio::time::interval(PRESENCE_TICK);
-        presence_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let first = tokio::select! {
-                first = queue.recv() => match first {
-                    Some(first) => first,
-                    None => break,
-                },
-                _ = presence_tick.tick() => {
-                    let online = self.presence.advance(crate::ingest::now_ms() / 1000);
-                    metrics::devices_online("lock", online);
-                    continue;
-                }
+            let Some(first) = queue.recv().await else {
+                break;
             };
             batch.push(first);
             let deadline = tokio::time::Instant::now() + self.config.linger;
@@ -156,70 +95,8 @@ impl Writer {
         tracing::info!("ingest writer drained and stopped");
     }
 
-    async fn commit(&mut self, requests: &mut Vec<WriteRequest>) {
-        let mut rows = Batch::default();
-        // Bridge changes are decided here, against memory updated in batch order.
-        let mut bridge_view: HashMap<String, BridgeStatus> = HashMap::new();
-        let mut bridge_changed = Vec::with_capacity(requests.len());
-        for req in requests.iter() {
-            let r = &req.report;
-            match &r.body {
-                ReportBody::Uplink(Uplink::Heartbeat(hb)) => rows.heartbeats.push(HeartbeatRow {
-                    hb: hb.clone(),
-                    transport: r.transport,
-                    bridge_id: r.bridge.clone(),
-                    received_at_ms: r.received_at_ms,
-                }),
-                ReportBody::Uplink(Uplink::ActivityLog(b)) => {
-                    rows.events.extend(b.events.iter().map(|e| EventRow {
-                        lock_id: b.lock_id.clone(),
-                        batch_seq: b.seq,
-                        event: e.clone(),
-                        transport: r.transport,
-                        bridge_id: r.bridge.clone(),
-                        received_at_ms: r.received_at_ms,
-                    }))
-                }
-                ReportBody::BridgeStatus {
-                    bridge,
-                    online,
-                    cause,
-                } => {
-                    let current = bridge_view
-                        .get(bridge.as_str())
-                        .copied()
-                        .or_else(|| self.bridges.get(bridge.as_str()).copied());
-                    let changed = current.map(|c| c.online) != Some(*online);
-                    if changed {
-                        // Strictly increasing per bridge: the change's time orders
-                        // the stored history and makes its event id unique.
-                        let at_ms = match current {
-                            Some(c) => r.received_at_ms.max(c.changed_at_ms + 1),
-                            None => r.received_at_ms,
-                        };
-                        bridge_view.insert(
-                            bridge.clone(),
-                            BridgeStatus {
-                                online: *online,
-                                changed_at_ms: at_ms,
-                            },
-                        );
-                        rows.bridge_changes.push(BridgeChangeRow {
-                            bridge_id: bridge.clone(),
-                            online: *online,
-                            cause: *cause,
-                            at_ms,
-                        });
-                        bridge_changed.push(Some(at_ms));
-                    } else {
-                        bridge_changed.push(None);
-                    }
-                }
-            }
-        }
-
-        let bridge_view_empty = bridge_view.is_empty();
-        drop(bridge_view);
+    async fn commit(&self, requests: &mut Vec<WriteRequest>) {
+        let rows = rows_of(requests);
         let started = Instant::now();
         let committed = self.store.commit(&rows).await;
         metrics::batch(requests.len(), started.elapsed());
@@ -239,7 +116,10 @@ impl Writer {
         let server_time = crate::ingest::now_ms() / 1000;
         let mut hb_flags = committed.heartbeats_inserted.iter().copied();
         let mut ev_flags = committed.events_inserted.iter().copied();
-        let mut bridge_flags = bridge_changed.into_iter();
+        let mut bridge_changes = committed.bridge_changes.into_iter();
+        // Each lock's newest state, starting from the database's and
+        // following the batch's heartbeats in order.
+        let mut latest: HashMap<String, LatestState> = committed.locks_before;
         let mut answers = Vec::with_capacity(requests.len());
         let mut outbound = Vec::new();
         for req in requests.drain(..) {
@@ -254,27 +134,10 @@ impl Writer {
                     let stored = hb_flags.next().unwrap_or(false);
                     if stored {
                         metrics::committed("heartbeat", 1);
-                        let known = self.latest.get(lock.id.as_str()).copied();
-                        let (events, latest) =
-                            telemetry::on_heartbeat(lock, hb, origin, known.map(|k| k.state));
-                        // Any stored heartbeat shows the lock alive now, even one
-                        // older than the newest state.
-                        let online_until =
-                            presence::online_until(r.received_at_ms / 1000, hb.heartbeat_interval);
-                        self.presence.heard(
-                            server_time,
-                            known.map(|k| k.online_until),
-                            online_until,
-                        );
-                        // `on_heartbeat` returns no state only when a newer one is known.
-                        if let Some(state) = latest.or(known.map(|k| k.state)) {
-                            self.latest.insert(
-                                lock.id.clone(),
-                                Known {
-                                    state,
-                                    online_until,
-                                },
-                            );
+                        let previous = latest.get(lock.id.as_str()).copied();
+                        let (events, newer) = telemetry::on_heartbeat(lock, hb, origin, previous);
+                        if let Some(state) = newer {
+                            latest.insert(lock.id.to_string(), state);
                         }
                         outbound.extend(events.iter().map(to_outbound));
                     } else {
@@ -322,37 +185,17 @@ impl Writer {
                         },
                     }
                 }
-                (
-                    ReportBody::BridgeStatus {
-                        bridge,
-                        online,
-                        cause,
-                    },
-                    Subject::Bridge(rec),
-                ) => {
-                    let change = bridge_flags.next().flatten();
-                    if let Some(at_ms) = change {
-                        let now = BridgeStatus {
-                            online: *online,
-                            changed_at_ms: at_ms,
-                        };
-                        let was_online = self
-                            .bridges
-                            .insert(rec.id.clone(), now)
-                            .is_some_and(|b| b.online);
-                        match (was_online, *online) {
-                            (false, true) => self.bridges_online_count += 1,
-                            (true, false) => self.bridges_online_count -= 1,
-                            _ => {}
-                        }
+                (ReportBody::BridgeStatus { bridge, .. }, Subject::Bridge(rec)) => {
+                    let change = bridge_changes.next().flatten();
+                    if let Some(c) = change {
                         metrics::committed("bridge_status", 1);
                         let event = BridgeConnectivityEvent {
-                            event_id: ev::event_id("connectivity", bridge, at_ms),
+                            event_id: ev::event_id("connectivity", bridge, c.at_ms),
                             org: rec.org.to_string(),
                             bridge_id: bridge.clone(),
-                            online: *online,
-                            cause: *cause,
-                            at_ms,
+                            online: c.online,
+                            cause: c.cause,
+                            at_ms: c.at_ms,
                         };
                         outbound.push(Outbound {
                             topic: topic::events::bridge_connectivity(&event.org, bridge),
@@ -376,10 +219,6 @@ impl Writer {
             };
             answers.push((req.reply, outcome));
         }
-        if !bridge_view_empty {
-            metrics::devices_online("bridge", self.bridges_online_count);
-        }
-        metrics::devices_online("lock", self.presence.online());
         for o in outbound {
             if self.events.send(o).await.is_err() {
                 metrics::publish_failed("closed");
@@ -390,6 +229,45 @@ impl Writer {
             let _ = reply.send(Ok(outcome));
         }
     }
+}
+
+/// The rows of a batch of requests, in queue order.
+fn rows_of(requests: &[WriteRequest]) -> Batch {
+    let mut rows = Batch::default();
+    for req in requests {
+        let r = &req.report;
+        match &r.body {
+            ReportBody::Uplink(Uplink::Heartbeat(hb)) => rows.heartbeats.push(HeartbeatRow {
+                hb: hb.clone(),
+                transport: r.transport,
+                bridge_id: r.bridge.clone(),
+                received_at_ms: r.received_at_ms,
+            }),
+            ReportBody::Uplink(Uplink::ActivityLog(b)) => {
+                rows.events.extend(b.events.iter().map(|e| EventRow {
+                    lock_id: b.lock_id.clone(),
+                    batch_seq: b.seq,
+                    event: e.clone(),
+                    transport: r.transport,
+                    bridge_id: r.bridge.clone(),
+                    received_at_ms: r.received_at_ms,
+                }))
+            }
+            ReportBody::BridgeStatus {
+                bridge,
+                online,
+                cause,
+            } => rows.bridge_statuses.push(BridgeStatusRow {
+                bridge_id: bridge.clone(),
+                report: StatusReport {
+                    online: *online,
+                    cause: *cause,
+                    received_at_ms: r.received_at_ms,
+                },
+            }),
+        }
+    }
+    rows
 }
 
 fn to_outbound(e: &DashboardEvent) -> Outbound {

@@ -293,7 +293,7 @@ fn heartbeat_interval(hours: i64) -> Result<HeartbeatInterval, String> {
         .ok_or_else(|| format!("heartbeat_interval_h {hours} is not 1, 2, 5, 12 or 24"))
 }
 
-type StateColumns = (
+pub(crate) type StateColumns = (
     String,
     i64,
     String,
@@ -304,16 +304,96 @@ type StateColumns = (
     i64,
 );
 
+/// `SELECT` of the columns [`latest_state`] reads, up to `FROM lock_state`.
+/// A macro so that `concat!` builds whole `&'static str` statements.
+macro_rules! state_columns {
+    () => {
+        "SELECT lock_id, seq, lock_state, door_state, battery_percent, battery_level, \
+         received_at_ms, heartbeat_interval_h FROM lock_state"
+    };
+}
+pub(crate) use state_columns;
+
+/// What an engine's commit wrote, before the transaction commits: the
+/// stored states it read are parsed by [`Written::finish`], so a corrupt row
+/// fails the batch while it can still be rolled back.
+pub(crate) struct Written {
+    pub heartbeats_inserted: Vec<bool>,
+    pub events_inserted: Vec<bool>,
+    pub bridge_changes: Vec<Option<super::Change>>,
+    /// The `lock_state` rows of the batch's locks as they were before it.
+    pub states_before: Vec<StateColumns>,
+}
+
+impl Written {
+    pub fn finish(self) -> Result<super::Committed, StoreError> {
+        let locks_before = self
+            .states_before
+            .into_iter()
+            .map(|cols| latest_state(cols).map(|(id, s)| (id.to_string(), s.state)))
+            .collect::<Result<_, _>>()?;
+        Ok(super::Committed {
+            heartbeats_inserted: self.heartbeats_inserted,
+            events_inserted: self.events_inserted,
+            bridge_changes: self.bridge_changes,
+            locks_before,
+        })
+    }
+}
+
+/// Bridge rows `(bridge_id, online, status_changed_at_ms)` as statuses;
+/// a bridge that never reported has none.
+pub(crate) fn bridge_statuses(
+    rows: Vec<(String, Option<bool>, Option<i64>)>,
+) -> HashMap<String, BridgeStatus> {
+    rows.into_iter()
+        .filter_map(|(id, online, at)| {
+            // Set together with `online`; a negative time cannot be ours.
+            let changed_at_ms = at.and_then(|a| u64::try_from(a).ok()).unwrap_or(0);
+            Some((
+                id,
+                BridgeStatus {
+                    online: online?,
+                    changed_at_ms,
+                },
+            ))
+        })
+        .collect()
+}
+
+pub(super) async fn count_online(
+    store: &Store,
+    now_ms: u64,
+) -> Result<super::OnlineCounts, StoreError> {
+    on_pool!(store, |pool, engine| {
+        let err = |e| StoreError::from_sqlx(engine, "counting the devices online", e);
+        let locks: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM lock_state WHERE online_until_ms > $1")
+                .bind(int(now_ms))
+                .fetch_one(pool)
+                .await
+                .map_err(err)?;
+        let bridges: i64 = sqlx::query_scalar("SELECT count(*) FROM bridges WHERE online")
+            .fetch_one(pool)
+            .await
+            .map_err(err)?;
+        Ok(super::OnlineCounts {
+            locks: locks.max(0) as u64,
+            bridges: bridges.max(0) as u64,
+        })
+    })
+}
+
 pub(super) async fn load_latest(store: &Store) -> Result<HashMap<LockId, StoredState>, StoreError> {
     let mut latest = HashMap::new();
     on_pool!(store, |pool, engine| {
         let err = |e| StoreError::from_sqlx(engine, "loading the lock states", e);
         let mut after = String::new();
         loop {
-            let page: Vec<StateColumns> = sqlx::query_as(
-                "SELECT lock_id, seq, lock_state, door_state, battery_percent, battery_level, received_at_ms, heartbeat_interval_h FROM lock_state \
-                 WHERE lock_id > $1 ORDER BY lock_id LIMIT $2",
-            )
+            let page: Vec<StateColumns> = sqlx::query_as(concat!(
+                state_columns!(),
+                " WHERE lock_id > $1 ORDER BY lock_id LIMIT $2"
+            ))
             .bind(&after)
             .bind(LOAD_PAGE_ROWS)
             .fetch_all(pool)

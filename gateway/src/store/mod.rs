@@ -24,6 +24,7 @@ mod sqlite;
 #[doc(hidden)]
 pub mod testing;
 
+pub use dispatcher::connectivity::{BridgeStatus, Change, StatusReport};
 pub use error::StoreError;
 
 use dispatcher::telemetry::LatestState;
@@ -33,13 +34,6 @@ use std::collections::HashMap;
 use std::fmt;
 
 pub(crate) const SQLITE: &str = "sqlite";
-
-/// A bridge's connectivity as stored: the newest change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BridgeStatus {
-    pub online: bool,
-    pub changed_at_ms: u64,
-}
 
 /// A lock's newest heartbeat as stored: its state, when it arrived, and the
 /// heartbeat interval the lock said was in force.
@@ -69,13 +63,22 @@ impl fmt::Debug for Store {
 pub struct Batch {
     pub heartbeats: Vec<HeartbeatRow>,
     pub events: Vec<EventRow>,
-    pub bridge_changes: Vec<BridgeChangeRow>,
+    /// Bridge status reports, in the order received. The commit decides which
+    /// change the bridge's connectivity ([`Committed::bridge_changes`]).
+    pub bridge_statuses: Vec<BridgeStatusRow>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.heartbeats.is_empty() && self.events.is_empty() && self.bridge_changes.is_empty()
+        self.heartbeats.is_empty() && self.events.is_empty() && self.bridge_statuses.is_empty()
     }
+}
+
+/// A bridge's status report.
+#[derive(Clone, Debug)]
+pub struct BridgeStatusRow {
+    pub bridge_id: String,
+    pub report: StatusReport,
 }
 
 #[derive(Clone, Debug)]
@@ -99,22 +102,39 @@ pub struct EventRow {
     pub received_at_ms: u64,
 }
 
-/// A bridge came online or went offline (the writer sends only real changes).
+/// A bridge came online or went offline: a row of its connectivity history.
 #[derive(Clone, Debug)]
-pub struct BridgeChangeRow {
+pub(crate) struct BridgeChangeRow {
     pub bridge_id: String,
     pub online: bool,
     pub cause: ConnectivityCause,
     pub at_ms: u64,
 }
 
-/// Per row of the batch, in order: true if this row was newly inserted.
-/// When the same key (lock_id, seq) / (lock_id, event seq) appears twice in
-/// one batch, only the first occurrence can be true.
+/// What a group commit did, read and decided inside its transaction with the
+/// batch's locks and bridges locked, so every instance sees the same history.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Committed {
+    /// Per heartbeat of the batch, in order: newly inserted. When the same
+    /// key (lock_id, seq) appears twice in one batch, only the first
+    /// occurrence can be true.
     pub heartbeats_inserted: Vec<bool>,
+    /// Per activity entry, likewise for (lock_id, event seq).
     pub events_inserted: Vec<bool>,
+    /// Per bridge status report, in order: the change it made, if any.
+    pub bridge_changes: Vec<Option<Change>>,
+    /// The newest stored state of each lock with a heartbeat in the batch,
+    /// as it was before the batch (absent: none stored yet).
+    pub locks_before: HashMap<String, LatestState>,
+}
+
+/// Devices online now, counted in the database (the same for every instance).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OnlineCounts {
+    /// Locks whose newest heartbeat is within its interval plus the grace.
+    pub locks: u64,
+    /// Bridges whose last status is online.
+    pub bridges: u64,
 }
 
 /// What a fleet import changed.
@@ -233,8 +253,15 @@ impl Store {
         common::load_bridge_status(self).await
     }
 
+    /// Devices online at `now_ms`: two index scans, for the gauges.
+    pub async fn count_online(&self, now_ms: u64) -> Result<OnlineCounts, StoreError> {
+        common::count_online(self, now_ms).await
+    }
+
     /// One group commit: every row in one transaction, all or nothing. On
-    /// `Err` nothing of the batch is stored.
+    /// `Err` nothing of the batch is stored. The batch's locks and bridges
+    /// are locked first (sorted, so instances never deadlock), their stored
+    /// state read, bridge changes decided against it, then everything written.
     pub async fn commit(&self, batch: &Batch) -> Result<Committed, StoreError> {
         if batch.is_empty() {
             return Ok(Committed::default());

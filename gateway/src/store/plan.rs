@@ -3,7 +3,7 @@
 //! returns map back to the caller's per-row flags. No I/O here.
 
 use super::codes::{self, int};
-use super::{Batch, BridgeChangeRow, EventRow, HeartbeatRow};
+use super::{Batch, BridgeChangeRow, BridgeStatus, Change, EventRow, HeartbeatRow};
 use schemas::Battery;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -19,10 +19,13 @@ pub(crate) struct Plan<'a> {
     /// order instead of deadlocking.
     pub heartbeats: Vec<&'a HeartbeatRow>,
     pub events: Vec<&'a EventRow>,
-    /// Every change, in batch order (history).
-    pub bridge_changes: &'a [BridgeChangeRow],
-    /// The last change of each bridge in the batch, sorted by bridge id.
-    pub bridge_latest: Vec<&'a BridgeChangeRow>,
+    /// Every lock with a heartbeat or an entry in the batch, sorted: what the
+    /// commit locks (registry rows) before it reads or writes.
+    pub lock_ids: Vec<&'a str>,
+    /// Locks with a heartbeat, sorted: whose stored state is read.
+    pub heartbeat_lock_ids: Vec<&'a str>,
+    /// Bridges with a status report, sorted.
+    pub bridge_ids: Vec<&'a str>,
     hb_first: Vec<bool>,
     ev_first: Vec<bool>,
 }
@@ -35,17 +38,33 @@ impl<'a> Plan<'a> {
         let (events, ev_first) = first_occurrences(&batch.events, |r| {
             (r.lock_id.as_str(), int(r.event.seq.into()))
         });
-        let mut latest: HashMap<&str, &BridgeChangeRow> = HashMap::new();
-        for c in &batch.bridge_changes {
-            latest.insert(&c.bridge_id, c);
-        }
-        let mut bridge_latest: Vec<_> = latest.into_values().collect();
-        bridge_latest.sort_by(|a, b| a.bridge_id.cmp(&b.bridge_id));
+        let sorted = |ids: Vec<&'a str>| {
+            let mut ids = ids;
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let heartbeat_lock_ids = sorted(heartbeats.iter().map(|r| r.hb.lock_id.as_str()).collect());
+        let lock_ids = sorted(
+            heartbeat_lock_ids
+                .iter()
+                .copied()
+                .chain(events.iter().map(|r| r.lock_id.as_str()))
+                .collect(),
+        );
+        let bridge_ids = sorted(
+            batch
+                .bridge_statuses
+                .iter()
+                .map(|s| s.bridge_id.as_str())
+                .collect(),
+        );
         Plan {
             heartbeats,
             events,
-            bridge_changes: &batch.bridge_changes,
-            bridge_latest,
+            lock_ids,
+            heartbeat_lock_ids,
+            bridge_ids,
             hb_first,
             ev_first,
         }
@@ -81,6 +100,55 @@ impl<'a> Plan<'a> {
         let mut rows: Vec<_> = newest.into_values().collect();
         rows.sort_by(|a, b| a.hb.lock_id.cmp(&b.hb.lock_id));
         rows
+    }
+}
+
+/// What a batch's bridge status reports do, decided against the stored
+/// statuses `before`.
+pub(crate) struct BridgePlan {
+    /// Per report of the batch, in order: the change it made.
+    pub changes: Vec<Option<Change>>,
+    /// Every change, in batch order: the history rows.
+    pub history: Vec<BridgeChangeRow>,
+    /// Each changed bridge's status after the batch, sorted by bridge id.
+    pub after: Vec<(String, BridgeStatus)>,
+}
+
+impl BridgePlan {
+    pub fn new(batch: &Batch, before: &HashMap<String, BridgeStatus>) -> Self {
+        let mut current: HashMap<&str, Option<BridgeStatus>> = HashMap::new();
+        let mut changes = Vec::with_capacity(batch.bridge_statuses.len());
+        let mut history = Vec::new();
+        for s in &batch.bridge_statuses {
+            let status = current
+                .entry(&s.bridge_id)
+                .or_insert_with(|| before.get(&s.bridge_id).copied());
+            let (change, after) = dispatcher::connectivity::apply(*status, [s.report]);
+            *status = after;
+            let change = change[0];
+            if let Some(c) = change {
+                history.push(BridgeChangeRow {
+                    bridge_id: s.bridge_id.clone(),
+                    online: c.online,
+                    cause: c.cause,
+                    at_ms: c.at_ms,
+                });
+            }
+            changes.push(change);
+        }
+        let mut after: Vec<(String, BridgeStatus)> = current
+            .into_iter()
+            .filter_map(|(id, status)| {
+                let status = status?;
+                (before.get(id) != Some(&status)).then(|| (id.to_string(), status))
+            })
+            .collect();
+        after.sort_by(|a, b| a.0.cmp(&b.0));
+        BridgePlan {
+            changes,
+            history,
+            after,
+        }
     }
 }
 
@@ -129,7 +197,8 @@ macro_rules! lock_state_upsert {
          signal_db = excluded.signal_db, signal_quality = excluded.signal_quality, carrier = excluded.carrier, \
          lock_state = excluded.lock_state, door_state = excluded.door_state, firmware = excluded.firmware, \
          heartbeat_interval_h = excluded.heartbeat_interval_h, \
-         activity_log_interval_min = excluded.activity_log_interval_min \
+         activity_log_interval_min = excluded.activity_log_interval_min, \
+         online_until_ms = excluded.online_until_ms \
          WHERE excluded.seq > lock_state.seq"
     };
 }
@@ -157,6 +226,8 @@ pub(crate) struct HeartbeatValues<'a> {
     pub firmware: Cow<'a, str>,
     pub heartbeat_interval_h: i64,
     pub activity_log_interval_min: i64,
+    /// See `dispatcher::presence`: stored with the lock's newest state.
+    pub online_until_ms: i64,
 }
 
 impl<'a> HeartbeatValues<'a> {
@@ -188,6 +259,10 @@ impl<'a> HeartbeatValues<'a> {
             firmware: codes::text(&hb.firmware),
             heartbeat_interval_h: i64::from(hb.heartbeat_interval.hours()),
             activity_log_interval_min: i64::from(hb.activity_log_interval.minutes()),
+            online_until_ms: int(dispatcher::presence::online_until_ms(
+                r.received_at_ms,
+                hb.heartbeat_interval,
+            )),
         }
     }
 }
@@ -231,7 +306,7 @@ mod tests {
         let batch = Batch {
             heartbeats: vec![heartbeat("L2", 1), heartbeat("L1", 5), heartbeat("L2", 1)],
             events: vec![event("L1", 3), event("L1", 3), event("L1", 2)],
-            bridge_changes: vec![],
+            bridge_statuses: vec![],
         };
         let plan = Plan::new(&batch);
         let sent: Vec<_> = plan

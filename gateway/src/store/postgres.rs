@@ -4,11 +4,12 @@
 //! statement text is fixed (prepared once per connection) and no bind limit
 //! applies.
 
-use super::plan::{lock_state_upsert, EventValues, HeartbeatValues, Plan};
+use super::common::{bridge_statuses, state_columns, Written};
+use super::plan::{lock_state_upsert, BridgePlan, EventValues, HeartbeatValues, Plan};
 use super::{codes, Batch, Committed, StoreError, POSTGRES};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Transaction};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -41,9 +42,10 @@ const INSERT_EVENTS: &str = "INSERT INTO activity_events (lock_id, event_seq, ba
 const UPSERT_LOCK_STATE: &str = concat!(
     "INSERT INTO lock_state (lock_id, seq, device_time, received_at_ms, \
      battery_percent, battery_level, signal_db, signal_quality, carrier, lock_state, door_state, firmware, \
-     heartbeat_interval_h, activity_log_interval_min) \
+     heartbeat_interval_h, activity_log_interval_min, online_until_ms) \
      SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
-     $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[])",
+     $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[], \
+     $15::bigint[])",
     lock_state_upsert!()
 );
 
@@ -51,13 +53,11 @@ const INSERT_CONNECTIVITY: &str =
     "INSERT INTO bridge_connectivity (bridge_id, at_ms, online, cause) \
      SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::boolean[], $4::text[])";
 
-/// Each bridge's current status, unless a newer change is already stored
-/// (two instances may commit one bridge's changes out of order).
+/// Each changed bridge's status after the batch (decided with its row locked).
 const UPDATE_BRIDGES: &str =
     "UPDATE bridges AS b SET online = u.online, status_changed_at_ms = u.at_ms \
      FROM UNNEST($1::text[], $2::boolean[], $3::bigint[]) AS u (bridge_id, online, at_ms) \
-     WHERE b.bridge_id = u.bridge_id \
-     AND (b.status_changed_at_ms IS NULL OR b.status_changed_at_ms <= u.at_ms)";
+     WHERE b.bridge_id = u.bridge_id";
 
 pub(super) async fn open(url: &str) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url)
@@ -121,17 +121,38 @@ fn connect_hint(options: &PgConnectOptions, e: sqlx::Error) -> String {
     }
 }
 
+/// Locks the registry rows of the batch's locks, in id order, for the
+/// transaction: another instance committing reports of the same lock waits,
+/// then reads what this one stored. Registry rows exist before a lock's first
+/// report (unlike its `lock_state` row), and row locks cost no shared memory.
+const LOCK_LOCKS: &str =
+    "SELECT lock_id FROM locks WHERE lock_id = ANY($1) ORDER BY lock_id FOR NO KEY UPDATE";
+/// Locks the batch's bridges, in id order, and reads their status.
+const LOCK_BRIDGES: &str = "SELECT bridge_id, online, status_changed_at_ms FROM bridges \
+     WHERE bridge_id = ANY($1) ORDER BY bridge_id FOR NO KEY UPDATE";
+/// The stored state of the batch's locks (their rows are locked above).
+const READ_LOCK_STATE: &str = concat!(state_columns!(), " WHERE lock_id = ANY($1)");
+
 pub(super) async fn commit(pool: &PgPool, batch: &Batch) -> Result<Committed, StoreError> {
     let err = |e| StoreError::from_sqlx(POSTGRES, "group commit", e);
     let mut tx = pool.begin().await.map_err(err)?;
-    match write(&mut tx, batch).await {
+    let written = match write(&mut tx, batch).await {
+        Ok(written) => written,
+        Err(e) => {
+            let _ = tx.rollback().await;
+            return Err(err(e));
+        }
+    };
+    // A stored state we cannot read would make every event of its lock
+    // wrong: refuse the batch (nothing committed) and say which row.
+    match written.finish() {
         Ok(committed) => {
             tx.commit().await.map_err(err)?;
             Ok(committed)
         }
         Err(e) => {
             let _ = tx.rollback().await;
-            Err(err(e))
+            Err(e)
         }
     }
 }
@@ -144,8 +165,33 @@ fn col<'a, T, U>(rows: &'a [T], f: impl Fn(&'a T) -> U) -> Vec<U> {
 async fn write(
     tx: &mut Transaction<'static, Postgres>,
     batch: &Batch,
-) -> Result<Committed, sqlx::Error> {
+) -> Result<Written, sqlx::Error> {
     let plan = Plan::new(batch);
+
+    // Bridges, then locks: the order a fleet import writes them in, so an
+    // import and a commit never wait for each other in a cycle.
+    let mut bridges_before = HashMap::new();
+    if !plan.bridge_ids.is_empty() {
+        let rows: Vec<(String, Option<bool>, Option<i64>)> = sqlx::query_as(LOCK_BRIDGES)
+            .bind(&plan.bridge_ids)
+            .fetch_all(&mut **tx)
+            .await?;
+        bridges_before = bridge_statuses(rows);
+    }
+    if !plan.lock_ids.is_empty() {
+        sqlx::query(LOCK_LOCKS)
+            .bind(&plan.lock_ids)
+            .fetch_all(&mut **tx)
+            .await?;
+    }
+    let mut states_before = Vec::new();
+    if !plan.heartbeat_lock_ids.is_empty() {
+        states_before = sqlx::query_as(READ_LOCK_STATE)
+            .bind(&plan.heartbeat_lock_ids)
+            .fetch_all(&mut **tx)
+            .await?;
+    }
+    let bridges = BridgePlan::new(batch, &bridges_before);
 
     let mut inserted_hb = HashSet::new();
     if !plan.heartbeats.is_empty() {
@@ -198,6 +244,7 @@ async fn write(
             .bind(col(&v, |v| v.firmware.as_ref()))
             .bind(col(&v, |v| v.heartbeat_interval_h))
             .bind(col(&v, |v| v.activity_log_interval_min))
+            .bind(col(&v, |v| v.online_until_ms))
             .execute(&mut **tx)
             .await?;
     }
@@ -220,8 +267,8 @@ async fn write(
         inserted_ev.extend(keys);
     }
 
-    if !plan.bridge_changes.is_empty() {
-        let c = plan.bridge_changes;
+    if !bridges.history.is_empty() {
+        let c = &bridges.history;
         sqlx::query(INSERT_CONNECTIVITY)
             .bind(col(c, |c| c.bridge_id.as_str()))
             .bind(col(c, |c| codes::int(c.at_ms)))
@@ -229,17 +276,19 @@ async fn write(
             .bind(col(c, |c| codes::cause(c.cause)))
             .execute(&mut **tx)
             .await?;
-        let l = &plan.bridge_latest;
+        let a = &bridges.after;
         sqlx::query(UPDATE_BRIDGES)
-            .bind(col(l, |c| c.bridge_id.as_str()))
-            .bind(col(l, |c| c.online))
-            .bind(col(l, |c| codes::int(c.at_ms)))
+            .bind(col(a, |(id, _)| id.as_str()))
+            .bind(col(a, |(_, s)| s.online))
+            .bind(col(a, |(_, s)| codes::int(s.changed_at_ms)))
             .execute(&mut **tx)
             .await?;
     }
 
-    Ok(Committed {
+    Ok(Written {
         heartbeats_inserted: plan.heartbeat_flags(batch, &inserted_hb),
         events_inserted: plan.event_flags(batch, &inserted_ev),
+        bridge_changes: bridges.changes,
+        states_before,
     })
 }

@@ -2,8 +2,8 @@
 //! `synchronous=FULL`: a commit survives power loss) and written through one
 //! connection.
 
-use super::common::BeginWrite;
-use super::plan::{lock_state_upsert, EventValues, HeartbeatValues, Plan};
+use super::common::{bridge_statuses, state_columns, BeginWrite, Written};
+use super::plan::{lock_state_upsert, BridgePlan, EventValues, HeartbeatValues, Plan};
 use super::{codes, Batch, Committed, StoreError, SQLITE};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
@@ -34,7 +34,7 @@ const INSERT_HEARTBEATS: &str = "INSERT INTO heartbeats (lock_id, seq, device_ti
      activity_log_interval_min) ";
 const INSERT_LOCK_STATE: &str = "INSERT INTO lock_state (lock_id, seq, device_time, received_at_ms, \
      battery_percent, battery_level, signal_db, signal_quality, carrier, lock_state, door_state, firmware, \
-     heartbeat_interval_h, activity_log_interval_min) ";
+     heartbeat_interval_h, activity_log_interval_min, online_until_ms) ";
 const INSERT_EVENTS: &str =
     "INSERT INTO activity_events (lock_id, event_seq, batch_seq, time, kind, actor, \
      received_at_ms, transport, bridge_id) ";
@@ -57,10 +57,9 @@ const fn rows_per_statement(insert: &str) -> usize {
     MAX_BIND_PARAMS / columns
 }
 
-/// A bridge's current status, unless a newer change is already stored (two
-/// instances may commit one bridge's changes out of order).
-const BRIDGE_STATUS_UPDATE: &str = "UPDATE bridges SET online = $1, status_changed_at_ms = $2 \
-     WHERE bridge_id = $3 AND (status_changed_at_ms IS NULL OR status_changed_at_ms <= $2)";
+/// A changed bridge's status after the batch.
+const BRIDGE_STATUS_UPDATE: &str =
+    "UPDATE bridges SET online = $1, status_changed_at_ms = $2 WHERE bridge_id = $3";
 
 pub(super) async fn open(url: &str) -> Result<SqlitePool, StoreError> {
     let options = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
@@ -101,8 +100,14 @@ pub(super) async fn open(url: &str) -> Result<SqlitePool, StoreError> {
 
 pub(super) async fn commit(pool: &SqlitePool, batch: &Batch) -> Result<Committed, StoreError> {
     let err = |e| StoreError::from_sqlx(SQLITE, "group commit", e);
+    // IMMEDIATE: the write lock is ours before we read the stored state, so
+    // nobody changes it between our read and our write.
     let mut tx = pool.begin_write().await.map_err(err)?;
-    match write(&mut tx, batch).await {
+    let finished = match write(&mut tx, batch).await {
+        Ok(written) => written.finish(),
+        Err(e) => Err(err(e)),
+    };
+    match finished {
         Ok(committed) => {
             tx.commit().await.map_err(err)?;
             Ok(committed)
@@ -111,16 +116,61 @@ pub(super) async fn commit(pool: &SqlitePool, batch: &Batch) -> Result<Committed
             // Dropping would roll back too; doing it here returns a clean
             // connection before the error is reported.
             let _ = tx.rollback().await;
-            Err(err(e))
+            Err(e)
         }
     }
+}
+
+/// Rows of `select` (ending in `WHERE column IN `) for `ids`, chunked under
+/// the bind limit.
+async fn read_in<T>(
+    tx: &mut Transaction<'static, Sqlite>,
+    select: &str,
+    ids: &[&str],
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
+    let mut rows = Vec::new();
+    for chunk in ids.chunks(MAX_BIND_PARAMS) {
+        let mut q = QueryBuilder::<Sqlite>::new(select);
+        q.push("(");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        rows.extend(
+            q.build_query_as::<T>()
+                .persistent(false)
+                .fetch_all(&mut **tx)
+                .await?,
+        );
+    }
+    Ok(rows)
 }
 
 async fn write(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &Batch,
-) -> Result<Committed, sqlx::Error> {
+) -> Result<Written, sqlx::Error> {
     let plan = Plan::new(batch);
+
+    let bridges_before = bridge_statuses(
+        read_in(
+            tx,
+            "SELECT bridge_id, online, status_changed_at_ms FROM bridges WHERE bridge_id IN ",
+            &plan.bridge_ids,
+        )
+        .await?,
+    );
+    let states_before = read_in(
+        tx,
+        concat!(state_columns!(), " WHERE lock_id IN "),
+        &plan.heartbeat_lock_ids,
+    )
+    .await?;
+    let bridges = BridgePlan::new(batch, &bridges_before);
 
     let mut inserted_hb = HashSet::new();
     for chunk in plan
@@ -179,7 +229,8 @@ async fn write(
                 .push_bind(v.door_state)
                 .push_bind(v.firmware.into_owned())
                 .push_bind(v.heartbeat_interval_h)
-                .push_bind(v.activity_log_interval_min);
+                .push_bind(v.activity_log_interval_min)
+                .push_bind(v.online_until_ms);
         });
         q.push(lock_state_upsert!());
         q.build().persistent(false).execute(&mut **tx).await?;
@@ -209,8 +260,8 @@ async fn write(
         inserted_ev.extend(keys);
     }
 
-    for chunk in plan
-        .bridge_changes
+    for chunk in bridges
+        .history
         .chunks(rows_per_statement(INSERT_CONNECTIVITY))
     {
         let mut q = QueryBuilder::<Sqlite>::new(INSERT_CONNECTIVITY);
@@ -222,18 +273,20 @@ async fn write(
         });
         q.build().persistent(false).execute(&mut **tx).await?;
     }
-    for c in &plan.bridge_latest {
+    for (id, status) in &bridges.after {
         sqlx::query(BRIDGE_STATUS_UPDATE)
-            .bind(c.online)
-            .bind(codes::int(c.at_ms))
-            .bind(c.bridge_id.as_str())
+            .bind(status.online)
+            .bind(codes::int(status.changed_at_ms))
+            .bind(id.as_str())
             .execute(&mut **tx)
             .await?;
     }
 
-    Ok(Committed {
+    Ok(Written {
         heartbeats_inserted: plan.heartbeat_flags(batch, &inserted_hb),
         events_inserted: plan.event_flags(batch, &inserted_ev),
+        bridge_changes: bridges.changes,
+        states_before,
     })
 }
 
@@ -245,7 +298,7 @@ mod tests {
     fn rows_per_statement_counts_the_columns() {
         assert_eq!(rows_per_statement(INSERT_HEARTBEATS), MAX_BIND_PARAMS / 20);
         assert_eq!(rows_per_statement(INSERT_EVENTS), MAX_BIND_PARAMS / 9);
-        assert_eq!(rows_per_statement(INSERT_LOCK_STATE), MAX_BIND_PARAMS / 14);
+        assert_eq!(rows_per_statement(INSERT_LOCK_STATE), MAX_BIND_PARAMS / 15);
         assert_eq!(rows_per_statement(INSERT_CONNECTIVITY), MAX_BIND_PARAMS / 4);
     }
 }

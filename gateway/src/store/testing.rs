@@ -7,7 +7,7 @@
 //! drops it in [`TestDb::cleanup`]. An unreachable server fails the test
 //! with a message saying so: it never skips.
 
-use super::{BridgeChangeRow, EventRow, HeartbeatRow};
+use super::{BridgeStatusRow, EventRow, HeartbeatRow, StatusReport};
 use schemas::event::{ConnectivityCause, Transport};
 use schemas::{
     ActivityEvent, ActivityKind, ActivityLogInterval, Battery, BatteryLevel, ChannelInfo,
@@ -205,16 +205,19 @@ pub fn event_row(lock: &str, seq: u32) -> EventRow {
 }
 
 /// `bridge` went online or offline at `at_ms`.
-pub fn bridge_change(bridge: &str, online: bool, at_ms: u64) -> BridgeChangeRow {
-    BridgeChangeRow {
+/// A bridge's status report: `online`, or its Last Will.
+pub fn bridge_status(bridge: &str, online: bool, received_at_ms: u64) -> BridgeStatusRow {
+    BridgeStatusRow {
         bridge_id: bridge.to_string(),
-        online,
-        cause: if online {
-            ConnectivityCause::Connected
-        } else {
-            ConnectivityCause::LastWill
+        report: StatusReport {
+            online,
+            cause: if online {
+                ConnectivityCause::Connected
+            } else {
+                ConnectivityCause::LastWill
+            },
+            received_at_ms,
         },
-        at_ms,
     }
 }
 
