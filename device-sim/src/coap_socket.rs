@@ -49,6 +49,9 @@ struct Tag {
     lock: usize,
     seq: u32,
     kind: UplinkKind,
+    /// When the exchange started (its first transmission goes out in the
+    /// same loop iteration), for the round-trip time.
+    started: Instant,
 }
 
 /// The locks of one socket and everything needed to drive them.
@@ -201,6 +204,9 @@ impl SocketTask {
             };
             match event {
                 Event::Response { tag, code, payload } if code.is_success() => {
+                    self.ledger
+                        .latency
+                        .record(tag.kind, now.saturating_duration_since(tag.started));
                     let answer = Answer::decode(tag.kind, &payload);
                     match answer.seq() {
                         None => self.stats.error("undecodable_answer"),
@@ -269,6 +275,7 @@ impl SocketTask {
             lock: i,
             seq: out.seq,
             kind: out.kind,
+            started: now,
         };
         match self
             .client

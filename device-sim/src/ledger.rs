@@ -3,6 +3,7 @@
 //! once, and where each lock's counters ended (what the state file keeps).
 //! Each task keeps its own [`Ledger`]; the run merges them at the end.
 
+use crate::latency::AckLatency;
 use crate::lock::{Counters, Lock, Report};
 use schemas::device::UplinkKind;
 use schemas::event::Transport;
@@ -37,13 +38,17 @@ pub struct PendingReport {
     pub event_seqs: Range<u32>,
 }
 
-/// Acknowledged and still-pending reports, and the locks' final counters.
+/// Acknowledged and still-pending reports, the locks' final counters, and
+/// the round-trip times of answered exchanges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     pub acked: Vec<AckedReport>,
     pub pending: Vec<PendingReport>,
     /// (lock index in the fleet, its counters when its task stopped).
     pub counters: Vec<(usize, Counters)>,
+    /// Answered CoAP exchanges, first transmission to answer (MQTT reports
+    /// are not timed).
+    pub latency: AckLatency,
 }
 
 impl Ledger {
@@ -79,5 +84,6 @@ impl Ledger {
         self.acked.extend(other.acked);
         self.pending.extend(other.pending);
         self.counters.extend(other.counters);
+        self.latency.merge(&other.latency);
     }
 }

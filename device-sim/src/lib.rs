@@ -7,8 +7,8 @@
 //! * [`coap_socket`]: the task per UDP socket that puts CoAP locks on the wire.
 //! * [`mqtt_lock`], [`bridge`], [`mqtt_conn`], [`mqtt_fleet`]: MQTT locks and
 //!   bridges, their connections and the task that runs them.
-//! * [`net`]: injected loss and duplication; [`stats`] and [`ledger`]: what
-//!   happened.
+//! * [`net`]: injected loss and duplication; [`stats`], [`ledger`] and
+//!   [`latency`]: what happened.
 //! * [`state`] and [`persist`]: each lock's seq counters carried from run to
 //!   run in a state file (`fleet.csv.state` beside the fleet file), reserved
 //!   ahead as RFC 8613 Appendix B.1.1 does, so a restarted or crashed
@@ -21,6 +21,7 @@ pub mod clock;
 pub mod coap_client;
 pub mod coap_socket;
 pub mod fleet;
+pub mod latency;
 pub mod ledger;
 pub mod lock;
 pub mod mqtt_conn;
@@ -34,6 +35,7 @@ pub mod stats;
 pub mod timers;
 
 pub use fleet::{Fleet, FleetSpec};
+pub use latency::AckLatency;
 pub use ledger::{AckedReport, PendingReport};
 pub use lock::Counters;
 pub use persist::StateOptions;

@@ -9,6 +9,7 @@ use device_sim::net::NetFaults;
 use device_sim::persist::StateOptions;
 use device_sim::run::{self, RunReport, SimConfig};
 use device_sim::state;
+use schemas::device::UplinkKind;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -227,6 +228,23 @@ fn print_summary(report: &RunReport) {
         s.dup_injected,
         s.dropped
     );
+    for kind in [UplinkKind::Heartbeat, UplinkKind::ActivityLog] {
+        let l = &report.ack_latency;
+        let ms = |q: f64| {
+            l.quantile(kind, q)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        if l.count(kind) > 0 {
+            eprintln!(
+                "CoAP round trip of {} {} exchanges: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                l.count(kind),
+                kind.as_str(),
+                ms(0.5),
+                ms(0.99),
+                ms(1.0)
+            );
+        }
+    }
 }
 
 /// `lock_id,transport,kind,seq,first_event_seq,event_count` per acknowledged report.

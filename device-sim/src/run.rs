@@ -18,6 +18,7 @@ use crate::clock::SimClock;
 use crate::coap_client::TransmissionParams;
 use crate::coap_socket::SocketTask;
 use crate::fleet::Fleet;
+use crate::latency::AckLatency;
 use crate::ledger::{AckedReport, Ledger, PendingReport};
 use crate::lock::{Counters, Lock};
 use crate::mqtt_fleet::{MqttFleet, MqttTarget};
@@ -154,6 +155,9 @@ pub struct RunReport {
     /// Each lock's counters at the end, by lock id: what the next run starts
     /// from, and what the state file holds for it if there is one.
     pub counters: BTreeMap<String, Counters>,
+    /// Round-trip times of the answered CoAP exchanges (first transmission
+    /// to answer, retransmission waits included), by report kind.
+    pub ack_latency: AckLatency,
 }
 
 impl RunReport {
@@ -492,6 +496,7 @@ impl Coordinator {
             acknowledged: ledger.acked,
             unacknowledged: ledger.pending,
             counters: ids.into_iter().zip(end).collect(),
+            ack_latency: ledger.latency,
         })
     }
 }

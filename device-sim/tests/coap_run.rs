@@ -63,6 +63,31 @@ async fn a_lost_first_datagram_is_retransmitted_with_the_same_message_id_and_tok
 }
 
 #[tokio::test]
+async fn ack_latency_times_every_answered_exchange_from_its_first_transmission() {
+    let server = CoapServer::start(Behaviour {
+        drop_first: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let cfg = SimConfig {
+        max_reports_per_device: Some(3),
+        ..config(&server)
+    };
+    let ack_timeout = cfg.ack_timeout;
+    let report = run::run(cfg, coap_fleet(1, 1)).await.unwrap();
+
+    let l = &report.ack_latency;
+    let answered = l.count(UplinkKind::Heartbeat) + l.count(UplinkKind::ActivityLog);
+    assert_eq!(answered, 3, "one answered exchange per report");
+    let kinds = [UplinkKind::Heartbeat, UplinkKind::ActivityLog];
+    let slowest = kinds.iter().filter_map(|k| l.quantile(*k, 1.0)).max();
+    let fastest = kinds.iter().filter_map(|k| l.quantile(*k, 0.0)).min();
+    // The dropped first datagram was answered only after its retransmission.
+    assert!(slowest.unwrap() >= ack_timeout, "{slowest:?}");
+    assert!(fastest.unwrap() < ack_timeout, "{fastest:?}");
+}
+
+#[tokio::test]
 async fn a_lossy_duplicating_network_still_ends_with_every_report_acknowledged_once() {
     let server = CoapServer::start(Behaviour::default()).await;
     let cfg = SimConfig {
