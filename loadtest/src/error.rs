@@ -1,0 +1,103 @@
+//! Everything that can stop a load test, each with what the user should do
+//! about it. Nothing here panics on bad input or a misbehaving gateway: the
+//! caller gets one of these, and the binary prints it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadtestError {
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+
+    #[error(
+        "the gateway binary is not at {}: build it first with \
+         `cargo build --release -p gateway` (or pass --gateway-bin PATH)",
+        path.display()
+    )]
+    GatewayMissing { path: PathBuf },
+
+    #[error("cannot start the gateway {}: {source}", path.display())]
+    GatewaySpawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("`gateway devices import` failed ({status}); its last output:\n{log}")]
+    Import { status: String, log: String },
+
+    #[error("the gateway exited during start-up ({status}); its last output:\n{log}")]
+    GatewayExited { status: String, log: String },
+
+    #[error(
+        "the gateway did not {what} within {timeout:?}; is the machine overloaded? \
+         Its last output:\n{log}"
+    )]
+    GatewayTimeout {
+        what: &'static str,
+        timeout: Duration,
+        log: String,
+    },
+
+    #[error(
+        "the gateway did not stop cleanly after SIGTERM ({status}): a drain problem \
+         worth a bug report. Its last output:\n{log}"
+    )]
+    GatewayStop { status: String, log: String },
+
+    #[error(
+        "cannot reach PostgreSQL at {url}: {detail}. Start it (bash .ci/run does), \
+         pass --postgres-url postgres://USER@HOST:PORT/DB, or use --engine sqlite"
+    )]
+    PostgresUnreachable { url: String, detail: String },
+
+    #[error("PostgreSQL at {url} refused `{statement}`: {detail}")]
+    Postgres {
+        url: String,
+        statement: String,
+        detail: String,
+    },
+
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+
+    #[error("cannot generate or write the fleet: {0}")]
+    Fleet(String),
+
+    #[error("the simulator failed: {0}")]
+    Sim(#[from] device_sim::run::RunError),
+
+    #[error(
+        "{count} reports were still unacknowledged after the run and a drain of up to \
+         {drain:?} ({run}): the gateway fell behind or stopped answering. Lower --rate, \
+         or allow a longer --drain-timeout"
+    )]
+    Unacknowledged {
+        count: usize,
+        drain: Duration,
+        run: String,
+    },
+
+    #[error("GET {url} failed: {detail}")]
+    Http { url: String, detail: String },
+
+    #[error("cannot read {path}: {detail}")]
+    Proc { path: String, detail: String },
+
+    #[error("interrupted (Ctrl-C); the run's database and gateway were cleaned up")]
+    Interrupted,
+}
+
+impl LoadtestError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        LoadtestError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = LoadtestError> = std::result::Result<T, E>;

@@ -1,0 +1,177 @@
+//! The order of runs. Baseline and candidate alternate (A B A B ...) within
+//! each engine, so drift on a shared machine (another tenant, thermal
+//! limits, the page cache filling) hits both configurations alike.
+//! `--find-max` steps the offered rate up, both configurations at each
+//! step, until neither sustains it.
+
+use crate::database::Engine;
+use crate::error::{LoadtestError, Result};
+use crate::run::{self, RunResult, RunSpec, Setup, Variant};
+
+/// Most `--find-max` steps per engine: with the default factor the last
+/// offers about 70 times the first (from 1 000/s: beyond anything a 2-core
+/// machine sustains).
+pub const MAX_FIND_MAX_STEPS: u32 = 20;
+
+/// Runs of a fixed-rate invocation, in order; `rate` gives each engine's
+/// offered heartbeats per second.
+pub fn schedule(engines: &[Engine], runs: u32, rate: impl Fn(Engine) -> f64) -> Vec<RunSpec> {
+    let mut out = Vec::new();
+    for &engine in engines {
+        let rate = rate(engine);
+        for _ in 0..runs {
+            for variant in [Variant::Baseline, Variant::Candidate] {
+                out.push(RunSpec {
+                    engine,
+                    variant,
+                    rate,
+                    number: out.len() as u32 + 1,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The offered rate of `--find-max` step `step` (0 is `start`).
+pub fn step_rate(start: f64, factor: f64, step: u32) -> f64 {
+    (start * factor.powi(step as i32)).round()
+}
+
+fn label(spec: &RunSpec, of: &str) -> String {
+    format!(
+        "run {of}: {} · {} · offered {:.0} heartbeats/s",
+        spec.engine, spec.variant, spec.rate
+    )
+}
+
+fn describe(spec: &RunSpec) -> String {
+    format!("{}, {}, {:.0}/s", spec.engine, spec.variant, spec.rate)
+}
+
+/// Does every run of `specs`; fails at the first run that fails or leaves
+/// reports unacknowledged.
+pub async fn fixed(setup: &Setup, specs: &[RunSpec]) -> Result<Vec<RunResult>> {
+    let mut results = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        eprintln!("\n{}", label(spec, &format!("{}/{}", i + 1, specs.len())));
+        let r = run::run(setup, *spec).await?;
+        print_result(&r);
+        if r.unacknowledged > 0 {
+            return Err(LoadtestError::Unacknowledged {
+                count: r.unacknowledged,
+                drain: setup.drain_timeout,
+                run: describe(spec),
+            });
+        }
+        results.push(r);
+    }
+    Ok(results)
+}
+
+/// `--find-max`: per engine, from `start` up by `factor`, one run of each
+/// configuration still sustaining; stops when neither sustains a step.
+/// Returns every run done.
+pub async fn find_max(
+    setup: &Setup,
+    engines: &[Engine],
+    start: f64,
+    factor: f64,
+) -> Result<Vec<RunResult>> {
+    let mut results = Vec::new();
+    let mut number = 0;
+    for &engine in engines {
+        let mut alive = vec![Variant::Baseline, Variant::Candidate];
+        for step in 0..MAX_FIND_MAX_STEPS {
+            let rate = step_rate(start, factor, step);
+            let mut still = Vec::new();
+            for &variant in &alive {
+                number += 1;
+                let spec = RunSpec {
+                    engine,
+                    variant,
+                    rate,
+                    number,
+                };
+                eprintln!("\n{}", label(&spec, &format!("find-max step {}", step + 1)));
+                let r = run::run(setup, spec).await?;
+                print_result(&r);
+                if r.sustained() {
+                    still.push(variant);
+                } else {
+                    eprintln!("    not sustained: this configuration stops stepping");
+                }
+                results.push(r);
+            }
+            alive = still;
+            if alive.is_empty() {
+                break;
+            }
+        }
+    }
+    Ok(results)
+}
+
+fn print_result(r: &RunResult) {
+    let lat = r
+        .latency_ms
+        .map(|q| format!("p50 {:.1} ms p99 {:.1} ms", q.p50, q.p99))
+        .unwrap_or_else(|| "no latency".into());
+    eprintln!(
+        "  => acked {:.0} heartbeats/s + {:.0} logs/s, {lat}, gateway CPU {:.1} s, \
+         RSS {:.0} MiB, mean batch {}, errors {}, unacknowledged {} ({:.0} s)",
+        r.acked_heartbeats_per_s,
+        r.acked_logs_per_s,
+        r.gateway_cpu_s,
+        r.gateway_rss_mib,
+        r.mean_batch
+            .map(|b| format!("{b:.1}"))
+            .unwrap_or_else(|| "-".into()),
+        r.error_total(),
+        r.unacknowledged,
+        r.wall.as_secs_f64(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baseline_and_candidate_alternate_within_each_engine() {
+        let s = schedule(&[Engine::Sqlite, Engine::Postgres], 3, |e| match e {
+            Engine::Sqlite => 100.0,
+            Engine::Postgres => 200.0,
+        });
+        let order: Vec<(Engine, Variant)> = s.iter().map(|r| (r.engine, r.variant)).collect();
+        use Engine::*;
+        use Variant::*;
+        assert_eq!(
+            order,
+            vec![
+                (Sqlite, Baseline),
+                (Sqlite, Candidate),
+                (Sqlite, Baseline),
+                (Sqlite, Candidate),
+                (Sqlite, Baseline),
+                (Sqlite, Candidate),
+                (Postgres, Baseline),
+                (Postgres, Candidate),
+                (Postgres, Baseline),
+                (Postgres, Candidate),
+                (Postgres, Baseline),
+                (Postgres, Candidate),
+            ]
+        );
+        assert!(s[..6].iter().all(|r| r.rate == 100.0) && s[6..].iter().all(|r| r.rate == 200.0));
+        let numbers: Vec<u32> = s.iter().map(|r| r.number).collect();
+        assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn find_max_steps_grow_geometrically() {
+        assert_eq!(step_rate(1000.0, 1.25, 0), 1000.0);
+        assert_eq!(step_rate(1000.0, 1.25, 1), 1250.0);
+        assert_eq!(step_rate(1000.0, 1.25, 2), 1563.0);
+    }
+}

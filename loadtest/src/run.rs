@@ -1,0 +1,321 @@
+//! One measured run: a fresh database, the fleet imported, a gateway
+//! started on it, the simulator driven at the offered rate for the
+//! duration (and drained), the figures read from the simulator's report,
+//! the gateway's `/metrics` and `/proc`, and everything stopped and removed
+//! again, on error too.
+
+use crate::database::{Engine, FreshDatabase};
+use crate::error::{LoadtestError, Result};
+use crate::gateway::{self, Gateway, LogSummary};
+use crate::stats::Window;
+use crate::{http, procfs, prom, workload};
+use device_sim::fleet::Fleet;
+use device_sim::run::SimConfig;
+use schemas::device::UplinkKind;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The gateway's histogram of reports per group commit.
+pub const BATCH_SIZE_METRIC: &str = "lockfleet_commit_batch_size";
+/// The gateway's histogram of group-commit durations.
+pub const COMMIT_DURATION_METRIC: &str = "lockfleet_commit_duration_seconds";
+/// The gateway's counter of committed reports, by `kind`.
+pub const COMMITTED_METRIC: &str = "lockfleet_reports_committed_total";
+
+/// `serve --commit-max-batch` of the baseline: one report per transaction,
+/// i.e. group commit disabled.
+pub const BASELINE_MAX_BATCH: usize = 1;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The gateway configuration a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Variant {
+    /// Group commit disabled (`--commit-max-batch 1`).
+    Baseline,
+    /// The gateway as shipped (group commit with its default batch limit).
+    Candidate,
+}
+
+impl Variant {
+    /// Extra `serve` flags.
+    pub fn serve_args(self) -> Vec<String> {
+        match self {
+            Variant::Baseline => vec![
+                "--commit-max-batch".to_string(),
+                BASELINE_MAX_BATCH.to_string(),
+            ],
+            Variant::Candidate => Vec::new(),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Baseline => "baseline: --commit-max-batch 1",
+            Variant::Candidate => "group commit (defaults)",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// What every run of an invocation shares.
+pub struct Setup {
+    pub gateway_bin: PathBuf,
+    /// Scratch directory: fleet file, SQLite databases, the gateway's cwd.
+    pub scratch: PathBuf,
+    pub fleet: Fleet,
+    pub fleet_file: PathBuf,
+    pub postgres_url: String,
+    pub duration: Duration,
+    pub warmup_share: f64,
+    pub drain_timeout: Duration,
+    pub sockets: usize,
+    pub seed: u64,
+    pub clock_ticks: u64,
+    pub progress_every: Duration,
+    /// Cancelled on Ctrl-C: the run in progress ends early and cleans up.
+    pub cancel: CancellationToken,
+}
+
+/// Which run to do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunSpec {
+    pub engine: Engine,
+    pub variant: Variant,
+    /// Offered heartbeats per second.
+    pub rate: f64,
+    /// Unique per invocation: names the database.
+    pub number: u32,
+}
+
+/// Latency quantiles of acknowledged heartbeats, milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// The figures of one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunResult {
+    pub spec: RunSpec,
+    pub speedup: f64,
+    /// Acknowledged heartbeats per second in the steady window.
+    pub acked_heartbeats_per_s: f64,
+    /// Acknowledged activity-log batches per second in the steady window.
+    pub acked_logs_per_s: f64,
+    pub acked_heartbeats: u64,
+    pub acked_logs: u64,
+    /// Client-side round trip of heartbeat exchanges, whole run.
+    pub latency_ms: Option<Quantiles>,
+    pub retransmitted: u64,
+    pub gave_up: u64,
+    /// Reports the gateway refused (4.xx/5.xx), included in `errors`.
+    pub rejected: u64,
+    /// Heartbeats a lock dropped from its full outbox (a newer one superseded it).
+    pub abandoned: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub unacknowledged: usize,
+    /// Gateway CPU from ready to just before SIGTERM (the load and the drain).
+    pub gateway_cpu_s: f64,
+    /// Gateway peak RSS (VmHWM) over its life.
+    pub gateway_rss_mib: f64,
+    /// This process (the simulator) over the same interval.
+    pub sim_cpu_s: f64,
+    pub mean_batch: Option<f64>,
+    pub mean_commit_ms: Option<f64>,
+    /// The gateway's own count of committed heartbeats.
+    pub committed_heartbeats: Option<f64>,
+    pub gateway_log: LogSummary,
+    pub wall: Duration,
+}
+
+impl RunResult {
+    pub fn error_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// At least [`crate::cli::SUSTAINED_SHARE`] of the offered heartbeats were
+    /// acknowledged in the steady window, and nothing was left unacknowledged.
+    pub fn sustained(&self) -> bool {
+        self.unacknowledged == 0
+            && self.acked_heartbeats_per_s >= crate::cli::SUSTAINED_SHARE * self.spec.rate
+    }
+}
+
+/// Does one run; the database is removed afterwards whatever happened.
+pub async fn run(setup: &Setup, spec: RunSpec) -> Result<RunResult> {
+    let db = FreshDatabase::create(
+        spec.engine,
+        &setup.scratch,
+        &setup.postgres_url,
+        spec.number,
+    )
+    .await?;
+    let result = on_database(setup, spec, db.url()).await;
+    let removed = db.remove().await;
+    match (result, removed) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), removed) => {
+            if let Err(r) = removed {
+                eprintln!("  (also failed to remove the run's database: {r})");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn on_database(setup: &Setup, spec: RunSpec, url: &str) -> Result<RunResult> {
+    let started = Instant::now();
+    gateway::import(&setup.gateway_bin, &setup.scratch, &setup.fleet_file, url).await?;
+    if setup.cancel.is_cancelled() {
+        return Err(LoadtestError::Interrupted);
+    }
+    let gw = Gateway::start(
+        &setup.gateway_bin,
+        &setup.scratch,
+        url,
+        &spec.variant.serve_args(),
+    )
+    .await?;
+    // On error `gw` is dropped, which kills the process.
+    let measured = drive(setup, spec, &gw).await?;
+    let log = gw.stop().await?;
+    if setup.cancel.is_cancelled() {
+        return Err(LoadtestError::Interrupted);
+    }
+    Ok(measured.finish(spec, log, started.elapsed()))
+}
+
+/// What [`drive`] measured before the gateway is stopped.
+struct Measured {
+    speedup: f64,
+    report: device_sim::RunReport,
+    window: Window,
+    gateway: procfs::Usage,
+    gateway_cpu: Duration,
+    sim_cpu: Duration,
+    metrics: String,
+}
+
+async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
+    let heartbeat = Duration::from_secs(workload::shortest_heartbeat().as_secs());
+    let speedup =
+        workload::speedup(spec.rate, setup.fleet.locks.len(), heartbeat).ok_or_else(|| {
+            LoadtestError::InvalidOption(format!("no speed-up gives {} heartbeats/s", spec.rate))
+        })?;
+    let pid = gw.pid().to_string();
+    let gw_before = procfs::read(&pid, setup.clock_ticks)?;
+    let sim_before = procfs::read("self", setup.clock_ticks)?;
+    let config = SimConfig {
+        gateway: gw.listeners.coap.ip().to_string(),
+        coap_port: gw.listeners.coap.port(),
+        mqtt_port: gw.listeners.mqtt.port(),
+        speedup,
+        duration: Some(setup.duration),
+        drain_timeout: setup.drain_timeout,
+        seed: setup.seed,
+        sockets: setup.sockets,
+        progress: None,
+        cancel: setup.cancel.child_token(),
+        state: None,
+        ..SimConfig::default()
+    };
+    let handle = device_sim::run::start(config, setup.fleet.clone()).await?;
+    let stats = handle.stats().clone();
+    let begun = Instant::now();
+    let finish = handle.finish();
+    tokio::pin!(finish);
+    let mut progress = tokio::time::interval_at(
+        tokio::time::Instant::now() + setup.progress_every,
+        setup.progress_every,
+    );
+    let mut last_acked = 0;
+    let report = loop {
+        tokio::select! {
+            r = &mut finish => break r?,
+            _ = progress.tick() => {
+                let s = stats.snapshot(begun.elapsed());
+                let per_s = (s.acked - last_acked) as f64 / setup.progress_every.as_secs_f64();
+                last_acked = s.acked;
+                let phase = if s.elapsed > setup.duration { "draining" } else { "running" };
+                eprintln!(
+                    "    [{:>5.1}s] {phase}: acked {} ({per_s:.0} reports/s) retx {} in-flight {} outstanding {} errors {}",
+                    s.elapsed.as_secs_f64(), s.acked, s.retransmitted, s.in_flight, s.outstanding,
+                    s.errors.values().sum::<u64>(),
+                );
+            }
+        }
+    };
+    let (_, metrics) = http::get(gw.listeners.http, "/metrics").await?;
+    let gw_after = procfs::read(&pid, setup.clock_ticks)?;
+    let sim_after = procfs::read("self", setup.clock_ticks)?;
+    Ok(Measured {
+        speedup,
+        report,
+        window: Window::steady(setup.duration, setup.warmup_share),
+        gateway: gw_after,
+        gateway_cpu: gw_after.cpu.saturating_sub(gw_before.cpu),
+        sim_cpu: sim_after.cpu.saturating_sub(sim_before.cpu),
+        metrics,
+    })
+}
+
+impl Measured {
+    fn finish(self, spec: RunSpec, gateway_log: LogSummary, wall: Duration) -> RunResult {
+        let r = &self.report;
+        let times = |kind: UplinkKind| {
+            r.acknowledged
+                .iter()
+                .filter(move |a| a.kind == kind)
+                .map(|a| a.acked_after)
+        };
+        let lat = &r.ack_latency;
+        let q = |p: f64| {
+            lat.quantile(UplinkKind::Heartbeat, p)
+                .map(|d| d.as_secs_f64() * 1000.0)
+        };
+        let latency_ms = match (q(0.5), q(0.95), q(0.99)) {
+            (Some(p50), Some(p95), Some(p99)) => Some(Quantiles { p50, p95, p99 }),
+            _ => None,
+        };
+        RunResult {
+            spec,
+            speedup: self.speedup,
+            acked_heartbeats_per_s: self.window.rate(times(UplinkKind::Heartbeat)),
+            acked_logs_per_s: self.window.rate(times(UplinkKind::ActivityLog)),
+            acked_heartbeats: times(UplinkKind::Heartbeat).count() as u64,
+            acked_logs: times(UplinkKind::ActivityLog).count() as u64,
+            latency_ms,
+            retransmitted: r.stats.retransmitted,
+            gave_up: r.stats.gave_up,
+            rejected: r.stats.rejected,
+            abandoned: r.stats.abandoned,
+            errors: r.stats.errors.clone(),
+            unacknowledged: r.unacknowledged.len(),
+            gateway_cpu_s: self.gateway_cpu.as_secs_f64(),
+            gateway_rss_mib: self.gateway.peak_rss_bytes as f64 / MIB,
+            sim_cpu_s: self.sim_cpu.as_secs_f64(),
+            mean_batch: prom::histogram_mean(&self.metrics, BATCH_SIZE_METRIC),
+            mean_commit_ms: prom::histogram_mean(&self.metrics, COMMIT_DURATION_METRIC)
+                .map(|s| s * 1000.0),
+            committed_heartbeats: prom::sum(
+                &self.metrics,
+                COMMITTED_METRIC,
+                Some(("kind", "heartbeat")),
+            ),
+            gateway_log,
+            wall,
+        }
+    }
+}

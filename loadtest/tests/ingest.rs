@@ -1,0 +1,131 @@
+//! `loadtest ingest` end to end, as a user runs it: the real binary drives a
+//! real gateway process (SQLite) through one baseline and one candidate run
+//! of a tiny fleet, and prints a report with both and their ratio.
+//!
+//! The gateway binary is the one Cargo built for this workspace in the same
+//! profile (`target/<profile>/gateway`, beside this crate's binaries). It is
+//! built by `cargo build` / `cargo nextest run --workspace`; when only this
+//! crate was built, the test fails saying to run `cargo build -p gateway`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The whole invocation: two runs of 2 s each plus imports, start-ups,
+/// drains and stops. Normally ~10 s; generous for a loaded 2-core machine.
+const INVOCATION_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// `gateway` in the directory Cargo put this crate's binary in.
+fn gateway_bin() -> PathBuf {
+    let loadtest = PathBuf::from(env!("CARGO_BIN_EXE_loadtest"));
+    let dir = loadtest
+        .parent()
+        .expect("a binary lives in a directory")
+        .to_path_buf();
+    let gateway = dir.join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        gateway.is_file(),
+        "{} is missing: run `cargo build -p gateway` first (cargo nextest run --workspace builds it)",
+        gateway.display()
+    );
+    gateway
+}
+
+#[test]
+fn a_tiny_sqlite_invocation_reports_baseline_and_group_commit() {
+    let gateway = gateway_bin();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "ingest",
+            "--engine",
+            "sqlite",
+            "--runs",
+            "1",
+            "--locks",
+            "50",
+            "--rate",
+            "100",
+            "--duration",
+            "2s",
+            "--progress-every",
+            "1s",
+            "--gateway-bin",
+        ])
+        .arg(&gateway)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the loadtest binary starts");
+    let started = Instant::now();
+    while child.try_wait().expect("waiting for loadtest").is_none() {
+        if started.elapsed() > INVOCATION_TIMEOUT {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("loadtest output");
+            panic!(
+                "loadtest did not finish within {INVOCATION_TIMEOUT:?}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("loadtest output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "loadtest failed ({}):\n{stderr}",
+        out.status
+    );
+
+    // Progress named each run.
+    assert!(stderr.contains("run 1/2: sqlite · baseline"), "{stderr}");
+    assert!(
+        stderr.contains("run 2/2: sqlite · group commit"),
+        "{stderr}"
+    );
+    // The report: one row per configuration, the ratio, the machine and command.
+    for needle in [
+        "| sqlite | baseline: --commit-max-batch 1 | 100 |",
+        "| sqlite | group commit (defaults) | 100 |",
+        "sqlite: group commit / baseline = ",
+        "Machine: ",
+        "Command: `",
+        "--rate 100",
+    ] {
+        assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");
+    }
+    // Both runs acknowledged heartbeats in the steady window, and the
+    // baseline committed one report per transaction.
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| sqlite |"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for row in &rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | engine | config | offered | acked median (range) | ...
+        let acked: f64 = cells[4]
+            .trim_start_matches("**")
+            .split("**")
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("acked cell {:?} in {row}", cells[4]));
+        assert!(acked > 0.0, "{row}");
+    }
+    let baseline_batch = rows[0].split('|').map(str::trim).nth(9);
+    assert_eq!(baseline_batch, Some("1.0"), "{}", rows[0]);
+}
+
+#[test]
+fn a_missing_gateway_binary_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["ingest", "--gateway-bin", "/nonexistent/gateway"])
+        .output()
+        .expect("the loadtest binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cargo build --release -p gateway"),
+        "{stderr}"
+    );
+}
