@@ -71,12 +71,26 @@ impl ResponseCode {
     pub fn is_success(self) -> bool {
         self.class() == 2
     }
+    /// 5.xx: the server could not handle it now (busy, shutting down,
+    /// storage failed); the request may succeed later.
+    pub fn is_server_error(self) -> bool {
+        self.class() == 5
+    }
 }
 
 impl fmt::Display for ResponseCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{:02}", self.class(), self.detail())
     }
+}
+
+/// Max-Age when a response has none (RFC 7252 §5.10.5).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The Max-Age option's value, when present and well formed (0 to 4 bytes).
+fn max_age(packet: &Packet) -> Option<u32> {
+    let value = packet.get_first_option(coap_lite::CoapOption::MaxAge)?;
+    (value.len() <= 4).then(|| value.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)))
 }
 
 /// How an exchange ended.
@@ -86,6 +100,9 @@ pub enum Event<T> {
         tag: T,
         code: ResponseCode,
         payload: Vec<u8>,
+        /// The Max-Age option (RFC 7252 §5.10.5), seconds: on a 5.03, when
+        /// to try again.
+        max_age: Option<u32>,
     },
     /// The server answered with RST: it could not process the message.
     Reset { tag: T },
@@ -342,6 +359,7 @@ impl<T: Copy> CoapClient<T> {
             tag: ex.tag,
             code: ResponseCode(u8::from(packet.header.code)),
             payload: packet.payload.clone(),
+            max_age: max_age(packet),
         });
         Incoming::Matched
     }
@@ -364,6 +382,7 @@ impl<T: Copy> CoapClient<T> {
             tag: ex.tag,
             code: ResponseCode(u8::from(packet.header.code)),
             payload: packet.payload.clone(),
+            max_age: max_age(packet),
         });
         true
     }

@@ -118,7 +118,8 @@ fn piggybacked_response_completes_and_late_duplicates_are_ignored() {
         Some(Event::Response {
             tag: 5,
             code: ResponseCode::CHANGED,
-            payload: b"dl".to_vec()
+            payload: b"dl".to_vec(),
+            max_age: None,
         })
     );
     assert_eq!(c.poll_timeout(), None, "no retransmission after the ACK");
@@ -282,4 +283,26 @@ fn message_ids_are_not_reused_within_exchange_lifetime() {
     assert!(c
         .start(t0 + EXCHANGE_LIFETIME, 0, "hb", b"x", &mut rng())
         .is_ok());
+}
+
+#[test]
+fn a_5_03_carries_its_max_age_to_the_caller() {
+    let mut c = client();
+    let t0 = Instant::now();
+    let mid = c.start(t0, 7, "hb", b"x", &mut rng()).unwrap();
+    let token = parse(&c.poll_transmit().unwrap()).get_token().to_vec();
+    let mut busy = Packet::new();
+    busy.header.set_type(MessageType::Acknowledgement);
+    busy.header.code = MessageClass::Response(coap_lite::ResponseType::ServiceUnavailable);
+    busy.header.message_id = mid;
+    busy.set_token(token);
+    busy.add_option(coap_lite::CoapOption::MaxAge, vec![0x01, 0x2c]);
+    assert_eq!(c.handle(t0, &busy.to_bytes().unwrap()), Incoming::Matched);
+    match c.poll_event() {
+        Some(Event::Response { code, max_age, .. }) => {
+            assert!(code.is_server_error());
+            assert_eq!(max_age, Some(300));
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -5,7 +5,9 @@
 //! No task, timer or allocation per lock beyond the lock itself.
 
 use crate::clock::SimClock;
-use crate::coap_client::{CoapClient, Event, Incoming, StartError, TransmissionParams};
+use crate::coap_client::{
+    CoapClient, Event, Incoming, StartError, TransmissionParams, DEFAULT_MAX_AGE,
+};
 use crate::ledger::Ledger;
 use crate::lock::{Answer, Lock};
 use crate::net::{Fate, Impairment};
@@ -18,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use schemas::device::UplinkKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -203,7 +205,9 @@ impl SocketTask {
                 }
             };
             match event {
-                Event::Response { tag, code, payload } if code.is_success() => {
+                Event::Response {
+                    tag, code, payload, ..
+                } if code.is_success() => {
                     self.ledger
                         .latency
                         .record(tag.kind, now.saturating_duration_since(tag.started));
@@ -221,7 +225,20 @@ impl SocketTask {
                     }
                     self.rearm(tag.lock);
                 }
-                Event::Response { tag, code, payload } => {
+                // RFC 7252 §5.9.3: the server cannot handle it now; a lock
+                // keeps the report and tries again after Max-Age.
+                Event::Response {
+                    tag, code, max_age, ..
+                } if code.is_server_error() => {
+                    self.stats.error(&code.to_string());
+                    self.locks[tag.lock].on_gave_up(tag.seq);
+                    let after =
+                        max_age.map_or(DEFAULT_MAX_AGE, |s| Duration::from_secs(u64::from(s)));
+                    self.wakes.set_earlier(tag.lock, now + after);
+                }
+                Event::Response {
+                    tag, code, payload, ..
+                } => {
                     tracing::debug!(
                         lock = self.locks[tag.lock].id(),
                         seq = tag.seq,

@@ -24,6 +24,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// DeviceError reasons that mean "not now" rather than "never": the report
+/// stays in the outbox and is sent again after [`RETRY_LATER`].
+const RETRY_LATER_REASONS: [&str; 3] = ["shutting_down", "storage", "overloaded"];
+/// When to try again after such a refusal: what the gateway's messages ask
+/// ("retry in a few seconds") and its CoAP Max-Age on 5.03.
+const RETRY_LATER: Duration = Duration::from_secs(5);
+
 /// Events from all connection tasks to this one; a full channel slows the
 /// connections down (backpressure), it loses nothing.
 pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
@@ -291,7 +298,12 @@ impl MqttFleet {
         let slot = &mut self.slots[i];
         if let Some(w) = slot.wait.take() {
             self.stats.in_flight_add(-1);
-            if slot.lock.on_refused(w.seq).is_some() {
+            if RETRY_LATER_REASONS.contains(&reason) {
+                // The gateway could not handle it now: keep it, try again.
+                self.stats.error(&code);
+                slot.lock.on_gave_up(w.seq);
+                slot.retry_at = Some(now + RETRY_LATER);
+            } else if slot.lock.on_refused(w.seq).is_some() {
                 self.stats.rejected(&code);
             }
         }

@@ -165,6 +165,36 @@ async fn refused_reports_are_counted_by_code_and_not_retried() {
     assert_eq!(log_posts, refused);
 }
 
+/// RFC 7252 §5.9.3: a 5.03 means "not now". The lock keeps the report and
+/// sends it again after Max-Age, as a real lock does; nothing is lost.
+#[tokio::test]
+async fn a_busy_gateway_s_5_03_is_retried_after_max_age_and_nothing_is_lost() {
+    let server = CoapServer::start(Behaviour {
+        busy_first: 4,
+        ..Behaviour::default()
+    })
+    .await;
+    let cfg = SimConfig {
+        max_reports_per_device: Some(2),
+        ..config(&server)
+    };
+    let report = run::run(cfg, coap_fleet(2, 3)).await.unwrap();
+    assert!(report.all_acknowledged(), "{}", report.stats);
+    assert_eq!(
+        report.stats.rejected, 0,
+        "5.03 is not a refusal: {}",
+        report.stats
+    );
+    assert_eq!(
+        report.stats.errors.get("5.03").copied(),
+        Some(4),
+        "{}",
+        report.stats
+    );
+    assert_eq!(report.acknowledged.len(), 4);
+    assert_eq!(server.seen.lock().unwrap().busy, 4);
+}
+
 #[tokio::test]
 async fn wait_then_stop_ends_a_run_with_everything_acknowledged() {
     let server = CoapServer::start(Behaviour::default()).await;

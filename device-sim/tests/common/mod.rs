@@ -33,6 +33,9 @@ pub struct Behaviour {
     pub drop_first: usize,
     /// Answer every `log` POST with 4.00 and a diagnostic.
     pub refuse_logs: bool,
+    /// Answer this many of the first requests with 5.03 and Max-Age 1 s,
+    /// storing nothing, as a busy gateway does.
+    pub busy_first: usize,
     /// Answer heartbeats with this interval instead of the reported one.
     pub heartbeat_interval: Option<HeartbeatInterval>,
 }
@@ -51,6 +54,8 @@ pub struct Seen {
     pub events: HashSet<(String, u32)>,
     /// Duplicates (same endpoint and message id) answered from the cache.
     pub duplicates: usize,
+    /// Requests answered 5.03 (see `Behaviour::busy_first`).
+    pub busy: usize,
 }
 
 pub struct CoapServer {
@@ -124,6 +129,16 @@ async fn serve(socket: UdpSocket, behaviour: Behaviour, seen: Arc<Mutex<Seen>>) 
 fn answer(req: &Packet, path: &str, behaviour: &Behaviour, seen: &mut Seen) -> Vec<u8> {
     assert_eq!(req.header.get_type(), MessageType::Confirmable);
     assert_eq!(req.header.code, MessageClass::Request(RequestType::Post));
+    if seen.busy < behaviour.busy_first {
+        seen.busy += 1;
+        let mut resp = reply(
+            req,
+            ResponseType::ServiceUnavailable,
+            b"busy: retry in 1 seconds".to_vec(),
+        );
+        resp.add_option(CoapOption::MaxAge, vec![1]);
+        return resp.to_bytes().unwrap();
+    }
     let (code, payload) = match path {
         "hb" => {
             let hb = Heartbeat::decode(&req.payload).unwrap();
@@ -166,11 +181,16 @@ fn answer(req: &Packet, path: &str, behaviour: &Behaviour, seen: &mut Seen) -> V
         }
         _ => (ResponseType::NotFound, b"no such path".to_vec()),
     };
+    reply(req, code, payload).to_bytes().unwrap()
+}
+
+/// A piggybacked answer to `req`.
+fn reply(req: &Packet, code: ResponseType, payload: Vec<u8>) -> Packet {
     let mut resp = Packet::new();
     resp.header.set_type(MessageType::Acknowledgement);
     resp.header.code = MessageClass::Response(code);
     resp.header.message_id = req.header.message_id;
     resp.set_token(req.get_token().to_vec());
     resp.payload = payload;
-    resp.to_bytes().unwrap()
+    resp
 }
