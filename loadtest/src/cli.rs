@@ -108,7 +108,8 @@ pub struct IngestArgs {
     #[arg(long, default_value = DEFAULT_POSTGRES_URL)]
     pub postgres_url: String,
     /// After each run, how long the simulator may retry what is unacknowledged
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    /// (a saturated run leaves a backlog this does not clear: it is reported)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// UDP sockets the simulated locks share
     #[arg(long, default_value_t = device_sim::run::DEFAULT_SOCKETS)]

@@ -70,17 +70,6 @@ pub enum LoadtestError {
     #[error("the simulator failed: {0}")]
     Sim(#[from] device_sim::run::RunError),
 
-    #[error(
-        "{count} reports were still unacknowledged after the run and a drain of up to \
-         {drain:?} ({run}): the gateway fell behind or stopped answering. Lower --rate, \
-         or allow a longer --drain-timeout"
-    )]
-    Unacknowledged {
-        count: usize,
-        drain: Duration,
-        run: String,
-    },
-
     #[error("GET {url} failed: {detail}")]
     Http { url: String, detail: String },
 

@@ -5,7 +5,7 @@
 //! step, until neither sustains it.
 
 use crate::database::Engine;
-use crate::error::{LoadtestError, Result};
+use crate::error::Result;
 use crate::run::{self, RunResult, RunSpec, Setup, Variant};
 
 /// Most `--find-max` steps per engine: with the default factor the last
@@ -45,25 +45,16 @@ fn label(spec: &RunSpec, of: &str) -> String {
     )
 }
 
-fn describe(spec: &RunSpec) -> String {
-    format!("{}, {}, {:.0}/s", spec.engine, spec.variant, spec.rate)
-}
-
-/// Does every run of `specs`; fails at the first run that fails or leaves
-/// reports unacknowledged.
+/// Does every run of `specs`; fails at the first run that fails. Reports
+/// still unacknowledged at the end are a figure, not a failure: a rate above
+/// capacity leaves a backlog in the locks' outboxes (where a real lock keeps
+/// them too), and measuring capacity means offering more than it.
 pub async fn fixed(setup: &Setup, specs: &[RunSpec]) -> Result<Vec<RunResult>> {
     let mut results = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         eprintln!("\n{}", label(spec, &format!("{}/{}", i + 1, specs.len())));
         let r = run::run(setup, *spec).await?;
         print_result(&r);
-        if r.unacknowledged > 0 {
-            return Err(LoadtestError::Unacknowledged {
-                count: r.unacknowledged,
-                drain: setup.drain_timeout,
-                run: describe(spec),
-            });
-        }
         results.push(r);
     }
     Ok(results)

@@ -269,6 +269,15 @@ fn notes(o: &mut String, results: &[RunResult]) {
     if !short.is_empty() {
         let _ = writeln!(o, "- **The gateway counted fewer committed heartbeats than the simulator saw acknowledged** in runs {}: an acknowledgement without a commit?", short.join(", "));
     }
+    let backlog: Vec<String> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.unacknowledged > 0)
+        .map(|(i, r)| format!("#{} ({})", i + 1, r.unacknowledged))
+        .collect();
+    if !backlog.is_empty() {
+        let _ = writeln!(o, "- Reports still in the simulated locks' outboxes at the end (offered above capacity; a lock keeps them and retries, 5.03 after its Max-Age): runs {}.", backlog.join(", "));
+    }
     let warnings: u64 = results.iter().map(|r| r.gateway_log.warnings).sum();
     let errors: u64 = results.iter().map(|r| r.gateway_log.errors).sum();
     let _ = writeln!(
