@@ -2,6 +2,7 @@
 //! problem reported with its line and column, nothing registered unless the
 //! whole file is valid (an operator fixes the file once, not row by row).
 
+use crate::keys::{DeviceRef, MasterSecret};
 use crate::registry::{
     BridgeId, BridgeRecord, LockId, LockRecord, OrgId, Registry, ReportPath, MAX_LOCKS_PER_BRIDGE,
 };
@@ -66,6 +67,10 @@ fn format_errors(errors: &[RowError]) -> String {
 pub struct ParsedFleet {
     pub locks: Vec<LockRecord>,
     pub bridges: Vec<BridgeRecord>,
+    /// The pairing secrets the file gave (`master_secret`). A new device
+    /// without one gets a generated secret at registration; an existing
+    /// device without one keeps its key.
+    pub secrets: Vec<(DeviceRef, MasterSecret)>,
 }
 
 /// Read and validate a fleet CSV against what is already registered.
@@ -334,8 +339,34 @@ pub fn validate(
             });
         }
     }
+    let mut secrets = Vec::new();
+    for (line, row) in rows {
+        if row.master_secret.trim().is_empty() {
+            continue;
+        }
+        match MasterSecret::from_hex(&row.master_secret) {
+            Ok(secret) => {
+                let device = if row.kind.eq_ignore_ascii_case("bridge") {
+                    DeviceRef::Bridge(BridgeId::new(&row.id))
+                } else {
+                    DeviceRef::Lock(LockId::new(&row.id))
+                };
+                secrets.push((device, secret));
+            }
+            // The message says what a secret must look like, never what this one was.
+            Err(e) => errors.push(RowError {
+                line: *line,
+                column: "master_secret",
+                message: format!("{e}; or leave it empty to have one generated"),
+            }),
+        }
+    }
     if errors.is_empty() {
-        Ok(ParsedFleet { locks, bridges })
+        Ok(ParsedFleet {
+            locks,
+            bridges,
+            secrets,
+        })
     } else {
         errors.sort_by_key(|e| e.line);
         Err(errors)
@@ -436,5 +467,41 @@ mod tests {
             depts.join(";")
         ));
         assert_eq!(e[0].column, "departments");
+    }
+
+    #[test]
+    fn pairing_secrets_are_read_and_a_bad_one_is_named_without_echoing_it() {
+        let header = HEADER.trim_end().to_string() + ",master_secret\n";
+        let secret = "ab".repeat(32);
+        let body = format!(
+            "bridge,B1,,,,org-1,,,,,,,{secret}\nlock,L1,INB1,490154203237518,INB1L1,org-1,,UTC,12,30,,coap,\n"
+        );
+        let fleet = read_fleet(format!("{header}{body}").as_bytes(), &Registry::default()).unwrap();
+        assert_eq!(
+            fleet.secrets.len(),
+            1,
+            "an empty cell asks for a generated secret"
+        );
+        assert_eq!(fleet.secrets[0].0, DeviceRef::Bridge(BridgeId::new("B1")));
+        assert_eq!(fleet.secrets[0].1.to_hex().as_str(), secret);
+
+        let leaked = "c0ffee";
+        let body = format!("bridge,B1,,,,org-1,,,,,,,{leaked}\n");
+        match read_fleet(format!("{header}{body}").as_bytes(), &Registry::default()) {
+            Err(ImportError::Invalid(e)) => {
+                assert_eq!((e[0].line, e[0].column), (2, "master_secret"));
+                assert!(
+                    e[0].message.contains("64 hex characters"),
+                    "{}",
+                    e[0].message
+                );
+                assert!(
+                    !e[0].message.contains(leaked),
+                    "the bad secret is not repeated: {}",
+                    e[0].message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -7,6 +7,7 @@
 //!   it causes (state changes, low battery) and the lock's newest state.
 //! * [`presence`]: when a lock counts as online (heard within its heartbeat
 //!   interval plus a grace).
+//! * [`keys`]: device key records and pairing secrets (no cryptography).
 //! * [`connectivity`]: whether a bridge's status report changes its
 //!   connectivity, against the stored status.
 //!
@@ -14,6 +15,7 @@
 
 pub mod connectivity;
 pub mod import;
+pub mod keys;
 pub mod presence;
 pub mod registry;
 pub mod telemetry;

@@ -57,6 +57,13 @@ pub struct Settings {
     /// Most MQTT connections the embedded broker accepts [default: 50000]
     #[arg(long, env = "LOCKFLEET_MQTT_MAX_CONNECTIONS")]
     pub mqtt_max_connections: Option<usize>,
+    /// File holding the server key (64 hex characters) that wraps device secrets; the key itself may instead be in LOCKFLEET_SERVER_KEY [default with SQLite: DATA_DIR/server.key, created if missing]
+    #[arg(long, env = "LOCKFLEET_SERVER_KEY_FILE")]
+    pub server_key_file: Option<PathBuf>,
+    /// Accept unprotected device traffic and anonymous MQTT clients: for local experiments only, never in production
+    #[arg(long, env = "LOCKFLEET_INSECURE_DEV")]
+    #[serde(default)]
+    pub insecure_dev: bool,
     /// Seconds between checks for newly imported devices [default: 2]
     #[arg(long, env = "LOCKFLEET_REGISTRY_REFRESH_SECS")]
     pub registry_refresh_secs: Option<u64>,
@@ -79,6 +86,8 @@ impl Settings {
             commit_linger_ms: self.commit_linger_ms.or(other.commit_linger_ms),
             mqtt_max_connections: self.mqtt_max_connections.or(other.mqtt_max_connections),
             registry_refresh_secs: self.registry_refresh_secs.or(other.registry_refresh_secs),
+            server_key_file: self.server_key_file.or(other.server_key_file),
+            insecure_dev: self.insecure_dev || other.insecure_dev,
         }
     }
 }
@@ -148,6 +157,42 @@ pub struct Config {
     pub retention: Duration,
     pub writer: crate::ingest::writer::WriterConfig,
     pub registry_refresh: Duration,
+    /// Where the server key comes from (see [`Config::server_key`]).
+    pub server_key: ServerKeySource,
+    /// Device security off (see [`Settings::insecure_dev`]).
+    pub insecure_dev: bool,
+}
+
+/// Environment variable that may hold the server key itself.
+pub const SERVER_KEY_ENV: &str = "LOCKFLEET_SERVER_KEY";
+
+/// Name of the server key file a single-machine deployment gets in its data
+/// directory when no key is configured.
+pub const DEFAULT_SERVER_KEY_FILE: &str = "server.key";
+
+/// Where the server key comes from, in order of precedence.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ServerKeySource {
+    /// The key itself, from [`SERVER_KEY_ENV`].
+    Env(zeroize::Zeroizing<String>),
+    /// A file named by `server_key_file`.
+    File(PathBuf),
+    /// A SQLite deployment's own key file, created if missing.
+    DataDir(PathBuf),
+    /// PostgreSQL without a configured key: instances sharing the database
+    /// must share the key, so none may be made up.
+    Missing,
+}
+
+impl std::fmt::Debug for ServerKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerKeySource::Env(_) => write!(f, "Env({SERVER_KEY_ENV})"),
+            ServerKeySource::File(p) => write!(f, "File({})", p.display()),
+            ServerKeySource::DataDir(p) => write!(f, "DataDir({})", p.display()),
+            ServerKeySource::Missing => f.write_str("Missing"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,9 +206,31 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("no server key: with PostgreSQL every instance must use the same one. Make one with `gateway keys new-server-key`, keep it in a secret store, and give it to each instance in {SERVER_KEY_ENV} or a file named by --server-key-file")]
+    NoServerKey,
+    #[error("{0}")]
+    ServerKey(#[from] crate::keys::ServerKeyError),
 }
 
 impl Config {
+    /// The server key, from its source. A SQLite deployment without one gets
+    /// a new key file in its data directory (and a warning to back it up).
+    pub fn server_key(&self) -> Result<crate::keys::ServerKey, ConfigError> {
+        use crate::keys::ServerKey;
+        match &self.server_key {
+            ServerKeySource::Env(text) => Ok(ServerKey::from_hex(text)?),
+            ServerKeySource::File(path) => Ok(ServerKey::read(path)?),
+            ServerKeySource::DataDir(path) => {
+                let (key, created) = ServerKey::read_or_create(path)?;
+                if created {
+                    tracing::warn!(path = %path.display(), key_id = key.id(), "created a new server key: every device secret is wrapped under it; back it up (without it no device can be served), or give a managed key in {SERVER_KEY_ENV}");
+                }
+                Ok(key)
+            }
+            ServerKeySource::Missing => Err(ConfigError::NoServerKey),
+        }
+    }
+
     /// Resolve flags/env (`cli`) over the file named by `config_file` over defaults.
     pub fn resolve(cli: Settings, config_file: Option<&Path>) -> Result<Config, ConfigError> {
         let file = match config_file {
@@ -231,6 +298,19 @@ impl Config {
                 "retention_days must be at least 1".into(),
             ));
         }
+        let server_key = match (
+            std::env::var(SERVER_KEY_ENV)
+                .ok()
+                .filter(|k| !k.trim().is_empty()),
+            s.server_key_file,
+        ) {
+            (Some(key), _) => ServerKeySource::Env(zeroize::Zeroizing::new(key)),
+            (None, Some(path)) => ServerKeySource::File(path),
+            (None, None) if database_url.starts_with("sqlite:") => {
+                ServerKeySource::DataDir(data_dir.join(DEFAULT_SERVER_KEY_FILE))
+            }
+            (None, None) => ServerKeySource::Missing,
+        };
         Ok(Config {
             coap_listen: s.coap_listen.unwrap_or_else(|| addr(DEFAULT_COAP_LISTEN)),
             mqtt,
@@ -249,6 +329,8 @@ impl Config {
                 linger: Duration::from_millis(s.commit_linger_ms.unwrap_or(1)),
             },
             registry_refresh: Duration::from_secs(s.registry_refresh_secs.unwrap_or(2).max(1)),
+            server_key,
+            insecure_dev: s.insecure_dev,
         })
     }
 }

@@ -6,10 +6,12 @@
 //! answers the device and hands the dashboard events to [`mqtt`]. [`http`]
 //! serves `/metrics` and health; [`config`] is the one typed configuration.
 
+pub mod admin;
 pub mod coap;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod keys;
 pub mod metrics;
 pub mod mqtt;
 pub mod server;

@@ -66,6 +66,11 @@ pub struct Running {
 /// Start every part; returns once all listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics_handle = metrics::install();
+    let server_key = config.server_key().context("loading the server key")?;
+    tracing::info!(key_id = server_key.id(), "server key loaded");
+    if config.insecure_dev {
+        tracing::warn!("INSECURE: --insecure-dev is on: devices are not authenticated and their traffic is not protected; anyone who reaches this server can report as any lock. Never run this in production");
+    }
     let store = Store::open(&config.database_url)
         .await
         .with_context(|| format!("opening the database {}", redact(&config.database_url)))?;

@@ -349,9 +349,21 @@ async fn import(cwd: &Path, file: &Path, data_dir: &Path) -> Finished {
             utf8(file),
             "--data-dir",
             utf8(data_dir),
+            "--secrets-out",
+            utf8(&secrets_out(data_dir)),
         ],
     ))
     .await
+}
+
+/// A secrets file that does not exist yet, beside the data directory (each
+/// import that generates secrets needs a new one).
+fn secrets_out(data_dir: &Path) -> PathBuf {
+    let dir = data_dir.parent().unwrap_or(data_dir);
+    (0..)
+        .map(|n| dir.join(format!("secrets-{n}.csv")))
+        .find(|p| !p.exists())
+        .expect("a free name")
 }
 
 fn sqlite_url(data_dir: &Path) -> String {
@@ -1070,9 +1082,15 @@ async fn an_unknown_config_key_exits_1_naming_the_key_before_touching_anything()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_postgres_exits_1_naming_host_and_port() {
     let tmp = tempfile::tempdir().unwrap();
+    let key = gateway::store::testing::server_key_file(tmp.path());
     let out = run_to_end(gateway(
         tmp.path(),
-        serve_args(&["--database-url", "postgres://postgres@127.0.0.1:1/x"]),
+        serve_args(&[
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/x",
+            "--server-key-file",
+            utf8(&key),
+        ]),
     ))
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
@@ -1085,6 +1103,31 @@ async fn an_unreachable_postgres_exits_1_naming_host_and_port() {
     assert!(
         out.stderr.contains("is PostgreSQL running"),
         "says what to check: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("CoAP listening"), "{}", out.stderr);
+}
+
+/// Instances sharing PostgreSQL must share the server key, so none is made
+/// up: the start fails and says how to make and give one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_without_a_server_key_exits_1_saying_how_to_make_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run_to_end(gateway(
+        tmp.path(),
+        serve_args(&["--database-url", "postgres://postgres@127.0.0.1:5432/test"]),
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("no server key"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("gateway keys new-server-key"),
+        "says how to make one: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("LOCKFLEET_SERVER_KEY"),
+        "{}",
         out.stderr
     );
     assert!(!out.stderr.contains("CoAP listening"), "{}", out.stderr);

@@ -156,6 +156,7 @@ impl Run {
                 })
                 .collect(),
             bridges: vec![],
+            ..ParsedFleet::default()
         }
     }
 
@@ -163,7 +164,7 @@ impl Run {
     async fn database(&self, path: impl Fn(usize) -> ReportPath) -> (TestDb, Store) {
         let db = TestDb::postgres().await;
         let store = Store::open(&db.url).await.unwrap();
-        store.import_fleet(&self.fleet(path)).await.unwrap();
+        gateway::store::testing::register(&store, &self.fleet(path)).await;
         (db, store)
     }
 
@@ -436,6 +437,7 @@ fn settings(
         database_url: Some(database_url.into()),
         data_dir: Some(dir.to_path_buf()),
         registry_refresh_secs: Some(1),
+        server_key_file: Some(gateway::store::testing::server_key_file(dir)),
         ..Default::default()
     }
 }
@@ -505,6 +507,7 @@ struct GatewayProcess {
 impl GatewayProcess {
     async fn start(database_url: &str, dir: &Path, group: &str, client_id: &str) -> Gateway {
         let broker = format!("{MOSQUITTO_HOST}:{MOSQUITTO_PORT}");
+        let key_file = gateway::store::testing::server_key_file(dir);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("LOCKFLEET_") {
@@ -527,6 +530,8 @@ impl GatewayProcess {
             database_url,
             "--data-dir",
             dir.to_str().expect("temporary paths are UTF-8"),
+            "--server-key-file",
+            key_file.to_str().expect("temporary paths are UTF-8"),
         ])
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")

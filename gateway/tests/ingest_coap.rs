@@ -41,6 +41,7 @@ fn fleet() -> ParsedFleet {
             id: BridgeId::new("B1"),
             org: OrgId::new("org-1"),
         }],
+        ..ParsedFleet::default()
     }
 }
 

@@ -74,6 +74,7 @@ fn fleet() -> ParsedFleet {
             lock("L3", LockModel::Inb1, ReportPath::Coap, None),
         ],
         bridges: vec![bridge("B1"), bridge("B2")],
+        ..ParsedFleet::default()
     }
 }
 

@@ -60,6 +60,7 @@ fn fleet() -> ParsedFleet {
             path: ReportPath::Coap,
         }],
         bridges: vec![],
+        ..ParsedFleet::default()
     }
 }
 

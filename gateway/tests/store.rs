@@ -58,6 +58,10 @@ on_both_engines!(
     concurrent_commits_of_one_bridge_keep_its_history_alternating,
     locks_before_is_each_lock_s_stored_state_before_the_batch,
     online_locks_and_bridges_are_counted_in_the_database,
+    keys_are_stored_wrapped_and_open_to_the_server_key_only,
+    a_new_device_without_a_secret_is_refused_and_nothing_is_registered,
+    a_different_secret_rotates_the_key_and_the_same_secret_keeps_it,
+    rotation_and_deregistration_replace_and_remove_keys,
     purge_deletes_only_old_rows_and_respects_max_rows,
     failed_commit_stores_nothing,
     batch_larger_than_one_statement_is_stored_whole,
@@ -104,6 +108,7 @@ fn fleet() -> ParsedFleet {
     ParsedFleet {
         locks: vec![lock("L1", LockModel::Inb1, None), l2, l3],
         bridges: vec![bridge("B1"), bridge("B2")],
+        ..ParsedFleet::default()
     }
 }
 
@@ -129,7 +134,7 @@ fn keys(pairs: &[(&str, u32)]) -> Vec<(String, u32)> {
 async fn opening_twice_keeps_the_data_and_migrates_once(url: String) {
     let store = open(&url).await;
     store.ping().await.unwrap();
-    store.import_fleet(&fleet()).await.unwrap();
+    gateway::store::testing::register(&store, &fleet()).await;
     let batch = Batch {
         heartbeats: vec![heartbeat_row("L1", 1)],
         ..Batch::default()
@@ -158,7 +163,7 @@ async fn opening_twice_keeps_the_data_and_migrates_once(url: String) {
 async fn import_then_load_registry_round_trips_every_field(url: String) {
     let store = open(&url).await;
     let v0 = store.registry_version().await.unwrap();
-    let summary = store.import_fleet(&fleet()).await.unwrap();
+    let summary = gateway::store::testing::register(&store, &fleet()).await;
     assert_eq!(
         (
             summary.locks_inserted,
@@ -185,7 +190,7 @@ async fn import_then_load_registry_round_trips_every_field(url: String) {
 
 async fn reimport_updates_fields_and_counts_updates(url: String) {
     let store = open(&url).await;
-    store.import_fleet(&fleet()).await.unwrap();
+    gateway::store::testing::register(&store, &fleet()).await;
     let v1 = store.registry_version().await.unwrap();
 
     let mut f = fleet();
@@ -195,7 +200,7 @@ async fn reimport_updates_fields_and_counts_updates(url: String) {
     f.locks[1].bridge = Some(BridgeId::new("B2"));
     f.locks.push(lock("L4", LockModel::Inb1, None));
     f.bridges.truncate(1);
-    let summary = store.import_fleet(&f).await.unwrap();
+    let summary = gateway::store::testing::register(&store, &f).await;
     assert_eq!(
         (
             summary.locks_inserted,
@@ -226,7 +231,7 @@ async fn reimport_updates_fields_and_counts_updates(url: String) {
 
 async fn commit_stores_new_rows_and_flags_each_one(url: String) {
     let store = open(&url).await;
-    store.import_fleet(&fleet()).await.unwrap();
+    gateway::store::testing::register(&store, &fleet()).await;
     let mut bridged = heartbeat_row("L2", 4);
     bridged.transport = Transport::Bridge;
     bridged.bridge_id = Some("B1".into());
@@ -371,7 +376,7 @@ async fn lock_state_keeps_the_highest_seq_even_when_an_older_heartbeat_arrives_l
 
 async fn bridge_statuses_are_decided_against_the_stored_status(url: String) {
     let store = open(&url).await;
-    store.import_fleet(&fleet()).await.unwrap();
+    gateway::store::testing::register(&store, &fleet()).await;
     assert!(
         store.load_bridge_status().await.unwrap().is_empty(),
         "never seen = absent"
@@ -429,7 +434,7 @@ async fn bridge_statuses_are_decided_against_the_stored_status(url: String) {
 
 async fn a_status_received_before_the_stored_change_is_placed_after_it(url: String) {
     let store = open(&url).await;
-    store.import_fleet(&fleet()).await.unwrap();
+    gateway::store::testing::register(&store, &fleet()).await;
     let one = |online, at| Batch {
         bridge_statuses: vec![bridge_status("B1", online, at)],
         ..Batch::default()
@@ -457,7 +462,7 @@ async fn a_status_received_before_the_stored_change_is_placed_after_it(url: Stri
 async fn concurrent_commits_of_one_bridge_keep_its_history_alternating(url: String) {
     const ROUNDS: u64 = 40;
     let a = open(&url).await;
-    a.import_fleet(&fleet()).await.unwrap();
+    gateway::store::testing::register(&a, &fleet()).await;
     let b = open(&url).await;
     let run = |store: Store, offset: u64| {
         tokio::spawn(async move {
@@ -517,7 +522,7 @@ async fn concurrent_commits_of_one_bridge_keep_its_history_alternating(url: Stri
 
 async fn locks_before_is_each_lock_s_stored_state_before_the_batch(url: String) {
     let store = open(&url).await;
-    store.import_fleet(&fleet()).await.unwrap();
+    gateway::store::testing::register(&store, &fleet()).await;
     let c = store
         .commit(&Batch {
             heartbeats: vec![heartbeat_row("L1", 1)],
@@ -554,7 +559,7 @@ async fn locks_before_is_each_lock_s_stored_state_before_the_batch(url: String) 
 
 async fn online_locks_and_bridges_are_counted_in_the_database(url: String) {
     let store = open(&url).await;
-    store.import_fleet(&fleet()).await.unwrap();
+    gateway::store::testing::register(&store, &fleet()).await;
     let mut l1 = heartbeat_row("L1", 1);
     l1.hb.heartbeat_interval = HeartbeatInterval::from_hours(1).unwrap();
     let mut l2 = heartbeat_row("L2", 1);
@@ -647,7 +652,7 @@ async fn purge_deletes_only_old_rows_and_respects_max_rows(url: String) {
 
 async fn failed_commit_stores_nothing(url: String) {
     let store = open(&url).await;
-    store.import_fleet(&fleet()).await.unwrap();
+    gateway::store::testing::register(&store, &fleet()).await;
     // Make the last statements of the commit fail, after heartbeats, lock
     // state and events were written in the same transaction.
     match store.engine() {
@@ -858,4 +863,150 @@ async fn sqlite_is_opened_for_durability() {
     drop(conn);
     store.close().await;
     db.cleanup().await;
+}
+
+async fn keys_are_stored_wrapped_and_open_to_the_server_key_only(url: String) {
+    use gateway::store::testing::{secret_for, server_key};
+    let store = open(&url).await;
+    let summary = gateway::store::testing::register(&store, &fleet()).await;
+    assert_eq!((summary.keys_new, summary.keys_rotated), (5, 0));
+    let keys = store.load_keys().await.unwrap();
+    assert_eq!(keys.len(), 5, "3 locks and 2 bridges");
+    for k in &keys {
+        assert_eq!(k.generation, 1);
+        assert_eq!(k.wrapped.kek_id, server_key().id());
+        let secret = secret_for(&k.device);
+        assert_ne!(
+            k.wrapped.ciphertext[..32],
+            secret.as_bytes()[..],
+            "{}: stored wrapped",
+            k.device
+        );
+        assert_eq!(
+            server_key()
+                .unwrap(&k.device, k.generation, &k.wrapped)
+                .unwrap(),
+            secret
+        );
+        let password = schemas::security::mqtt_password(secret.as_bytes());
+        assert!(
+            gateway::keys::password::verify(&password, &k.mqtt_password_hash),
+            "{}",
+            k.device
+        );
+        assert!(k.mqtt_password_hash.starts_with("$argon2id$"));
+    }
+    store.close().await;
+}
+
+async fn a_new_device_without_a_secret_is_refused_and_nothing_is_registered(url: String) {
+    let store = open(&url).await;
+    let err = store
+        .import_fleet(&fleet(), &gateway::store::testing::server_key())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::MissingSecret { .. }), "{err:?}");
+    assert!(err.to_string().contains("--secrets-out"), "{err}");
+    assert_eq!(store.load_registry().await.unwrap().lock_count(), 0);
+    assert!(store.load_keys().await.unwrap().is_empty());
+    store.close().await;
+}
+
+async fn a_different_secret_rotates_the_key_and_the_same_secret_keeps_it(url: String) {
+    use dispatcher::keys::{DeviceRef, MasterSecret};
+    use gateway::store::testing::{server_key, with_secrets};
+    let store = open(&url).await;
+    gateway::store::testing::register(&store, &fleet()).await;
+    // The same file again: nothing changes.
+    let again = store
+        .import_fleet(&with_secrets(fleet()), &server_key())
+        .await
+        .unwrap();
+    assert_eq!((again.keys_new, again.keys_rotated), (0, 0));
+    // Without secrets: registered devices keep their keys.
+    let bare = store.import_fleet(&fleet(), &server_key()).await.unwrap();
+    assert_eq!((bare.keys_new, bare.keys_rotated), (0, 0));
+    // L1 re-paired with another secret: its key is rotated, the others kept.
+    let mut repaired = with_secrets(fleet());
+    let l1 = DeviceRef::Lock(LockId::new("L1"));
+    let fresh = MasterSecret::from_bytes([9; 32]);
+    for (d, s) in repaired.secrets.iter_mut() {
+        if *d == l1 {
+            *s = fresh.clone();
+        }
+    }
+    let summary = store.import_fleet(&repaired, &server_key()).await.unwrap();
+    assert_eq!((summary.keys_new, summary.keys_rotated), (0, 1));
+    let k = store
+        .load_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.device == l1)
+        .unwrap();
+    assert_eq!(k.generation, 2);
+    assert_eq!(server_key().unwrap(&l1, 2, &k.wrapped).unwrap(), fresh);
+    store.close().await;
+}
+
+async fn rotation_and_deregistration_replace_and_remove_keys(url: String) {
+    use dispatcher::keys::{DeviceRef, MasterSecret};
+    use gateway::store::testing::server_key;
+    let store = open(&url).await;
+    gateway::store::testing::register(&store, &fleet()).await;
+    let b1 = DeviceRef::Bridge(BridgeId::new("B1"));
+    let version = store.registry_version().await.unwrap();
+    let generation = store
+        .rotate_key(&server_key(), &b1, &MasterSecret::from_bytes([3; 32]))
+        .await
+        .unwrap();
+    assert_eq!(generation, 2);
+    assert!(
+        store.registry_version().await.unwrap() > version,
+        "running instances notice"
+    );
+    let k = store
+        .load_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.device == b1)
+        .unwrap();
+    assert_eq!(
+        server_key().unwrap(&b1, 2, &k.wrapped).unwrap(),
+        MasterSecret::from_bytes([3; 32])
+    );
+
+    // B1 links L2: deregistering the bridge unlinks it and drops the bridge's key.
+    store
+        .commit(&Batch {
+            heartbeats: vec![heartbeat_row("L1", 1)],
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.deregister(&b1).await.unwrap());
+    let registry = store.load_registry().await.unwrap();
+    assert!(registry.bridge("B1").is_none());
+    assert_eq!(registry.lock("L2").unwrap().bridge, None);
+    assert!(store
+        .load_keys()
+        .await
+        .unwrap()
+        .iter()
+        .all(|k| k.device != b1));
+    let l1 = DeviceRef::Lock(LockId::new("L1"));
+    assert!(store.deregister(&l1).await.unwrap());
+    assert!(!store.deregister(&l1).await.unwrap(), "already gone");
+    assert_eq!(
+        store.audit().await.unwrap().heartbeats,
+        keys(&[("L1", 1)]),
+        "history stays"
+    );
+    let err = store
+        .rotate_key(&server_key(), &l1, &MasterSecret::from_bytes([4; 32]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotRegistered { .. }), "{err:?}");
+    store.close().await;
 }

@@ -162,6 +162,11 @@ impl Log {
 /// The binary run in `cwd` with stderr captured, without inherited
 /// `LOCKFLEET_*` variables or `RUST_LOG` (so its default filter and log
 /// lines are the ones parsed here), without colour, killed if dropped.
+/// The server key of the load test's gateways: a throwaway for throwaway
+/// databases, the same in every run so an import and a serve agree.
+const LOADTEST_SERVER_KEY: &str =
+    "10ad7e5710ad7e5710ad7e5710ad7e5710ad7e5710ad7e5710ad7e5710ad7e57";
+
 fn command(bin: &Path, cwd: &Path) -> Command {
     let mut cmd = Command::new(bin);
     for (key, _) in std::env::vars_os() {
@@ -170,6 +175,8 @@ fn command(bin: &Path, cwd: &Path) -> Command {
         }
     }
     cmd.current_dir(cwd)
+        // Every run's gateway, import and serve, uses the same server key.
+        .env("LOCKFLEET_SERVER_KEY", LOADTEST_SERVER_KEY)
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -182,11 +189,17 @@ fn command(bin: &Path, cwd: &Path) -> Command {
 /// `gateway devices import FILE --database-url URL`.
 pub async fn import(bin: &Path, cwd: &Path, fleet_file: &Path, database_url: &str) -> Result<()> {
     let mut cmd = command(bin, cwd);
+    // A fleet without pairing secrets gets generated ones, written here (the
+    // file must be new, so an earlier run's goes first).
+    let secrets = cwd.join("secrets.csv");
+    let _ = std::fs::remove_file(&secrets);
     cmd.arg("devices")
         .arg("import")
         .arg(fleet_file)
         .arg("--database-url")
-        .arg(database_url);
+        .arg(database_url)
+        .arg("--secrets-out")
+        .arg(&secrets);
     let child = cmd.spawn().map_err(|source| LoadtestError::GatewaySpawn {
         path: bin.to_path_buf(),
         source,

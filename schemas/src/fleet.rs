@@ -16,11 +16,14 @@
 //! | `activity_log_interval_min` | 1, 10, 30 or 60..1440 step 60 | empty |
 //! | `bridge_id` | linked bridge, or empty | empty |
 //! | `transport` | how the lock reports: `coap`, `mqtt` or `bridge` | empty |
+//! | `master_secret` | the pairing secret, 64 hex characters; empty: the gateway generates one at import | same |
+//!
+//! A file without the `master_secret` column is read as if it were empty.
 
 use serde::{Deserialize, Serialize};
 
 /// The header line of a fleet file.
-pub const HEADER: [&str; 12] = [
+pub const HEADER: [&str; 13] = [
     "kind",
     "id",
     "model",
@@ -33,6 +36,7 @@ pub const HEADER: [&str; 12] = [
     "activity_log_interval_min",
     "bridge_id",
     "transport",
+    "master_secret",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,4 +61,7 @@ pub struct FleetRow {
     pub activity_log_interval_min: String,
     pub bridge_id: String,
     pub transport: String,
+    /// Secret: never log a row.
+    #[serde(default)]
+    pub master_secret: String,
 }

@@ -6,6 +6,8 @@
 //!   `spec/events/*.schema.json`.
 //! * [`topic`]: every MQTT topic, built and parsed in one place. Spec:
 //!   `spec/asyncapi.yaml`.
+//! * [`security`]: the device security profile: what a device derives from
+//!   its pairing secret (OSCORE ids, MQTT password).
 //! * [`units`]: the domain's small value types (intervals, battery, lock state)
 //!   shared by both encodings.
 //!
@@ -15,6 +17,7 @@
 pub mod device;
 pub mod event;
 pub mod fleet;
+pub mod security;
 pub mod spec;
 pub mod topic;
 pub mod units;

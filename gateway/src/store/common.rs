@@ -3,8 +3,9 @@
 //! by [`on_pool!`]: fleet import, the loads at start-up, retention, audit.
 
 use super::codes::{self, int, u32_of};
+use super::{keys, BridgeStatus, StoredState};
 use super::{Audit, ImportSummary, Purged, Store, StoreError, POSTGRES, SQLITE};
-use super::{BridgeStatus, StoredState};
+use crate::keys::ServerKey;
 use dispatcher::import::ParsedFleet;
 use dispatcher::telemetry::LatestState;
 use dispatcher::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, Registry, ReportPath};
@@ -43,6 +44,11 @@ macro_rules! on_pool {
         }
     };
 }
+pub(crate) use on_pool;
+
+/// Every change to the registry or to keys bumps it, so running instances
+/// reload (see `registry_version`).
+pub(crate) const BUMP_REGISTRY_VERSION: &str = "UPDATE registry_version SET version = version + 1";
 
 /// Begin a transaction that will write.
 pub(crate) trait BeginWrite {
@@ -90,9 +96,21 @@ pub(super) async fn registry_version(store: &Store) -> Result<u64, StoreError> {
 pub(super) async fn import_fleet(
     store: &Store,
     fleet: &ParsedFleet,
+    server_key: &ServerKey,
 ) -> Result<ImportSummary, StoreError> {
     let now = int(now_ms());
     let mut summary = ImportSummary::default();
+    // Keys are decided against what is stored, then wrapped and hashed off
+    // the async threads (an Argon2 hash per new or rotated key).
+    let stored = keys::stored_keys(store, &keys::devices_of(fleet)).await?;
+    let plan = {
+        let (fleet, server_key) = (fleet.clone(), server_key.clone());
+        tokio::task::spawn_blocking(move || keys::plan(&fleet, &stored, &server_key))
+            .await
+            .map_err(|e| StoreError::Key(format!("preparing device keys failed: {e}")))??
+    };
+    summary.keys_new = plan.new.len() as u64;
+    summary.keys_rotated = plan.rotated.len() as u64;
     on_pool!(store, |pool, engine| {
         let err = |e| StoreError::from_sqlx(engine, "fleet import", e);
         let mut tx = pool.begin_write().await.map_err(err)?;
@@ -176,7 +194,8 @@ pub(super) async fn import_fleet(
             summary.locks_updated += existing;
             summary.locks_inserted += chunk.len() as u64 - existing;
         }
-        sqlx::query("UPDATE registry_version SET version = version + 1")
+        keys::write_key_plan!(tx, &plan, now).await.map_err(err)?;
+        sqlx::query(BUMP_REGISTRY_VERSION)
             .execute(&mut *tx)
             .await
             .map_err(err)?;

@@ -47,6 +47,15 @@ pub enum StoreError {
         key: String,
         detail: String,
     },
+    /// A new device must come with its pairing secret (the caller generates
+    /// and hands out the missing ones before importing).
+    #[error("{device} is new but has no master secret: give one in the fleet file, or import with --secrets-out to have one generated")]
+    MissingSecret { device: String },
+    /// A stored key that the server key cannot open, or another server key.
+    #[error("{0}")]
+    Key(String),
+    #[error("{device} is not registered: check the id with `gateway devices list`")]
+    NotRegistered { device: String },
 }
 
 impl StoreError {
@@ -68,6 +77,9 @@ impl StoreError {
             StoreError::Unavailable { .. } => "unavailable",
             StoreError::Failed { .. } => "failed",
             StoreError::Corrupt { .. } => "corrupt",
+            StoreError::MissingSecret { .. } => "missing_secret",
+            StoreError::Key(_) => "key",
+            StoreError::NotRegistered { .. } => "not_registered",
         }
     }
 

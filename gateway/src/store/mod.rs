@@ -18,6 +18,7 @@
 mod codes;
 mod common;
 mod error;
+pub mod keys;
 mod plan;
 mod postgres;
 mod sqlite;
@@ -144,14 +145,23 @@ pub struct ImportSummary {
     pub locks_updated: u64,
     pub bridges_inserted: u64,
     pub bridges_updated: u64,
+    /// Keys stored for new devices.
+    pub keys_new: u64,
+    /// Keys rotated because the file gave a registered device another secret.
+    pub keys_rotated: u64,
 }
 
 impl fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} new and {} updated lock(s), {} new and {} updated bridge(s)",
-            self.locks_inserted, self.locks_updated, self.bridges_inserted, self.bridges_updated
+            "{} new and {} updated lock(s), {} new and {} updated bridge(s); {} new and {} rotated key(s)",
+            self.locks_inserted,
+            self.locks_updated,
+            self.bridges_inserted,
+            self.bridges_updated,
+            self.keys_new,
+            self.keys_rotated
         )
     }
 }
@@ -225,11 +235,31 @@ impl Store {
 
     /// Register (insert or update) the locks and bridges of a validated fleet
     /// file, all in one transaction. Bumps [`Store::registry_version`].
+    ///
+    /// Every new device must come with its master secret
+    /// ([`ParsedFleet::secrets`](dispatcher::import::ParsedFleet)); a secret
+    /// given for a registered device that differs from its key rotates the
+    /// key. Secrets are stored wrapped under `server_key`.
     pub async fn import_fleet(
         &self,
         fleet: &dispatcher::import::ParsedFleet,
+        server_key: &crate::keys::ServerKey,
     ) -> Result<ImportSummary, StoreError> {
-        common::import_fleet(self, fleet).await
+        common::import_fleet(self, fleet, server_key).await
+    }
+
+    /// Which of `devices` have no key yet (new devices, for the importer to
+    /// give secrets to).
+    pub async fn devices_without_keys(
+        &self,
+        devices: &[dispatcher::keys::DeviceRef],
+    ) -> Result<Vec<dispatcher::keys::DeviceRef>, StoreError> {
+        let stored = keys::stored_keys(self, devices).await?;
+        Ok(devices
+            .iter()
+            .filter(|d| !stored.contains_key(d))
+            .cloned()
+            .collect())
     }
 
     /// A number that changes whenever a fleet import commits (from any

@@ -221,6 +221,61 @@ pub fn bridge_status(bridge: &str, online: bool, received_at_ms: u64) -> BridgeS
     }
 }
 
+/// The server key every test uses, so what one test step wraps another opens.
+pub const SERVER_KEY_HEX: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+
+/// The test server key.
+pub fn server_key() -> crate::keys::ServerKey {
+    // Infallible: a constant of the right form.
+    crate::keys::ServerKey::from_hex(SERVER_KEY_HEX).expect("test server key")
+}
+
+/// Write the test server key to `dir/server.key` and return its path, for a
+/// test server's `server_key_file`.
+pub fn server_key_file(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("test-server.key");
+    std::fs::write(&path, SERVER_KEY_HEX)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
+}
+
+/// A device's test master secret: fixed by its kind and id, so a test's
+/// simulated device and the server agree without passing secrets around.
+pub fn secret_for(device: &dispatcher::keys::DeviceRef) -> dispatcher::keys::MasterSecret {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!(
+        "lockfleet test secret\0{}\0{}",
+        device.kind(),
+        device.id()
+    ));
+    let mut bytes = [0u8; dispatcher::keys::MASTER_SECRET_LEN];
+    bytes.copy_from_slice(&digest);
+    dispatcher::keys::MasterSecret::from_bytes(bytes)
+}
+
+/// `fleet` with every device's test secret.
+pub fn with_secrets(mut fleet: dispatcher::import::ParsedFleet) -> dispatcher::import::ParsedFleet {
+    fleet.secrets = super::keys::devices_of(&fleet)
+        .into_iter()
+        .map(|d| {
+            let s = secret_for(&d);
+            (d, s)
+        })
+        .collect();
+    fleet
+}
+
+/// Register `fleet` with test secrets under the test server key.
+pub async fn register(
+    store: &super::Store,
+    fleet: &dispatcher::import::ParsedFleet,
+) -> super::ImportSummary {
+    store
+        .import_fleet(&with_secrets(fleet.clone()), &server_key())
+        .await
+        .unwrap_or_else(|e| panic!("registering the test fleet: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

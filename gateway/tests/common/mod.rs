@@ -43,6 +43,7 @@ pub fn config(database_url: &str, dir: &std::path::Path) -> Config {
         database_url: Some(database_url.to_string()),
         data_dir: Some(dir.to_path_buf()),
         registry_refresh_secs: Some(1),
+        server_key_file: Some(gateway::store::testing::server_key_file(dir)),
         ..Default::default()
     };
     Config::from_settings(s).unwrap()
@@ -53,7 +54,7 @@ impl Harness {
     pub async fn start(engine: Engine, fleet: &dispatcher::import::ParsedFleet) -> Harness {
         let db = engine.db().await;
         let store = gateway::store::Store::open(&db.url).await.unwrap();
-        store.import_fleet(fleet).await.unwrap();
+        gateway::store::testing::register(&store, fleet).await;
         store.close().await;
         let dir = tempfile::tempdir().unwrap();
         let server = gateway::server::start(config(&db.url, dir.path()))
