@@ -20,6 +20,7 @@ pub fn conn_spec(bridge: &str, host: &str, port: u16) -> ConnSpec {
         keep_alive: KEEP_ALIVE,
         filters: vec![format!("{base}/ack/#"), down::error(&base)],
         status_topic: Some(down::bridge_status(bridge)),
+        credentials: None,
     }
 }
 
@@ -42,5 +43,23 @@ mod tests {
         assert_eq!(&will.message[..], STATUS_LOST.as_bytes());
         assert_eq!(will.qos, QoS::AtLeastOnce);
         assert!(schemas::topic::DeviceTopic::parse(&will.topic).is_ok());
+        assert_eq!(
+            opts.credentials(),
+            None,
+            "anonymous until credentials are set"
+        );
+    }
+
+    #[test]
+    fn a_secure_bridge_logs_in_with_its_id_and_derived_password() {
+        let secret = crate::fleet::MasterSecret::from_bytes([3; 32]);
+        let spec = ConnSpec {
+            credentials: Some(crate::security::Credentials::for_device("B00001", &secret)),
+            ..conn_spec("B00001", "127.0.0.1", 1883)
+        };
+        let login = spec.options().credentials().unwrap();
+        assert_eq!(login.username, "B00001");
+        assert_eq!(login.password, schemas::security::mqtt_password(&[3; 32]));
+        assert_eq!(spec.options().client_id(), "B00001");
     }
 }

@@ -5,7 +5,11 @@
 //! datagrams come out of [`CoapClient::poll_transmit`] and outcomes out of
 //! [`CoapClient::poll_event`], in the style of quinn-proto.
 //!
-//! It does not know about locks: each exchange carries an opaque `tag`.
+//! It does not know about locks: each exchange carries an opaque `tag`. Nor
+//! about OSCORE: [`CoapClient::start_protected`] sends the option value and
+//! ciphertext it is given, [`Event::Response`] hands back the answer's OSCORE
+//! option, and the caller ([`crate::security`]) verifies. A retransmission
+//! is always the same bytes, so it never needs a new Partial IV.
 
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType};
 use rand::Rng;
@@ -93,6 +97,17 @@ fn max_age(packet: &Packet) -> Option<u32> {
     (value.len() <= 4).then(|| value.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)))
 }
 
+/// The event of an answer to the exchange tagged `tag`.
+fn response<T>(tag: T, packet: &Packet) -> Event<T> {
+    Event::Response {
+        tag,
+        code: ResponseCode(u8::from(packet.header.code)),
+        payload: packet.payload.clone(),
+        max_age: max_age(packet),
+        oscore: packet.get_first_option(CoapOption::Oscore).cloned(),
+    }
+}
+
 /// How an exchange ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<T> {
@@ -103,6 +118,10 @@ pub enum Event<T> {
         /// The Max-Age option (RFC 7252 §5.10.5), seconds: on a 5.03, when
         /// to try again.
         max_age: Option<u32>,
+        /// The OSCORE option's value (RFC 8613 §2) when the answer has one
+        /// (empty for a protected response without Partial IV): then
+        /// `payload` is ciphertext and `code` only the outer code.
+        oscore: Option<Vec<u8>>,
     },
     /// The server answered with RST: it could not process the message.
     Reset { tag: T },
@@ -209,8 +228,8 @@ impl<T: Copy> CoapClient<T> {
     }
 
     /// Starts a confirmable POST of `payload` (Content-Format 60,
-    /// application/cbor) to `/{path}` and queues its first transmission.
-    /// Returns the message id.
+    /// application/cbor) to `/{path}`, unprotected, and queues its first
+    /// transmission. Returns the message id.
     pub fn start<R: Rng>(
         &mut self,
         now: Instant,
@@ -219,20 +238,49 @@ impl<T: Copy> CoapClient<T> {
         payload: &[u8],
         rng: &mut R,
     ) -> Result<u16, StartError> {
-        let mid = self.allocate_mid(now)?;
-        let token = self.next_token.to_be_bytes();
-        self.next_token = self.next_token.wrapping_add(1);
-
         let mut packet = Packet::new();
-        packet.header.set_type(MessageType::Confirmable);
-        packet.header.code = MessageClass::Request(RequestType::Post);
-        packet.header.message_id = mid;
-        packet.set_token(token.to_vec());
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
         }
         packet.set_content_format(ContentFormat::ApplicationCBOR);
         packet.payload = payload.to_vec();
+        self.start_packet(now, tag, packet, rng)
+    }
+
+    /// Starts an OSCORE-protected confirmable POST (RFC 8613 §4.2: the
+    /// outer code of a request is POST): the OSCORE option carries `option`
+    /// and the payload is `ciphertext`; path and Content-Format are inside
+    /// it. Its retransmissions are these bytes again. Returns the message id.
+    pub fn start_protected<R: Rng>(
+        &mut self,
+        now: Instant,
+        tag: T,
+        option: &[u8],
+        ciphertext: &[u8],
+        rng: &mut R,
+    ) -> Result<u16, StartError> {
+        let mut packet = Packet::new();
+        packet.add_option(CoapOption::Oscore, option.to_vec());
+        packet.payload = ciphertext.to_vec();
+        self.start_packet(now, tag, packet, rng)
+    }
+
+    /// Gives `packet` (options and payload set) a message id and token,
+    /// makes it a confirmable POST and queues its first transmission.
+    fn start_packet<R: Rng>(
+        &mut self,
+        now: Instant,
+        tag: T,
+        mut packet: Packet,
+        rng: &mut R,
+    ) -> Result<u16, StartError> {
+        packet.header.set_type(MessageType::Confirmable);
+        packet.header.code = MessageClass::Request(RequestType::Post);
+        let mid = self.allocate_mid(now)?;
+        let token = self.next_token.to_be_bytes();
+        self.next_token = self.next_token.wrapping_add(1);
+        packet.header.message_id = mid;
+        packet.set_token(token.to_vec());
         let bytes = packet
             .to_bytes_with_limit(MAX_DATAGRAM_BYTES)
             .map_err(|e| StartError::TooLarge(e.to_string()))?;
@@ -355,12 +403,7 @@ impl<T: Copy> CoapClient<T> {
         let Some(ex) = self.remove(mid) else {
             return Incoming::Unmatched;
         };
-        self.events.push_back(Event::Response {
-            tag: ex.tag,
-            code: ResponseCode(u8::from(packet.header.code)),
-            payload: packet.payload.clone(),
-            max_age: max_age(packet),
-        });
+        self.events.push_back(response(ex.tag, packet));
         Incoming::Matched
     }
 
@@ -378,12 +421,7 @@ impl<T: Copy> CoapClient<T> {
         let Some(ex) = self.remove(mid) else {
             return false;
         };
-        self.events.push_back(Event::Response {
-            tag: ex.tag,
-            code: ResponseCode(u8::from(packet.header.code)),
-            payload: packet.payload.clone(),
-            max_age: max_age(packet),
-        });
+        self.events.push_back(response(ex.tag, packet));
         true
     }
 

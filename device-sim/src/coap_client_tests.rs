@@ -120,6 +120,7 @@ fn piggybacked_response_completes_and_late_duplicates_are_ignored() {
             code: ResponseCode::CHANGED,
             payload: b"dl".to_vec(),
             max_age: None,
+            oscore: None,
         })
     );
     assert_eq!(c.poll_timeout(), None, "no retransmission after the ACK");
@@ -305,4 +306,47 @@ fn a_5_03_carries_its_max_age_to_the_caller() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_protected_request_shows_only_the_oscore_option_and_its_answer_hands_it_back() {
+    let mut c = client();
+    let t0 = Instant::now();
+    let mid = c
+        .start_protected(t0, 4, b"\x09\x07\x01", b"ciphertext", &mut rng())
+        .unwrap();
+    let first = c.poll_transmit().unwrap();
+    let p = parse(&first);
+    assert_eq!(p.header.code, MessageClass::Request(RequestType::Post));
+    assert_eq!(p.header.get_type(), MessageType::Confirmable);
+    let numbers: Vec<u16> = p.options().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, vec![9], "no Uri-Path, no Content-Format outside");
+    assert_eq!(
+        p.get_first_option(CoapOption::Oscore),
+        Some(&b"\x09\x07\x01".to_vec())
+    );
+    assert_eq!(p.payload, b"ciphertext");
+
+    // A retransmission is the same bytes (same Partial IV).
+    c.handle_timeout(c.poll_timeout().unwrap());
+    assert_eq!(c.poll_transmit().unwrap().bytes, first.bytes);
+
+    let mut ack = Packet::new();
+    ack.header.set_type(MessageType::Acknowledgement);
+    ack.header.code = CHANGED;
+    ack.header.message_id = mid;
+    ack.set_token(p.get_token().to_vec());
+    ack.add_option(CoapOption::Oscore, Vec::new());
+    ack.payload = b"sealed".to_vec();
+    c.handle(t0, &ack.to_bytes().unwrap());
+    assert_eq!(
+        c.poll_event(),
+        Some(Event::Response {
+            tag: 4,
+            code: ResponseCode::CHANGED,
+            payload: b"sealed".to_vec(),
+            max_age: None,
+            oscore: Some(Vec::new()),
+        })
+    );
 }

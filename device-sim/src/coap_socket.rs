@@ -2,19 +2,30 @@
 //! an address) and the single task that drives it: it feeds datagrams and
 //! time into the sans-I/O [`CoapClient`] and [`Lock`]s, keeps one ordered
 //! set of lock wake-ups, and applies the injected loss and duplication.
-//! No task, timer or allocation per lock beyond the lock itself.
+//! No task, timer or allocation per lock beyond the lock itself (and, in a
+//! secure run, its OSCORE context).
+//!
+//! In a secure run every exchange is an OSCORE request of the lock's own
+//! context ([`crate::security`]), protected when it starts with a fresh
+//! sender sequence number (its retransmissions are the same bytes), and its
+//! answer counts only once it verifies. An answer that does not verify is
+//! counted as `oscore_response` and the report is retried as if no answer
+//! had come; OSCORE errors the gateway sends unprotected (4.00, 4.01, 4.02)
+//! are refusals, counted by code like any other.
 
 use crate::clock::SimClock;
 use crate::coap_client::{
-    CoapClient, Event, Incoming, StartError, TransmissionParams, DEFAULT_MAX_AGE,
+    CoapClient, Event, Incoming, ResponseCode, StartError, TransmissionParams, DEFAULT_MAX_AGE,
 };
 use crate::ledger::Ledger;
-use crate::lock::{Answer, Lock};
+use crate::lock::{Answer, Lock, Outgoing};
 use crate::net::{Fate, Impairment};
 use crate::persist::LiveCounters;
 use crate::run::{Phase, Shared, DRAIN_RETRY_DELAY};
+use crate::security::DeviceKeys;
 use crate::stats::Stats;
 use crate::timers::TimerQueue;
+use lockfleet_oscore::RequestId;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use schemas::device::UplinkKind;
@@ -56,12 +67,32 @@ struct Tag {
     started: Instant,
 }
 
+/// An answer as the lock sees it: for a protected exchange, the inner code,
+/// payload and Max-Age once verified.
+struct Answered {
+    code: ResponseCode,
+    payload: Vec<u8>,
+    max_age: Option<u32>,
+}
+
+/// Why an exchange could not start.
+enum NotStarted {
+    Start(StartError),
+    /// The lock has used every OSCORE sequence number: it must be re-keyed.
+    Exhausted,
+    Protect(lockfleet_oscore::Error),
+}
+
 /// The locks of one socket and everything needed to drive them.
 pub struct SocketTask {
     socket: UdpSocket,
     server: SocketAddr,
     client: CoapClient<Tag>,
     locks: Vec<Lock>,
+    /// Per lock, its OSCORE context; `None`: an insecure run.
+    keys: Option<Vec<DeviceKeys>>,
+    /// Per lock, what binds the answer of its exchange in flight to it.
+    requests: Vec<Option<RequestId>>,
     wakes: TimerQueue<usize>,
     impairment: Impairment,
     rng: SmallRng,
@@ -73,10 +104,12 @@ pub struct SocketTask {
 }
 
 impl SocketTask {
-    /// Binds an ephemeral UDP socket of the server's address family.
+    /// Binds an ephemeral UDP socket of the server's address family. With
+    /// `keys` (one per lock, in the same order) every request is protected.
     pub async fn bind(
         server: SocketAddr,
         locks: Vec<Lock>,
+        keys: Option<Vec<DeviceKeys>>,
         params: TransmissionParams,
         impairment: Impairment,
         seed: u64,
@@ -97,11 +130,14 @@ impl SocketTask {
                 wakes.set(i, at);
             }
         }
+        let requests = locks.iter().map(|_| None).collect();
         Ok(SocketTask {
             socket,
             server,
             client,
             locks,
+            keys,
+            requests,
             wakes,
             impairment,
             rng,
@@ -206,65 +242,136 @@ impl SocketTask {
             };
             match event {
                 Event::Response {
-                    tag, code, payload, ..
-                } if code.is_success() => {
-                    self.ledger
-                        .latency
-                        .record(tag.kind, now.saturating_duration_since(tag.started));
-                    let answer = Answer::decode(tag.kind, &payload);
-                    match answer.seq() {
-                        None => self.stats.error("undecodable_answer"),
-                        Some(seq) if seq != tag.seq => self.stats.error("seq_mismatch"),
-                        Some(_) => {}
+                    tag,
+                    code,
+                    payload,
+                    max_age,
+                    oscore,
+                } => match self.open(tag.lock, code, payload, max_age, oscore) {
+                    Some(answered) => self.on_answer(tag, answered, now),
+                    None => {
+                        self.stats.error("oscore_response");
+                        self.retry_later(tag, now);
                     }
-                    let lock = &mut self.locks[tag.lock];
-                    if let Some(report) = lock.on_acked(tag.seq, &answer, now, &self.clock) {
-                        self.stats.acked(lock.index());
-                        let after = now.saturating_duration_since(self.clock.start());
-                        self.ledger.record_ack(lock, report, after);
-                    }
-                    self.rearm(tag.lock);
-                }
-                // RFC 7252 §5.9.3: the server cannot handle it now; a lock
-                // keeps the report and tries again after Max-Age.
-                Event::Response {
-                    tag, code, max_age, ..
-                } if code.is_server_error() => {
-                    self.stats.error(&code.to_string());
-                    self.locks[tag.lock].on_gave_up(tag.seq);
-                    let after =
-                        max_age.map_or(DEFAULT_MAX_AGE, |s| Duration::from_secs(u64::from(s)));
-                    self.wakes.set_earlier(tag.lock, now + after);
-                }
-                Event::Response {
-                    tag, code, payload, ..
-                } => {
-                    tracing::debug!(
-                        lock = self.locks[tag.lock].id(),
-                        seq = tag.seq,
-                        %code,
-                        diagnostic = %String::from_utf8_lossy(&payload),
-                        "report refused"
-                    );
-                    if self.locks[tag.lock].on_refused(tag.seq).is_some() {
-                        self.stats.rejected(&code.to_string());
-                    }
-                }
+                },
                 Event::Reset { tag } => {
+                    self.requests[tag.lock] = None;
                     if self.locks[tag.lock].on_refused(tag.seq).is_some() {
                         self.stats.rejected("rst");
                     }
                 }
                 Event::GaveUp { tag } => {
+                    self.requests[tag.lock] = None;
                     self.stats.gave_up();
-                    self.locks[tag.lock].on_gave_up(tag.seq);
-                    if self.phase == Phase::Draining {
-                        self.wakes.set_earlier(tag.lock, now + DRAIN_RETRY_DELAY);
-                    }
+                    self.retry_later(tag, now);
                 }
             }
             // The lock's exchange ended: it may send its next report.
             self.pump(lock, now);
+        }
+    }
+
+    /// The answer as the lock may believe it. Unprotected runs take it as it
+    /// is. Protected runs verify it against the exchange's request; an
+    /// unprotected answer counts only as a refusal (RFC 8613 §8.2: security
+    /// errors are sent unprotected), never as a success. `None`: nothing of
+    /// it can be trusted.
+    fn open(
+        &mut self,
+        lock: usize,
+        code: ResponseCode,
+        payload: Vec<u8>,
+        max_age: Option<u32>,
+        oscore: Option<Vec<u8>>,
+    ) -> Option<Answered> {
+        let request = self.requests[lock].take();
+        let Some(keys) = &self.keys else {
+            return Some(Answered {
+                code,
+                payload,
+                max_age,
+            });
+        };
+        match (oscore, request) {
+            (Some(option), Some(request)) => {
+                match keys[lock].open_coap(&request, &option, &payload) {
+                    Ok(inner) => Some(Answered {
+                        code: ResponseCode(inner.code),
+                        payload: inner.payload,
+                        max_age: inner.max_age,
+                    }),
+                    Err(e) => {
+                        tracing::debug!(lock = self.locks[lock].id(), error = %e, "answer does not verify");
+                        None
+                    }
+                }
+            }
+            (None, _) if !code.is_success() => Some(Answered {
+                code,
+                payload,
+                max_age,
+            }),
+            _ => {
+                tracing::debug!(lock = self.locks[lock].id(), %code, "unprotected success answer");
+                None
+            }
+        }
+    }
+
+    /// The report stays queued and goes again at the lock's next wake (soon,
+    /// while draining), as after an exchange that got no answer.
+    fn retry_later(&mut self, tag: Tag, now: Instant) {
+        self.locks[tag.lock].on_gave_up(tag.seq);
+        if self.phase == Phase::Draining {
+            self.wakes.set_earlier(tag.lock, now + DRAIN_RETRY_DELAY);
+        }
+    }
+
+    fn on_answer(&mut self, tag: Tag, answer: Answered, now: Instant) {
+        let Answered {
+            code,
+            payload,
+            max_age,
+        } = answer;
+        match code {
+            code if code.is_success() => {
+                self.ledger
+                    .latency
+                    .record(tag.kind, now.saturating_duration_since(tag.started));
+                let answer = Answer::decode(tag.kind, &payload);
+                match answer.seq() {
+                    None => self.stats.error("undecodable_answer"),
+                    Some(seq) if seq != tag.seq => self.stats.error("seq_mismatch"),
+                    Some(_) => {}
+                }
+                let lock = &mut self.locks[tag.lock];
+                if let Some(report) = lock.on_acked(tag.seq, &answer, now, &self.clock) {
+                    self.stats.acked(lock.index());
+                    let after = now.saturating_duration_since(self.clock.start());
+                    self.ledger.record_ack(lock, report, after);
+                }
+                self.rearm(tag.lock);
+            }
+            // RFC 7252 §5.9.3: the server cannot handle it now; a lock
+            // keeps the report and tries again after Max-Age.
+            code if code.is_server_error() => {
+                self.stats.error(&code.to_string());
+                self.locks[tag.lock].on_gave_up(tag.seq);
+                let after = max_age.map_or(DEFAULT_MAX_AGE, |s| Duration::from_secs(u64::from(s)));
+                self.wakes.set_earlier(tag.lock, now + after);
+            }
+            code => {
+                tracing::debug!(
+                    lock = self.locks[tag.lock].id(),
+                    seq = tag.seq,
+                    %code,
+                    diagnostic = %String::from_utf8_lossy(&payload),
+                    "report refused"
+                );
+                if self.locks[tag.lock].on_refused(tag.seq).is_some() {
+                    self.stats.rejected(&code.to_string());
+                }
+            }
         }
     }
 
@@ -294,27 +401,78 @@ impl SocketTask {
             kind: out.kind,
             started: now,
         };
-        match self
-            .client
-            .start(now, tag, uri_path(out.kind), &out.payload, &mut self.rng)
-        {
+        let started = self.start_exchange(i, tag, &out, now);
+        if started.is_err() {
+            self.requests[i] = None;
+        }
+        match started {
             Ok(_) => {
                 self.stats.sent(out.first_attempt);
                 self.stats.in_flight_add(1);
             }
-            Err(e @ StartError::NoMessageId) => {
+            Err(NotStarted::Start(e @ StartError::NoMessageId)) => {
                 // Transient: the report waits for the lock's next wake.
                 tracing::debug!(lock = self.locks[i].id(), error = %e, "cannot send report now");
                 self.stats.error("no_message_id");
                 self.locks[i].on_gave_up(out.seq);
             }
-            Err(e @ StartError::TooLarge(_)) => {
+            Err(NotStarted::Start(e @ StartError::TooLarge(_))) => {
                 tracing::warn!(lock = self.locks[i].id(), error = %e, "cannot send report");
                 if self.locks[i].on_refused(out.seq).is_some() {
                     self.stats.rejected("unsendable");
                 }
             }
+            Err(NotStarted::Protect(e)) => {
+                tracing::warn!(lock = self.locks[i].id(), error = %e, "cannot protect report");
+                if self.locks[i].on_refused(out.seq).is_some() {
+                    self.stats.rejected("unsendable");
+                }
+            }
+            Err(NotStarted::Exhausted) => {
+                tracing::warn!(
+                    lock = self.locks[i].id(),
+                    "every OSCORE sequence number is used: the lock must be re-keyed"
+                );
+                if self.locks[i].on_refused(out.seq).is_some() {
+                    self.stats.rejected("oscore_exhausted");
+                }
+            }
         }
+    }
+
+    /// Starts the exchange of `out`: a plain POST, or in a secure run an
+    /// OSCORE request under the lock's next sender sequence number (stored
+    /// in the live counters at once, so the next save covers it).
+    fn start_exchange(
+        &mut self,
+        i: usize,
+        tag: Tag,
+        out: &Outgoing,
+        now: Instant,
+    ) -> Result<u16, NotStarted> {
+        let path = uri_path(out.kind);
+        let Some(keys) = &self.keys else {
+            return self
+                .client
+                .start(now, tag, path, &out.payload, &mut self.rng)
+                .map_err(NotStarted::Start);
+        };
+        let lock = &mut self.locks[i];
+        let seq = lock.take_oscore_seq().ok_or(NotStarted::Exhausted)?;
+        self.counters.store(lock.index(), lock.counters());
+        let (protected, request) = keys[i]
+            .protect_coap(seq, path, &out.payload)
+            .map_err(NotStarted::Protect)?;
+        self.requests[i] = Some(request);
+        self.client
+            .start_protected(
+                now,
+                tag,
+                &protected.option,
+                &protected.ciphertext,
+                &mut self.rng,
+            )
+            .map_err(NotStarted::Start)
     }
 
     async fn flush(&mut self) {

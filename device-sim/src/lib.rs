@@ -7,12 +7,16 @@
 //! * [`coap_socket`]: the task per UDP socket that puts CoAP locks on the wire.
 //! * [`mqtt_lock`], [`bridge`], [`mqtt_conn`], [`mqtt_fleet`]: MQTT locks and
 //!   bridges, their connections and the task that runs them.
+//! * [`security`]: the device side of the security profile: OSCORE
+//!   contexts from the fleet's pairing secrets, protected CoAP requests and
+//!   MQTT messages, verified answers, MQTT logins.
 //! * [`net`]: injected loss and duplication; [`stats`], [`ledger`] and
 //!   [`latency`]: what happened.
-//! * [`state`] and [`persist`]: each lock's seq counters carried from run to
-//!   run in a state file (`fleet.csv.state` beside the fleet file), reserved
-//!   ahead as RFC 8613 Appendix B.1.1 does, so a restarted or crashed
-//!   simulator never reuses a (lock, seq) the gateway has stored.
+//! * [`state`] and [`persist`]: each device's counters (report and event
+//!   seqs, OSCORE sender sequence) carried from run to run in a state file
+//!   (`fleet.csv.state` beside the fleet file), reserved ahead as RFC 8613
+//!   Appendix B.1.1 does, so a restarted or crashed simulator never reuses a
+//!   (lock, seq) the gateway has stored nor an OSCORE sequence number.
 //! * [`run`]: a whole run ([`run::SimConfig`] in, [`run::RunReport`] out).
 
 pub mod activity;
@@ -30,6 +34,7 @@ pub mod mqtt_lock;
 pub mod net;
 pub mod persist;
 pub mod run;
+pub mod security;
 pub mod state;
 pub mod stats;
 pub mod timers;

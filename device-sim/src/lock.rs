@@ -16,7 +16,9 @@
 //!
 //! A lock's [`Counters`] outlive a run, as they outlive a reboot in real
 //! firmware: [`Lock::with_counters`] continues from saved ones and
-//! [`Lock::counters`] reports them (the state file, [`crate::state`]).
+//! [`Lock::counters`] reports them (the state file, [`crate::state`]). They
+//! include the lock's OSCORE sender sequence number, which the transport
+//! draws with [`Lock::take_oscore_seq`] for every protected exchange.
 
 use crate::activity::{self, Physical, Recorder};
 use crate::clock::SimClock;
@@ -57,22 +59,42 @@ const CARRIERS: [&str; 6] = [
 /// (band, EARFCN) pairs of NB-IoT deployments.
 const CELLS: [(u8, u32); 4] = [(8, 3734), (3, 1575), (20, 6300), (28, 9410)];
 
-/// A lock's sequence counters: the `seq` of its next report and of its next
-/// activity event. Lock firmware keeps them in non-volatile memory for the
-/// device's whole life, so the gateway never sees a (lock, seq) twice for two
-/// different reports. Neither is ever 0: both wrap from `u32::MAX` to 1.
+/// A device's sequence counters: the `seq` of its next report and of its
+/// next activity event, and its next OSCORE sender sequence number (the
+/// Partial IV, RFC 8613 §3.1). Firmware keeps them in non-volatile memory for
+/// the device's whole life, so the gateway never sees a (lock, seq) twice for
+/// two different reports, nor an OSCORE sequence number twice (a replay to
+/// it, and a nonce reused under one key). None is ever 0: report and event
+/// seqs wrap from `u32::MAX` to 1; the OSCORE one never wraps, it ends past
+/// [`lockfleet_oscore::MAX_SEQ`] (the device must be re-keyed).
+///
+/// A bridge has counters too: it sends no reports of its own, so only its
+/// OSCORE sequence number moves (it protects its linked locks' reports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Counters {
     pub next_seq: u32,
     pub next_event_seq: u32,
+    pub next_oscore_seq: u64,
 }
 
 impl Counters {
-    /// The counters of a lock fresh from the factory.
+    /// The counters of a device fresh from the factory.
     pub const START: Counters = Counters {
         next_seq: 1,
         next_event_seq: 1,
+        next_oscore_seq: 1,
     };
+
+    /// Draws the OSCORE sequence number of a new protected exchange; `None`
+    /// once all 2^40 are used.
+    pub fn take_oscore_seq(&mut self) -> Option<u64> {
+        let seq = self.next_oscore_seq;
+        if seq > lockfleet_oscore::MAX_SEQ {
+            return None;
+        }
+        self.next_oscore_seq = seq + 1;
+        Some(seq)
+    }
 }
 
 impl Default for Counters {
@@ -166,6 +188,7 @@ pub struct Lock {
     firmware: &'static str,
     next_seq: u32,
     next_event_seq: u32,
+    next_oscore_seq: u64,
     /// Simulated time up to which activity has been generated.
     events_until: Duration,
     pending: VecDeque<ActivityEvent>,
@@ -232,6 +255,7 @@ impl Lock {
             },
             next_seq: Counters::START.next_seq,
             next_event_seq: Counters::START.next_event_seq,
+            next_oscore_seq: Counters::START.next_oscore_seq,
             events_until: Duration::ZERO,
             pending: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -250,16 +274,29 @@ impl Lock {
     pub fn with_counters(mut self, counters: Counters) -> Self {
         self.next_seq = counters.next_seq.max(1);
         self.next_event_seq = counters.next_event_seq.max(1);
+        self.next_oscore_seq = counters.next_oscore_seq.max(1);
         self
     }
 
-    /// The seqs the next report and the next activity event will take. Only
-    /// [`Lock::wake`] advances them.
+    /// The seqs the next report, the next activity event and the next
+    /// protected exchange will take. Only [`Lock::wake`] advances the first
+    /// two, only [`Lock::take_oscore_seq`] the third.
     pub fn counters(&self) -> Counters {
         Counters {
             next_seq: self.next_seq,
             next_event_seq: self.next_event_seq,
+            next_oscore_seq: self.next_oscore_seq,
         }
+    }
+
+    /// The OSCORE sender sequence number (Partial IV) of a new protected
+    /// exchange of this lock's own context; `None` once they are used up.
+    /// A transport draws one per exchange, never per retransmission.
+    pub fn take_oscore_seq(&mut self) -> Option<u64> {
+        let mut c = self.counters();
+        let seq = c.take_oscore_seq();
+        self.next_oscore_seq = c.next_oscore_seq;
+        seq
     }
 
     pub fn index(&self) -> usize {

@@ -19,6 +19,7 @@ fn spec(id: &str, model: LockModel, transport: Transport) -> LockSpec {
         activity_log_interval: ActivityLogInterval::DEFAULT,
         bridge_id: (transport == Transport::Bridge).then(|| "B00001".into()),
         transport,
+        master_secret: crate::fleet::MasterSecret::from_bytes([1; 32]),
     }
 }
 
@@ -366,6 +367,7 @@ fn a_lock_with_saved_counters_continues_from_them_and_reports_where_it_is() {
     let saved = Counters {
         next_seq: 500,
         next_event_seq: 9000,
+        next_oscore_seq: 77,
     };
     let mut lock = lock.with_counters(saved);
     assert_eq!(lock.counters(), saved);
@@ -383,6 +385,7 @@ fn a_lock_with_saved_counters_continues_from_them_and_reports_where_it_is() {
         Counters {
             next_seq: 500 + acked.len() as u32,
             next_event_seq: 9000 + events.len() as u32,
+            next_oscore_seq: 77,
         }
     );
 }
@@ -393,14 +396,40 @@ fn saved_counters_never_make_a_seq_0_and_wrap_past_u32_max_to_1() {
     let lock = lock.with_counters(Counters {
         next_seq: 0,
         next_event_seq: 0,
+        next_oscore_seq: 0,
     });
     assert_eq!(lock.counters(), Counters::START);
 
     let mut lock = lock.with_counters(Counters {
         next_seq: u32::MAX,
         next_event_seq: 1,
+        next_oscore_seq: 1,
     });
     let acked = run_perfect(&mut lock, &c, c.start() + Duration::from_secs(30));
     let seqs: Vec<u32> = acked.iter().take(3).map(|r| r.seq).collect();
     assert_eq!(seqs, vec![u32::MAX, 1, 2]);
+}
+
+#[test]
+fn oscore_sequence_numbers_are_drawn_one_by_one_and_end_at_2_pow_40() {
+    let (lock, _) = inb1(None);
+    let mut lock = lock.with_counters(Counters {
+        next_oscore_seq: 41,
+        ..Counters::START
+    });
+    assert_eq!(lock.take_oscore_seq(), Some(41));
+    assert_eq!(lock.take_oscore_seq(), Some(42));
+    assert_eq!(lock.counters().next_oscore_seq, 43);
+    // Drawing never touches the report counters.
+    assert_eq!(lock.counters().next_seq, 1);
+
+    let last = lockfleet_oscore::MAX_SEQ;
+    let mut lock = lock.with_counters(Counters {
+        next_oscore_seq: last,
+        ..Counters::START
+    });
+    assert_eq!(lock.take_oscore_seq(), Some(last));
+    assert_eq!(lock.take_oscore_seq(), None, "exhausted: re-key");
+    assert_eq!(lock.take_oscore_seq(), None);
+    assert_eq!(lock.counters().next_oscore_seq, last + 1);
 }

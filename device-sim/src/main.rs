@@ -1,6 +1,9 @@
 //! `device-sim`: generate a fleet file, or make a fleet live against a gateway.
-//! A run continues each lock's seqs from the state file beside the fleet file
-//! (`fleet.csv.state`) and leaves it current for the next run.
+//! A run continues each device's seqs from the state file beside the fleet
+//! file (`fleet.csv.state`) and leaves it current for the next run. Devices
+//! speak the security profile (OSCORE, MQTT logins) with the pairing secrets
+//! of the fleet file unless `--insecure` says the gateway runs with
+//! `--insecure-dev`.
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -30,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a fleet file (the CSV the gateway imports).
+    /// Write a fleet file (the CSV the gateway imports), with a random pairing
+    /// secret per device: keep it as secret as the devices' keys.
     Fleet(FleetArgs),
     /// Make a fleet live against a gateway.
     Run(RunArgs),
@@ -47,6 +51,8 @@ struct FleetArgs {
     /// Output file.
     #[arg(long)]
     out: PathBuf,
+    /// Seed of everything but the pairing secrets, which always come from
+    /// the operating system's randomness.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Number of organisations.
@@ -108,10 +114,15 @@ struct RunArgs {
     /// path with `.state` appended.
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
-    /// Start every lock at seq 1 whatever the state file holds (e.g. against
+    /// Start every device at seq 1 whatever the state file holds (e.g. against
     /// a new gateway database), then overwrite it.
     #[arg(long)]
     fresh_state: bool,
+    /// Talk to a gateway started with --insecure-dev: unprotected payloads,
+    /// anonymous MQTT. Without it every report is OSCORE-protected and MQTT
+    /// clients log in, as a gateway requires by default.
+    #[arg(long)]
+    insecure: bool,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -147,7 +158,7 @@ fn write_fleet(args: FleetArgs) -> anyhow::Result<()> {
         .write_csv(&args.out)
         .with_context(|| format!("cannot write the fleet file {}", args.out.display()))?;
     eprintln!(
-        "wrote {}: {} locks ({} coap, {} mqtt, {} bridged), {} bridges",
+        "wrote {}: {} locks ({} coap, {} mqtt, {} bridged), {} bridges, each with a random pairing secret (keep the file secret)",
         args.out.display(),
         fleet.locks.len(),
         fleet.count_by_transport(schemas::event::Transport::Coap),
@@ -184,8 +195,12 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
             path: state_path.clone(),
             fresh: args.fresh_state,
         }),
+        security: !args.insecure,
         ..SimConfig::default()
     };
+    if args.insecure {
+        eprintln!("insecure: reports are not protected and MQTT clients log in anonymously; only a gateway started with --insecure-dev accepts them");
+    }
     tokio::spawn(async move {
         // First Ctrl-C: stop generating, drain, disconnect cleanly, save the
         // exact counters. Second: quit now, leaving the reserved counters.
@@ -204,7 +219,7 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
     let report = handle.finish().await?;
     print_summary(&report);
     eprintln!(
-        "lock counters of {} locks written to {}",
+        "counters of {} devices written to {}",
         report.counters.len(),
         state_path.display()
     );

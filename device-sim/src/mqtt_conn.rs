@@ -1,7 +1,9 @@
 //! One device's MQTT connection (rumqttc) and the task that polls its event
 //! loop. It follows CRATE-NOTES: a stable client id with `clean_session =
 //! false`, resubscribe on every ConnAck, sleep before reconnecting after an
-//! error. For bridges it also keeps the status topic: `online` after each
+//! error. In a secure run the device logs in with its id and the password
+//! derived from its pairing secret ([`Credentials`]); the client id is the
+//! same id, as the gateway requires. For bridges it also keeps the status topic: `online` after each
 //! ConnAck, `offline` before a clean disconnect, and the Last Will `lost`
 //! (as `spec/asyncapi.yaml` specifies) when the connection drops.
 //!
@@ -9,6 +11,7 @@
 //! (crate::mqtt_lock::MqttFleet) over a bounded channel and never decides
 //! anything about reports.
 
+use crate::security::Credentials;
 use crate::stats::Stats;
 use rand::Rng;
 use rumqttc::{
@@ -54,6 +57,8 @@ pub struct ConnSpec {
     pub filters: Vec<String>,
     /// Bridges: where `online`/`offline` and the Last Will go.
     pub status_topic: Option<String>,
+    /// The login; `None`: anonymous (a gateway run with `--insecure-dev`).
+    pub credentials: Option<Credentials>,
 }
 
 /// What a connection task reports to the fleet.
@@ -73,11 +78,14 @@ pub enum ConnEvent {
 
 impl ConnSpec {
     /// rumqttc options: client id = device id, keep-alive, persistent session,
-    /// and for bridges the Last Will.
+    /// the login if any, and for bridges the Last Will.
     pub fn options(&self) -> MqttOptions {
         let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
         o.set_keep_alive(self.keep_alive);
         o.set_clean_session(false);
+        if let Some(c) = &self.credentials {
+            o.set_credentials(c.username.clone(), c.password());
+        }
         if let Some(topic) = &self.status_topic {
             o.set_last_will(LastWill::new(
                 topic.clone(),

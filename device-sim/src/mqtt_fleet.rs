@@ -4,18 +4,30 @@
 //! task owns the locks, one ordered set of deadlines (lock wakes, ack
 //! timeouts) and the decisions: publish, resend with the same seq, give up
 //! until the next wake, record the acknowledgement.
+//!
+//! In a secure run every publish of a report, first or resent, is protected
+//! afresh ([`crate::security::DeviceKeys::protect_mqtt`]) under the next
+//! OSCORE sequence number of the connection's device: the lock itself, or
+//! for a bridged lock its bridge (`br/{bridge}`). Resent bytes would be a
+//! replay to the gateway, which already holds the first copy if only its
+//! answer was slow. An ack counts once it verifies as the response to one
+//! of the report's publishes still awaited; one that does not is counted as
+//! `oscore_response` and ignored (the ack timeout resends). Error messages
+//! and bridge status stay unprotected.
 
 use crate::clock::SimClock;
-use crate::fleet::BridgeSpec;
+use crate::fleet::{BridgeSpec, LockSpec};
 use crate::ledger::Ledger;
-use crate::lock::{Answer, Lock};
+use crate::lock::{Answer, Counters, Lock};
 use crate::mqtt_conn::{self, ConnEvent};
 use crate::mqtt_lock::{conn_spec_for, parse_reply, AckWait, OnTimeout, Reply, Route};
 use crate::net::{Fate, Impairment};
 use crate::persist::LiveCounters;
 use crate::run::{Phase, Shared, DRAIN_RETRY_DELAY};
+use crate::security::{Credentials, DeviceKeys};
 use crate::stats::Stats;
 use crate::timers::TimerQueue;
+use lockfleet_oscore::RequestId;
 use rumqttc::{AsyncClient, QoS};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +43,56 @@ const RETRY_LATER_REASONS: [&str; 3] = ["shutting_down", "storage", "overloaded"
 /// ("retry in a few seconds") and its CoAP Max-Age on 5.03.
 const RETRY_LATER: Duration = Duration::from_secs(5);
 
+/// DeviceError reasons that say nothing about the report in flight: a
+/// `replay` is a copy of a protected message the gateway already had (an
+/// injected or broker duplicate); the original copy gets its own answer.
+/// Counted, never settling a report.
+const IGNORED_REASONS: [&str; 1] = ["replay"];
+
+/// The keys and login of an MQTT device (a lock with its own connection, or
+/// a bridge) in a secure run.
+#[derive(Debug)]
+pub struct MqttSecurity {
+    pub keys: DeviceKeys,
+    pub credentials: Credentials,
+}
+
+impl MqttSecurity {
+    pub fn for_lock(lock: &LockSpec) -> Result<Self, lockfleet_oscore::Error> {
+        Ok(MqttSecurity {
+            keys: DeviceKeys::for_lock(&lock.id, &lock.master_secret)?,
+            credentials: Credentials::for_device(&lock.id, &lock.master_secret),
+        })
+    }
+
+    pub fn for_bridge(bridge: &BridgeSpec) -> Result<Self, lockfleet_oscore::Error> {
+        Ok(MqttSecurity {
+            keys: DeviceKeys::for_bridge(&bridge.id, &bridge.master_secret)?,
+            credentials: Credentials::for_device(&bridge.id, &bridge.master_secret),
+        })
+    }
+}
+
+/// A lock that reports over MQTT, directly or through its bridge.
+#[derive(Debug)]
+pub struct MqttLock {
+    pub lock: Lock,
+    pub route: Route,
+    /// A direct lock's own keys and login in a secure run (a bridged lock
+    /// has none: its bridge's protect its reports).
+    pub security: Option<MqttSecurity>,
+}
+
+/// A bridge: its own connection and OSCORE sequence.
+#[derive(Debug)]
+pub struct MqttBridge {
+    pub id: String,
+    /// Its index among the run's devices (after the locks), for the state file.
+    pub index: usize,
+    pub counters: Counters,
+    pub security: Option<MqttSecurity>,
+}
+
 /// Events from all connection tasks to this one; a full channel slows the
 /// connections down (backpressure), it loses nothing.
 pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
@@ -40,6 +102,9 @@ struct Slot {
     route: Route,
     conn: usize,
     wait: Option<AckWait>,
+    /// In a secure run, what binds an answer to each publish of the report
+    /// in flight, oldest first (at most 1 + MAX_RESENDS).
+    requests: Vec<RequestId>,
     /// While draining: when to try again after giving up.
     retry_at: Option<Instant>,
 }
@@ -48,6 +113,11 @@ struct Conn {
     client: AsyncClient,
     up: bool,
     slots: Vec<usize>,
+    /// The keys of the connection's device in a secure run.
+    keys: Option<DeviceKeys>,
+    /// A bridge's device index and counters (its OSCORE sequence); `None`
+    /// for a lock's own connection, whose lock holds them.
+    bridge: Option<(usize, Counters)>,
 }
 
 /// See the module docs.
@@ -78,10 +148,12 @@ pub struct MqttTarget {
 
 impl MqttFleet {
     /// Opens one connection per MQTT lock and per bridge (spawning their
-    /// tasks on the current runtime) and takes charge of `locks`.
+    /// tasks on the current runtime) and takes charge of `locks`. A bridged
+    /// lock whose bridge is not in `bridges` is skipped (a fleet read from a
+    /// file never has one).
     pub fn start(
-        locks: Vec<(Lock, Route)>,
-        bridges: &[BridgeSpec],
+        locks: Vec<MqttLock>,
+        bridges: Vec<MqttBridge>,
         target: &MqttTarget,
         impairment: Impairment,
         shared: Shared,
@@ -96,11 +168,16 @@ impl MqttFleet {
         let mut conn_tasks = JoinSet::new();
         let mut conns: Vec<Conn> = Vec::new();
         let mut conn_of: HashMap<String, usize> = HashMap::new();
-        let mut open = |owner: &str, spec: mqtt_conn::ConnSpec, conns: &mut Vec<Conn>| -> usize {
-            if let Some(i) = conn_of.get(owner) {
-                return *i;
-            }
+        let mut open = |mut spec: mqtt_conn::ConnSpec,
+                        security: Option<MqttSecurity>,
+                        bridge: Option<(usize, Counters)>,
+                        conns: &mut Vec<Conn>|
+         -> usize {
             let i = conns.len();
+            let keys = security.map(|s| {
+                spec.credentials = Some(s.credentials);
+                s.keys
+            });
             let (client, eventloop) = spec.connect();
             conn_tasks.spawn(mqtt_conn::drive(
                 i,
@@ -115,27 +192,40 @@ impl MqttFleet {
                 client,
                 up: false,
                 slots: Vec::new(),
+                keys,
+                bridge,
             });
-            conn_of.insert(owner.to_string(), i);
             i
         };
         for b in bridges {
             let spec = crate::bridge::conn_spec(&b.id, &target.host, target.port);
-            open(&b.id, spec, &mut conns);
+            let i = open(spec, b.security, Some((b.index, b.counters)), &mut conns);
+            conn_of.insert(b.id, i);
         }
         let mut slots = Vec::with_capacity(locks.len());
         let mut by_lock = HashMap::new();
         let mut timers = TimerQueue::new();
-        for (lock, route) in locks {
-            let owner = match &route {
-                Route::Direct { lock } => lock.clone(),
-                Route::Bridged { bridge, .. } => bridge.clone(),
+        for MqttLock {
+            lock,
+            route,
+            security,
+        } in locks
+        {
+            let conn = match &route {
+                Route::Direct { .. } => open(
+                    conn_spec_for(&route, &target.host, target.port),
+                    security,
+                    None,
+                    &mut conns,
+                ),
+                Route::Bridged { bridge, .. } => match conn_of.get(bridge) {
+                    Some(c) => *c,
+                    None => {
+                        tracing::warn!(lock = lock.id(), %bridge, "the lock's bridge is not in the fleet; skipped");
+                        continue;
+                    }
+                },
             };
-            let conn = open(
-                &owner,
-                conn_spec_for(&route, &target.host, target.port),
-                &mut conns,
-            );
             let i = slots.len();
             conns[conn].slots.push(i);
             by_lock.insert(lock.id().to_string(), i);
@@ -147,6 +237,7 @@ impl MqttFleet {
                 route,
                 conn,
                 wait: None,
+                requests: Vec::new(),
                 retry_at: None,
             });
         }
@@ -209,6 +300,11 @@ impl MqttFleet {
             self.ledger.record_pending(&slot.lock);
             self.ledger.record_counters(&slot.lock);
         }
+        for conn in &self.conns {
+            if let Some((index, counters)) = conn.bridge {
+                self.ledger.counters.push((index, counters));
+            }
+        }
         self.ledger
     }
 
@@ -234,6 +330,9 @@ impl MqttFleet {
                     if self.slots[i].conn != conn {
                         return;
                     }
+                    let Some(payload) = self.open(i, payload) else {
+                        return;
+                    };
                     let answer = Answer::decode(kind, &payload);
                     match answer.seq() {
                         Some(seq) => self.on_ack(i, seq, &answer, now),
@@ -246,10 +345,36 @@ impl MqttFleet {
         }
     }
 
+    /// The CBOR of an ack for slot `i`: the payload itself in an insecure
+    /// run; else once it verifies as the answer to one of the report's
+    /// publishes (the newest first: the likeliest to be answered last).
+    /// `None` for an ack that does not verify (counted) and for one that
+    /// comes when nothing is awaited (a late copy: the report is settled).
+    fn open(&mut self, i: usize, payload: Vec<u8>) -> Option<Vec<u8>> {
+        let slot = &self.slots[i];
+        let Some(keys) = &self.conns[slot.conn].keys else {
+            return Some(payload);
+        };
+        if slot.requests.is_empty() {
+            return None;
+        }
+        let opened = slot
+            .requests
+            .iter()
+            .rev()
+            .find_map(|request| keys.open_mqtt(request, &payload).ok());
+        if opened.is_none() {
+            tracing::debug!(lock = slot.lock.id(), "ack does not verify");
+            self.stats.error("oscore_response");
+        }
+        opened
+    }
+
     fn on_ack(&mut self, i: usize, seq: u32, answer: &Answer, now: Instant) {
         let slot = &mut self.slots[i];
         if slot.wait.is_some_and(|w| w.seq == seq) {
             slot.wait = None;
+            slot.requests.clear();
             self.stats.in_flight_add(-1);
         }
         if let Some(report) = slot.lock.on_acked(seq, answer, now, &self.clock) {
@@ -276,6 +401,10 @@ impl MqttFleet {
             %code,
             "gateway refused a publish"
         );
+        if IGNORED_REASONS.contains(&reason) {
+            self.stats.error(&code);
+            return;
+        }
         let candidates: Vec<usize> = self.conns[conn]
             .slots
             .iter()
@@ -297,6 +426,7 @@ impl MqttFleet {
         let i = *i;
         let slot = &mut self.slots[i];
         if let Some(w) = slot.wait.take() {
+            slot.requests.clear();
             self.stats.in_flight_add(-1);
             if RETRY_LATER_REASONS.contains(&reason) {
                 // The gateway could not handle it now: keep it, try again.
@@ -348,6 +478,7 @@ impl MqttFleet {
             }
             OnTimeout::GiveUp => {
                 slot.wait = None;
+                slot.requests.clear();
                 slot.lock.on_gave_up(seq);
                 self.stats.in_flight_add(-1);
                 self.stats.gave_up();
@@ -386,11 +517,31 @@ impl MqttFleet {
 
     /// Publishes report `seq` of slot `i` at QoS 1, through the injected faults.
     fn publish(&mut self, i: usize, seq: u32) {
-        let slot = &self.slots[i];
-        let Some(report) = slot.lock.report(seq) else {
+        let Some(report) = self.slots[i].lock.report(seq) else {
             return;
         };
-        let topic = slot.route.uplink_topic(report.kind);
+        let topic = self.slots[i].route.uplink_topic(report.kind);
+        let cbor = report.payload.clone();
+        let payload = match self.seal(i, cbor) {
+            Ok(payload) => payload,
+            Err(reason) => {
+                tracing::warn!(
+                    lock = self.slots[i].lock.id(),
+                    reason,
+                    "cannot protect report"
+                );
+                let slot = &mut self.slots[i];
+                if slot.wait.take().is_some() {
+                    self.stats.in_flight_add(-1);
+                }
+                slot.requests.clear();
+                if slot.lock.on_refused(seq).is_some() {
+                    self.stats.rejected(reason);
+                }
+                return;
+            }
+        };
+        let slot = &self.slots[i];
         let fate = self.impairment.outgoing();
         match fate {
             Fate::Drop => self.stats.dropped_out(),
@@ -399,16 +550,45 @@ impl MqttFleet {
         }
         let client = &self.conns[slot.conn].client;
         for _ in 0..fate.copies() {
-            if let Err(e) = client.try_publish(
-                topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                report.payload.clone(),
-            ) {
+            if let Err(e) =
+                client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            {
                 tracing::debug!(lock = slot.lock.id(), error = %e, "cannot queue publish");
                 self.stats.error("mqtt_queue_full");
             }
         }
+    }
+
+    /// What one publish of slot `i`'s report carries: `cbor` itself in an
+    /// insecure run; else `cbor` protected afresh under the next OSCORE
+    /// sequence number of the connection's device (stored in the live
+    /// counters at once), its [`RequestId`] kept for the answer. `Err`: why
+    /// it cannot be sent, as a refusal code.
+    fn seal(&mut self, i: usize, cbor: Vec<u8>) -> Result<Vec<u8>, &'static str> {
+        let slot = &mut self.slots[i];
+        let conn = &mut self.conns[slot.conn];
+        let Some(keys) = &conn.keys else {
+            return Ok(cbor);
+        };
+        let seq = match &mut conn.bridge {
+            Some((index, counters)) => {
+                let seq = counters.take_oscore_seq();
+                self.counters.store(*index, *counters);
+                seq
+            }
+            None => {
+                let seq = slot.lock.take_oscore_seq();
+                self.counters.store(slot.lock.index(), slot.lock.counters());
+                seq
+            }
+        };
+        let seq = seq.ok_or("oscore_exhausted")?;
+        let (frame, request) = keys.protect_mqtt(seq, &cbor).map_err(|e| {
+            tracing::debug!(error = %e, "protect failed");
+            "unsendable"
+        })?;
+        slot.requests.push(request);
+        Ok(frame)
     }
 
     fn rearm(&mut self, i: usize) {

@@ -81,6 +81,7 @@ pub fn lock_conn_spec(lock: &str, host: &str, port: u16) -> ConnSpec {
             down::error(&format!("lk/{lock}")),
         ],
         status_topic: None,
+        credentials: None,
     }
 }
 

@@ -1,15 +1,18 @@
 //! The state file at the edge of a run ([`crate::state`] holds the format and
-//! the reservation arithmetic): where each lock's starting counters come from
-//! ([`Persister::open`]), how the coordinator sees the counters of locks that
-//! live in other tasks ([`LiveCounters`]) and decides what to re-reserve
-//! ([`Persister::rereserve`]), and how the file is replaced on disk
-//! ([`write_atomic`], [`save`]).
+//! the reservation arithmetic): where each device's starting counters come
+//! from ([`Persister::open`]), how the coordinator sees the counters of
+//! devices that live in other tasks ([`LiveCounters`]) and decides what to
+//! re-reserve ([`Persister::rereserve`]), and how the file is replaced on
+//! disk ([`write_atomic`], [`save`]).
 //!
-//! The run writes the file three times over: with every lock's reservation
-//! before the first report, again whenever a lock has used half of its
+//! The devices of a run are its locks, in fleet order, then its bridges (a
+//! bridge's OSCORE sequence protects its linked locks' reports). The run
+//! writes the file three times over: with every device's reservation before
+//! the first report, again whenever a device has used half of its
 //! reservation, and with the exact counters at a clean end. A crash (or a
 //! second Ctrl-C, or [`crate::run::RunHandle::abort`]) leaves the last
-//! reservation in place, so the next run skips ahead instead of reusing seqs.
+//! reservation in place, so the next run skips ahead instead of reusing seqs
+//! or OSCORE sequence numbers.
 
 use crate::lock::Counters;
 use crate::state::{self, ParseError, StateFile, RESERVATION};
@@ -17,21 +20,21 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// How often the coordinator looks for locks past half of their reservation.
-/// A look reads two atomics per lock (milliseconds for a million locks) and a
-/// write follows only when some lock passed half, so it can be frequent; at
-/// this cadence a lock would need more than 16 000 seqs a second to use up a
-/// [`RESERVATION`] between two looks.
+/// How often the coordinator looks for devices past half of their
+/// reservation. A look reads three atomics per device (milliseconds for a
+/// million locks) and a write follows only when some device passed half, so
+/// it can be frequent; at this cadence a device would need more than 16 000
+/// seqs a second to use up a [`RESERVATION`] between two looks.
 pub const SAVE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Suffix of the temporary file a save writes before renaming it over the
 /// state file (in the same directory, so the rename is atomic).
 const TEMP_SUFFIX: &str = ".tmp";
 
-/// Where a run keeps its locks' counters.
+/// Where a run keeps its devices' counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateOptions {
     pub path: PathBuf,
@@ -59,7 +62,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     // `at` is not a `source`: the message already carries it whole.
-    #[error("the state file {path} is malformed at {at}; fix that line, delete the file, or pass --fresh-state to start every lock at seq 1")]
+    #[error("the state file {path} is malformed at {at}; fix that line, delete the file, or pass --fresh-state to start every device at seq 1")]
     Malformed { path: PathBuf, at: ParseError },
     #[error("cannot write the state file {path}: {source}")]
     Write {
@@ -71,8 +74,8 @@ pub enum StateError {
 /// Where a run's starting counters came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// The file held `found` of the fleet's `fleet` locks and `others` locks
-    /// that are not in the fleet (kept as they are).
+    /// The file held `found` of the fleet's `fleet` devices and `others`
+    /// devices that are not in the fleet (kept as they are).
     Read {
         path: PathBuf,
         found: usize,
@@ -95,105 +98,112 @@ impl fmt::Display for Origin {
                 others,
             } => write!(
                 f,
-                "lock counters read from {}: {found} of {fleet} locks found, {others} other locks kept",
+                "device counters read from {}: {found} of {fleet} devices found, {others} other devices kept",
                 path.display()
             ),
             Origin::Missing { path } => write!(
                 f,
-                "no state file at {} yet: locks start at seq 1",
+                "no state file at {} yet: devices start at seq 1",
                 path.display()
             ),
             Origin::Ignored { path } => write!(
                 f,
-                "fresh state: not reading {}, locks start at seq 1",
+                "fresh state: not reading {}, devices start at seq 1",
                 path.display()
             ),
         }
     }
 }
 
-/// Each lock's counters as its task last left them, indexed like the fleet.
-/// A task stores them after every [`crate::lock::Lock::wake`], the only call
-/// that allocates seqs: two relaxed stores, nothing else per report. The
-/// coordinator reads them for periodic saves; a value it reads a moment late
-/// is only lower than the truth, which the reservation margin covers.
+/// Each device's counters as its task last left them, indexed like the
+/// run's devices (locks in fleet order, then bridges). A task stores them
+/// after every [`crate::lock::Lock::wake`] and every OSCORE sequence number
+/// it draws, the only calls that allocate: three relaxed stores, nothing
+/// else per report. The coordinator reads them for periodic saves; a value
+/// it reads a moment late is only lower than the truth, which the
+/// reservation margin covers.
 #[derive(Debug)]
 pub struct LiveCounters {
-    locks: Box<[LiveSlot]>,
+    devices: Box<[LiveSlot]>,
 }
 
 #[derive(Debug)]
 struct LiveSlot {
     next_seq: AtomicU32,
     next_event_seq: AtomicU32,
+    next_oscore_seq: AtomicU64,
 }
 
 impl LiveCounters {
-    /// One slot per lock, holding `start`.
+    /// One slot per device, holding `start`.
     pub fn new(start: &[Counters]) -> Self {
-        let locks = start
+        let devices = start
             .iter()
             .map(|c| LiveSlot {
                 next_seq: AtomicU32::new(c.next_seq),
                 next_event_seq: AtomicU32::new(c.next_event_seq),
+                next_oscore_seq: AtomicU64::new(c.next_oscore_seq),
             })
             .collect();
-        LiveCounters { locks }
+        LiveCounters { devices }
     }
 
-    /// Records the counters of the lock at `lock_index` (out of range: ignored).
-    pub fn store(&self, lock_index: usize, c: Counters) {
-        if let Some(slot) = self.locks.get(lock_index) {
+    /// Records the counters of the device at `index` (out of range: ignored).
+    pub fn store(&self, index: usize, c: Counters) {
+        if let Some(slot) = self.devices.get(index) {
             slot.next_seq.store(c.next_seq, Relaxed);
             slot.next_event_seq.store(c.next_event_seq, Relaxed);
+            slot.next_oscore_seq.store(c.next_oscore_seq, Relaxed);
         }
     }
 
-    pub fn load(&self, lock_index: usize) -> Option<Counters> {
-        self.locks.get(lock_index).map(|slot| Counters {
+    pub fn load(&self, index: usize) -> Option<Counters> {
+        self.devices.get(index).map(|slot| Counters {
             next_seq: slot.next_seq.load(Relaxed),
             next_event_seq: slot.next_event_seq.load(Relaxed),
+            next_oscore_seq: slot.next_oscore_seq.load(Relaxed),
         })
     }
 
     pub fn len(&self) -> usize {
-        self.locks.len()
+        self.devices.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.locks.is_empty()
+        self.devices.is_empty()
     }
 }
 
 /// What one [`Persister::rereserve`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rereserved {
-    /// Locks re-reserved from their current counters.
-    pub locks: usize,
-    /// Of those, locks that had gone past their reservation: had the run
+    /// Devices re-reserved from their current counters.
+    pub devices: usize,
+    /// Of those, devices that had gone past their reservation: had the run
     /// crashed just before, the next one could have reused some of their seqs.
     pub overrun: usize,
 }
 
-/// The coordinator's view of the state file: what it holds (locks outside
-/// the fleet included) and where each lock's reservation was made from.
+/// The coordinator's view of the state file: what it holds (devices outside
+/// the fleet included) and where each device's reservation was made from.
 #[derive(Debug)]
 pub struct Persister {
     path: PathBuf,
     file: StateFile,
-    /// Per fleet lock, its slot in `file`.
+    /// Per device of the run, its slot in `file`.
     slots: Vec<usize>,
-    /// Per fleet lock, the counters its current reservation was made from.
+    /// Per device of the run, the counters its current reservation was made
+    /// from.
     bases: Vec<Counters>,
     /// `file` holds changes not yet on disk.
     unsaved: bool,
 }
 
 impl Persister {
-    /// Reads the state file (unless `fresh`) and returns, in fleet order, the
-    /// counters each of `fleet_ids` starts from: the file's, else
-    /// `fallback`'s, else [`Counters::START`]. The persister then holds a
-    /// reservation for every one of them, not yet saved.
+    /// Reads the state file (unless `fresh`) and returns, in the order of
+    /// `fleet_ids` (the run's devices), the counters each starts from: the
+    /// file's, else `fallback`'s, else [`Counters::START`]. The persister then
+    /// holds a reservation for every one of them, not yet saved.
     pub fn open(
         options: &StateOptions,
         fleet_ids: &[&str],
@@ -267,8 +277,8 @@ impl Persister {
         self.unsaved = false;
     }
 
-    /// Re-reserves, from its current counters, every lock that has used more
-    /// than half of its reservation.
+    /// Re-reserves, from its current counters, every device that has used
+    /// more than half of its reservation.
     pub fn rereserve(&mut self, live: &LiveCounters) -> Rereserved {
         let mut out = Rereserved::default();
         for (i, base) in self.bases.iter_mut().enumerate() {
@@ -276,21 +286,21 @@ impl Persister {
             if !state::needs_reservation(*base, now) {
                 continue;
             }
-            out.locks += 1;
+            out.devices += 1;
             if state::used(*base, now) > RESERVATION {
                 out.overrun += 1;
             }
             *base = now;
             self.file.set(self.slots[i], state::reserve(now));
         }
-        if out.locks > 0 {
+        if out.devices > 0 {
             self.unsaved = true;
         }
         out
     }
 
-    /// Sets the exact counters the fleet's locks ended with (no margin), in
-    /// fleet order, for the final save of a clean end.
+    /// Sets the exact counters the run's devices ended with (no margin), in
+    /// their order, for the final save of a clean end.
     pub fn set_exact(&mut self, counters: &[Counters]) {
         for (slot, c) in self.slots.iter().zip(counters) {
             self.file.set(*slot, *c);
@@ -346,11 +356,17 @@ pub async fn save(path: PathBuf, text: String) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::HEADER;
 
     fn c(next_seq: u32, next_event_seq: u32) -> Counters {
+        c3(next_seq, next_event_seq, 1)
+    }
+
+    fn c3(next_seq: u32, next_event_seq: u32, next_oscore_seq: u64) -> Counters {
         Counters {
             next_seq,
             next_event_seq,
+            next_oscore_seq,
         }
     }
 
@@ -363,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_file_starts_every_lock_at_1_and_reserves_ahead() {
+    fn a_missing_file_starts_every_device_at_1_and_reserves_ahead() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleet.csv.state");
         let (p, start, origin) = open_at(&path, false).unwrap();
@@ -373,23 +389,23 @@ mod tests {
         let k = 1 + RESERVATION;
         assert_eq!(
             p.text(),
-            format!("lock_id,next_seq,next_event_seq\nL1,{k},{k}\nL2,{k},{k}\n")
+            format!("{HEADER}\nL1,{k},{k},{k}\nL2,{k},{k},{k}\n")
         );
     }
 
     #[test]
-    fn saved_counters_are_the_start_and_other_locks_are_kept() {
+    fn saved_counters_are_the_start_and_other_devices_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
-        std::fs::write(
-            &path,
-            "lock_id,next_seq,next_event_seq\nGONE,9,9\nL2,50,60\n",
-        )
-        .unwrap();
+        std::fs::write(&path, format!("{HEADER}\nGONE,9,9,9\nL2,50,60,70\n")).unwrap();
         let fallback = HashMap::from([("L1".to_string(), c(7, 8)), ("L2".to_string(), c(1, 1))]);
         let (p, start, origin) =
             Persister::open(&StateOptions::at(&path), &["L1", "L2"], &fallback).unwrap();
-        assert_eq!(start, vec![c(7, 8), c(50, 60)], "file first, then fallback");
+        assert_eq!(
+            start,
+            vec![c(7, 8), c3(50, 60, 70)],
+            "file first, then fallback"
+        );
         assert_eq!(
             origin,
             Origin::Read {
@@ -400,15 +416,32 @@ mod tests {
             }
         );
         let text = p.text();
-        assert!(text.contains("\nGONE,9,9\n"), "{text}");
-        assert!(text.contains(&format!("\nL2,{},{}\n", 50 + RESERVATION, 60 + RESERVATION)));
+        assert!(text.contains("\nGONE,9,9,9\n"), "{text}");
+        let k = RESERVATION;
+        assert!(text.contains(&format!("\nL2,{},{},{}\n", 50 + k, 60 + k, 70 + k)));
+    }
+
+    #[test]
+    fn a_state_file_from_before_oscore_is_read_and_rewritten_with_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::write(&path, "lock_id,next_seq,next_event_seq\nL1,5,6\n").unwrap();
+        let (p, start, _) = open_at(&path, false).unwrap();
+        assert_eq!(start, vec![c3(5, 6, 1), Counters::START]);
+        let k = RESERVATION;
+        assert!(
+            p.text()
+                .starts_with(&format!("{HEADER}\nL1,{},{},{}\n", 5 + k, 6 + k, 1 + k)),
+            "{}",
+            p.text()
+        );
     }
 
     #[test]
     fn a_malformed_file_names_the_file_the_line_and_the_way_out() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleet.csv.state");
-        std::fs::write(&path, "lock_id,next_seq,next_event_seq\nL1,5,6\nL2,-1,6\n").unwrap();
+        std::fs::write(&path, format!("{HEADER}\nL1,5,6,7\nL2,-1,6,7\n")).unwrap();
         let err = open_at(&path, false).unwrap_err();
         assert!(matches!(err, StateError::Malformed { .. }), "{err:?}");
         let msg = err.to_string();
@@ -426,52 +459,59 @@ mod tests {
     }
 
     #[test]
-    fn only_locks_past_half_their_reservation_are_re_reserved() {
+    fn only_devices_past_half_their_reservation_are_re_reserved() {
         let dir = tempfile::tempdir().unwrap();
         let (mut p, start, _) = open_at(&dir.path().join("s"), false).unwrap();
         p.mark_saved();
         let live = LiveCounters::new(&start);
         let half = RESERVATION / 2;
         live.store(0, c(1 + half, 1));
-        live.store(1, c(2, 1 + half));
+        live.store(1, c3(2, 1 + half, 1 + u64::from(half)));
         assert_eq!(p.rereserve(&live), Rereserved::default());
         assert!(!p.unsaved(), "nothing to write");
 
-        live.store(1, c(2, 2 + half));
+        live.store(1, c3(2, 2, 2 + u64::from(half)));
         assert_eq!(
             p.rereserve(&live),
             Rereserved {
-                locks: 1,
+                devices: 1,
                 overrun: 0
             }
         );
         assert!(p.unsaved());
         let k = 1 + RESERVATION;
-        let l2 = state::reserve(c(2, 2 + half));
+        let l2 = state::reserve(c3(2, 2, 2 + u64::from(half)));
         assert_eq!(
             p.text(),
             format!(
-                "lock_id,next_seq,next_event_seq\nL1,{k},{k}\nL2,{},{}\n",
-                l2.next_seq, l2.next_event_seq
+                "{HEADER}\nL1,{k},{k},{k}\nL2,{},{},{}\n",
+                l2.next_seq, l2.next_event_seq, l2.next_oscore_seq
             )
         );
         // L2's new base is its current counters: no second re-reservation.
-        assert_eq!(p.rereserve(&live).locks, 0);
+        assert_eq!(p.rereserve(&live).devices, 0);
 
         live.store(0, c(2 + RESERVATION, 1));
         assert_eq!(
             p.rereserve(&live),
             Rereserved {
-                locks: 1,
+                devices: 1,
                 overrun: 1
             }
         );
 
-        p.set_exact(&[c(3, 4), c(5, 6)]);
-        assert_eq!(
-            p.text(),
-            "lock_id,next_seq,next_event_seq\nL1,3,4\nL2,5,6\n"
-        );
+        p.set_exact(&[c3(3, 4, 5), c3(5, 6, 7)]);
+        assert_eq!(p.text(), format!("{HEADER}\nL1,3,4,5\nL2,5,6,7\n"));
+    }
+
+    #[test]
+    fn live_counters_carry_all_three_counters() {
+        let live = LiveCounters::new(&[Counters::START]);
+        live.store(0, c3(9, 8, 1 << 39));
+        assert_eq!(live.load(0), Some(c3(9, 8, 1 << 39)));
+        live.store(5, c(1, 1));
+        assert_eq!(live.load(5), None);
+        assert_eq!(live.len(), 1);
     }
 
     #[test]

@@ -8,11 +8,18 @@
 //! the drain timeout passes), `Stopping` (bridges say `offline`, connections
 //! close, ledgers are collected).
 //!
-//! With [`SimConfig::state`], each lock's counters continue from the state
+//! With [`SimConfig::state`], each device's counters (report seqs for locks,
+//! the OSCORE sender sequence for locks and bridges) continue from the state
 //! file and the run keeps it current ([`crate::persist`]): the reservation is
 //! written before any task starts, re-reserved every
-//! [`persist::SAVE_CHECK_EVERY`] for locks past half of it, and the exact
+//! [`persist::SAVE_CHECK_EVERY`] for devices past half of it, and the exact
 //! counters are written once the tasks have stopped.
+//!
+//! [`SimConfig::security`] (the default) speaks the device security profile
+//! ([`crate::security`]): OSCORE on every CoAP request and every MQTT report
+//! and ack, MQTT logins derived from each device's pairing secret. Without
+//! it the run talks to a gateway started with `--insecure-dev`: plain
+//! payloads, anonymous MQTT.
 
 use crate::clock::SimClock;
 use crate::coap_client::TransmissionParams;
@@ -21,10 +28,11 @@ use crate::fleet::Fleet;
 use crate::latency::AckLatency;
 use crate::ledger::{AckedReport, Ledger, PendingReport};
 use crate::lock::{Counters, Lock};
-use crate::mqtt_fleet::{MqttFleet, MqttTarget};
-use crate::mqtt_lock::{self, route_for};
+use crate::mqtt_fleet::{MqttBridge, MqttFleet, MqttLock, MqttSecurity, MqttTarget};
+use crate::mqtt_lock::{self, route_for, Route};
 use crate::net::{Impairment, NetFaults};
 use crate::persist::{self, LiveCounters, Origin, Persister, StateError, StateOptions};
+use crate::security::DeviceKeys;
 use crate::stats::{Stats, StatsSnapshot};
 use schemas::event::Transport;
 use std::collections::{BTreeMap, HashMap};
@@ -88,13 +96,17 @@ pub struct SimConfig {
     pub progress: Option<Duration>,
     /// Cancel to end the run early (it still drains, then stops cleanly).
     pub cancel: CancellationToken,
-    /// Where each lock's counters are kept between runs; `None`: nothing is
-    /// read or written.
+    /// Where each device's counters are kept between runs; `None`: nothing
+    /// is read or written.
     pub state: Option<StateOptions>,
-    /// Counters to start from, by lock id, for locks the state file does not
-    /// list (for every lock without a state file); any other lock starts at
-    /// [`Counters::START`].
+    /// Counters to start from, by device id (lock or bridge), for devices
+    /// the state file does not list (for every device without a state
+    /// file); any other device starts at [`Counters::START`].
     pub start_counters: HashMap<String, Counters>,
+    /// Speak the device security profile (OSCORE, MQTT logins), as the
+    /// gateway requires by default. `false` is for a gateway started with
+    /// `--insecure-dev`: unprotected payloads, anonymous MQTT clients.
+    pub security: bool,
 }
 
 impl Default for SimConfig {
@@ -116,6 +128,7 @@ impl Default for SimConfig {
             cancel: CancellationToken::new(),
             state: None,
             start_counters: HashMap::new(),
+            security: true,
         }
     }
 }
@@ -142,6 +155,11 @@ pub enum RunError {
     Task(String),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("cannot derive the OSCORE context of {device}: {source}")]
+    Security {
+        device: String,
+        source: lockfleet_oscore::Error,
+    },
 }
 
 /// What a run did.
@@ -152,8 +170,9 @@ pub struct RunReport {
     pub acknowledged: Vec<AckedReport>,
     /// Reports still unacknowledged at the end.
     pub unacknowledged: Vec<PendingReport>,
-    /// Each lock's counters at the end, by lock id: what the next run starts
-    /// from, and what the state file holds for it if there is one.
+    /// Each device's counters at the end, by id (locks and bridges): what
+    /// the next run starts from, and what the state file holds for it if
+    /// there is one.
     pub counters: BTreeMap<String, Counters>,
     /// Round-trip times of the answered CoAP exchanges (first transmission
     /// to answer, retransmission waits included), by report kind.
@@ -181,7 +200,8 @@ impl RunReport {
 pub struct Shared {
     pub clock: SimClock,
     pub stats: Arc<Stats>,
-    /// Each lock's counters as its task last left them (for periodic saves).
+    /// Each device's counters as its task last left them (for periodic
+    /// saves): locks in fleet order, then bridges.
     pub counters: Arc<LiveCounters>,
 }
 
@@ -264,7 +284,13 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
     if config.ack_timeout.is_zero() || config.mqtt_ack_timeout.is_zero() {
         return Err(RunError::AckTimeout);
     }
-    let ids: Vec<String> = fleet.locks.iter().map(|l| l.id.clone()).collect();
+    // The run's devices: locks in fleet order, then bridges.
+    let ids: Vec<String> = fleet
+        .locks
+        .iter()
+        .map(|l| l.id.clone())
+        .chain(fleet.bridges.iter().map(|b| b.id.clone()))
+        .collect();
     let (mut persister, start_counters, origin) = match &config.state {
         Some(options) => {
             let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -289,16 +315,54 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let mut tasks: JoinSet<Ledger> = JoinSet::new();
 
+    let security_error = |device: &str| {
+        let device = device.to_string();
+        move |source| RunError::Security { device, source }
+    };
     let mut coap = Vec::new();
     let mut mqtt = Vec::new();
     for (i, spec) in fleet.locks.iter().enumerate() {
         let lock = Lock::new(spec, i, config.seed, &clock, config.max_reports_per_device)
             .with_counters(start_counters[i]);
         match (spec.transport, route_for(spec)) {
-            (Transport::Coap, _) => coap.push(lock),
-            (_, Some(route)) => mqtt.push((lock, route)),
+            (Transport::Coap, _) => {
+                let keys = config
+                    .security
+                    .then(|| DeviceKeys::for_lock(&spec.id, &spec.master_secret))
+                    .transpose()
+                    .map_err(security_error(&spec.id))?;
+                coap.push((lock, keys));
+            }
+            (_, Some(route)) => {
+                let security = match route {
+                    Route::Direct { .. } if config.security => {
+                        Some(MqttSecurity::for_lock(spec).map_err(security_error(&spec.id))?)
+                    }
+                    _ => None,
+                };
+                mqtt.push(MqttLock {
+                    lock,
+                    route,
+                    security,
+                });
+            }
             (_, None) => tracing::warn!(lock = %spec.id, "lock has no way to report; skipped"),
         }
+    }
+    let mut bridges = Vec::with_capacity(fleet.bridges.len());
+    for (b, spec) in fleet.bridges.iter().enumerate() {
+        let index = fleet.locks.len() + b;
+        let security = config
+            .security
+            .then(|| MqttSecurity::for_bridge(spec))
+            .transpose()
+            .map_err(security_error(&spec.id))?;
+        bridges.push(MqttBridge {
+            id: spec.id.clone(),
+            index,
+            counters: start_counters[index],
+            security,
+        });
     }
     tracing::info!(
         locks = fleet.locks.len(),
@@ -307,6 +371,7 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
         bridged = fleet.count_by_transport(Transport::Bridge),
         bridges = fleet.bridges.len(),
         speedup = config.speedup,
+        security = config.security,
         "starting simulation"
     );
 
@@ -318,15 +383,19 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
             ..TransmissionParams::default()
         };
         let sockets = config.sockets.min(coap.len());
-        let mut buckets: Vec<Vec<Lock>> = (0..sockets).map(|_| Vec::new()).collect();
-        for (i, lock) in coap.into_iter().enumerate() {
-            buckets[i % sockets].push(lock);
+        let mut buckets: Vec<(Vec<Lock>, Vec<DeviceKeys>)> =
+            (0..sockets).map(|_| (Vec::new(), Vec::new())).collect();
+        for (i, (lock, keys)) in coap.into_iter().enumerate() {
+            let bucket = &mut buckets[i % sockets];
+            bucket.0.push(lock);
+            bucket.1.extend(keys);
         }
-        for (s, locks) in buckets.into_iter().enumerate() {
+        for (s, (locks, keys)) in buckets.into_iter().enumerate() {
             let seed = config.seed.wrapping_add(1 + s as u64);
             let task = SocketTask::bind(
                 server,
                 locks,
+                config.security.then_some(keys),
                 params,
                 Impairment::new(config.faults, seed),
                 seed,
@@ -348,15 +417,14 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
     for task in socket_tasks {
         tasks.spawn(task.run(phase_rx.clone()));
     }
-    if !mqtt.is_empty() || !fleet.bridges.is_empty() {
+    if !mqtt.is_empty() || !bridges.is_empty() {
         let target = MqttTarget {
             host: config.gateway.clone(),
             port: config.mqtt_port,
             ack_timeout: config.mqtt_ack_timeout,
         };
         let impairment = Impairment::new(config.faults, config.seed.wrapping_sub(1));
-        let fleet_task =
-            MqttFleet::start(mqtt, &fleet.bridges, &target, impairment, shared.clone());
+        let fleet_task = MqttFleet::start(mqtt, bridges, &target, impairment, shared.clone());
         tasks.spawn(fleet_task.run(phase_rx.clone()));
     }
 
@@ -398,9 +466,9 @@ struct Coordinator {
     shared: Shared,
     phase: watch::Sender<Phase>,
     tasks: JoinSet<Ledger>,
-    /// Lock ids in fleet order.
+    /// Device ids: locks in fleet order, then bridges.
     ids: Vec<String>,
-    /// The counters each lock started from, in fleet order.
+    /// The counters each device started from, in the order of `ids`.
     start: Vec<Counters>,
     persister: Option<Persister>,
 }
@@ -435,7 +503,7 @@ impl Coordinator {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        let lock_count = ids.len() as u64;
+        let lock_count = stats.lock_count() as u64;
         let all_finished =
             || config.max_reports_per_device.is_some() && stats.locks_done() >= lock_count;
 
@@ -508,7 +576,7 @@ async fn save_if_due(p: &mut Persister, live: &LiveCounters) {
     if re.overrun > 0 {
         tracing::warn!(
             locks = re.overrun,
-            "locks used more seqs than reserved between two saves; a crash then could have reused some"
+            "devices used more seqs than reserved between two saves; a crash then could have reused some"
         );
     }
     if !p.unsaved() {
@@ -517,7 +585,7 @@ async fn save_if_due(p: &mut Persister, live: &LiveCounters) {
     match persist::save(p.path().to_path_buf(), p.text()).await {
         Ok(()) => {
             p.mark_saved();
-            tracing::debug!(locks = re.locks, "re-reserved lock counters");
+            tracing::debug!(devices = re.devices, "re-reserved device counters");
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot save lock counters; retrying at the next check")

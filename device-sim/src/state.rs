@@ -1,18 +1,30 @@
-//! The state file: each lock's [`Counters`] carried from one run to the
-//! next, as lock firmware carries them across reboots in non-volatile memory.
+//! The state file: each device's [`Counters`] carried from one run to the
+//! next, as firmware carries them across reboots in non-volatile memory.
 //! Without it every run would start every lock at seq 1 again, and the
 //! gateway, which keys reports by (lock, seq) and events by (lock, event
-//! seq), would acknowledge everything as a duplicate and store nothing.
+//! seq), would acknowledge everything as a duplicate and store nothing; and
+//! every device would restart its OSCORE sender sequence at 1, which the
+//! gateway's replay window refuses (4.01) for every number it already saw.
 //!
-//! The file is text, one lock a line under the header [`HEADER`]
-//! (`lock_id,next_seq,next_event_seq`). Locks that are not in the fleet being
-//! run stay in the file untouched: a run may simulate a subset.
+//! The file is text, one device (lock or bridge) a line under the header
+//! [`HEADER`] (`device_id,next_seq,next_event_seq,next_oscore_seq`; a bridge
+//! sends no reports of its own, so only its `next_oscore_seq` moves).
+//! Devices that are not in the fleet being run stay in the file untouched: a
+//! run may simulate a subset.
+//!
+//! A file written before OSCORE ([`LEGACY_HEADER`], three columns, locks
+//! only) still loads: every device's OSCORE sequence then starts at 1. That
+//! is right for a gateway database that never saw those devices protected;
+//! against one that did (the state file was lost or replaced), the gateway
+//! refuses the reused numbers as replays, as it must for a device that lost
+//! its state: start over with a new gateway database and `--fresh-state`.
 //!
 //! Crash safety follows RFC 8613 Appendix B.1.1 (how an OSCORE endpoint
 //! keeps its Sender Sequence Number across reboots): before a run uses any
-//! seq, it writes every lock's counters advanced by [`RESERVATION`]; while it
-//! runs it re-reserves, from its current counters, a lock that has used more
-//! than half of its reservation; at a clean end it writes the exact values.
+//! seq, it writes every device's counters advanced by [`RESERVATION`]; while
+//! it runs it re-reserves, from its current counters, a device that has used
+//! more than half of its reservation; at a clean end it writes the exact
+//! values.
 //! After a crash the next run starts past the reservation: seqs are skipped,
 //! never reused.
 //!
@@ -26,7 +38,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The first line of a state file.
-pub const HEADER: &str = "lock_id,next_seq,next_event_seq";
+pub const HEADER: &str = "device_id,next_seq,next_event_seq,next_oscore_seq";
+
+/// The first line of a state file written before OSCORE: three columns, no
+/// `next_oscore_seq` (read as 1). Read, never written.
+pub const LEGACY_HEADER: &str = "lock_id,next_seq,next_event_seq";
 
 /// What is appended to the fleet file's path to name its default state file.
 pub const DEFAULT_SUFFIX: &str = ".state";
@@ -44,6 +60,11 @@ pub const RESERVATION: u32 = 1 << 16;
 
 /// How many values a seq takes: 1 to `u32::MAX` (0 is never used).
 const SEQ_SPACE: u64 = u32::MAX as u64;
+
+/// The largest `next_oscore_seq`: one past [`lockfleet_oscore::MAX_SEQ`],
+/// a device that has used every OSCORE sequence number (it must be
+/// re-keyed). The counter never wraps: a wrapped one would reuse nonces.
+pub const OSCORE_SEQ_END: u64 = lockfleet_oscore::MAX_SEQ + 1;
 
 /// The default state file of the fleet file at `fleet`: its path with
 /// [`DEFAULT_SUFFIX`] appended (`fleet.csv` -> `fleet.csv.state`).
@@ -69,23 +90,31 @@ pub fn seqs_between(from: u32, to: u32) -> u32 {
     ((to + SEQ_SPACE - from) % SEQ_SPACE) as u32
 }
 
-/// What the state file holds for a lock whose counters are `c` while it may
-/// run: both counters advanced by [`RESERVATION`].
+/// `next_oscore_seq` advanced by `n`: no wrap, it stops at [`OSCORE_SEQ_END`].
+pub fn oscore_seq_add(seq: u64, n: u32) -> u64 {
+    seq.saturating_add(u64::from(n)).min(OSCORE_SEQ_END)
+}
+
+/// What the state file holds for a device whose counters are `c` while it
+/// may run: every counter advanced by [`RESERVATION`].
 pub fn reserve(c: Counters) -> Counters {
     Counters {
         next_seq: seq_add(c.next_seq, RESERVATION),
         next_event_seq: seq_add(c.next_event_seq, RESERVATION),
+        next_oscore_seq: oscore_seq_add(c.next_oscore_seq, RESERVATION),
     }
 }
 
-/// How much of a reservation made from `base` a lock now at `now` has used:
-/// the larger of its report and event seqs used since.
+/// How much of a reservation made from `base` a device now at `now` has
+/// used: the most of its report, event and OSCORE sequence numbers used since.
 pub fn used(base: Counters, now: Counters) -> u32 {
+    let oscore = now.next_oscore_seq.saturating_sub(base.next_oscore_seq);
     seqs_between(base.next_seq, now.next_seq)
         .max(seqs_between(base.next_event_seq, now.next_event_seq))
+        .max(u32::try_from(oscore).unwrap_or(u32::MAX))
 }
 
-/// True once a lock has used more than half of the reservation made from
+/// True once a device has used more than half of the reservation made from
 /// `base`: time to re-reserve from `now`.
 pub fn needs_reservation(base: Counters, now: Counters) -> bool {
     used(base, now) > RESERVATION / 2
@@ -94,7 +123,7 @@ pub fn needs_reservation(base: Counters, now: Counters) -> bool {
 /// The contents of a state file, in file order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateFile {
-    locks: Vec<(String, Counters)>,
+    devices: Vec<(String, Counters)>,
     index: HashMap<String, usize>,
 }
 
@@ -114,13 +143,17 @@ pub enum Problem {
     NotText,
     #[error("the header must be exactly {HEADER:?}, found {0:?}")]
     Header(String),
-    #[error("expected 3 columns ({HEADER}), found {0}")]
-    Columns(usize),
-    #[error("lock_id {0:?} is not a lock id (letters, digits, '-', '_', '.')")]
-    LockId(String),
-    #[error("{column} {value:?} is not a number from 1 to 4294967295")]
-    Number { column: &'static str, value: String },
-    #[error("lock {id:?} already appears on line {first_line}")]
+    #[error("expected {expected} columns as the header says, found {found}")]
+    Columns { expected: usize, found: usize },
+    #[error("{0:?} is not a device id (letters, digits, '-', '_', '.')")]
+    DeviceId(String),
+    #[error("{column} {value:?} is not a number from 1 to {max}")]
+    Number {
+        column: &'static str,
+        value: String,
+        max: u64,
+    },
+    #[error("device {id:?} already appears on line {first_line}")]
     Duplicate { id: String, first_line: usize },
 }
 
@@ -137,22 +170,30 @@ impl StateFile {
         })?;
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
         let header = lines.next().map_or("", |(_, l)| l);
-        if header != HEADER {
-            return Err(ParseError {
-                line: 1,
-                problem: Problem::Header(header.to_string()),
-            });
-        }
+        let expected = match header {
+            HEADER => 4,
+            LEGACY_HEADER => 3,
+            _ => {
+                return Err(ParseError {
+                    line: 1,
+                    problem: Problem::Header(header.to_string()),
+                })
+            }
+        };
         let mut file = StateFile::default();
         let mut first_line: HashMap<String, usize> = HashMap::new();
         for (line, l) in lines.filter(|(_, l)| !l.is_empty()) {
             let err = |problem| ParseError { line, problem };
             let columns: Vec<&str> = l.split(',').map(str::trim).collect();
-            let [id, seq, event_seq] = columns[..] else {
-                return Err(err(Problem::Columns(columns.len())));
-            };
+            if columns.len() != expected {
+                return Err(err(Problem::Columns {
+                    expected,
+                    found: columns.len(),
+                }));
+            }
+            let id = columns[0];
             if !valid_id(id) {
-                return Err(err(Problem::LockId(id.to_string())));
+                return Err(err(Problem::DeviceId(id.to_string())));
             }
             if let Some(&first_line) = first_line.get(id) {
                 return Err(err(Problem::Duplicate {
@@ -160,16 +201,23 @@ impl StateFile {
                     first_line,
                 }));
             }
-            let number = |column, value: &str| match value.parse::<u32>() {
-                Ok(n) if n > 0 => Ok(n),
+            let number = |column, value: &str, max: u64| match value.parse::<u64>() {
+                Ok(n) if n > 0 && n <= max => Ok(n),
                 _ => Err(err(Problem::Number {
                     column,
                     value: value.to_string(),
+                    max,
                 })),
             };
+            let max_seq = u64::from(u32::MAX);
+            // Within u32 range: `number` checked it against `max_seq`.
             let counters = Counters {
-                next_seq: number("next_seq", seq)?,
-                next_event_seq: number("next_event_seq", event_seq)?,
+                next_seq: number("next_seq", columns[1], max_seq)? as u32,
+                next_event_seq: number("next_event_seq", columns[2], max_seq)? as u32,
+                next_oscore_seq: match columns.get(3) {
+                    Some(v) => number("next_oscore_seq", v, OSCORE_SEQ_END)?,
+                    None => Counters::START.next_oscore_seq,
+                },
             };
             first_line.insert(id.to_string(), line);
             file.insert(id, counters);
@@ -177,56 +225,61 @@ impl StateFile {
         Ok(file)
     }
 
-    /// The file's text: the header, then one line per lock in order.
+    /// The file's text: the header, then one line per device in order
+    /// (always in the current format, whatever was read).
     pub fn to_text(&self) -> String {
-        // "lock_id,4294967295,4294967295\n" is about 30 bytes plus the id.
-        let mut out = String::with_capacity(HEADER.len() + 1 + self.locks.len() * 40);
+        // ",4294967295,4294967295,1099511627776\n" is 37 bytes plus the id.
+        let mut out = String::with_capacity(HEADER.len() + 1 + self.devices.len() * 50);
         out.push_str(HEADER);
         out.push('\n');
-        for (id, c) in &self.locks {
+        for (id, c) in &self.devices {
             // Writing to a String cannot fail.
-            let _ = writeln!(out, "{id},{},{}", c.next_seq, c.next_event_seq);
+            let _ = writeln!(
+                out,
+                "{id},{},{},{}",
+                c.next_seq, c.next_event_seq, c.next_oscore_seq
+            );
         }
         out
     }
 
-    /// The counters of `lock_id`, if the file has it.
-    pub fn get(&self, lock_id: &str) -> Option<Counters> {
-        self.index.get(lock_id).map(|&slot| self.locks[slot].1)
+    /// The counters of device `id`, if the file has it.
+    pub fn get(&self, id: &str) -> Option<Counters> {
+        self.index.get(id).map(|&slot| self.devices[slot].1)
     }
 
-    /// Sets the counters of `lock_id`, appending it if new, and returns its
+    /// Sets the counters of `id`, appending it if new, and returns its
     /// slot for [`StateFile::set`].
-    pub fn insert(&mut self, lock_id: &str, counters: Counters) -> usize {
-        if let Some(&slot) = self.index.get(lock_id) {
-            self.locks[slot].1 = counters;
+    pub fn insert(&mut self, id: &str, counters: Counters) -> usize {
+        if let Some(&slot) = self.index.get(id) {
+            self.devices[slot].1 = counters;
             return slot;
         }
-        let slot = self.locks.len();
-        self.locks.push((lock_id.to_string(), counters));
-        self.index.insert(lock_id.to_string(), slot);
+        let slot = self.devices.len();
+        self.devices.push((id.to_string(), counters));
+        self.index.insert(id.to_string(), slot);
         slot
     }
 
     /// Sets the counters in `slot` (from [`StateFile::insert`]); a slot the
     /// file does not have is ignored.
     pub fn set(&mut self, slot: usize, counters: Counters) {
-        if let Some(entry) = self.locks.get_mut(slot) {
+        if let Some(entry) = self.devices.get_mut(slot) {
             entry.1 = counters;
         }
     }
 
-    /// Every lock and its counters, in file order.
+    /// Every device and its counters, in file order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Counters)> {
-        self.locks.iter().map(|(id, c)| (id.as_str(), *c))
+        self.devices.iter().map(|(id, c)| (id.as_str(), *c))
     }
 
     pub fn len(&self) -> usize {
-        self.locks.len()
+        self.devices.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.locks.is_empty()
+        self.devices.is_empty()
     }
 }
 
@@ -235,9 +288,14 @@ mod tests {
     use super::*;
 
     fn c(next_seq: u32, next_event_seq: u32) -> Counters {
+        c3(next_seq, next_event_seq, 1)
+    }
+
+    fn c3(next_seq: u32, next_event_seq: u32, next_oscore_seq: u64) -> Counters {
         Counters {
             next_seq,
             next_event_seq,
+            next_oscore_seq,
         }
     }
 
@@ -245,56 +303,100 @@ mod tests {
         StateFile::parse(text.as_bytes()).unwrap_err()
     }
 
+    /// A state file in the current format with these lines.
+    fn current(lines: &str) -> String {
+        format!("{HEADER}\n{lines}")
+    }
+
     #[test]
     fn a_state_file_round_trips_in_order() {
         let mut file = StateFile::default();
-        file.insert("L000002", c(7, 40));
+        file.insert("L000002", c3(7, 40, 12));
         file.insert("L000001", c(1, 1));
-        file.insert("L000003", c(u32::MAX, 65_537));
+        file.insert("L000003", c3(u32::MAX, 65_537, OSCORE_SEQ_END));
+        file.insert("B00001", c3(1, 1, 900));
         let text = file.to_text();
         assert_eq!(
             text,
-            "lock_id,next_seq,next_event_seq\nL000002,7,40\nL000001,1,1\nL000003,4294967295,65537\n"
+            "device_id,next_seq,next_event_seq,next_oscore_seq\nL000002,7,40,12\nL000001,1,1,1\nL000003,4294967295,65537,1099511627776\nB00001,1,1,900\n"
         );
         assert_eq!(StateFile::parse(text.as_bytes()).unwrap(), file);
     }
 
     #[test]
-    fn crlf_blank_lines_and_spaces_are_accepted() {
+    fn a_file_from_before_oscore_loads_with_every_oscore_sequence_at_1() {
         let file =
-            StateFile::parse(b"lock_id,next_seq,next_event_seq\r\n\r\n L1 , 5 ,6\r\n\n").unwrap();
-        assert_eq!(file.iter().collect::<Vec<_>>(), vec![("L1", c(5, 6))]);
+            StateFile::parse(b"lock_id,next_seq,next_event_seq\nL1,5,6\nL2,70,80\n").unwrap();
+        assert_eq!(
+            file.iter().collect::<Vec<_>>(),
+            vec![("L1", c3(5, 6, 1)), ("L2", c3(70, 80, 1))]
+        );
+        // Written back in the current format.
+        assert!(file.to_text().starts_with(&format!("{HEADER}\nL1,5,6,1\n")));
+        // Each format wants its own number of columns.
+        assert_eq!(
+            problem("lock_id,next_seq,next_event_seq\nL1,5,6,7\n").problem,
+            Problem::Columns {
+                expected: 3,
+                found: 4
+            }
+        );
+        assert_eq!(
+            problem(&current("L1,5,6\n")).problem,
+            Problem::Columns {
+                expected: 4,
+                found: 3
+            }
+        );
+    }
+
+    #[test]
+    fn crlf_blank_lines_and_spaces_are_accepted() {
+        let file = StateFile::parse(
+            b"device_id,next_seq,next_event_seq,next_oscore_seq\r\n\r\n L1 , 5 ,6 , 7\r\n\n",
+        )
+        .unwrap();
+        assert_eq!(file.iter().collect::<Vec<_>>(), vec![("L1", c3(5, 6, 7))]);
     }
 
     #[test]
     fn a_malformed_line_is_named_with_its_number_and_problem() {
-        let e = problem("lock_id,next_seq,next_event_seq\nL1,5,6\nL2,abc,6\n");
+        let e = problem(&current("L1,5,6,1\nL2,abc,6,1\n"));
         assert_eq!(e.line, 3);
         assert_eq!(
             e.to_string(),
             "line 3: next_seq \"abc\" is not a number from 1 to 4294967295"
         );
 
-        let zero = problem("lock_id,next_seq,next_event_seq\nL1,5,0\n");
+        let zero = problem(&current("L1,5,0,1\n"));
         assert_eq!(
             zero.problem,
             Problem::Number {
                 column: "next_event_seq",
-                value: "0".into()
+                value: "0".into(),
+                max: u64::from(u32::MAX),
             }
         );
-        let too_big = problem("lock_id,next_seq,next_event_seq\nL1,4294967296,1\n");
+        let too_big = problem(&current("L1,4294967296,1,1\n"));
         assert_eq!(too_big.line, 2);
+        let oscore_too_big = problem(&current("L1,1,1,1099511627777\n"));
         assert_eq!(
-            problem("lock_id,next_seq,next_event_seq\nL1,5\n").problem,
-            Problem::Columns(2)
+            oscore_too_big.to_string(),
+            "line 2: next_oscore_seq \"1099511627777\" is not a number from 1 to 1099511627776"
         );
         assert_eq!(
-            problem("lock_id,next_seq,next_event_seq\nL 1,5,6\n").problem,
-            Problem::LockId("L 1".into())
+            problem(&current("L1,5\n")).problem,
+            Problem::Columns {
+                expected: 4,
+                found: 2
+            }
         );
         assert_eq!(
-            problem("lock_id,next_seq,next_event_seq\nL1,5,6\nL2,1,1\nL1,9,9\n"),
+            problem(&current("L 1,5,6,1\n")).problem,
+            Problem::DeviceId("L 1".into())
+        );
+        assert_eq!(
+            problem(&current("L1,5,6,1\nL2,1,1,1\nL1,9,9,9\n")),
             ParseError {
                 line: 4,
                 problem: Problem::Duplicate {
@@ -309,13 +411,15 @@ mod tests {
     fn a_missing_header_or_binary_garbage_is_malformed() {
         assert_eq!(problem("").problem, Problem::Header(String::new()));
         assert_eq!(
-            problem("L1,5,6\n"),
+            problem("L1,5,6,1\n"),
             ParseError {
                 line: 1,
-                problem: Problem::Header("L1,5,6".into())
+                problem: Problem::Header("L1,5,6,1".into())
             }
         );
-        let e = StateFile::parse(b"lock_id,next_seq,next_event_seq\nL1,5,6\nL2,\xff,1\n");
+        let e = StateFile::parse(
+            b"device_id,next_seq,next_event_seq,next_oscore_seq\nL1,5,6,1\nL2,\xff,1,1\n",
+        );
         assert_eq!(
             e.unwrap_err(),
             ParseError {
@@ -326,19 +430,18 @@ mod tests {
     }
 
     #[test]
-    fn locks_not_updated_are_kept_untouched_in_place() {
-        let mut file = StateFile::parse(
-            b"lock_id,next_seq,next_event_seq\nOTHER-1,900,901\nL1,5,6\nOTHER-2,3,4\n",
-        )
-        .unwrap();
+    fn devices_not_updated_are_kept_untouched_in_place() {
+        let mut file =
+            StateFile::parse(current("OTHER-1,900,901,902\nL1,5,6,7\nOTHER-2,3,4,5\n").as_bytes())
+                .unwrap();
         let slot = file.insert("L1", c(70, 80));
         file.insert("NEW", c(1, 1));
-        file.set(slot, c(71, 81));
+        file.set(slot, c3(71, 81, 9));
         assert_eq!(
             file.to_text(),
-            "lock_id,next_seq,next_event_seq\nOTHER-1,900,901\nL1,71,81\nOTHER-2,3,4\nNEW,1,1\n"
+            current("OTHER-1,900,901,902\nL1,71,81,9\nOTHER-2,3,4,5\nNEW,1,1,1\n")
         );
-        assert_eq!(file.get("OTHER-2"), Some(c(3, 4)));
+        assert_eq!(file.get("OTHER-2"), Some(c3(3, 4, 5)));
         assert_eq!(file.get("L2"), None);
     }
 
@@ -374,29 +477,71 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_advances_both_counters_by_the_margin() {
-        assert_eq!(reserve(c(1, 1)), c(1 + RESERVATION, 1 + RESERVATION));
+    fn a_reservation_advances_every_counter_by_the_margin() {
         assert_eq!(
-            reserve(c(u32::MAX - 9, 100)),
-            c(RESERVATION - 9, 100 + RESERVATION)
+            reserve(c3(1, 1, 1)),
+            c3(1 + RESERVATION, 1 + RESERVATION, 1 + u64::from(RESERVATION))
+        );
+        assert_eq!(
+            reserve(c3(u32::MAX - 9, 100, 5)),
+            c3(
+                RESERVATION - 9,
+                100 + RESERVATION,
+                5 + u64::from(RESERVATION)
+            )
         );
         // Never 0, even when the margin lands exactly on the wrap.
         let just_before = u32::MAX - RESERVATION + 1;
-        assert_eq!(reserve(c(just_before, just_before)), c(1, 1));
+        assert_eq!(reserve(c(just_before, just_before)).next_seq, 1);
         assert_eq!(reserve(c(just_before - 1, 1)).next_seq, u32::MAX);
+        // The OSCORE sequence never wraps: it stops where it is used up.
+        assert_eq!(
+            reserve(c3(1, 1, OSCORE_SEQ_END - 5)).next_oscore_seq,
+            OSCORE_SEQ_END
+        );
+        assert_eq!(
+            reserve(c3(1, 1, OSCORE_SEQ_END)).next_oscore_seq,
+            OSCORE_SEQ_END
+        );
     }
 
     #[test]
-    fn re_reservation_is_due_past_half_the_margin_on_either_counter() {
-        let base = c(10, u32::MAX - 100);
+    fn re_reservation_is_due_past_half_the_margin_on_any_counter() {
+        let base = c3(10, u32::MAX - 100, 50);
         let half = RESERVATION / 2;
         assert!(!needs_reservation(base, base));
-        assert!(!needs_reservation(base, c(10 + half, u32::MAX - 100)));
-        assert!(needs_reservation(base, c(11 + half, u32::MAX - 100)));
+        assert!(!needs_reservation(base, c3(10 + half, u32::MAX - 100, 50)));
+        assert!(needs_reservation(base, c3(11 + half, u32::MAX - 100, 50)));
         // The event counter wrapped on the way; the distance still counts.
         let events = seq_add(base.next_event_seq, half + 1);
         assert!(events < base.next_event_seq);
-        assert_eq!(used(base, c(10, events)), half + 1);
-        assert!(needs_reservation(base, c(10, events)));
+        assert_eq!(used(base, c3(10, events, 50)), half + 1);
+        assert!(needs_reservation(base, c3(10, events, 50)));
+        // A bridge only moves its OSCORE sequence.
+        let oscore = base.next_oscore_seq + u64::from(half);
+        assert!(!needs_reservation(
+            base,
+            Counters {
+                next_oscore_seq: oscore,
+                ..base
+            }
+        ));
+        assert!(needs_reservation(
+            base,
+            Counters {
+                next_oscore_seq: oscore + 1,
+                ..base
+            }
+        ));
+        assert_eq!(
+            used(
+                base,
+                Counters {
+                    next_oscore_seq: u64::MAX,
+                    ..base
+                }
+            ),
+            u32::MAX
+        );
     }
 }

@@ -124,6 +124,10 @@ impl Stats {
     pub fn locks_done(&self) -> u64 {
         self.locks_done.load(Relaxed)
     }
+    /// The locks these counters were made for.
+    pub fn lock_count(&self) -> usize {
+        self.acked_per_lock.len()
+    }
 
     /// Reports created and not yet acknowledged, refused or abandoned.
     pub fn outstanding(&self) -> u64 {

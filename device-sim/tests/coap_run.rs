@@ -1,14 +1,18 @@
 //! The CoAP locks against a small real UDP server (a test peer that answers
-//! like the gateway): retransmission, loss and duplication, refusals, and
-//! the ledger a gateway test relies on.
+//! like the gateway, OSCORE included): retransmission, loss and
+//! duplication, refusals, the ledger a gateway test relies on, and the
+//! protection of every exchange.
 
 mod common;
 
+use coap_lite::{CoapOption, Packet};
 use common::{coap_fleet, Behaviour, CoapServer};
+use device_sim::fleet::Fleet;
 use device_sim::net::NetFaults;
 use device_sim::run::{self, SimConfig};
+use lockfleet_oscore::OscoreOption;
 use schemas::device::UplinkKind;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// 1 h of simulated time per 0.1 s: a 60-minute log interval every 100 ms.
@@ -27,17 +31,21 @@ fn config(server: &CoapServer) -> SimConfig {
 }
 
 #[tokio::test]
-async fn a_lost_first_datagram_is_retransmitted_with_the_same_message_id_and_token() {
-    let server = CoapServer::start(Behaviour {
-        drop_first: 1,
-        ..Behaviour::default()
-    })
+async fn a_lost_first_datagram_is_retransmitted_with_the_same_message_id_token_and_bytes() {
+    let fleet = coap_fleet(1, 1);
+    let server = CoapServer::secure(
+        Behaviour {
+            drop_first: 1,
+            ..Behaviour::default()
+        },
+        &fleet,
+    )
     .await;
     let cfg = SimConfig {
         max_reports_per_device: Some(3),
         ..config(&server)
     };
-    let report = run::run(cfg, coap_fleet(1, 1)).await.unwrap();
+    let report = run::run(cfg, fleet).await.unwrap();
 
     let seqs: Vec<u32> = report.acknowledged.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
@@ -48,6 +56,9 @@ async fn a_lost_first_datagram_is_retransmitted_with_the_same_message_id_and_tok
     // dropped one: same message id, same token.
     let (mid, token) = &seen.dropped[0];
     assert_eq!((&seen.datagrams[0].0, &seen.datagrams[0].1), (mid, token));
+    // The very same bytes: the same OSCORE Partial IV, not protected again.
+    assert_eq!(seen.datagram_bytes[0], seen.dropped_bytes[0]);
+    assert_eq!(seen.oscore[0], ("lk/L000001".to_string(), 1));
     // Later exchanges use new message ids and tokens.
     let later: HashSet<(u16, Vec<u8>)> = seen
         .datagrams
@@ -64,17 +75,21 @@ async fn a_lost_first_datagram_is_retransmitted_with_the_same_message_id_and_tok
 
 #[tokio::test]
 async fn ack_latency_times_every_answered_exchange_from_its_first_transmission() {
-    let server = CoapServer::start(Behaviour {
-        drop_first: 1,
-        ..Behaviour::default()
-    })
+    let fleet = coap_fleet(1, 1);
+    let server = CoapServer::secure(
+        Behaviour {
+            drop_first: 1,
+            ..Behaviour::default()
+        },
+        &fleet,
+    )
     .await;
     let cfg = SimConfig {
         max_reports_per_device: Some(3),
         ..config(&server)
     };
     let ack_timeout = cfg.ack_timeout;
-    let report = run::run(cfg, coap_fleet(1, 1)).await.unwrap();
+    let report = run::run(cfg, fleet).await.unwrap();
 
     let l = &report.ack_latency;
     let answered = l.count(UplinkKind::Heartbeat) + l.count(UplinkKind::ActivityLog);
@@ -89,7 +104,8 @@ async fn ack_latency_times_every_answered_exchange_from_its_first_transmission()
 
 #[tokio::test]
 async fn a_lossy_duplicating_network_still_ends_with_every_report_acknowledged_once() {
-    let server = CoapServer::start(Behaviour::default()).await;
+    let fleet = coap_fleet(24, 3);
+    let server = CoapServer::secure(Behaviour::default(), &fleet).await;
     let cfg = SimConfig {
         max_reports_per_device: Some(6),
         faults: NetFaults::new(0.2, 0.2).unwrap(),
@@ -97,7 +113,6 @@ async fn a_lossy_duplicating_network_still_ends_with_every_report_acknowledged_o
         seed: 7,
         ..config(&server)
     };
-    let fleet = coap_fleet(24, 3);
     let report = run::run(cfg, fleet.clone()).await.unwrap();
     let s = &report.stats;
     assert!(report.all_acknowledged(), "{:?}", report.unacknowledged);
@@ -134,20 +149,32 @@ async fn a_lossy_duplicating_network_still_ends_with_every_report_acknowledged_o
     assert!(seen.duplicates > 0, "the server saw injected duplicates");
     assert_eq!(s.in_flight, 0);
     assert_eq!(s.outstanding, 0);
+    // Duplicates were answered from the cache, resends were protected
+    // afresh: the replay window never had to refuse anything.
+    assert!(
+        seen.security_refusals.is_empty(),
+        "{:?}",
+        seen.security_refusals
+    );
+    assert_eq!(s.errors.get("oscore_response"), None, "{s}");
 }
 
 #[tokio::test]
 async fn refused_reports_are_counted_by_code_and_not_retried() {
-    let server = CoapServer::start(Behaviour {
-        refuse_logs: true,
-        ..Behaviour::default()
-    })
+    let fleet = coap_fleet(3, 2);
+    let server = CoapServer::secure(
+        Behaviour {
+            refuse_logs: true,
+            ..Behaviour::default()
+        },
+        &fleet,
+    )
     .await;
     let cfg = SimConfig {
         max_reports_per_device: Some(4),
         ..config(&server)
     };
-    let report = run::run(cfg, coap_fleet(3, 2)).await.unwrap();
+    let report = run::run(cfg, fleet).await.unwrap();
     let refused = report.stats.errors.get("4.00").copied().unwrap_or(0);
     assert!(refused > 0, "{}", report.stats);
     assert_eq!(report.stats.rejected, refused);
@@ -169,16 +196,20 @@ async fn refused_reports_are_counted_by_code_and_not_retried() {
 /// sends it again after Max-Age, as a real lock does; nothing is lost.
 #[tokio::test]
 async fn a_busy_gateway_s_5_03_is_retried_after_max_age_and_nothing_is_lost() {
-    let server = CoapServer::start(Behaviour {
-        busy_first: 4,
-        ..Behaviour::default()
-    })
+    let fleet = coap_fleet(2, 3);
+    let server = CoapServer::secure(
+        Behaviour {
+            busy_first: 4,
+            ..Behaviour::default()
+        },
+        &fleet,
+    )
     .await;
     let cfg = SimConfig {
         max_reports_per_device: Some(2),
         ..config(&server)
     };
-    let report = run::run(cfg, coap_fleet(2, 3)).await.unwrap();
+    let report = run::run(cfg, fleet).await.unwrap();
     assert!(report.all_acknowledged(), "{}", report.stats);
     assert_eq!(
         report.stats.rejected, 0,
@@ -197,13 +228,14 @@ async fn a_busy_gateway_s_5_03_is_retried_after_max_age_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn wait_then_stop_ends_a_run_with_everything_acknowledged() {
-    let server = CoapServer::start(Behaviour::default()).await;
+    let fleet = coap_fleet(10, 5);
+    let server = CoapServer::secure(Behaviour::default(), &fleet).await;
     let cfg = SimConfig {
         duration: None,
         faults: NetFaults::new(0.1, 0.0).unwrap(),
         ..config(&server)
     };
-    let handle = run::start(cfg, coap_fleet(10, 5)).await.unwrap();
+    let handle = run::start(cfg, fleet).await.unwrap();
     assert!(
         handle.wait_acked_per_lock(3, Duration::from_secs(20)).await,
         "{}",
@@ -243,4 +275,160 @@ async fn an_unreachable_gateway_leaves_reports_pending_not_lost() {
         .collect();
     assert_eq!(pending.len(), 4, "{pending:?}");
     assert_eq!(report.stats.outstanding, 4);
+}
+
+/// The OSCORE option of a request datagram.
+fn oscore_option(datagram: &[u8]) -> OscoreOption {
+    let p = Packet::from_bytes(datagram).unwrap();
+    OscoreOption::decode(p.get_first_option(CoapOption::Oscore).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn every_request_is_protected_with_the_lock_s_context_and_a_fresh_sequence_number() {
+    let fleet = coap_fleet(3, 4);
+    let server = CoapServer::secure(Behaviour::default(), &fleet).await;
+    let cfg = SimConfig {
+        max_reports_per_device: Some(4),
+        ..config(&server)
+    };
+    let report = run::run(cfg, fleet.clone()).await.unwrap();
+    assert!(report.all_acknowledged(), "{}", report.stats);
+    assert_eq!(report.acknowledged.len(), 12);
+
+    let seen = server.seen.lock().unwrap();
+    for bytes in &seen.datagram_bytes {
+        let p = Packet::from_bytes(bytes).unwrap();
+        let outer: Vec<u16> = p.options().map(|(n, _)| *n).collect();
+        assert_eq!(outer, vec![9], "only the OSCORE option outside");
+        // The lock id is in the CBOR, which is encrypted.
+        assert!(!String::from_utf8_lossy(&p.payload).contains("L00000"));
+    }
+    // Per lock, one Partial IV per exchange, 1, 2, 3, ... under its own context.
+    let mut by_context: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (context, seq) in &seen.oscore {
+        by_context.entry(context).or_default().push(*seq);
+    }
+    for lock in &fleet.locks {
+        let seqs = &by_context[format!("lk/{}", lock.id).as_str()];
+        assert_eq!(*seqs, (1..=4).collect::<Vec<u64>>(), "{}", lock.id);
+        assert_eq!(report.counters[&lock.id].next_oscore_seq, 5);
+    }
+}
+
+#[tokio::test]
+async fn a_resend_after_giving_up_is_protected_afresh_with_a_new_partial_iv() {
+    let fleet = coap_fleet(1, 2);
+    // The first exchange's five transmissions are all lost: it gives up.
+    let transmissions = 1 + device_sim::coap_client::MAX_RETRANSMIT as usize;
+    let server = CoapServer::secure(
+        Behaviour {
+            drop_first: transmissions,
+            ..Behaviour::default()
+        },
+        &fleet,
+    )
+    .await;
+    let cfg = SimConfig {
+        max_reports_per_device: Some(1),
+        ..config(&server)
+    };
+    let report = run::run(cfg, fleet).await.unwrap();
+    assert!(report.all_acknowledged(), "{}", report.stats);
+    assert_eq!(report.stats.gave_up, 1, "{}", report.stats);
+    assert_eq!(report.acknowledged[0].attempts, 2);
+
+    let seen = server.seen.lock().unwrap();
+    assert_eq!(seen.dropped_bytes.len(), transmissions);
+    assert!(
+        seen.dropped_bytes
+            .iter()
+            .all(|b| *b == seen.dropped_bytes[0]),
+        "retransmissions are the same bytes"
+    );
+    let lost = oscore_option(&seen.dropped_bytes[0]);
+    assert_eq!(lost.partial_iv.map(|p| p.seq()), Some(1));
+    // The new exchange: a new message id and a new Partial IV.
+    assert_ne!(seen.datagrams[0].0, seen.dropped[0].0);
+    assert_eq!(seen.oscore, vec![("lk/L000001".to_string(), 2)]);
+    assert_eq!(report.counters["L000001"].next_oscore_seq, 3);
+}
+
+#[tokio::test]
+async fn an_answer_that_does_not_verify_is_counted_and_the_report_retried() {
+    let fleet = coap_fleet(1, 3);
+    let server = CoapServer::secure(
+        Behaviour {
+            unprotected_first_answers: 1,
+            corrupt_first_answers: 1,
+            ..Behaviour::default()
+        },
+        &fleet,
+    )
+    .await;
+    let cfg = SimConfig {
+        max_reports_per_device: Some(2),
+        ..config(&server)
+    };
+    let report = run::run(cfg, fleet).await.unwrap();
+    let s = &report.stats;
+    assert!(report.all_acknowledged(), "{s}");
+    assert_eq!(s.errors.get("oscore_response"), Some(&2), "{s}");
+    assert_eq!(s.rejected, 0, "{s}");
+    let seqs: Vec<u32> = report.acknowledged.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    // The first report went three times: an unprotected 2.04 and a forged
+    // one were not believed.
+    assert_eq!(report.acknowledged[0].attempts, 3);
+    let seen = server.seen.lock().unwrap();
+    assert_eq!(seen.forged, 2);
+    assert_eq!(seen.delivered[&("L000001".to_string(), 1)], 3);
+}
+
+#[tokio::test]
+async fn a_gateway_with_other_keys_refuses_every_report_and_none_is_retried() {
+    let fleet = coap_fleet(2, 5);
+    // The same devices paired with other secrets (generation draws new ones).
+    let other_keys = coap_fleet(2, 5);
+    assert_eq!(fleet.locks[0].id, other_keys.locks[0].id);
+    let server = CoapServer::secure(Behaviour::default(), &other_keys).await;
+    let cfg = SimConfig {
+        max_reports_per_device: Some(3),
+        ..config(&server)
+    };
+    let report = run::run(cfg, fleet).await.unwrap();
+    let s = &report.stats;
+    assert!(report.acknowledged.is_empty(), "{s}");
+    assert!(
+        report.all_acknowledged(),
+        "refused reports leave the outbox"
+    );
+    assert_eq!(s.rejected, 6, "{s}");
+    assert_eq!(s.errors.get("4.00"), Some(&6), "decryption failed: {s}");
+    let seen = server.seen.lock().unwrap();
+    assert_eq!(seen.datagrams.len(), 6, "not retried");
+    assert_eq!(seen.security_refusals.get("decrypt_failed"), Some(&6));
+    assert!(seen.delivered.is_empty());
+}
+
+#[tokio::test]
+async fn an_insecure_run_sends_plain_cbor_to_a_gateway_without_security() {
+    let fleet: Fleet = coap_fleet(2, 6);
+    let server = CoapServer::insecure(Behaviour::default()).await;
+    let cfg = SimConfig {
+        max_reports_per_device: Some(2),
+        security: false,
+        ..config(&server)
+    };
+    let report = run::run(cfg, fleet.clone()).await.unwrap();
+    assert!(report.all_acknowledged(), "{}", report.stats);
+    assert_eq!(report.acknowledged.len(), 4);
+    let seen = server.seen.lock().unwrap();
+    for bytes in &seen.datagram_bytes {
+        let p = Packet::from_bytes(bytes).unwrap();
+        assert!(p.get_first_option(CoapOption::Oscore).is_none());
+        assert!(p.get_first_option(CoapOption::UriPath).is_some());
+    }
+    for lock in &fleet.locks {
+        assert_eq!(report.counters[&lock.id].next_oscore_seq, 1, "never drawn");
+    }
 }

@@ -1,7 +1,10 @@
 //! The state file across runs, against the test CoAP peer that stores each
-//! (lock, seq) once: a second run continues where the first ended, a crashed
-//! run leaves a reservation the next one starts beyond, locks outside the
-//! fleet are kept, and a malformed file stops the run before any report.
+//! (lock, seq) once and keeps each lock's OSCORE replay window as the
+//! gateway does: a second run continues where the first ended (report seqs
+//! and OSCORE sequence numbers), a crashed run leaves a reservation the next
+//! one starts beyond, devices outside the fleet are kept, a file from before
+//! OSCORE loads, a lost file means replays the gateway refuses, and a
+//! malformed file stops the run before any report.
 
 mod common;
 
@@ -58,10 +61,10 @@ fn event_seqs(report: &RunReport, lock: &str) -> Vec<u32> {
 
 #[tokio::test]
 async fn a_second_run_continues_every_lock_s_seqs_and_the_peer_stores_all_of_it() {
-    let server = CoapServer::start(Behaviour::default()).await;
+    let fleet = coap_fleet(4, 9);
+    let server = CoapServer::secure(Behaviour::default(), &fleet).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fleet.csv.state");
-    let fleet = coap_fleet(4, 9);
     let cfg = || SimConfig {
         max_reports_per_device: Some(3),
         ..config(&server, &path)
@@ -104,15 +107,22 @@ async fn a_second_run_continues_every_lock_s_seqs_and_the_peer_stores_all_of_it(
     for (id, c) in &second.counters {
         assert_eq!(file.get(id), Some(*c), "{id}");
         assert_eq!(c.next_seq, 7);
+        // One OSCORE sequence number per exchange, continued across runs.
+        assert_eq!(c.next_oscore_seq, 7);
     }
+    assert!(
+        seen.security_refusals.is_empty(),
+        "{:?}",
+        seen.security_refusals
+    );
 }
 
 #[tokio::test]
 async fn after_a_crash_the_next_run_starts_beyond_the_reservation() {
-    let server = CoapServer::start(Behaviour::default()).await;
+    let fleet = coap_fleet(3, 4);
+    let server = CoapServer::secure(Behaviour::default(), &fleet).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fleet.csv.state");
-    let fleet = coap_fleet(3, 4);
 
     let handle = run::start(
         SimConfig {
@@ -127,6 +137,7 @@ async fn after_a_crash_the_next_run_starts_beyond_the_reservation() {
     let reserved = read_state(&path);
     let ceiling = state::reserve(Counters::START);
     assert_eq!(ceiling.next_seq, 1 + RESERVATION);
+    assert_eq!(ceiling.next_oscore_seq, 1 + u64::from(RESERVATION));
     for lock in &fleet.locks {
         assert_eq!(reserved.get(&lock.id), Some(ceiling), "{}", lock.id);
     }
@@ -173,15 +184,29 @@ async fn after_a_crash_the_next_run_starts_beyond_the_reservation() {
     }
     let seen = server.seen.lock().unwrap();
     assert!(seen.delivered.values().all(|n| *n == 1), "no seq reused");
+    // Nor an OSCORE sequence number: the next run's start past the reservation.
+    assert!(
+        seen.security_refusals.is_empty(),
+        "{:?}",
+        seen.security_refusals
+    );
+    let after_crash: Vec<u64> = seen
+        .oscore
+        .iter()
+        .filter(|(_, seq)| *seq >= ceiling.next_oscore_seq)
+        .map(|(_, seq)| *seq)
+        .collect();
+    assert_eq!(after_crash.len(), 3 * 2, "{:?}", seen.oscore);
 }
 
 #[tokio::test]
-async fn locks_outside_the_fleet_are_kept_and_fresh_state_starts_over() {
-    let server = CoapServer::start(Behaviour::default()).await;
+async fn devices_outside_the_fleet_are_kept_an_old_file_loads_and_fresh_state_starts_over() {
+    let fleet = coap_fleet(2, 6);
+    let server = CoapServer::secure(Behaviour::default(), &fleet).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("subset.state");
-    let fleet = coap_fleet(2, 6);
     let (known, new) = (fleet.locks[0].id.clone(), fleet.locks[1].id.clone());
+    // A state file from before OSCORE: no next_oscore_seq column.
     std::fs::write(
         &path,
         format!("lock_id,next_seq,next_event_seq\nNOT-IN-FLEET,777,888\n{known},100,200\n"),
@@ -196,7 +221,7 @@ async fn locks_outside_the_fleet_are_kept_and_fresh_state_starts_over() {
     assert_eq!(
         handle.state_origin().unwrap().to_string(),
         format!(
-            "lock counters read from {}: 1 of 2 locks found, 1 other locks kept",
+            "device counters read from {}: 1 of 2 devices found, 1 other devices kept",
             path.display()
         )
     );
@@ -214,16 +239,28 @@ async fn locks_outside_the_fleet_are_kept_and_fresh_state_starts_over() {
         file.get("NOT-IN-FLEET"),
         Some(Counters {
             next_seq: 777,
-            next_event_seq: 888
+            next_event_seq: 888,
+            next_oscore_seq: 1,
         })
     );
     assert_eq!(file.get(&known), Some(report.counters[&known]));
+    assert_eq!(report.counters[&known].next_oscore_seq, 3, "started at 1");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with(state::HEADER),
+        "rewritten in the new format: {text}"
+    );
 
+    // Fresh state is for a fresh gateway database (a new peer here): the old
+    // one would refuse the restarted OSCORE sequence numbers as replays.
+    let fresh_server = CoapServer::secure(Behaviour::default(), &fleet).await;
     let fresh = SimConfig {
         state: Some(StateOptions {
             path: path.clone(),
             fresh: true,
         }),
+        gateway: fresh_server.addr.ip().to_string(),
+        coap_port: fresh_server.addr.port(),
         ..cfg
     };
     let report = run::run(fresh, fleet).await.unwrap();
@@ -236,7 +273,7 @@ async fn locks_outside_the_fleet_are_kept_and_fresh_state_starts_over() {
 
 #[tokio::test]
 async fn a_malformed_state_file_stops_the_run_before_any_report() {
-    let server = CoapServer::start(Behaviour::default()).await;
+    let server = CoapServer::insecure(Behaviour::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fleet.csv.state");
     let garbage = "lock_id,next_seq,next_event_seq\nL000001,12,13\nL000002,twelve,13\n";
@@ -253,7 +290,7 @@ async fn a_malformed_state_file_stops_the_run_before_any_report() {
     assert_eq!(
         err.to_string(),
         format!(
-            "the state file {} is malformed at line 3: next_seq \"twelve\" is not a number from 1 to 4294967295; fix that line, delete the file, or pass --fresh-state to start every lock at seq 1",
+            "the state file {} is malformed at line 3: next_seq \"twelve\" is not a number from 1 to 4294967295; fix that line, delete the file, or pass --fresh-state to start every device at seq 1",
             path.display()
         )
     );
@@ -263,8 +300,8 @@ async fn a_malformed_state_file_stops_the_run_before_any_report() {
 
 #[tokio::test]
 async fn start_counters_carry_a_run_on_without_any_file() {
-    let server = CoapServer::start(Behaviour::default()).await;
     let fleet = coap_fleet(2, 8);
+    let server = CoapServer::secure(Behaviour::default(), &fleet).await;
     let cfg = SimConfig {
         max_reports_per_device: Some(2),
         state: None,
@@ -285,4 +322,31 @@ async fn start_counters_carry_a_run_on_without_any_file() {
         assert_eq!(seqs(&second, &lock.id), vec![3, 4]);
     }
     assert!(!Path::new("unused").exists());
+}
+
+/// What the state file is for: a device that loses its counters restarts
+/// its OSCORE sequence at 1, and a gateway that saw those numbers refuses
+/// them as replays (4.01), as it must. `--fresh-state` belongs with a fresh
+/// gateway database.
+#[tokio::test]
+async fn a_lost_state_file_restarts_oscore_sequences_and_the_gateway_refuses_the_replays() {
+    let fleet = coap_fleet(2, 10);
+    let server = CoapServer::secure(Behaviour::default(), &fleet).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.csv.state");
+    let cfg = SimConfig {
+        max_reports_per_device: Some(2),
+        ..config(&server, &path)
+    };
+    let first = run::run(cfg.clone(), fleet.clone()).await.unwrap();
+    assert_eq!(first.acknowledged.len(), 4);
+
+    std::fs::remove_file(&path).unwrap();
+    let second = run::run(cfg, fleet).await.unwrap();
+    let s = &second.stats;
+    assert!(second.acknowledged.is_empty(), "{s}");
+    assert_eq!(s.errors.get("4.01"), Some(&4), "{s}");
+    assert_eq!(s.rejected, 4, "refusals, not retried: {s}");
+    let seen = server.seen.lock().unwrap();
+    assert_eq!(seen.security_refusals.get("replay"), Some(&4));
 }

@@ -67,6 +67,25 @@ pub struct Settings {
     /// Seconds between checks for newly imported devices [default: 2]
     #[arg(long, env = "LOCKFLEET_REGISTRY_REFRESH_SECS")]
     pub registry_refresh_secs: Option<u64>,
+    /// The MQTT username of the dashboard backend (embedded broker) [default: dashboard]
+    #[arg(long, env = "LOCKFLEET_BACKEND_USERNAME")]
+    pub backend_username: Option<String>,
+    /// The dashboard backend's MQTT password as an Argon2id PHC string
+    /// (`gateway keys hash-password` makes one); or give the password itself
+    /// in the environment variable LOCKFLEET_BACKEND_PASSWORD
+    #[arg(long, env = "LOCKFLEET_BACKEND_PASSWORD_HASH", hide_env_values = true)]
+    pub backend_password_hash: Option<String>,
+    /// PEM certificate chain for the public MQTT listener: with
+    /// --mqtt-tls-key it speaks MQTT over TLS (rustls) only
+    #[arg(long, env = "LOCKFLEET_MQTT_TLS_CERT")]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --mqtt-tls-cert
+    #[arg(long, env = "LOCKFLEET_MQTT_TLS_KEY")]
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// The username the gateway logs in to an external broker with (its
+    /// password in the environment variable LOCKFLEET_MQTT_BROKER_PASSWORD)
+    #[arg(long, env = "LOCKFLEET_MQTT_BROKER_USERNAME")]
+    pub mqtt_broker_username: Option<String>,
 }
 
 impl Settings {
@@ -88,6 +107,11 @@ impl Settings {
             registry_refresh_secs: self.registry_refresh_secs.or(other.registry_refresh_secs),
             server_key_file: self.server_key_file.or(other.server_key_file),
             insecure_dev: self.insecure_dev || other.insecure_dev,
+            backend_username: self.backend_username.or(other.backend_username),
+            backend_password_hash: self.backend_password_hash.or(other.backend_password_hash),
+            mqtt_tls_cert: self.mqtt_tls_cert.or(other.mqtt_tls_cert),
+            mqtt_tls_key: self.mqtt_tls_key.or(other.mqtt_tls_key),
+            mqtt_broker_username: self.mqtt_broker_username.or(other.mqtt_broker_username),
         }
     }
 }
@@ -141,7 +165,67 @@ pub enum MqttMode {
         max_connections: usize,
     },
     /// Use a broker someone else runs.
-    External { host: String, port: u16 },
+    External {
+        host: String,
+        port: u16,
+        /// The gateway's own login at that broker, if it requires one.
+        login: Option<BrokerLogin>,
+    },
+}
+
+/// A username and password the gateway logs in to a broker with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerLogin {
+    pub username: String,
+    pub password: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for BrokerLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BrokerLogin({}, password: ..)", self.username)
+    }
+}
+
+/// Environment variable holding the gateway's password at an external broker.
+pub const BROKER_PASSWORD_ENV: &str = "LOCKFLEET_MQTT_BROKER_PASSWORD";
+/// Environment variable holding the dashboard backend's plain password.
+pub const BACKEND_PASSWORD_ENV: &str = "LOCKFLEET_BACKEND_PASSWORD";
+/// The dashboard backend's username unless configured.
+pub const DEFAULT_BACKEND_USERNAME: &str = "dashboard";
+/// The file under the data directory holding a generated backend password.
+pub const DEFAULT_BACKEND_PASSWORD_FILE: &str = "backend.password";
+
+/// Where the dashboard backend's MQTT password comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BackendPassword {
+    /// The plain password (LOCKFLEET_BACKEND_PASSWORD), hashed at start.
+    Env(zeroize::Zeroizing<String>),
+    /// An Argon2id PHC string.
+    Hash(String),
+    /// A password generated on first start into this file (0600), for a
+    /// single-machine SQLite deployment.
+    DataDir(PathBuf),
+    /// None given, and none may be generated (PostgreSQL: several instances
+    /// must agree).
+    Missing,
+}
+
+impl std::fmt::Debug for BackendPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendPassword::Env(_) => write!(f, "Env({BACKEND_PASSWORD_ENV})"),
+            BackendPassword::Hash(_) => f.write_str("Hash(..)"),
+            BackendPassword::DataDir(p) => write!(f, "DataDir({})", p.display()),
+            BackendPassword::Missing => f.write_str("Missing"),
+        }
+    }
+}
+
+/// PEM files of the public MQTT listener's TLS identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The resolved configuration.
@@ -161,6 +245,11 @@ pub struct Config {
     pub server_key: ServerKeySource,
     /// Device security off (see [`Settings::insecure_dev`]).
     pub insecure_dev: bool,
+    /// The dashboard backend's MQTT username.
+    pub backend_username: String,
+    pub backend_password: BackendPassword,
+    /// TLS on the public MQTT listener.
+    pub mqtt_tls: Option<TlsFiles>,
 }
 
 /// Environment variable that may hold the server key itself.
@@ -210,6 +299,15 @@ pub enum ConfigError {
     NoServerKey,
     #[error("{0}")]
     ServerKey(#[from] crate::keys::ServerKeyError),
+    #[error("no password for the dashboard backend's MQTT login: with PostgreSQL every instance must accept the same one. Give the password in {BACKEND_PASSWORD_ENV}, or its Argon2id hash (`gateway keys hash-password`) in --backend-password-hash")]
+    NoBackendPassword,
+    #[error("the backend password hash is not an Argon2id PHC string ($argon2id$v=19$...): make one with `gateway keys hash-password`")]
+    BadBackendHash,
+    #[error("cannot read or create the backend password file {path}: {source}")]
+    BackendPasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Config {
@@ -232,6 +330,52 @@ impl Config {
     }
 
     /// Resolve flags/env (`cli`) over the file named by `config_file` over defaults.
+    /// The Argon2id hash the dashboard backend's MQTT password is checked
+    /// against. A generated password is written once, readable by the
+    /// owner only, and its path logged (never the password).
+    pub fn backend_password_hash(&self) -> Result<String, ConfigError> {
+        use crate::keys::password;
+        match &self.backend_password {
+            BackendPassword::Env(plain) => Ok(password::hash(plain, password::OPERATOR_COST)),
+            BackendPassword::Hash(phc) if password::is_argon2id_phc(phc) => Ok(phc.clone()),
+            BackendPassword::Hash(_) => Err(ConfigError::BadBackendHash),
+            BackendPassword::DataDir(path) => {
+                let file_err = |source| ConfigError::BackendPasswordFile {
+                    path: path.clone(),
+                    source,
+                };
+                let plain = match std::fs::read_to_string(path) {
+                    Ok(text) => zeroize::Zeroizing::new(text.trim().to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let plain = crate::keys::ServerKey::generate_hex();
+                        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                            std::fs::create_dir_all(dir).map_err(file_err)?;
+                        }
+                        let mut options = std::fs::OpenOptions::new();
+                        options.write(true).create_new(true);
+                        #[cfg(unix)]
+                        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                        let mut file = options.open(path).map_err(file_err)?;
+                        std::io::Write::write_all(
+                            &mut file,
+                            format!("{}\n", plain.as_str()).as_bytes(),
+                        )
+                        .map_err(file_err)?;
+                        file.sync_all().map_err(file_err)?;
+                        tracing::warn!(path = %path.display(), username = %self.backend_username, "created a password for the dashboard backend's MQTT login; the backend logs in with it (read it from that file), or set {BACKEND_PASSWORD_ENV}");
+                        plain
+                    }
+                    Err(e) => return Err(file_err(e)),
+                };
+                if plain.is_empty() {
+                    return Err(file_err(std::io::Error::other("the file is empty")));
+                }
+                Ok(password::hash(&plain, password::OPERATOR_COST))
+            }
+            BackendPassword::Missing => Err(ConfigError::NoBackendPassword),
+        }
+    }
+
     pub fn resolve(cli: Settings, config_file: Option<&Path>) -> Result<Config, ConfigError> {
         let file = match config_file {
             Some(path) => {
@@ -277,7 +421,13 @@ impl Config {
                         "mqtt_broker has no host; use host:port, e.g. 127.0.0.1:1883".into(),
                     ));
                 }
-                MqttMode::External { host, port }
+                let login = s.mqtt_broker_username.map(|username| BrokerLogin {
+                    username,
+                    password: zeroize::Zeroizing::new(
+                        std::env::var(BROKER_PASSWORD_ENV).unwrap_or_default(),
+                    ),
+                });
+                MqttMode::External { host, port, login }
             }
             None => MqttMode::Embedded {
                 listen: s.mqtt_listen.unwrap_or_else(|| addr(DEFAULT_MQTT_LISTEN)),
@@ -311,6 +461,34 @@ impl Config {
             }
             (None, None) => ServerKeySource::Missing,
         };
+        let backend_password = match (
+            std::env::var(BACKEND_PASSWORD_ENV)
+                .ok()
+                .filter(|p| !p.trim().is_empty()),
+            s.backend_password_hash,
+        ) {
+            (Some(plain), _) => BackendPassword::Env(zeroize::Zeroizing::new(plain)),
+            (None, Some(phc)) => BackendPassword::Hash(phc),
+            (None, None) if database_url.starts_with("sqlite:") => {
+                BackendPassword::DataDir(data_dir.join(DEFAULT_BACKEND_PASSWORD_FILE))
+            }
+            (None, None) => BackendPassword::Missing,
+        };
+        let mqtt_tls = match (s.mqtt_tls_cert, s.mqtt_tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "TLS needs both --mqtt-tls-cert and --mqtt-tls-key".into(),
+                ))
+            }
+        };
+        let backend_username = s
+            .backend_username
+            .unwrap_or_else(|| DEFAULT_BACKEND_USERNAME.to_string());
+        if !valid_client_id(&backend_username) {
+            return Err(ConfigError::Invalid(format!("backend_username {backend_username:?} must be 1 to {MAX_CLIENT_ID_LEN} characters of A-Z a-z 0-9 - _ . (it is also the backend's client id)")));
+        }
         Ok(Config {
             coap_listen: s.coap_listen.unwrap_or_else(|| addr(DEFAULT_COAP_LISTEN)),
             mqtt,
@@ -331,6 +509,9 @@ impl Config {
             registry_refresh: Duration::from_secs(s.registry_refresh_secs.unwrap_or(2).max(1)),
             server_key,
             insecure_dev: s.insecure_dev,
+            backend_username,
+            backend_password,
+            mqtt_tls,
         })
     }
 }
@@ -420,7 +601,8 @@ mod tests {
             Config::from_settings(s).unwrap().mqtt,
             MqttMode::External {
                 host: "127.0.0.1".into(),
-                port: 1884
+                port: 1884,
+                login: None,
             }
         );
         let s = Settings {

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub store: Store,
-    pub mqtt: MqttClient,
+    /// The gateway's MQTT sessions (devices', backend's): ready when all are up.
+    pub mqtt: Vec<MqttClient>,
     pub shutdown: CancellationToken,
 }
 
@@ -41,7 +42,7 @@ async fn ready(State(s): State<HttpState>) -> (StatusCode, String) {
             format!("database not answering: {e}\n"),
         );
     }
-    if !s.mqtt.is_connected() {
+    if !s.mqtt.iter().all(MqttClient::is_connected) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "MQTT session not connected\n".into(),

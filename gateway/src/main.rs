@@ -38,7 +38,7 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
-    /// Server key tools
+    /// Server key and password tools
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -49,6 +49,9 @@ enum Command {
 enum KeysCommand {
     /// Print a new random server key (64 hex characters) for LOCKFLEET_SERVER_KEY or --server-key-file; keep it in a secret store
     NewServerKey,
+    /// Read a password from standard input (one line) and print its Argon2id
+    /// hash for --backend-password-hash / LOCKFLEET_BACKEND_PASSWORD_HASH
+    HashPassword,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -140,6 +143,23 @@ async fn main() -> anyhow::Result<()> {
             command: KeysCommand::NewServerKey,
         } => {
             println!("{}", gateway::keys::ServerKey::generate_hex().as_str());
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::HashPassword,
+        } => {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!("no password on standard input: pipe it in, e.g. `printf %s \"$PW\" | gateway keys hash-password`");
+            }
+            println!(
+                "{}",
+                gateway::keys::password::hash(password, gateway::keys::password::OPERATOR_COST)
+            );
             Ok(())
         }
     }

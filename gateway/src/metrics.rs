@@ -13,7 +13,10 @@ use std::time::Duration;
 pub const RECEIVED: &str = "lockfleet_uplinks_received_total";
 /// Payloads decoded into a report, by `transport` and `kind` (heartbeat, activity_log, bridge_status).
 pub const DECODED: &str = "lockfleet_uplinks_decoded_total";
-/// Inputs refused, by `transport` and `reason` (malformed, unknown_device, not_coap, ...).
+/// Inputs refused, by `transport` and `reason` (malformed, unknown_device, not_coap, ...;
+/// OSCORE: unprotected, malformed_option, unknown_kid, unknown_context, replay,
+/// decrypt_failed, malformed_ciphertext, malformed_inner, key_revoked,
+/// device_mismatch, replay_state_corrupt).
 pub const REJECTED: &str = "lockfleet_uplinks_rejected_total";
 /// Reports already stored (same device seq), by `transport` and `kind`.
 pub const DUPLICATES: &str = "lockfleet_uplinks_duplicate_total";
@@ -92,7 +95,10 @@ fn describe() {
         "Datagrams and MQTT messages received from devices"
     );
     describe_counter!(DECODED, "Device payloads decoded into reports");
-    describe_counter!(REJECTED, "Device inputs refused, by reason");
+    describe_counter!(
+        REJECTED,
+        "Device inputs refused, by reason (including OSCORE: unprotected, replay, decrypt_failed, key_revoked, ...)"
+    );
     describe_counter!(
         DUPLICATES,
         "Reports already stored (same device sequence number)"
@@ -133,7 +139,7 @@ fn describe() {
     describe_counter!(RETENTION_DELETED, "Rows deleted by the retention task");
     describe_gauge!(
         MQTT_CONNECTIONS,
-        "MQTT clients connected to the embedded broker (updated while it carries traffic)"
+        "MQTT clients connected to an embedded broker, by broker (device, backend; updated while it carries traffic)"
     );
     describe_counter!(
         BROKER_PUBLISHES,
@@ -144,6 +150,8 @@ fn describe() {
         "Embedded broker alerts; cursor_jump means a subscriber lost messages"
     );
     describe_coap();
+    describe_oscore();
+    describe_front();
 }
 
 pub fn received(transport: &'static str) {
@@ -198,15 +206,17 @@ pub fn devices_registered(kind: &'static str, n: usize) {
 pub fn retention_deleted(table: &'static str, n: u64) {
     counter!(RETENTION_DELETED, "table" => table).increment(n);
 }
-pub fn mqtt_connections(n: usize) {
-    gauge!(MQTT_CONNECTIONS).set(n as f64);
+/// `broker`: `device` (devices' broker, or the only one with
+/// `--insecure-dev`) or `backend` (the dashboard backend's).
+pub fn mqtt_connections(broker: &'static str, n: usize) {
+    gauge!(MQTT_CONNECTIONS, "broker" => broker).set(n as f64);
 }
-pub fn broker_publishes(routed: u64, failed: u64) {
-    counter!(BROKER_PUBLISHES, "outcome" => "routed").increment(routed);
-    counter!(BROKER_PUBLISHES, "outcome" => "failed").increment(failed);
+pub fn broker_publishes(broker: &'static str, routed: u64, failed: u64) {
+    counter!(BROKER_PUBLISHES, "broker" => broker, "outcome" => "routed").increment(routed);
+    counter!(BROKER_PUBLISHES, "broker" => broker, "outcome" => "failed").increment(failed);
 }
-pub fn broker_alert(kind: &'static str) {
-    counter!(BROKER_ALERTS, "kind" => kind).increment(1);
+pub fn broker_alert(broker: &'static str, kind: &'static str) {
+    counter!(BROKER_ALERTS, "broker" => broker, "kind" => kind).increment(1);
 }
 
 /// CoAP duplicates dropped without an answer, by `reason`: `in_progress` (a
@@ -228,6 +238,65 @@ pub fn coap_exchanges_evicted(n: u64) {
 pub fn coap_in_flight(n: usize) {
     gauge!(COAP_IN_FLIGHT).set(n as f64);
 }
+/// OSCORE-protected requests that verified (RFC 8613 §8.2), by `transport`.
+/// Refusals are in [`REJECTED`] by reason.
+pub const OSCORE_VERIFIED: &str = "lockfleet_oscore_requests_verified_total";
+/// Unprotected requests to device resources accepted only because
+/// `--insecure-dev` is on, by `transport`: devices not yet using their keys.
+pub const OSCORE_UNPROTECTED_ACCEPTED: &str = "lockfleet_oscore_unprotected_accepted_total";
+/// Devices with an OSCORE context in the key ring.
+pub const OSCORE_CONTEXTS: &str = "lockfleet_oscore_contexts";
+/// Stored device keys that gave no context at the last key-ring load (do
+/// not open under the server key, or corrupt): those devices cannot talk.
+pub const OSCORE_KEYS_UNUSABLE: &str = "lockfleet_oscore_keys_unusable";
+/// Seconds one key-ring load took (read keys, unwrap and derive the changed ones, swap).
+pub const KEYRING_LOAD_DURATION: &str = "lockfleet_oscore_keyring_load_duration_seconds";
+/// Key-ring loads (at start and after registry changes), by `outcome` (ok, failed).
+pub const KEYRING_LOADS: &str = "lockfleet_oscore_keyring_loads_total";
+
+pub fn oscore_verified(transport: &'static str) {
+    counter!(OSCORE_VERIFIED, "transport" => transport).increment(1);
+}
+pub fn oscore_unprotected_accepted(transport: &'static str) {
+    counter!(OSCORE_UNPROTECTED_ACCEPTED, "transport" => transport).increment(1);
+}
+pub fn keyring_loaded(took: Duration, contexts: usize, unusable: usize) {
+    histogram!(KEYRING_LOAD_DURATION).record(took.as_secs_f64());
+    counter!(KEYRING_LOADS, "outcome" => "ok").increment(1);
+    gauge!(OSCORE_CONTEXTS).set(contexts as f64);
+    gauge!(OSCORE_KEYS_UNUSABLE).set(unusable as f64);
+}
+pub fn keyring_load_failed() {
+    counter!(KEYRING_LOADS, "outcome" => "failed").increment(1);
+}
+
+/// Help texts of the OSCORE metrics above.
+fn describe_oscore() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        OSCORE_VERIFIED,
+        "OSCORE-protected device requests that verified (refusals: lockfleet_uplinks_rejected_total by reason)"
+    );
+    describe_counter!(
+        OSCORE_UNPROTECTED_ACCEPTED,
+        "Unprotected device requests accepted only because --insecure-dev is on"
+    );
+    describe_gauge!(
+        OSCORE_CONTEXTS,
+        "Devices with an OSCORE context in the key ring"
+    );
+    describe_gauge!(
+        OSCORE_KEYS_UNUSABLE,
+        "Stored device keys that gave no context at the last key-ring load (those devices cannot talk)"
+    );
+    describe_histogram!(
+        KEYRING_LOAD_DURATION,
+        Unit::Seconds,
+        "Duration of one key-ring load (at start and after registry changes)"
+    );
+    describe_counter!(KEYRING_LOADS, "Key-ring loads, by outcome");
+}
+
 /// Help texts of the CoAP metrics above.
 fn describe_coap() {
     use metrics::{describe_counter, describe_gauge};
@@ -240,4 +309,46 @@ fn describe_coap() {
         "CoAP exchanges forgotten early because the exchange table was full"
     );
     describe_gauge!(COAP_IN_FLIGHT, "CoAP requests waiting for their commit");
+}
+
+/// MQTT front: client connections open now.
+pub const FRONT_CONNECTIONS: &str = "lockfleet_mqtt_front_connections";
+/// MQTT front: refusals by `reason` (bad_credentials, foreign_publish,
+/// foreign_subscribe, rate_limited, client_id_mismatch, will_topic, ...).
+pub const FRONT_REFUSED: &str = "lockfleet_mqtt_front_refused_total";
+/// MQTT front: authenticated connections by `kind` (lock, bridge, backend).
+pub const FRONT_AUTHENTICATED: &str = "lockfleet_mqtt_front_authenticated_total";
+/// MQTT front: seconds one login check took, by `outcome` (ok, refused).
+pub const FRONT_AUTH_LATENCY: &str = "lockfleet_mqtt_front_auth_duration_seconds";
+
+pub fn front_connections(delta: i64) {
+    gauge!(FRONT_CONNECTIONS).increment(delta as f64);
+}
+pub fn front_refused(reason: &'static str) {
+    counter!(FRONT_REFUSED, "reason" => reason).increment(1);
+}
+pub fn front_authenticated(kind: &'static str) {
+    counter!(FRONT_AUTHENTICATED, "kind" => kind).increment(1);
+}
+pub fn front_auth(took: Duration, ok: bool) {
+    histogram!(FRONT_AUTH_LATENCY, "outcome" => if ok { "ok" } else { "refused" })
+        .record(took.as_secs_f64());
+}
+/// Help texts of the MQTT front's metrics.
+pub fn describe_front() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        FRONT_CONNECTIONS,
+        "MQTT client connections open at the front"
+    );
+    describe_counter!(FRONT_REFUSED, "MQTT front refusals by reason");
+    describe_counter!(
+        FRONT_AUTHENTICATED,
+        "MQTT clients authenticated at the front, by kind"
+    );
+    describe_histogram!(
+        FRONT_AUTH_LATENCY,
+        Unit::Seconds,
+        "Time to check one MQTT login"
+    );
 }

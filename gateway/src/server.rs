@@ -1,6 +1,10 @@
 //! Starting and stopping the whole server: the order things start in, and the
 //! drain that makes a shutdown lose nothing that was acknowledged.
 //!
+//! Start: the registry and the key ring (every device's OSCORE context) are
+//! loaded before any listener opens; a server key that does not open the
+//! stored keys stops the start.
+//!
 //! Shutdown: stop taking input (CoAP and MQTT stop reading, finish what they
 //! took), let the writer commit and answer everything queued, publish the
 //! last events, then close the database.
@@ -8,6 +12,7 @@
 use crate::config::{Config, MqttMode};
 use crate::ingest::writer::Writer;
 use crate::ingest::{Ingest, QueueDepthProbe};
+use crate::keys::{KeyRing, ServerKey};
 use crate::mqtt::{self, MqttClient, MqttClientConfig};
 use crate::store::Store;
 use crate::{coap, http, metrics};
@@ -56,8 +61,11 @@ pub struct Running {
     inputs: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,
     publisher: JoinHandle<()>,
-    mqtt: MqttClient,
-    mqtt_loop: JoinHandle<()>,
+    /// The gateway's session on the device broker (uplinks, acks).
+    device_mqtt: MqttClient,
+    /// The gateway's session on the backend broker (dashboard events).
+    backend_mqtt: MqttClient,
+    mqtt_loops: Vec<JoinHandle<()>>,
     http: JoinHandle<()>,
     ingest: Option<Ingest>,
     embedded_broker: bool,
@@ -87,48 +95,46 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "devices loaded"
     );
     let registry = Arc::new(RwLock::new(registry));
-
-    let (mqtt_host, mqtt_port, mqtt_addr) = match &config.mqtt {
-        MqttMode::Embedded {
-            listen,
-            max_connections,
-        } => {
-            let addr = mqtt::broker::start(*listen, *max_connections).await?;
-            tracing::info!(%addr, "embedded MQTT broker listening (MQTT 3.1.1)");
-            let host = if addr.ip().is_unspecified() {
-                "127.0.0.1".to_string()
-            } else {
-                addr.ip().to_string()
-            };
-            (host, addr.port(), addr)
-        }
-        MqttMode::External { host, port } => {
-            let addr = tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .with_context(|| format!("cannot resolve the MQTT broker {host}:{port}"))?;
-            tracing::info!(broker = %format!("{host}:{port}"), "using an external MQTT broker");
-            (host.clone(), *port, addr)
-        }
-    };
+    let ring = Arc::new(KeyRing::new());
+    let loaded = ring
+        .load(&store, &server_key)
+        .await
+        .context("loading device keys")?;
+    if let Some(e) = loaded.wrong_server_key() {
+        anyhow::bail!("{e}");
+    }
+    log_key_load(&loaded, "device keys loaded");
 
     let intake = CancellationToken::new();
     let background = CancellationToken::new();
+    let topology = mqtt::topology::start(&config, &ring, background.clone()).await?;
+    let mqtt_addr = topology.public;
     let client_id = config.mqtt_client_id.clone();
     tracing::info!(client_id = %client_id, "MQTT client id");
     let filters = schemas::topic::DEVICE_FILTERS
         .iter()
         .map(|f| f.to_string())
         .collect();
-    let (mqtt, incoming, mqtt_loop) = MqttClient::start(
+    let (device_mqtt, incoming, device_loop) = MqttClient::start(
         MqttClientConfig {
-            host: mqtt_host,
-            port: mqtt_port,
-            client_id,
+            host: topology.devices.0.clone(),
+            port: topology.devices.1,
+            client_id: topology.session_id(&client_id, "devices"),
             shared_group: config.mqtt_shared_group.clone(),
+            login: topology.login.clone(),
         },
         filters,
+        background.clone(),
+    );
+    let (backend_mqtt, _, backend_loop) = MqttClient::start(
+        MqttClientConfig {
+            host: topology.backend.0.clone(),
+            port: topology.backend.1,
+            client_id: topology.session_id(&client_id, "backend"),
+            shared_group: None,
+            login: topology.login.clone(),
+        },
+        Vec::new(),
         background.clone(),
     );
 
@@ -137,7 +143,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(INGEST_QUEUE_CAPACITY);
     let ingest = Ingest::new(registry.clone(), queue_tx);
     let writer = tokio::spawn(writer.run(queue_rx));
-    let publisher = tokio::spawn(mqtt::events::run(events_rx, mqtt.clone()));
+    let publisher = tokio::spawn(mqtt::events::run(events_rx, backend_mqtt.clone()));
 
     let udp = tokio::net::UdpSocket::bind(config.coap_listen)
         .await
@@ -151,17 +157,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(addr = %coap_addr, "CoAP listening (UDP)");
     let mut inputs = Vec::new();
     {
-        let (ingest, intake) = (ingest.clone(), intake.clone());
+        let (ingest, intake, ring) = (ingest.clone(), intake.clone(), ring.clone());
+        let coap_config = coap::CoapConfig {
+            insecure_dev: config.insecure_dev,
+            ..coap::CoapConfig::default()
+        };
         inputs.push(tokio::spawn(async move {
-            if let Err(e) = coap::serve(udp, ingest, intake).await {
+            if let Err(e) = coap::serve_with(udp, ingest, ring, intake, coap_config).await {
                 tracing::error!(error = %e, "CoAP endpoint failed");
             }
         }));
     }
     inputs.push(tokio::spawn(mqtt::devices::run(
         incoming,
-        mqtt.clone(),
+        device_mqtt.clone(),
         ingest.clone(),
+        mqtt::devices::Security {
+            ring: ring.clone(),
+            insecure_dev: config.insecure_dev,
+        },
         intake.clone(),
     )));
 
@@ -178,7 +192,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let app = http::router(http::HttpState {
         metrics: metrics_handle.clone(),
         store: store.clone(),
-        mqtt: mqtt.clone(),
+        mqtt: vec![device_mqtt.clone(), backend_mqtt.clone()],
         shutdown: intake.clone(),
     });
     let http = {
@@ -195,7 +209,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     spawn_housekeeping(
         store.clone(),
-        registry,
+        Devices {
+            registry,
+            ring,
+            server_key,
+        },
         metrics_handle,
         &config,
         background.clone(),
@@ -212,19 +230,60 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         inputs,
         writer,
         publisher,
-        mqtt,
-        mqtt_loop,
+        device_mqtt,
+        backend_mqtt,
+        mqtt_loops: vec![device_loop, backend_loop],
         http,
         ingest: Some(ingest),
         embedded_broker: matches!(config.mqtt, MqttMode::Embedded { .. }),
     })
 }
 
-/// Periodic work off the hot path: registry refresh after imports, retention,
-/// metric upkeep.
+/// What a registry change reloads: the registry and the key ring.
+struct Devices {
+    registry: Arc<RwLock<Registry>>,
+    ring: Arc<KeyRing>,
+    server_key: ServerKey,
+}
+
+impl Devices {
+    /// Reload both; `Err` leaves what failed as it was (the next tick retries).
+    async fn reload(&self, store: &Store) -> Result<(), crate::store::StoreError> {
+        let r = store.load_registry().await?;
+        metrics::devices_registered("lock", r.lock_count());
+        metrics::devices_registered("bridge", r.bridge_count());
+        tracing::info!(
+            locks = r.lock_count(),
+            bridges = r.bridge_count(),
+            "device registry reloaded after a change"
+        );
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = r;
+        let loaded = self.ring.load(store, &self.server_key).await?;
+        log_key_load(&loaded, "device keys reloaded after a change");
+        Ok(())
+    }
+}
+
+/// Log what a key-ring load did; keys that give no context are a warning
+/// (their devices cannot be served), naming the first one.
+fn log_key_load(loaded: &crate::keys::LoadReport, what: &str) {
+    tracing::info!(
+        contexts = loaded.contexts,
+        derived = loaded.derived,
+        kept = loaded.kept,
+        removed = loaded.removed,
+        "{what}"
+    );
+    if let Some(e) = &loaded.first_error {
+        tracing::warn!(unusable = loaded.unusable, first = %e, "some stored device keys do not open under the server key; those devices cannot be served until their keys are rotated");
+    }
+}
+
+/// Periodic work off the hot path: registry and key-ring refresh after
+/// changes, retention, metric upkeep.
 fn spawn_housekeeping(
     store: Store,
-    registry: Arc<RwLock<Registry>>,
+    devices: Devices,
     handle: metrics_exporter_prometheus::PrometheusHandle,
     config: &Config,
     stop: CancellationToken,
@@ -243,20 +302,14 @@ fn spawn_housekeeping(
                 metrics::queue_depth(queue.depth().unwrap_or(0));
                 let now = store.registry_version().await.ok();
                 if now.is_some() && now != version {
-                    match store.load_registry().await {
-                        Ok(r) => {
-                            metrics::devices_registered("lock", r.lock_count());
-                            metrics::devices_registered("bridge", r.bridge_count());
-                            tracing::info!(
-                                locks = r.lock_count(),
-                                bridges = r.bridge_count(),
-                                "device registry reloaded after an import"
-                            );
-                            *registry.write().unwrap_or_else(|e| e.into_inner()) = r;
-                            version = now;
-                        }
+                    // Imports, rotations and deregistrations all bump the
+                    // version. A stale ring never lets a revoked key through
+                    // (the commit checks the stored key); it only delays a
+                    // new key's first success until this reload.
+                    match devices.reload(&store).await {
+                        Ok(()) => version = now,
                         Err(e) => {
-                            tracing::warn!(error = %e, "cannot reload the device registry; keeping the old one")
+                            tracing::warn!(error = %e, "cannot reload the device registry and keys; keeping the old ones")
                         }
                     }
                 }
@@ -309,7 +362,8 @@ impl Running {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.publisher).await;
         // Every event of an acknowledged report must reach the broker before
         // we leave: wait for its PUBACKs, not just for the bytes to be written.
-        let unacked = self.mqtt.flush(MQTT_ACK_TIMEOUT).await;
+        let unacked = self.backend_mqtt.flush(MQTT_ACK_TIMEOUT).await
+            + self.device_mqtt.flush(MQTT_ACK_TIMEOUT).await;
         if unacked > 0 {
             tracing::warn!(unacked, "the MQTT broker did not acknowledge the last publishes within {MQTT_ACK_TIMEOUT:?}; those dashboard events may be lost");
         }
@@ -318,15 +372,23 @@ impl Running {
             // events to the subscribers connected now.
             tokio::time::sleep(EMBEDDED_BROKER_LINGER).await;
         }
-        self.mqtt.disconnect().await;
-        // Give the session a moment to write the queued publishes and the DISCONNECT;
-        // a JoinHandle must not be polled again once the timeout saw it finish.
-        let mqtt_done = tokio::time::timeout(MQTT_FLUSH_TIMEOUT, &mut self.mqtt_loop)
-            .await
-            .is_ok();
+        self.backend_mqtt.disconnect().await;
+        self.device_mqtt.disconnect().await;
+        // Give the sessions a moment to write the queued publishes and the
+        // DISCONNECT; a JoinHandle must not be polled again once the timeout
+        // saw it finish.
+        let mut unfinished = Vec::new();
+        for mut handle in self.mqtt_loops.drain(..) {
+            if tokio::time::timeout(MQTT_FLUSH_TIMEOUT, &mut handle)
+                .await
+                .is_err()
+            {
+                unfinished.push(handle);
+            }
+        }
         self.background.cancel();
-        if !mqtt_done {
-            let _ = self.mqtt_loop.await;
+        for handle in unfinished {
+            let _ = handle.await;
         }
         let _ = self.http.await;
         self.store.close().await;

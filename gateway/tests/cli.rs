@@ -6,9 +6,15 @@
 //! to do; and a SIGTERM or SIGINT drain that stores every acknowledged report
 //! exactly once and exits 0.
 
+mod common;
+
 use coap_lite::{MessageClass, MessageType, Packet, RequestType, ResponseType};
+use common::OscoreDevice;
 use device_sim::fleet::{generate, Fleet, FleetSpec};
+use dispatcher::keys::{DeviceRef, MasterSecret};
+use dispatcher::LockId;
 use gateway::store::Store;
+use lockfleet_oscore::RequestId;
 use schemas::event::Transport;
 use schemas::{
     ActivityLogInterval, Battery, BatteryLevel, ChannelInfo, DoorState, Heartbeat,
@@ -235,7 +241,7 @@ impl Server {
     /// the other two are too.
     async fn listening(&mut self) -> Addrs {
         let http = addr_field(&self.wait_for_line("metrics and health on http://").await);
-        let mqtt = addr_field(&self.wait_for_line("embedded MQTT broker listening").await);
+        let mqtt = addr_field(&self.wait_for_line("MQTT listening (MQTT 3.1.1").await);
         let coap = addr_field(&self.wait_for_line("CoAP listening (UDP)").await);
         Addrs { coap, mqtt, http }
     }
@@ -455,6 +461,26 @@ impl CoapLock {
 fn is_changed_ack(answer: &Packet) -> bool {
     answer.header.get_type() == MessageType::Acknowledgement
         && answer.header.code == MessageClass::Response(ResponseType::Changed)
+}
+
+/// Whether `answer` to the protected `request` is a piggybacked protected
+/// 2.04 that `device` verifies with an inner 2.04; `Err` is the code it
+/// carried instead (the inner one when it verifies, else the outer one).
+fn acknowledged(
+    device: &OscoreDevice,
+    request: &RequestId,
+    answer: &Packet,
+) -> Result<(), MessageClass> {
+    match device.open(request, answer) {
+        Ok(inner)
+            if is_changed_ack(answer)
+                && inner.header.code == MessageClass::Response(ResponseType::Changed) =>
+        {
+            Ok(())
+        }
+        Ok(inner) => Err(inner.header.code),
+        Err(_) => Err(answer.header.code),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -683,6 +709,9 @@ struct Served {
     server: Server,
     addrs: Addrs,
     lock: String,
+    /// The lock's pairing secret: its `master_secret` in the imported
+    /// fleet file, what it protects its requests with (RFC 8613).
+    secret: MasterSecret,
 }
 
 /// Import a small fleet with the binary and serve it until ready.
@@ -697,13 +726,13 @@ async fn serve_a_small_fleet() -> Served {
         seed: 5,
     };
     let (fleet, file) = write_fleet(tmp.path(), &spec);
-    let lock = fleet
+    let coap_lock = fleet
         .locks
         .iter()
         .find(|l| l.transport == Transport::Coap)
-        .expect("the fleet has a CoAP lock")
-        .id
-        .clone();
+        .expect("the fleet has a CoAP lock");
+    let lock = coap_lock.id.clone();
+    let secret = MasterSecret::from_bytes(*coap_lock.master_secret.as_bytes());
     let imported = import(tmp.path(), &file, &data).await;
     assert_eq!(imported.status.code(), Some(0), "{}", imported.stderr);
 
@@ -720,6 +749,7 @@ async fn serve_a_small_fleet() -> Served {
         server,
         addrs,
         lock,
+        secret,
     }
 }
 
@@ -748,14 +778,16 @@ async fn heartbeats_through_the_shutdown(
         server,
         addrs,
         lock,
+        secret,
     } = served;
     let mut client = CoapLock::new(addrs.coap).await;
+    let mut device = OscoreDevice::new(DeviceRef::Lock(LockId::new(&lock)), &secret);
     let mut acked = BTreeSet::new();
     for seq in 1..=ACKED_BEFORE_SIGNAL {
-        let req = client.heartbeat(&lock, seq);
+        let (req, request) = device.protect(&client.heartbeat(&lock, seq));
         let ack = client.exchange(&req).await;
         assert!(
-            is_changed_ack(&ack),
+            acknowledged(&device, &request, &ack).is_ok(),
             "heartbeat {seq}: {:?} {}",
             ack.header.code,
             String::from_utf8_lossy(&ack.payload)
@@ -776,9 +808,9 @@ async fn heartbeats_through_the_shutdown(
                 if stop.is_cancelled() {
                     break;
                 }
-                let req = client.heartbeat(&lock, seq);
+                let (req, request) = device.protect(&client.heartbeat(&lock, seq));
                 client.send(&req).await;
-                sent.insert(req.header.message_id, seq);
+                sent.insert(req.header.message_id, (seq, request));
                 if seq == ACKED_BEFORE_SIGNAL + BURST_AT_SIGNAL {
                     if let Some(tx) = burst_sent.take() {
                         let _ = tx.send(());
@@ -788,25 +820,26 @@ async fn heartbeats_through_the_shutdown(
                     tokio::time::sleep(SEND_EVERY).await;
                 }
             }
-            sent
+            (sent, device)
         })
     };
     burst_done.await.expect("the burst was sent");
     server.signal(signal).await;
     let (status, log) = server.wait_exit().await;
     stop.cancel();
-    let sent = sender.await.unwrap();
+    let (sent, device) = sender.await.unwrap();
     let answers = answers.await.unwrap();
 
     let mut refused = Vec::new();
     for answer in &answers {
-        let Some(&seq) = sent.get(&answer.header.message_id) else {
+        let Some((seq, request)) = sent.get(&answer.header.message_id) else {
             panic!("an answer to a message never sent: {answer:?}");
         };
-        if is_changed_ack(answer) {
-            acked.insert(seq);
-        } else {
-            refused.push((seq, answer.header.code));
+        match acknowledged(&device, request, answer) {
+            Ok(()) => {
+                acked.insert(*seq);
+            }
+            Err(code) => refused.push((*seq, code)),
         }
     }
     let drained = Drained {
@@ -906,10 +939,18 @@ async fn ctrl_c_sigint_also_drains_and_exits_0() {
 }
 
 /// The dashboard's view: the `seq` of every heartbeat event published on
-/// the broker at `mqtt`, until the broker goes away.
-async fn dashboard_heartbeats(mqtt: SocketAddr) -> (Arc<Mutex<BTreeSet<u32>>>, JoinHandle<()>) {
+/// the broker at `mqtt`, until the broker goes away. It logs in as the
+/// dashboard backend with the password the server generated in `data`
+/// (`backend.password`), as an operator of a single-machine deployment does.
+async fn dashboard_heartbeats(
+    mqtt: SocketAddr,
+    data: &Path,
+) -> (Arc<Mutex<BTreeSet<u32>>>, JoinHandle<()>) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet as Mqtt, QoS};
-    let opts = MqttOptions::new("cli-test-dashboard", mqtt.ip().to_string(), mqtt.port());
+    let password = std::fs::read_to_string(data.join("backend.password"))
+        .expect("the server generated the backend password");
+    let mut opts = MqttOptions::new("dashboard-cli-test", mqtt.ip().to_string(), mqtt.port());
+    opts.set_credentials("dashboard", password.trim());
     let (client, mut eventloop) = AsyncClient::new(opts, 100);
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
     let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
@@ -953,7 +994,8 @@ async fn dashboard_heartbeats(mqtt: SocketAddr) -> (Arc<Mutex<BTreeSet<u32>>>, J
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_publishes_the_dashboard_event_of_every_acknowledged_heartbeat() {
     let served = serve_a_small_fleet().await;
-    let (seen, dashboard) = dashboard_heartbeats(served.addrs.mqtt).await;
+    let (seen, dashboard) =
+        dashboard_heartbeats(served.addrs.mqtt, &served.tmp.path().join("data")).await;
     let (d, _tmp) = heartbeats_through_the_shutdown(served, "TERM").await;
     assert_eq!(
         d.status.code(),

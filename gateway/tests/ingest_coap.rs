@@ -1,12 +1,14 @@
-//! CoAP ingest end to end over real sockets, against SQLite and PostgreSQL:
-//! a confirmable heartbeat is stored once and announced once; retransmissions
-//! and resends under a new message id are not stored again; every bad input
-//! gets its exact answer and stores nothing, and the server keeps serving.
+//! CoAP ingest end to end over real sockets, against SQLite and PostgreSQL,
+//! with OSCORE (RFC 8613) on as it is by default: a confirmable protected
+//! heartbeat is stored once and announced once; retransmissions and resends
+//! under a new message id are not stored again; every bad input gets its
+//! exact answer (protected when it is the handler's answer to a verified
+//! request) and stores nothing, and the server keeps serving.
 
 mod common;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
-use common::{CoapClient, Dashboard, Engine, Harness};
+use common::{CoapClient, Dashboard, Engine, Harness, OscoreDevice};
 use dispatcher::import::ParsedFleet;
 use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
@@ -85,14 +87,20 @@ async fn confirmable_heartbeat_is_stored_once_and_announced_once(engine: Engine)
     let h = Harness::start(engine, &fleet()).await;
     let dash = Dashboard::subscribe(h.server.mqtt_addr, &["events/v1/#"]).await;
     let mut c = CoapClient::new(h.server.coap_addr).await;
+    let mut l1 = OscoreDevice::lock("L1");
 
-    let req = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 1)), true);
+    let plain = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 1)), true);
+    let (req, request) = l1.protect(&plain);
     let ack = c.exchange(&req).await;
     assert_eq!(ack.header.get_type(), MessageType::Acknowledgement);
     assert_eq!(ack.header.message_id, req.header.message_id);
     assert_eq!(ack.get_token(), req.get_token());
     assert_eq!(code(&ack), MessageClass::Response(ResponseType::Changed));
-    let down = Downlink::decode(&ack.payload).unwrap();
+    let inner = l1
+        .open(&request, &ack)
+        .expect("a protected answer that verifies");
+    assert_eq!(code(&inner), MessageClass::Response(ResponseType::Changed));
+    let down = Downlink::decode(&inner.payload).unwrap();
     assert_eq!(down.seq, 1);
     // The registry's intervals (12 h, 30 min) are what the lock must use, not what it reported.
     assert_eq!(down.heartbeat_interval.hours(), 12);
@@ -101,10 +109,12 @@ async fn confirmable_heartbeat_is_stored_once_and_announced_once(engine: Engine)
     // Retransmission: same message id -> byte-identical answer, not stored again.
     let again = c.exchange(&req).await;
     assert_eq!(again.to_bytes().unwrap(), ack.to_bytes().unwrap());
-    // Resend under a new message id, same device seq -> 2.04, not stored again.
+    // Resend under a new message id (and, as OSCORE requires, a new
+    // sequence number), same device seq -> 2.04, not stored again.
     let resend = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 1)), true);
-    let ack2 = c.exchange(&resend).await;
-    assert_eq!(code(&ack2), MessageClass::Response(ResponseType::Changed));
+    let (_, inner) = c.exchange_verified(&mut l1, &resend).await;
+    assert_eq!(code(&inner), MessageClass::Response(ResponseType::Changed));
+    assert_eq!(Downlink::decode(&inner.payload).unwrap().seq, 1);
     assert_eq!(stored(&h).await, (1, 0));
 
     dash.wait_for(10, "heartbeat, state and battery-low events", |m| {
@@ -126,9 +136,10 @@ async fn confirmable_heartbeat_is_stored_once_and_announced_once(engine: Engine)
 
     // Non-confirmable: stored the same way, answered with a NON.
     let non = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 2)), false);
-    let ans = c.exchange(&non).await;
+    let (ans, inner) = c.exchange_verified(&mut l1, &non).await;
     assert_eq!(ans.header.get_type(), MessageType::NonConfirmable);
     assert_eq!(ans.get_token(), non.get_token());
+    assert_eq!(Downlink::decode(&inner.payload).unwrap().seq, 2);
     assert_eq!(stored(&h).await, (1 + 1, 0));
 
     // Activity log: new entries stored and counted in the ack; a resend stores nothing.
@@ -145,10 +156,10 @@ async fn confirmable_heartbeat_is_stored_once_and_announced_once(engine: Engine)
             .collect(),
     };
     let req = c_req(&mut c, "log", encode(&batch));
-    let ack = c.exchange(&req).await;
+    let (_, ack) = c.exchange_verified(&mut l1, &req).await;
     assert_eq!(LogAck::decode(&ack.payload).unwrap().stored, 3);
     let req = c_req(&mut c, "log", encode(&batch));
-    let ack = c.exchange(&req).await;
+    let (_, ack) = c.exchange_verified(&mut l1, &req).await;
     assert_eq!(LogAck::decode(&ack.payload).unwrap().stored, 0);
     assert_eq!(stored(&h).await, (2, 3));
     dash.wait_for(10, "one activity event", |m| {
@@ -165,9 +176,30 @@ fn c_req(c: &mut CoapClient, path: &str, payload: Vec<u8>) -> coap_lite::Packet 
     c.request(RequestType::Post, path, payload, true)
 }
 
+/// Assert an answer the server gives outside OSCORE: `expected`, no OSCORE
+/// option, a diagnostic containing `says`.
+fn assert_unprotected(what: &str, ans: &coap_lite::Packet, expected: ResponseType, says: &str) {
+    assert_eq!(
+        code(ans),
+        MessageClass::Response(expected),
+        "{what}: {}",
+        text(ans)
+    );
+    assert!(
+        ans.get_option(CoapOption::Oscore).is_none(),
+        "{what}: answered unprotected"
+    );
+    assert!(
+        text(ans).contains(says),
+        "{what}: diagnostic {:?} should say {says:?}",
+        text(ans)
+    );
+}
+
 async fn bad_inputs_get_exact_answers_and_store_nothing(engine: Engine) {
     let h = Harness::start(engine, &fleet()).await;
     let mut c = CoapClient::new(h.server.coap_addr).await;
+    let mut l1 = OscoreDevice::lock("L1");
     let resp = |t: ResponseType| MessageClass::Response(t);
 
     // Ping: empty CON -> RST.
@@ -179,7 +211,7 @@ async fn bad_inputs_get_exact_answers_and_store_nothing(engine: Engine) {
     assert_eq!(rst.header.get_type(), MessageType::Reset);
     assert_eq!(rst.header.message_id, 4242);
 
-    // Discovery.
+    // Discovery needs no protection.
     let req = c.request(RequestType::Get, ".well-known/core", vec![], true);
     let wk = c.exchange(&req).await;
     assert_eq!(code(&wk), resp(ResponseType::Content));
@@ -189,6 +221,23 @@ async fn bad_inputs_get_exact_answers_and_store_nothing(engine: Engine) {
         text(&wk)
     );
 
+    // A well-formed but unprotected heartbeat: refused (RFC 8613 is on).
+    let req = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 1)), true);
+    assert_unprotected(
+        "unprotected",
+        &c.exchange(&req).await,
+        ResponseType::Unauthorized,
+        gateway::coap::oscore::UNPROTECTED_DIAGNOSTIC,
+    );
+
+    // Bad inner requests, protected with L1's key: the handler's answer,
+    // itself protected (outer 2.04, inner code and diagnostic).
+    let mut critical = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 12)), true);
+    // An unknown critical option (RFC 7252 §5.4.1); Class E, so inside.
+    critical.add_option(CoapOption::Unknown(2049), vec![1]);
+    let mut wrong_format = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 11)), true);
+    wrong_format.clear_option(CoapOption::ContentFormat);
+    wrong_format.set_content_format(coap_lite::ContentFormat::ApplicationJSON);
     let cases: Vec<(&str, coap_lite::Packet, ResponseType, &str)> = vec![
         (
             "unknown path",
@@ -199,31 +248,19 @@ async fn bad_inputs_get_exact_answers_and_store_nothing(engine: Engine) {
                 true,
             ),
             ResponseType::NotFound,
-            "",
+            "no resource at \"/nope\"",
         ),
         (
             "wrong method",
             c.request(RequestType::Get, "hb", vec![], true),
             ResponseType::MethodNotAllowed,
-            "",
+            "GET is not allowed on /hb",
         ),
         (
             "garbage payload",
             c.request(RequestType::Post, "hb", b"not cbor at all".to_vec(), true),
             ResponseType::BadRequest,
             "not valid heartbeat CBOR",
-        ),
-        (
-            "unknown lock",
-            c.request(RequestType::Post, "hb", encode(&heartbeat("L404", 1)), true),
-            ResponseType::NotFound,
-            "not registered",
-        ),
-        (
-            "bluetooth lock reporting directly",
-            c.request(RequestType::Post, "hb", encode(&heartbeat("L2", 1)), true),
-            ResponseType::Forbidden,
-            "through its bridge",
         ),
         (
             "oversize",
@@ -236,28 +273,52 @@ async fn bad_inputs_get_exact_answers_and_store_nothing(engine: Engine) {
             ResponseType::RequestEntityTooLarge,
             "",
         ),
+        (
+            "wrong content format",
+            wrong_format,
+            ResponseType::UnsupportedContentFormat,
+            "Content-Format 50 is not accepted on /hb",
+        ),
+        (
+            "unknown critical option",
+            critical,
+            ResponseType::BadOption,
+            "critical option 2049 is not supported",
+        ),
     ];
     for (what, req, expected, says) in cases {
-        let ans = c.exchange(&req).await;
-        assert_eq!(code(&ans), resp(expected), "{what}: {}", text(&ans));
+        let (_, inner) = c.exchange_verified(&mut l1, &req).await;
+        assert_eq!(code(&inner), resp(expected), "{what}: {}", text(&inner));
         assert!(
-            text(&ans).contains(says),
+            text(&inner).contains(says),
             "{what}: diagnostic {:?} should say {says:?}",
-            text(&ans)
+            text(&inner)
         );
     }
-    let mut wrong_format = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 11)), true);
-    wrong_format.clear_option(CoapOption::ContentFormat);
-    wrong_format.set_content_format(coap_lite::ContentFormat::ApplicationJSON);
-    assert_eq!(
-        code(&c.exchange(&wrong_format).await),
-        resp(ResponseType::UnsupportedContentFormat)
+
+    // Refused by the RFC 8613 layer before any handler: a lock with no
+    // registered key (its own would-be key; no context matches).
+    let mut stranger = OscoreDevice::lock("L404");
+    let req = c.request(RequestType::Post, "hb", encode(&heartbeat("L404", 1)), true);
+    let (ans, inner) = c.exchange_protected(&mut stranger, &req).await;
+    assert!(inner.is_err(), "unknown lock: no protected answer");
+    assert_unprotected(
+        "unknown lock",
+        &ans,
+        ResponseType::Unauthorized,
+        "no key is registered for lock L404",
     );
-    let mut critical = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 12)), true);
-    critical.add_option(CoapOption::Unknown(9), vec![1]);
-    assert_eq!(
-        code(&c.exchange(&critical).await),
-        resp(ResponseType::BadOption)
+    // Verified, then refused by the pipeline: unprotected (RFC 8613 §8.3:
+    // only a committed or immediate answer is protected).
+    let mut l2 = OscoreDevice::lock("L2");
+    let req = c.request(RequestType::Post, "hb", encode(&heartbeat("L2", 1)), true);
+    let (ans, inner) = c.exchange_protected(&mut l2, &req).await;
+    assert!(inner.is_err(), "bluetooth lock: no protected answer");
+    assert_unprotected(
+        "bluetooth lock reporting directly",
+        &ans,
+        ResponseType::Forbidden,
+        "through its bridge",
     );
 
     // Not CoAP at all: dropped without an answer.
@@ -267,14 +328,21 @@ async fn bad_inputs_get_exact_answers_and_store_nothing(engine: Engine) {
     assert_eq!(stored(&h).await, (0, 0), "no bad input stored anything");
     // ...and the server still serves everyone else.
     let req = c.request(RequestType::Post, "hb", encode(&heartbeat("L1", 1)), true);
-    let ok = c.exchange(&req).await;
+    let (ok, inner) = c.exchange_verified(&mut l1, &req).await;
     assert_eq!(code(&ok), resp(ResponseType::Changed));
+    assert_eq!(code(&inner), resp(ResponseType::Changed));
     assert_eq!(stored(&h).await, (1, 0));
 
     let (_, metrics) = common::http_get(h.server.http_addr, "/metrics")
         .await
         .unwrap();
-    for reason in ["not_coap", "malformed", "unknown_device", "not_nb_iot"] {
+    for reason in [
+        "not_coap",
+        "unprotected",
+        "malformed",
+        "unknown_context",
+        "not_nb_iot",
+    ] {
         assert!(
             metrics.contains(&format!("reason=\"{reason}\"")),
             "rejects by reason {reason} are counted:\n{metrics}"

@@ -6,6 +6,14 @@
 //! `DeviceError` with its exact reason, stores nothing, is counted, and the
 //! server keeps serving. A bridge's back-to-back statuses are applied in the
 //! order published, and each change has its own event id.
+//!
+//! These tests hold the MQTT ingest rules (decoding, topics, registry,
+//! ordering) and run the server with `--insecure-dev`: one broker where a
+//! test client may publish on any device's topic and watch error topics as
+//! the old single-broker deployment allowed. Security on MQTT (logins,
+//! confinement, OSCORE-protected payloads, revocation) is held by
+//! `mqtt_front.rs` and `mqtt_secure.rs`, and the simulator's fleet runs
+//! secure in `fleet.rs`.
 
 mod common;
 
@@ -310,7 +318,7 @@ impl Device {
 }
 
 async fn mqtt_lock_heartbeat_is_acknowledged_stored_once_and_announced_once(engine: Engine) {
-    let h = Harness::start(engine, &fleet()).await;
+    let h = Harness::start_insecure(engine, &fleet()).await;
     let dash = Dashboard::subscribe(h.server.mqtt_addr, &[topic::EVENTS_FILTER]).await;
     let hb_ack = topic::down::lock_heartbeat_ack("L1");
     let log_ack = topic::down::lock_log_ack("L1");
@@ -455,7 +463,7 @@ async fn mqtt_lock_heartbeat_is_acknowledged_stored_once_and_announced_once(engi
 }
 
 async fn bridge_reports_for_its_linked_lock_and_its_connectivity_is_announced(engine: Engine) {
-    let h = Harness::start(engine, &fleet()).await;
+    let h = Harness::start_insecure(engine, &fleet()).await;
     let dash = Dashboard::subscribe(h.server.mqtt_addr, &[topic::EVENTS_FILTER]).await;
     // What the broker carries on the status topic (the Last Will included).
     let status_log = Dashboard::subscribe(h.server.mqtt_addr, &["br/B1/status"]).await;
@@ -618,7 +626,7 @@ fn mqtt_rejects(metrics: &str, reason: &str) -> f64 {
 }
 
 async fn bad_mqtt_inputs_are_answered_on_the_error_topic_and_store_nothing(engine: Engine) {
-    let h = Harness::start(engine, &fleet()).await;
+    let h = Harness::start_insecure(engine, &fleet()).await;
     let dash = Dashboard::subscribe(h.server.mqtt_addr, &[topic::EVENTS_FILTER]).await;
     // Error topics carry JSON with a schema: a Dashboard observer records and
     // validates them. The device session below sees its acks.
@@ -835,7 +843,7 @@ fn connectivity(d: &Dashboard) -> Vec<Value> {
 /// second share an id, and a consumer that drops ids it has seen (as the
 /// schema tells it to) loses the second change.
 async fn bridge_connectivity_changes_within_a_second_have_distinct_event_ids(engine: Engine) {
-    let h = Harness::start(engine, &fleet()).await;
+    let h = Harness::start_insecure(engine, &fleet()).await;
     let dash = Dashboard::subscribe(h.server.mqtt_addr, &[topic::EVENTS_FILTER]).await;
     let status = topic::down::bridge_status("B1");
     let bridge = Device::connect(
@@ -881,7 +889,7 @@ async fn bridge_connectivity_changes_within_a_second_have_distinct_event_ids(eng
 /// `online, online, offline`, and the dashboard and the store end with the
 /// bridge offline while it is online.
 async fn bridge_statuses_are_applied_in_the_order_published(engine: Engine) {
-    let h = Harness::start(engine, &fleet()).await;
+    let h = Harness::start_insecure(engine, &fleet()).await;
     let dash = Dashboard::subscribe(h.server.mqtt_addr, &[topic::EVENTS_FILTER]).await;
     let status = topic::down::bridge_status("B1");
     let bridge = Device::connect(

@@ -1,21 +1,27 @@
 //! Interoperability: clients written by others talk to the real server.
-//! libcoap's `coap-client` and Python's aiocoap post a heartbeat and get a
-//! piggybacked 2.04 with a CBOR Downlink; Mosquitto's `mosquitto_sub`
-//! receives the dashboard event from the embedded broker. The tools come from
-//! Debian (libcoap3-bin, mosquitto-clients, coreutils) and PyPI (aiocoap);
-//! `bash .ci/run` installs them. A missing tool fails the test with a message
-//! naming its package: it never skips.
+//! Python's aiocoap posts an OSCORE-protected heartbeat (RFC 8613, with the
+//! lock's security context) and verifies the protected 2.04 with its CBOR
+//! Downlink; libcoap's `coap-client`, which speaks no OSCORE, posts a plain
+//! heartbeat: a server with `--insecure-dev` answers it with a piggybacked
+//! 2.04, a default one with 4.01 and stores nothing. Mosquitto's
+//! `mosquitto_sub`, logged in as the dashboard backend, receives the
+//! dashboard event.
+//! The tools come from Debian (libcoap3-bin, mosquitto-clients, coreutils)
+//! and PyPI (`aiocoap[oscore]`); `bash .ci/run` installs them. A missing tool
+//! fails the test with a message naming its package: it never skips.
 
 mod common;
 
 use coap_lite::{MessageClass, RequestType, ResponseType};
-use common::{CoapClient, Engine, Harness};
+use common::{CoapClient, Engine, Harness, OscoreDevice};
 use dispatcher::import::ParsedFleet;
+use dispatcher::keys::DeviceRef;
 use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::{LockId, OrgId};
 use schemas::device::encode;
+use schemas::security::{DEVICE_OSCORE_ID, SERVER_OSCORE_ID};
 use schemas::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -160,17 +166,18 @@ fn assert_downlink_answers(payload: &[u8], seq: u32) {
     assert_eq!(down.activity_log_interval.minutes(), 30);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn libcoap_coap_client_posts_a_heartbeat_and_gets_2_04() {
+/// libcoap's `coap-client` POSTs heartbeat `seq` to `h`'s /hb, confirmable
+/// and unprotected (it speaks no OSCORE). Returns its output, its transcript,
+/// and the file it writes an answer's payload to (`-o`, written only for a
+/// success).
+async fn coap_client_posts(h: &Harness, files: &Path, seq: u32) -> (Output, String, PathBuf) {
     let coap_client = tool(
         &["coap-client-notls", "coap-client"],
         "the Debian package libcoap3-bin",
     );
-    let h = Harness::start(Engine::Sqlite, &fleet()).await;
-    let files = tempfile::tempdir().unwrap();
-    let body = files.path().join("heartbeat.cbor");
-    let answer = files.path().join("downlink.cbor");
-    std::fs::write(&body, encode(&heartbeat(5))).unwrap();
+    let body = files.join("heartbeat.cbor");
+    let answer = files.join("downlink.cbor");
+    std::fs::write(&body, encode(&heartbeat(seq))).unwrap();
 
     // -v 6 (info) makes libcoap log each PDU it receives, with its code;
     // -o writes the binary payload to a file instead of the terminal.
@@ -188,6 +195,14 @@ async fn libcoap_coap_client_posts_a_heartbeat_and_gets_2_04() {
     )
     .await;
     let log = transcript(&out);
+    (out, log, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcoap_coap_client_posts_a_plain_heartbeat_under_insecure_dev_and_gets_2_04() {
+    let h = Harness::start_insecure(Engine::Sqlite, &fleet()).await;
+    let files = tempfile::tempdir().unwrap();
+    let (out, log, answer) = coap_client_posts(&h, files.path(), 5).await;
     assert!(out.status.success(), "coap-client failed:\n{log}");
     assert!(
         log.lines()
@@ -202,9 +217,57 @@ async fn libcoap_coap_client_posts_a_heartbeat_and_gets_2_04() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aiocoap_client_posts_a_heartbeat_and_gets_2_04() {
+async fn libcoap_coap_client_plain_heartbeat_gets_4_01_and_stores_nothing_with_security_on() {
+    let h = Harness::start(Engine::Sqlite, &fleet()).await;
+    let files = tempfile::tempdir().unwrap();
+    let (out, log, _) = coap_client_posts(&h, files.path(), 5).await;
+    // coap-client exits 0 on any answer; the code is in its log.
+    assert!(out.status.success(), "coap-client failed:\n{log}");
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("t:ACK") && l.contains("c:4.01"))
+        .unwrap_or_else(|| panic!("no piggybacked 4.01 in coap-client's log:\n{log}"));
+    assert!(
+        refusal.contains(gateway::coap::oscore::UNPROTECTED_DIAGNOSTIC),
+        "the 4.01 says why: {refusal}"
+    );
+    let audit = h.server.store.audit().await.unwrap();
+    assert!(audit.heartbeats.is_empty(), "{:?}", audit.heartbeats);
+    assert!(audit.events.is_empty(), "{:?}", audit.events);
+    assert_eq!(
+        h.metric("lockfleet_uplinks_rejected_total{transport=\"coap\",reason=\"unprotected\"}")
+            .await,
+        1.0
+    );
+    h.stop().await;
+}
+
+/// Lock `lock`'s OSCORE security context (the profile of
+/// `schemas::security`: sender id h'01', recipient id h'', ID Context
+/// `lk/{lock}`, no master salt, the default AES-CCM-16-64-128 and HKDF
+/// SHA-256) with its test secret, as aiocoap's `settings.json` in `dir`.
+fn write_aiocoap_context(dir: &Path, lock: &str) {
+    let device = DeviceRef::Lock(LockId::new(lock));
+    let secret = gateway::store::testing::secret_for(&device);
+    let settings = serde_json::json!({
+        "sender-id_hex": to_hex(DEVICE_OSCORE_ID),
+        "recipient-id_hex": to_hex(SERVER_OSCORE_ID),
+        "id-context_hex": to_hex(&device.oscore_id_context()),
+        "secret_hex": secret.to_hex().as_str(),
+        "salt_hex": "",
+        "algorithm": "AES-CCM-16-64-128",
+        "kdf-hashfun": "sha256",
+    });
+    std::fs::write(dir.join("settings.json"), settings.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiocoap_client_posts_an_oscore_protected_heartbeat_and_verifies_the_2_04() {
     let python = tool(&["python3"], "the Debian package python3");
     let h = Harness::start(Engine::Sqlite, &fleet()).await;
+    // aiocoap keeps its sequence numbers beside the settings: writable.
+    let context = tempfile::tempdir().unwrap();
+    write_aiocoap_context(context.path(), "L1");
 
     let out = run_bounded(
         "the aiocoap script",
@@ -212,7 +275,8 @@ async fn aiocoap_client_posts_a_heartbeat_and_gets_2_04() {
             .arg(AIOCOAP_SCRIPT)
             .arg(hb_url(h.server.coap_addr))
             .arg(to_hex(&encode(&heartbeat(6))))
-            .arg(COAP_ANSWER_SECS.to_string()),
+            .arg(COAP_ANSWER_SECS.to_string())
+            .arg(context.path()),
     )
     .await;
     let log = transcript(&out);
@@ -231,9 +295,18 @@ async fn aiocoap_client_posts_a_heartbeat_and_gets_2_04() {
             .trim()
             .to_string()
     };
+    // aiocoap reports only an answer it verified with the lock's context.
+    assert_eq!(field("oscore"), "yes", "{log}");
     assert_eq!(field("code"), "2.04", "{log}");
     assert_downlink_answers(&from_hex(&field("payload")), 6);
     assert_stored_once(&h, 6).await;
+    // The server found the key by the kid context aiocoap sent, and
+    // verified the request with it.
+    assert_eq!(
+        h.metric("lockfleet_oscore_requests_verified_total{transport=\"coap\"}")
+            .await,
+        1.0
+    );
     h.stop().await;
 }
 
@@ -250,7 +323,9 @@ async fn mosquitto_sub_receives_the_dashboard_event() {
         .arg("-oL")
         .arg(&mosquitto_sub)
         .args(["-h", &mqtt.ip().to_string(), "-p", &mqtt.port().to_string()])
-        .args(["-i", &format!("interop-sub-{}", std::process::id())])
+        .args(["-i", &format!("dashboard-interop-{}", std::process::id())])
+        .args(["-u", common::DASHBOARD_USERNAME])
+        .args(["-P", gateway::store::testing::BACKEND_PASSWORD])
         .args(["-t", "events/v1/#", "-q", "1", "-v", "-d"])
         .arg("-W")
         .arg(SUB_LIFETIME_SECS.to_string())
@@ -294,8 +369,9 @@ async fn mosquitto_sub_receives_the_dashboard_event() {
     );
 
     let mut c = CoapClient::new(h.server.coap_addr).await;
+    let mut l1 = OscoreDevice::lock("L1");
     let req = c.request(RequestType::Post, "hb", encode(&heartbeat(7)), true);
-    let ack = c.exchange(&req).await;
+    let (_, ack) = c.exchange_verified(&mut l1, &req).await;
     assert_eq!(
         ack.header.code,
         MessageClass::Response(ResponseType::Changed)

@@ -245,6 +245,7 @@ async fn commit_stores_new_rows_and_flags_each_one(url: String) {
             event_row("L3", 10),
         ],
         bridge_statuses: vec![],
+        protections: vec![],
     };
     let committed = store.commit(&batch).await.unwrap();
     assert_eq!(
@@ -284,6 +285,7 @@ async fn same_seq_twice_in_a_batch_is_stored_once(url: String) {
         heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L1", 2), second],
         events: vec![event_row("L1", 5), event_row("L1", 5), event_row("L1", 6)],
         bridge_statuses: vec![],
+        protections: vec![],
     };
     let committed = store.commit(&batch).await.unwrap();
     assert_eq!(committed.heartbeats_inserted, [true, true, false]);
@@ -300,6 +302,7 @@ async fn recommitting_the_same_rows_stores_nothing_new(url: String) {
         heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L3", 7)],
         events: vec![event_row("L1", 1), event_row("L1", 2)],
         bridge_statuses: vec![],
+        protections: vec![],
     };
     store.commit(&batch).await.unwrap();
     let before = store.audit().await.unwrap();
@@ -312,6 +315,7 @@ async fn recommitting_the_same_rows_stores_nothing_new(url: String) {
         heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L1", 2)],
         events: vec![event_row("L1", 2), event_row("L1", 3)],
         bridge_statuses: vec![],
+        protections: vec![],
     };
     let c = store.commit(&mixed).await.unwrap();
     assert_eq!(c.heartbeats_inserted, [false, true]);
@@ -683,6 +687,7 @@ async fn failed_commit_stores_nothing(url: String) {
         heartbeats: vec![heartbeat_row("L1", 1), heartbeat_row("L3", 1)],
         events: vec![event_row("L1", 1)],
         bridge_statuses: vec![bridge_status("B1", true, 1000)],
+        protections: vec![],
     };
     let err = store.commit(&batch).await.unwrap_err();
     assert!(matches!(err, StoreError::Failed { .. }), "{err:?}");
@@ -754,6 +759,7 @@ async fn nul_in_device_text_does_not_fail_the_commit(url: String) {
             heartbeats: vec![hb],
             events: vec![ev],
             bridge_statuses: vec![],
+            protections: vec![],
         })
         .await
         .unwrap();

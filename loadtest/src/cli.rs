@@ -128,6 +128,12 @@ pub struct IngestArgs {
     /// How often a progress line is printed during a run
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub progress_every: Duration,
+    /// Without device security: the gateway runs with --insecure-dev and the
+    /// simulated locks send unprotected requests (default: every request is
+    /// OSCORE-protected with the lock's pairing secret, as in production).
+    /// Comparing the two measures the cost of OSCORE
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Validated settings of an `ingest` invocation.
@@ -147,6 +153,8 @@ pub struct Settings {
     pub seed: u64,
     pub find_max: Option<f64>,
     pub progress_every: Duration,
+    /// `--insecure`: no OSCORE, gateway with `--insecure-dev`.
+    pub insecure: bool,
 }
 
 impl IngestArgs {
@@ -208,6 +216,7 @@ impl IngestArgs {
             seed: self.seed,
             find_max: self.find_max.then_some(self.find_max_factor),
             progress_every: self.progress_every,
+            insecure: self.insecure,
         })
     }
 }
@@ -289,6 +298,8 @@ mod tests {
         assert_eq!(s.find_max_start(), DEFAULT_FIND_MAX_START);
         assert_eq!(s.duration, Duration::from_secs(20));
         assert_eq!(s.find_max, None);
+        assert!(!s.insecure, "device security is the default");
+        assert!(args(&["--insecure"]).validate().unwrap().insecure);
         let s = args(&["--engine", "both", "--find-max"])
             .validate()
             .unwrap();

@@ -189,8 +189,10 @@ fn command(bin: &Path, cwd: &Path) -> Command {
 /// `gateway devices import FILE --database-url URL`.
 pub async fn import(bin: &Path, cwd: &Path, fleet_file: &Path, database_url: &str) -> Result<()> {
     let mut cmd = command(bin, cwd);
-    // A fleet without pairing secrets gets generated ones, written here (the
-    // file must be new, so an earlier run's goes first).
+    // The simulator's fleet files carry every device's pairing secret, so
+    // none is generated; `--secrets-out` stays for a fleet file without them
+    // (generated ones are written here; the file must be new, so an earlier
+    // run's goes first).
     let secrets = cwd.join("secrets.csv");
     let _ = std::fs::remove_file(&secrets);
     cmd.arg("devices")

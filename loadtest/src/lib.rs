@@ -5,9 +5,10 @@
 //! `loadtest ingest` measures acknowledged heartbeats per second. Each run
 //! gets a fresh database (SQLite in a temporary directory, or a new
 //! PostgreSQL database), imports a generated fleet of INB1 locks on CoAP
-//! with 1 h heartbeats into it, starts `gateway serve` on ephemeral ports,
-//! and runs the simulator in this process at the speed-up that offers the
-//! requested rate. The baseline is the same gateway with group commit
+//! with 1 h heartbeats into it (their pairing secrets included), starts
+//! `gateway serve` on ephemeral ports, and runs the simulator in this
+//! process at the speed-up that offers the requested rate. Every request is
+//! OSCORE-protected unless `--insecure` runs both sides without security. The baseline is the same gateway with group commit
 //! disabled (`--commit-max-batch 1`); baseline and candidate runs alternate
 //! so that drift on a shared machine hits both, and the report gives the
 //! median of each figure.
@@ -77,11 +78,16 @@ pub async fn ingest(
     };
     let heartbeat = Duration::from_secs(workload::shortest_heartbeat().as_secs());
     eprintln!(
-        "loadtest ingest: gateway {}, {} locks, {} s per run, warm-up {:.0} %",
+        "loadtest ingest: gateway {}, {} locks, {} s per run, warm-up {:.0} %, {}",
         gateway_bin.display(),
         settings.locks,
         settings.duration.as_secs_f64(),
         settings.warmup_share * 100.0,
+        if settings.insecure {
+            "insecure (gateway --insecure-dev, unprotected requests)"
+        } else {
+            "OSCORE-protected requests"
+        },
     );
     for &engine in &settings.engines {
         let rate = match settings.find_max {
@@ -110,6 +116,7 @@ pub async fn ingest(
         seed: settings.seed,
         clock_ticks: procfs::clock_ticks(),
         progress_every: settings.progress_every,
+        insecure: settings.insecure,
         cancel,
     };
     let machine = machine::Machine::detect();
@@ -130,6 +137,7 @@ pub async fn ingest(
         duration: settings.duration,
         warmup_share: settings.warmup_share,
         find_max: settings.find_max.is_some(),
+        insecure: settings.insecure,
     };
     let _ = scratch.close();
     Ok(report::markdown(&ctx, &results))

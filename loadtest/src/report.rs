@@ -20,6 +20,8 @@ pub struct Context {
     pub duration: Duration,
     pub warmup_share: f64,
     pub find_max: bool,
+    /// `--insecure`: requests were not OSCORE-protected.
+    pub insecure: bool,
 }
 
 /// Runs of one engine and configuration at one offered rate.
@@ -75,8 +77,13 @@ pub fn markdown(ctx: &Context, results: &[RunResult]) -> String {
         .unwrap_or(0);
     let _ = writeln!(
         o,
-        "### Acknowledged heartbeats per second ({} locks on CoAP, 1 h heartbeat, {:.0} s per run, first {:.0} % not counted{})\n",
+        "### Acknowledged heartbeats per second ({} locks on CoAP, {}, 1 h heartbeat, {:.0} s per run, first {:.0} % not counted{})\n",
         ctx.locks,
+        if ctx.insecure {
+            "unprotected (--insecure)"
+        } else {
+            "OSCORE-protected"
+        },
         ctx.duration.as_secs_f64(),
         ctx.warmup_share * 100.0,
         if ctx.find_max { ", --find-max: one run per step".to_string() } else { format!(", median of {runs_per} runs") },
@@ -377,8 +384,10 @@ mod tests {
             duration: Duration::from_secs(20),
             warmup_share: 0.2,
             find_max: false,
+            insecure: false,
         };
         let md = markdown(&ctx, &results);
+        assert!(md.contains("1000 locks on CoAP, OSCORE-protected,"), "{md}");
         assert!(md.contains("**100** (90–120)"), "{md}");
         assert!(md.contains("**400** (390–410)"), "{md}");
         assert!(md.contains("group commit / baseline = 4.00×"), "{md}");

@@ -29,6 +29,9 @@ pub const COMMITTED_METRIC: &str = "lockfleet_reports_committed_total";
 /// i.e. group commit disabled.
 pub const BASELINE_MAX_BATCH: usize = 1;
 
+/// The `serve` flag of `--insecure` runs: device security off.
+pub const INSECURE_SERVE_FLAG: &str = "--insecure-dev";
+
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// The gateway configuration a run measures.
@@ -81,6 +84,8 @@ pub struct Setup {
     pub seed: u64,
     pub clock_ticks: u64,
     pub progress_every: Duration,
+    /// No device security on either side (`--insecure`).
+    pub insecure: bool,
     /// Cancelled on Ctrl-C: the run in progress ends early and cleans up.
     pub cancel: CancellationToken,
 }
@@ -181,13 +186,11 @@ async fn on_database(setup: &Setup, spec: RunSpec, url: &str) -> Result<RunResul
     if setup.cancel.is_cancelled() {
         return Err(LoadtestError::Interrupted);
     }
-    let gw = Gateway::start(
-        &setup.gateway_bin,
-        &setup.scratch,
-        url,
-        &spec.variant.serve_args(),
-    )
-    .await?;
+    let mut serve_args = spec.variant.serve_args();
+    if setup.insecure {
+        serve_args.push(INSECURE_SERVE_FLAG.to_string());
+    }
+    let gw = Gateway::start(&setup.gateway_bin, &setup.scratch, url, &serve_args).await?;
     // On error `gw` is dropped, which kills the process.
     let measured = drive(setup, spec, &gw).await?;
     let log = gw.stop().await?;
@@ -229,6 +232,8 @@ async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
         progress: None,
         cancel: setup.cancel.child_token(),
         state: None,
+        // The fleet's pairing secrets, imported into the gateway above.
+        security: !setup.insecure,
         ..SimConfig::default()
     };
     let handle = device_sim::run::start(config, setup.fleet.clone()).await?;

@@ -1,10 +1,16 @@
 //! Reading and writing the fleet file ([`schemas::fleet`]): CSV with the
 //! exact header [`schemas::fleet::HEADER`], bridges first. Every problem is
 //! reported with its line number, column and what to fix.
+//!
+//! Every device needs its pairing secret (`master_secret`, 64 hex
+//! characters): the simulator cannot speak for a device without its keys. A
+//! file from before the column existed is read far enough to say so on its
+//! first device's line. A secret is never echoed in an error, and the copies
+//! this module makes are wiped once used.
 
 use super::{
-    parse_transport, BridgeSpec, Fleet, LockSpec, DEPARTMENT_SEPARATOR, MAX_DEPARTMENTS_PER_ORG,
-    MAX_LOCKS_PER_BRIDGE,
+    parse_transport, BridgeSpec, Fleet, LockSpec, MasterSecret, SecretProblem,
+    DEPARTMENT_SEPARATOR, MAX_DEPARTMENTS_PER_ORG, MAX_LOCKS_PER_BRIDGE,
 };
 use schemas::device::valid_id;
 use schemas::event::Transport;
@@ -13,6 +19,7 @@ use schemas::{ActivityLogInterval, HeartbeatInterval, LockModel};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use zeroize::Zeroize;
 
 /// Digits in an IMEI (14 digits and a Luhn check digit).
 pub const IMEI_DIGITS: usize = 15;
@@ -61,6 +68,14 @@ pub enum FleetError {
     },
     #[error("line {line}, column departments: organisation {org:?} would have more than {MAX_DEPARTMENTS_PER_ORG} departments")]
     TooManyDepartments { line: u64, org: String },
+    /// The value itself is never part of the error.
+    #[error("line {line}, column master_secret: the pairing secret of {kind} {id:?} {problem}: regenerate the fleet file (device-sim fleet) or add the pairing secret")]
+    Secret {
+        line: u64,
+        kind: &'static str,
+        id: String,
+        problem: SecretProblem,
+    },
 }
 
 fn field(line: u64, column: &'static str, value: &str, problem: impl Into<String>) -> FleetError {
@@ -88,8 +103,10 @@ impl Fleet {
         let mut out = csv::WriterBuilder::new().has_headers(false).from_writer(w);
         let csv_err = |line: u64| move |source| FleetError::Csv { line, source };
         out.write_record(HEADER).map_err(csv_err(1))?;
-        for (i, row) in self.to_rows().iter().enumerate() {
-            out.serialize(row).map_err(csv_err(i as u64 + 2))?;
+        for (i, mut row) in self.to_rows().into_iter().enumerate() {
+            let written = out.serialize(&row).map_err(csv_err(i as u64 + 2));
+            row.master_secret.zeroize();
+            written?;
         }
         out.flush().map_err(|source| FleetError::Csv {
             line: 0,
@@ -114,7 +131,10 @@ impl Fleet {
             .headers()
             .map_err(|source| FleetError::Csv { line: 1, source })?
             .clone();
-        if headers.iter().ne(HEADER.iter().copied()) {
+        // A file written before the `master_secret` column (the last one)
+        // is read on, so that its first device is named as lacking a secret.
+        let legacy = &HEADER[..HEADER.len() - 1];
+        if headers.iter().ne(HEADER.iter().copied()) && headers.iter().ne(legacy.iter().copied()) {
             return Err(FleetError::Header {
                 expected: HEADER.iter().map(|s| s.to_string()).collect(),
                 found: headers.iter().map(str::to_string).collect(),
@@ -135,12 +155,14 @@ impl Fleet {
         Fleet::from_rows(rows)
     }
 
-    /// The rows of the fleet file, bridges first.
+    /// The rows of the fleet file, bridges first. They hold the pairing
+    /// secrets in hex: wipe or drop them soon, never log them.
     pub fn to_rows(&self) -> Vec<FleetRow> {
         let bridges = self.bridges.iter().map(|b| FleetRow {
             kind: "bridge".into(),
             id: b.id.clone(),
             org: b.org.clone(),
+            master_secret: b.master_secret.to_hex().to_string(),
             ..FleetRow::default()
         });
         let locks = self.locks.iter().map(|l| FleetRow {
@@ -156,7 +178,7 @@ impl Fleet {
             activity_log_interval_min: l.activity_log_interval.minutes().to_string(),
             bridge_id: l.bridge_id.clone().unwrap_or_default(),
             transport: l.transport.as_str().into(),
-            ..FleetRow::default()
+            master_secret: l.master_secret.to_hex().to_string(),
         });
         bridges.chain(locks).collect()
     }
@@ -166,7 +188,7 @@ impl Fleet {
         let mut fleet = Fleet::default();
         let mut seen: HashMap<String, u64> = HashMap::new();
         let mut lock_lines = Vec::new();
-        for (line, row) in rows {
+        for (line, mut row) in rows {
             if let Some(first_line) = seen.get(&row.id) {
                 return Err(FleetError::DuplicateId {
                     line,
@@ -178,10 +200,21 @@ impl Fleet {
             check_id(line, "id", &row.id)?;
             check_id(line, "org", &row.org)?;
             seen.insert(row.id.clone(), line);
+            let secret = MasterSecret::from_hex(&row.master_secret);
+            row.master_secret.zeroize();
+            let secret = secret.map_err(|problem| FleetError::Secret {
+                line,
+                kind: match kind {
+                    DeviceKind::Bridge => "bridge",
+                    DeviceKind::Lock => "lock",
+                },
+                id: row.id.clone(),
+                problem,
+            })?;
             match kind {
-                DeviceKind::Bridge => fleet.bridges.push(bridge_from_row(line, row)?),
+                DeviceKind::Bridge => fleet.bridges.push(bridge_from_row(line, row, secret)?),
                 DeviceKind::Lock => {
-                    fleet.locks.push(lock_from_row(line, row)?);
+                    fleet.locks.push(lock_from_row(line, row, secret)?);
                     lock_lines.push(line);
                 }
             }
@@ -218,7 +251,11 @@ fn check_id(line: u64, column: &'static str, s: &str) -> Result<(), FleetError> 
     }
 }
 
-fn bridge_from_row(line: u64, row: FleetRow) -> Result<BridgeSpec, FleetError> {
+fn bridge_from_row(
+    line: u64,
+    row: FleetRow,
+    master_secret: MasterSecret,
+) -> Result<BridgeSpec, FleetError> {
     let lock_only = [
         ("model", &row.model),
         ("imei", &row.imei),
@@ -238,10 +275,15 @@ fn bridge_from_row(line: u64, row: FleetRow) -> Result<BridgeSpec, FleetError> {
     Ok(BridgeSpec {
         id: row.id,
         org: row.org,
+        master_secret,
     })
 }
 
-fn lock_from_row(line: u64, row: FleetRow) -> Result<LockSpec, FleetError> {
+fn lock_from_row(
+    line: u64,
+    row: FleetRow,
+    master_secret: MasterSecret,
+) -> Result<LockSpec, FleetError> {
     let model: LockModel = row
         .model
         .parse()
@@ -348,6 +390,7 @@ fn lock_from_row(line: u64, row: FleetRow) -> Result<LockSpec, FleetError> {
         activity_log_interval,
         bridge_id,
         transport,
+        master_secret,
     })
 }
 
@@ -443,15 +486,21 @@ mod tests {
     use super::*;
     use crate::fleet::{generate, FleetSpec};
 
+    /// One fleet per test binary: generating again would draw new secrets.
     fn small_fleet() -> Fleet {
-        generate(&FleetSpec {
-            locks: 40,
-            bridges: 6,
-            orgs: 4,
-            mqtt_share: 0.2,
-            seed: 3,
-        })
-        .unwrap()
+        static FLEET: std::sync::OnceLock<Fleet> = std::sync::OnceLock::new();
+        FLEET
+            .get_or_init(|| {
+                generate(&FleetSpec {
+                    locks: 40,
+                    bridges: 6,
+                    orgs: 4,
+                    mqtt_share: 0.2,
+                    seed: 3,
+                })
+                .unwrap()
+            })
+            .clone()
     }
 
     fn csv_of(fleet: &Fleet) -> String {
@@ -562,6 +611,69 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("line 1: the header must be exactly"));
+    }
+
+    #[test]
+    fn a_missing_or_bad_secret_names_line_and_column_but_never_the_value() {
+        let text = csv_of(&small_fleet());
+        let lines: Vec<&str> = text.lines().collect();
+        let secret_of = |line: usize| lines[line - 1].rsplit(',').next().unwrap().to_string();
+        let line = first_lock_on("coap");
+        let secret = secret_of(line);
+        assert_eq!(secret.len(), 64);
+
+        let id = lines[line - 1].split(',').nth(1).unwrap();
+        let err = corrupt(line, &format!(",{secret}"), ",");
+        assert_eq!(
+            err,
+            format!("line {line}, column master_secret: the pairing secret of lock {id:?} is missing: regenerate the fleet file (device-sim fleet) or add the pairing secret")
+        );
+        let short = &secret[..40];
+        let err = corrupt(line, &secret, short);
+        assert!(
+            err.contains("has 40 characters where a pairing secret has 64 hex characters"),
+            "{err}"
+        );
+        assert!(!err.contains(short), "{err}");
+        let not_hex = format!("{}zz", &secret[..62]);
+        let err = corrupt(line, &secret, &not_hex);
+        assert!(err.ends_with("is not hex (0-9, a-f): regenerate the fleet file (device-sim fleet) or add the pairing secret"), "{err}");
+        assert!(!err.contains(&secret[..62]), "{err}");
+        // Bridges need one too.
+        let bridge_secret = secret_of(2);
+        let err = corrupt(2, &format!(",{bridge_secret}"), ",");
+        assert!(
+            err.starts_with(
+                "line 2, column master_secret: the pairing secret of bridge \"B00001\" is missing"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_from_before_the_secret_column_says_which_device_lacks_one() {
+        let text = csv_of(&small_fleet());
+        let old: Vec<String> = text
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect();
+        assert!(old[0].ends_with(",transport"), "{}", old[0]);
+        let err = Fleet::read_from(old.join("\n").as_bytes()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FleetError::Secret {
+                    line: 2,
+                    problem: SecretProblem::Missing,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("regenerate the fleet file"),
+            "{err}"
+        );
     }
 
     #[test]

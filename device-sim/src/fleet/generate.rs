@@ -1,8 +1,13 @@
 //! Deterministic generation of a realistic fleet from a [`FleetSpec`]:
 //! organisations of uneven size (some flat, some with departments), INB1
 //! locks on CoAP or MQTT, and bridges each linking one or two Bluetooth locks.
+//! Everything follows from the seed except the pairing secrets, which come
+//! from the operating system's randomness ([`MasterSecret::random`]): a
+//! device's keys must not be predictable from a seed.
 
-use super::{BridgeSpec, Fleet, LockSpec, MAX_DEPARTMENTS_PER_ORG, MAX_LOCKS_PER_BRIDGE};
+use super::{
+    BridgeSpec, Fleet, LockSpec, MasterSecret, MAX_DEPARTMENTS_PER_ORG, MAX_LOCKS_PER_BRIDGE,
+};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -91,7 +96,8 @@ struct Org {
     weight: f64,
 }
 
-/// Generates the fleet `spec` describes; the same spec gives the same fleet.
+/// Generates the fleet `spec` describes; the same spec gives the same fleet
+/// but for the pairing secrets, fresh random ones every time.
 pub fn generate(spec: &FleetSpec) -> Result<Fleet, SpecError> {
     if spec.bridges > spec.locks {
         return Err(SpecError::TooFewLocks {
@@ -124,6 +130,7 @@ pub fn generate(spec: &FleetSpec) -> Result<Fleet, SpecError> {
         bridges.push(BridgeSpec {
             id: format!("B{:05}", i + 1),
             org: orgs[org].id.clone(),
+            master_secret: MasterSecret::random(),
         });
         links.push((i, org, n));
     }
@@ -193,6 +200,7 @@ pub fn generate(spec: &FleetSpec) -> Result<Fleet, SpecError> {
             activity_log_interval: activity_log_interval(&mut rng),
             bridge_id,
             transport,
+            master_secret: MasterSecret::random(),
         });
     }
     Ok(Fleet { bridges, locks })
@@ -340,11 +348,44 @@ mod tests {
         }
     }
 
+    /// The fleet with every pairing secret replaced by the same value.
+    fn without_secrets(mut f: Fleet) -> Fleet {
+        let zero = MasterSecret::from_bytes([0; crate::fleet::MASTER_SECRET_LEN]);
+        for l in &mut f.locks {
+            l.master_secret = zero.clone();
+        }
+        for b in &mut f.bridges {
+            b.master_secret = zero.clone();
+        }
+        f
+    }
+
     #[test]
     fn same_seed_same_fleet_other_seed_other_fleet() {
-        assert_eq!(generate(&spec()).unwrap(), generate(&spec()).unwrap());
+        let fleet = || without_secrets(generate(&spec()).unwrap());
+        assert_eq!(fleet(), fleet());
         let other = generate(&FleetSpec { seed: 43, ..spec() }).unwrap();
-        assert_ne!(generate(&spec()).unwrap(), other);
+        assert_ne!(fleet(), without_secrets(other));
+    }
+
+    #[test]
+    fn pairing_secrets_are_random_and_unique_not_drawn_from_the_seed() {
+        let a = generate(&spec()).unwrap();
+        let b = generate(&spec()).unwrap();
+        let secrets: HashSet<[u8; crate::fleet::MASTER_SECRET_LEN]> = a
+            .locks
+            .iter()
+            .map(|l| &l.master_secret)
+            .chain(a.bridges.iter().map(|b| &b.master_secret))
+            .chain(b.locks.iter().map(|l| &l.master_secret))
+            .chain(b.bridges.iter().map(|b| &b.master_secret))
+            .map(|s| *s.as_bytes())
+            .collect();
+        assert_eq!(secrets.len(), 2 * (1000 + 50), "every secret differs");
+        // Nothing of a secret shows in the fleet's Debug output.
+        let debug = format!("{:?}", a.locks[0]);
+        assert!(debug.contains("master_secret: MasterSecret(..)"), "{debug}");
+        assert!(!debug.contains(a.locks[0].master_secret.to_hex().as_str()));
     }
 
     #[test]

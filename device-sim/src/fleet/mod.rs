@@ -3,14 +3,21 @@
 //! [`schemas::fleet`] ([`Fleet::write_csv`], [`Fleet::read_csv`]).
 //!
 //! This module owns the fleet's invariants (unique ids, at most
-//! [`MAX_LOCKS_PER_BRIDGE`] locks per bridge, models matching transports) and
-//! checks them on every file it reads. It knows nothing of the network.
+//! [`MAX_LOCKS_PER_BRIDGE`] locks per bridge, models matching transports,
+//! a pairing secret for every device) and checks them on every file it
+//! reads. It knows nothing of the network.
+//!
+//! Every lock and bridge carries its [`MasterSecret`] (the `master_secret`
+//! column): generated from the operating system's randomness, not from the
+//! fleet's seed, so the file is as secret as the devices' keys.
 
 mod file;
 mod generate;
+mod secret;
 
 pub use file::FleetError;
 pub use generate::{generate, FleetSpec, SpecError};
+pub use secret::{MasterSecret, SecretProblem, MASTER_SECRET_LEN};
 
 use schemas::event::Transport;
 use schemas::{ActivityLogInterval, HeartbeatInterval, LockModel};
@@ -42,6 +49,9 @@ pub struct LockSpec {
     /// The bridge the lock is linked to, if any.
     pub bridge_id: Option<String>,
     pub transport: Transport,
+    /// The pairing secret its OSCORE context derives from (used by CoAP and
+    /// MQTT locks; a bridged lock's reports use its bridge's).
+    pub master_secret: MasterSecret,
 }
 
 /// One bridge as paired.
@@ -49,6 +59,8 @@ pub struct LockSpec {
 pub struct BridgeSpec {
     pub id: String,
     pub org: String,
+    /// The pairing secret of the bridge's OSCORE context and MQTT password.
+    pub master_secret: MasterSecret,
 }
 
 /// A whole fleet. Bridges come first in the file so that every lock's

@@ -1,18 +1,28 @@
 //! Test peers for the simulator's integration tests: a minimal CoAP server
 //! over real UDP that stores each (lock, seq) once and answers like the
-//! gateway, and helpers to build small fleets.
+//! gateway, OSCORE included (server role, contexts from the fleet's pairing
+//! secrets, a replay window per lock), and helpers to build small fleets.
 
 #![allow(dead_code)]
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use device_sim::fleet::{generate, Fleet, FleetSpec};
+use device_sim::fleet::{generate, Fleet, FleetSpec, MasterSecret};
+use lockfleet_oscore::{
+    protect_response, unprotect_request, InnerMessage, OscoreOption, Params, ReplayWindow,
+    SecurityContext, CODE_POST,
+};
 use schemas::device::encode;
+use schemas::security::{DEVICE_OSCORE_ID, SERVER_OSCORE_ID};
 use schemas::{ActivityLogBatch, Downlink, Heartbeat, HeartbeatInterval, LogAck};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
+
+/// CoAP option numbers inside a protected request.
+const URI_PATH: u16 = 11;
+const CONTENT_FORMAT: u16 = 12;
 
 /// A fleet of `locks` locks all on CoAP (no MQTT, no bridges).
 pub fn coap_fleet(locks: usize, seed: u64) -> Fleet {
@@ -24,6 +34,41 @@ pub fn coap_fleet(locks: usize, seed: u64) -> Fleet {
         seed,
     })
     .unwrap()
+}
+
+/// The gateway's end of a device's OSCORE context (`id_context` is
+/// `lk/{lock}` or `br/{bridge}`).
+pub fn server_context(id_context: &str, secret: &MasterSecret) -> SecurityContext {
+    SecurityContext::derive(&Params {
+        master_secret: secret.as_bytes(),
+        master_salt: b"",
+        sender_id: SERVER_OSCORE_ID,
+        recipient_id: DEVICE_OSCORE_ID,
+        id_context: Some(id_context.as_bytes()),
+    })
+    .unwrap()
+}
+
+/// A device as the gateway knows it: its context and replay window.
+pub struct Peer {
+    pub ctx: SecurityContext,
+    pub window: ReplayWindow,
+}
+
+/// The peers of every lock of `fleet`, by ID Context.
+pub fn lock_peers(fleet: &Fleet) -> HashMap<Vec<u8>, Peer> {
+    fleet
+        .locks
+        .iter()
+        .map(|l| {
+            let context = format!("lk/{}", l.id);
+            let peer = Peer {
+                ctx: server_context(&context, &l.master_secret),
+                window: ReplayWindow::new(),
+            };
+            (context.into_bytes(), peer)
+        })
+        .collect()
 }
 
 /// How the test server answers.
@@ -38,6 +83,13 @@ pub struct Behaviour {
     pub busy_first: usize,
     /// Answer heartbeats with this interval instead of the reported one.
     pub heartbeat_interval: Option<HeartbeatInterval>,
+    /// Flip a bit of the ciphertext of this many of the first protected
+    /// answers (after storing the report): answers that do not verify.
+    pub corrupt_first_answers: usize,
+    /// Answer this many of the first protected requests with an
+    /// unprotected 2.04 (after storing the report): a success nobody can
+    /// vouch for.
+    pub unprotected_first_answers: usize,
 }
 
 /// What the test server saw and stored.
@@ -45,8 +97,13 @@ pub struct Behaviour {
 pub struct Seen {
     /// Datagrams dropped by `drop_first`: message id and token.
     pub dropped: Vec<(u16, Vec<u8>)>,
-    /// Every datagram processed (not dropped): message id, token, Uri-Path.
+    /// The bytes of the dropped datagrams.
+    pub dropped_bytes: Vec<Vec<u8>>,
+    /// Every datagram processed (not dropped): message id, token, Uri-Path
+    /// (the inner one of a protected request).
     pub datagrams: Vec<(u16, Vec<u8>, String)>,
+    /// The bytes of every datagram processed.
+    pub datagram_bytes: Vec<Vec<u8>>,
     /// How many times each (lock, seq) arrived under distinct message ids
     /// (more than once when a lock resent after giving up).
     pub delivered: HashMap<(String, u32), u32>,
@@ -56,6 +113,14 @@ pub struct Seen {
     pub duplicates: usize,
     /// Requests answered 5.03 (see `Behaviour::busy_first`).
     pub busy: usize,
+    /// Every protected request that verified: (ID Context, Partial IV), in
+    /// order of arrival.
+    pub oscore: Vec<(String, u64)>,
+    /// Requests refused for security, by OSCORE reason (`replay`,
+    /// `decrypt_failed`, `unprotected`, ...).
+    pub security_refusals: HashMap<String, usize>,
+    /// Answers corrupted or sent unprotected by the behaviour.
+    pub forged: usize,
 }
 
 pub struct CoapServer {
@@ -71,19 +136,35 @@ impl Drop for CoapServer {
 }
 
 impl CoapServer {
-    pub async fn start(behaviour: Behaviour) -> CoapServer {
+    /// A gateway stand-in that requires OSCORE with the pairing secrets of
+    /// `fleet`'s locks, as the gateway does by default.
+    pub async fn secure(behaviour: Behaviour, fleet: &Fleet) -> CoapServer {
+        Self::start_with(behaviour, Some(lock_peers(fleet))).await
+    }
+
+    /// A gateway stand-in started with `--insecure-dev`: plain requests.
+    pub async fn insecure(behaviour: Behaviour) -> CoapServer {
+        Self::start_with(behaviour, None).await
+    }
+
+    async fn start_with(behaviour: Behaviour, peers: Option<HashMap<Vec<u8>, Peer>>) -> CoapServer {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let task = tokio::spawn(serve(socket, behaviour, seen.clone()));
+        let task = tokio::spawn(serve(socket, behaviour, peers, seen.clone()));
         CoapServer { addr, seen, task }
     }
 }
 
-async fn serve(socket: UdpSocket, behaviour: Behaviour, seen: Arc<Mutex<Seen>>) {
+async fn serve(
+    socket: UdpSocket,
+    mut behaviour: Behaviour,
+    mut peers: Option<HashMap<Vec<u8>, Peer>>,
+    seen: Arc<Mutex<Seen>>,
+) {
     let mut buf = vec![0u8; 4096];
     let mut dropped = 0;
-    let mut cache: HashMap<(SocketAddr, u16), Vec<u8>> = HashMap::new();
+    let mut cache: HashMap<(SocketAddr, u16), (Vec<u8>, String)> = HashMap::new();
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             return;
@@ -96,52 +177,205 @@ async fn serve(socket: UdpSocket, behaviour: Behaviour, seen: Arc<Mutex<Seen>>) 
             let mut seen = seen.lock().unwrap();
             seen.dropped
                 .push((req.header.message_id, req.get_token().to_vec()));
+            seen.dropped_bytes.push(buf[..n].to_vec());
             continue;
         }
         let mid = req.header.message_id;
-        let path: Vec<String> = req
-            .get_option(CoapOption::UriPath)
-            .map(|l| {
-                l.iter()
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let path = path.join("/");
         let reply = {
             let mut seen = seen.lock().unwrap();
-            seen.datagrams
-                .push((mid, req.get_token().to_vec(), path.clone()));
-            // RFC 7252 §4.5: a duplicate gets the same answer and is not processed again.
-            if let Some(cached) = cache.get(&(from, mid)) {
+            seen.datagram_bytes.push(buf[..n].to_vec());
+            // RFC 7252 §4.5: a duplicate gets the same answer and is not
+            // processed again (before OSCORE: a retransmission is the same
+            // protected bytes, which the replay window would refuse).
+            let (reply, path) = if let Some((cached, path)) = cache.get(&(from, mid)) {
                 seen.duplicates += 1;
-                cached.clone()
+                (cached.clone(), path.clone())
             } else {
-                let reply = answer(&req, &path, &behaviour, &mut seen);
-                cache.insert((from, mid), reply.clone());
-                reply
-            }
+                let (reply, path) = match peers.as_mut() {
+                    None => {
+                        let path = outer_path(&req);
+                        let reply = answer(&req, &path, &req.payload, &behaviour, &mut seen);
+                        (reply.to_bytes().unwrap(), path)
+                    }
+                    Some(peers) => answer_protected(&req, peers, &mut behaviour, &mut seen),
+                };
+                cache.insert((from, mid), (reply.clone(), path.clone()));
+                (reply, path)
+            };
+            seen.datagrams.push((mid, req.get_token().to_vec(), path));
+            reply
         };
         let _ = socket.send_to(&reply, from).await;
     }
 }
 
-fn answer(req: &Packet, path: &str, behaviour: &Behaviour, seen: &mut Seen) -> Vec<u8> {
+fn outer_path(req: &Packet) -> String {
+    let path: Vec<String> = req
+        .get_option(CoapOption::UriPath)
+        .map(|l| {
+            l.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    path.join("/")
+}
+
+/// The gateway's OSCORE steps (RFC 8613 §8.2, §8.3) around [`answer`]:
+/// returns the datagram to send and the inner path.
+fn answer_protected(
+    req: &Packet,
+    peers: &mut HashMap<Vec<u8>, Peer>,
+    behaviour: &mut Behaviour,
+    seen: &mut Seen,
+) -> (Vec<u8>, String) {
+    assert_eq!(req.header.code, MessageClass::Request(RequestType::Post));
+    // A busy gateway sheds load before spending a decryption.
+    if let Some(busy) = busy(req, &*behaviour, seen) {
+        return (busy.to_bytes().unwrap(), String::new());
+    }
+    let mut refuse = |code: ResponseType, reason: &str, why: String| {
+        *seen
+            .security_refusals
+            .entry(reason.to_string())
+            .or_default() += 1;
+        (
+            reply(req, code, why.into_bytes()).to_bytes().unwrap(),
+            String::new(),
+        )
+    };
+    let Some(value) = req.get_first_option(CoapOption::Oscore) else {
+        return refuse(
+            ResponseType::Unauthorized,
+            "unprotected",
+            "OSCORE required".into(),
+        );
+    };
+    let option = match OscoreOption::decode(value) {
+        Ok(o) => o,
+        Err(e) => return refuse(ResponseType::BadOption, "malformed_option", e.to_string()),
+    };
+    let Some(peer) = option.kid_context.as_ref().and_then(|c| peers.get_mut(c)) else {
+        return refuse(
+            ResponseType::Unauthorized,
+            "unknown_kid",
+            "unknown device".into(),
+        );
+    };
+    let Some(seq) = option.partial_iv.map(|p| p.seq()) else {
+        return refuse(
+            ResponseType::BadOption,
+            "malformed_option",
+            "no Partial IV".into(),
+        );
+    };
+    if let Err(e) = peer.window.check(seq) {
+        return refuse(ResponseType::Unauthorized, "replay", e.to_string());
+    }
+    let (request, plaintext) = match unprotect_request(&peer.ctx, &option, &req.payload, &[]) {
+        Ok(r) => r,
+        Err(e) => {
+            let code = match MessageClass::from(e.coap_code()) {
+                MessageClass::Response(code) => code,
+                _ => ResponseType::BadRequest,
+            };
+            return refuse(code, e.reason(), e.to_string());
+        }
+    };
+    peer.window.accept(seq).unwrap();
+    let context = String::from_utf8_lossy(option.kid_context.as_deref().unwrap()).into_owned();
+    seen.oscore.push((context.clone(), seq));
+
+    let inner = InnerMessage::decode(&plaintext).unwrap();
+    assert_eq!(inner.code, CODE_POST);
+    let path: Vec<String> = inner
+        .options
+        .iter()
+        .filter(|(n, _)| *n == URI_PATH)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let path = path.join("/");
+    assert!(
+        inner.options.contains(&(CONTENT_FORMAT, vec![60])),
+        "{:?}",
+        inner.options
+    );
+    assert!(
+        req.get_option(CoapOption::UriPath).is_none(),
+        "the path travels inside"
+    );
+    let answered = answer(req, &path, &inner.payload, behaviour, seen);
+    // The lock id in the payload must be the context's lock.
+    let lock = context.strip_prefix("lk/").unwrap();
+    if let Some(id) = payload_lock(&path, &inner.payload) {
+        assert_eq!(id, lock, "a lock reported with another lock's context");
+    }
+    if behaviour.unprotected_first_answers > 0 {
+        behaviour.unprotected_first_answers -= 1;
+        seen.forged += 1;
+        return (answered.to_bytes().unwrap(), path);
+    }
+    let plain = InnerMessage {
+        code: u8::from(answered.header.code),
+        options: if answered.header.code == MessageClass::Response(ResponseType::Changed) {
+            vec![(CONTENT_FORMAT, vec![60])]
+        } else {
+            vec![]
+        },
+        payload: answered.payload.clone(),
+    };
+    let mut sealed =
+        protect_response(&peer.ctx, request, None, &plain.encode().unwrap(), &[]).unwrap();
+    if behaviour.corrupt_first_answers > 0 {
+        behaviour.corrupt_first_answers -= 1;
+        seen.forged += 1;
+        sealed.ciphertext[0] ^= 0x01;
+    }
+    // RFC 8613 §4.2: the outer code of a response to POST is 2.04.
+    let mut outer = reply(req, ResponseType::Changed, sealed.ciphertext);
+    outer.add_option(CoapOption::Oscore, sealed.option);
+    (outer.to_bytes().unwrap(), path)
+}
+
+fn payload_lock(path: &str, payload: &[u8]) -> Option<String> {
+    match path {
+        "hb" => Heartbeat::decode(payload).ok().map(|h| h.lock_id),
+        "log" => ActivityLogBatch::decode(payload).ok().map(|b| b.lock_id),
+        _ => None,
+    }
+}
+
+/// The 5.03 of `Behaviour::busy_first`, while it lasts.
+fn busy(req: &Packet, behaviour: &Behaviour, seen: &mut Seen) -> Option<Packet> {
+    if seen.busy >= behaviour.busy_first {
+        return None;
+    }
+    seen.busy += 1;
+    let mut resp = reply(
+        req,
+        ResponseType::ServiceUnavailable,
+        b"busy: retry in 1 seconds".to_vec(),
+    );
+    resp.add_option(CoapOption::MaxAge, vec![1]);
+    Some(resp)
+}
+
+/// The gateway's answer to POST `/{path}` with `payload`.
+fn answer(
+    req: &Packet,
+    path: &str,
+    payload: &[u8],
+    behaviour: &Behaviour,
+    seen: &mut Seen,
+) -> Packet {
     assert_eq!(req.header.get_type(), MessageType::Confirmable);
     assert_eq!(req.header.code, MessageClass::Request(RequestType::Post));
-    if seen.busy < behaviour.busy_first {
-        seen.busy += 1;
-        let mut resp = reply(
-            req,
-            ResponseType::ServiceUnavailable,
-            b"busy: retry in 1 seconds".to_vec(),
-        );
-        resp.add_option(CoapOption::MaxAge, vec![1]);
-        return resp.to_bytes().unwrap();
+    if let Some(busy) = busy(req, behaviour, seen) {
+        return busy;
     }
     let (code, payload) = match path {
         "hb" => {
-            let hb = Heartbeat::decode(&req.payload).unwrap();
+            let hb = Heartbeat::decode(payload).unwrap();
             *seen
                 .delivered
                 .entry((hb.lock_id.clone(), hb.seq))
@@ -161,7 +395,7 @@ fn answer(req: &Packet, path: &str, behaviour: &Behaviour, seen: &mut Seen) -> V
             b"logs are refused in this test".to_vec(),
         ),
         "log" => {
-            let b = ActivityLogBatch::decode(&req.payload).unwrap();
+            let b = ActivityLogBatch::decode(payload).unwrap();
             let mut new = 0;
             for e in &b.events {
                 if seen.events.insert((b.lock_id.clone(), e.seq)) {
@@ -181,7 +415,7 @@ fn answer(req: &Packet, path: &str, behaviour: &Behaviour, seen: &mut Seen) -> V
         }
         _ => (ResponseType::NotFound, b"no such path".to_vec()),
     };
-    reply(req, code, payload).to_bytes().unwrap()
+    reply(req, code, payload)
 }
 
 /// A piggybacked answer to `req`.

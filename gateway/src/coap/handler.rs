@@ -14,6 +14,7 @@
 
 use super::message::read_uint_option;
 use crate::ingest::{IngestError, Outcome, Report, ReportBody};
+use crate::store::ProtectionRefusal;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use schemas::device::{DecodeError, UplinkKind, MAX_UPLINK_BYTES};
 use schemas::event::Transport;
@@ -62,6 +63,10 @@ pub struct Reply {
     pub payload: Vec<u8>,
     /// Why the request was refused (the metric `reason`); `None` on success.
     pub refused: Option<&'static str>,
+    /// The OSCORE option value of a protected response (RFC 8613 §4.2: its
+    /// code is then the outer 2.04 and `payload` the ciphertext); `None`
+    /// for an unprotected one. Set only by [`super::oscore`].
+    pub oscore: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -74,6 +79,7 @@ impl Reply {
             size1: None,
             payload,
             refused: None,
+            oscore: None,
         }
     }
 
@@ -86,6 +92,7 @@ impl Reply {
             size1: None,
             payload: message.into().into_bytes(),
             refused: Some(reason),
+            oscore: None,
         }
     }
 
@@ -406,6 +413,17 @@ pub fn outcome_reply(result: &Result<Outcome, IngestError>) -> Reply {
                 ResponseType::Forbidden
             };
             Reply::error(code, refusal.reason(), refusal.to_string())
+        }
+        Err(e @ IngestError::WrongDevice { .. }) => {
+            Reply::error(ResponseType::Forbidden, e.reason(), e.to_string())
+        }
+        // RFC 8613 §8.2: a replay, or a key that is no longer the device's,
+        // is answered 4.01 (unprotected, see `oscore`).
+        Err(IngestError::Protection(r @ (ProtectionRefusal::KeyRevoked | ProtectionRefusal::Replay { .. }))) => {
+            Reply::error(ResponseType::Unauthorized, r.reason(), r.to_string())
+        }
+        Err(IngestError::Protection(r @ ProtectionRefusal::ReplayStateCorrupt)) => {
+            Reply::error(ResponseType::InternalServerError, r.reason(), r.to_string())
         }
         Err(e @ IngestError::ShuttingDown) => {
             Reply::error(ResponseType::ServiceUnavailable, e.reason(), e.to_string()).with_max_age(SHUTDOWN_RETRY_SECS)

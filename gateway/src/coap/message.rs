@@ -7,7 +7,7 @@
 
 use super::handler::Reply;
 use bytes::Bytes;
-use coap_lite::{MessageClass, MessageType, Packet};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
 /// The only CoAP version there is (RFC 7252 §3).
 pub const COAP_VERSION: u8 = 1;
@@ -148,6 +148,9 @@ pub fn encode_reply(to: &ReplyTo, reply: &Reply, non_message_id: u16) -> Bytes {
     for (option, value) in reply.options() {
         packet.add_option(option, uint_option(value));
     }
+    if let Some(oscore) = &reply.oscore {
+        packet.add_option(CoapOption::Oscore, oscore.clone());
+    }
     packet.payload = reply.payload.clone();
     match packet.to_bytes() {
         Ok(bytes) => Bytes::from(bytes),
@@ -190,7 +193,7 @@ pub fn read_uint_option(value: &[u8], max_len: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coap_lite::{CoapOption, RequestType, ResponseType};
+    use coap_lite::{RequestType, ResponseType};
 
     fn request(kind: MessageType, mid: u16) -> Packet {
         let mut p = Packet::new();

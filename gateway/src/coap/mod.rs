@@ -17,16 +17,18 @@
 //! * [`exchange`]: sans-I/O deduplication by (peer, message id) for
 //!   EXCHANGE_LIFETIME / NON_LIFETIME, with cached answers for
 //!   retransmissions.
-//! * *(later)* OSCORE (RFC 8613) will sit here, between deduplication of the
-//!   outer message and the handler: it unprotects the inner request and
-//!   protects the reply. The handler never sees the socket or the peer
-//!   address, so it needs no change for that.
+//! * [`oscore`]: OSCORE (RFC 8613), between deduplication of the outer
+//!   message and the handler: it verifies and unprotects the inner request
+//!   with the device's context from the key ring, refuses what does not
+//!   verify (unprotected, with a diagnostic), and protects the reply. The
+//!   handler sees only the inner request, never the socket or the peer.
 //! * [`handler`]: the resources: a request becomes an immediate answer or a
 //!   report to submit; the pipeline's outcome becomes the answer.
 
 pub mod exchange;
 pub mod handler;
 pub mod message;
+pub mod oscore;
 pub mod server;
 
 pub use exchange::{ExchangeTable, Verdict, EXCHANGE_LIFETIME, MAX_EXCHANGES, NON_LIFETIME};

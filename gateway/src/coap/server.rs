@@ -1,13 +1,16 @@
 //! The CoAP endpoint's I/O: one task reads the UDP socket and settles what it
-//! can at once (pings, refusals, retransmissions); each accepted report is
-//! submitted and answered by its own short task, bounded by a semaphore.
-//! The exchange table sits behind a mutex that is never held across an
-//! `.await`.
+//! can at once (pings, refusals, retransmissions, OSCORE verification); each
+//! accepted report is submitted and answered by its own short task, bounded
+//! by a semaphore. The exchange table sits behind a mutex that is never held
+//! across an `.await`; it caches the bytes sent, protected ones included, so
+//! a retransmission is never protected a second time.
 
 use super::exchange::{ExchangeTable, Verdict, MAX_EXCHANGES};
 use super::handler::{self, Action, Reply, Submission};
 use super::message::{self, Inbound, ReplyTo};
+use super::oscore::{self, OscoreExchange, Unwrapped};
 use crate::ingest::{self, Ingest};
+use crate::keys::KeyRing;
 use crate::metrics;
 use bytes::Bytes;
 use std::hash::{BuildHasher, RandomState};
@@ -50,6 +53,9 @@ pub struct CoapConfig {
     pub max_exchanges: usize,
     /// See [`DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
+    /// `--insecure-dev`: accept unprotected requests to `/hb` and `/log`
+    /// (protected ones are still verified). Off by default.
+    pub insecure_dev: bool,
 }
 
 impl Default for CoapConfig {
@@ -58,32 +64,38 @@ impl Default for CoapConfig {
             max_in_flight: MAX_IN_FLIGHT,
             max_exchanges: MAX_EXCHANGES,
             drain_timeout: DRAIN_TIMEOUT,
+            insecure_dev: false,
         }
     }
 }
 
-/// Serve CoAP on `socket` with the default limits until `shutdown` is
-/// cancelled; see [`serve_with`].
+/// Serve CoAP on `socket` with the default limits (OSCORE required) until
+/// `shutdown` is cancelled; see [`serve_with`].
 pub async fn serve(
     socket: UdpSocket,
     ingest: Ingest,
+    ring: Arc<KeyRing>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    serve_with(socket, ingest, shutdown, CoapConfig::default()).await
+    serve_with(socket, ingest, ring, shutdown, CoapConfig::default()).await
 }
 
 /// Serve CoAP on `socket` until `shutdown` is cancelled: then stop reading,
 /// wait up to `config.drain_timeout` for in-flight reports to be answered,
-/// and return. An error is returned only when the socket itself fails; bad
-/// input from peers is answered and counted, never fatal.
+/// and return. Protected requests are verified with the contexts in `ring`
+/// (see [`super::oscore`]). An error is returned only when the socket itself
+/// fails; bad input from peers is answered and counted, never fatal.
 pub async fn serve_with(
     socket: UdpSocket,
     ingest: Ingest,
+    ring: Arc<KeyRing>,
     shutdown: CancellationToken,
     config: CoapConfig,
 ) -> io::Result<()> {
     let endpoint = Arc::new(Endpoint {
         socket,
+        ring,
+        insecure_dev: config.insecure_dev,
         table: Mutex::new(ExchangeTable::new(config.max_exchanges)),
         // RFC 7252 §4.4: start message ids at a random value.
         next_message_id: AtomicU16::new(RandomState::new().hash_one(Instant::now()) as u16),
@@ -124,11 +136,13 @@ pub async fn serve_with(
                 match endpoint.on_datagram(Instant::now(), peer, &buf[..len]) {
                     Step::Nothing => {}
                     Step::Send(bytes) => endpoint.send(&bytes, peer).await,
-                    Step::Submit(submission, reply_to) => match permits.clone().try_acquire_owned() {
+                    Step::Submit(submission, reply_to, oscore) => match permits.clone().try_acquire_owned() {
                         Ok(permit) => {
-                            let work = Work { endpoint: endpoint.clone(), peer, reply_to, _permit: permit };
-                            tasks.spawn(work.run(ingest.clone(), submission, abort.clone()));
+                            let work = Work { endpoint: endpoint.clone(), peer, reply_to, oscore, _permit: permit };
+                            tasks.spawn(work.run(ingest.clone(), *submission, abort.clone()));
                         }
+                        // Unprotected even to a protected request: nothing
+                        // was committed, so its nonce must stay unused.
                         Err(_) => {
                             let bytes = endpoint.answer(peer, &reply_to, &handler::busy());
                             endpoint.send(&bytes, peer).await;
@@ -173,12 +187,15 @@ fn is_transient(e: &io::Error) -> bool {
 enum Step {
     Nothing,
     Send(Bytes),
-    Submit(Submission, ReplyTo),
+    /// Boxed: a report is far larger than the other variants.
+    Submit(Box<Submission>, ReplyTo, Option<OscoreExchange>),
 }
 
 /// State shared by the receive task and the request tasks.
 struct Endpoint {
     socket: UdpSocket,
+    ring: Arc<KeyRing>,
+    insecure_dev: bool,
     table: Mutex<ExchangeTable>,
     /// Message ids of our NON responses (§4.4).
     next_message_id: AtomicU16,
@@ -233,13 +250,30 @@ impl Endpoint {
                 metrics::coap_duplicate_ignored("non");
                 Step::Nothing
             }
-            Verdict::New => match handler::handle_request(&packet, ingest::now_ms()) {
-                Action::Reply(reply) => Step::Send(self.answer(peer, &reply_to, &reply)),
-                Action::Submit(submission) => {
-                    metrics::decoded("coap", submission.kind.as_str());
-                    Step::Submit(submission, reply_to)
+            Verdict::New => {
+                // RFC 8613 §8.2: unprotect between deduplication and the handler.
+                let (request, oscore) =
+                    match oscore::unprotect(&self.ring, packet, self.insecure_dev) {
+                        Ok(Unwrapped::Plain(request)) => (request, None),
+                        Ok(Unwrapped::Protected(inner, exchange)) => (inner, Some(exchange)),
+                        Err(refusal) => return Step::Send(self.answer(peer, &reply_to, &refusal)),
+                    };
+                match handler::handle_request(&request, ingest::now_ms()) {
+                    Action::Reply(reply) => {
+                        // A pure function of the verified request: safe to
+                        // protect (see `oscore`).
+                        let reply = match oscore {
+                            Some(exchange) => exchange.protect(&reply),
+                            None => reply,
+                        };
+                        Step::Send(self.answer(peer, &reply_to, &reply))
+                    }
+                    Action::Submit(submission) => {
+                        metrics::decoded("coap", submission.kind.as_str());
+                        Step::Submit(Box::new(submission), reply_to, oscore)
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -273,20 +307,24 @@ struct Work {
     endpoint: Arc<Endpoint>,
     peer: SocketAddr,
     reply_to: ReplyTo,
+    /// Set when the request was protected: its answer is protected too.
+    oscore: Option<OscoreExchange>,
     /// Held until the answer is sent: the in-flight bound.
     _permit: OwnedSemaphorePermit,
 }
 
 impl Work {
-    async fn run(self, ingest: Ingest, submission: Submission, abort: CancellationToken) {
+    async fn run(mut self, ingest: Ingest, submission: Submission, abort: CancellationToken) {
         let Submission {
             report,
             kind,
             events,
         } = submission;
+        let oscore = self.oscore.take();
+        let protection = oscore.as_ref().map(OscoreExchange::protection);
         let mut unanswered = Unanswered(Some(&self));
         let result = tokio::select! {
-            result = ingest.submit(report) => result,
+            result = ingest.submit_with(report, protection) => result,
             _ = abort.cancelled() => return,
         };
         match &result {
@@ -296,9 +334,18 @@ impl Work {
             Ok(_) => {}
             Err(e) => tracing::debug!(peer = %self.peer, error = %e, "CoAP report not stored"),
         }
-        let bytes =
-            self.endpoint
-                .answer(self.peer, &self.reply_to, &handler::outcome_reply(&result));
+        let reply = handler::outcome_reply(&result);
+        let reply = match (oscore, &result) {
+            // Committed: the request's sequence number is in the stored
+            // window, so this is the only answer its nonce will ever carry.
+            (Some(exchange), Ok(_)) => {
+                exchange.accepted();
+                exchange.protect(&reply)
+            }
+            // Refused, failed or shutting down: unprotected (see `oscore`).
+            _ => reply,
+        };
+        let bytes = self.endpoint.answer(self.peer, &self.reply_to, &reply);
         unanswered.0 = None;
         self.endpoint.send(&bytes, self.peer).await;
     }

@@ -11,9 +11,19 @@
 //!
 //! This module owns the domain questions asked on every report (who may send
 //! it, which organisation gets its events); it knows nothing of sockets.
+//!
+//! A report that arrived OSCORE-protected carries its [`Protection`] (the
+//! device whose key verified it, which key, the sequence number). Ingest
+//! checks that the protecting device is the one the report speaks for (a
+//! lock for itself, a bridge for its linked locks and its own status), and
+//! the commit checks the key and the replay window (`store::replay`), so a
+//! protected report is stored only if its key is still the device's and its
+//! sequence number is new.
 
 pub mod writer;
 
+use crate::store::{KeyStamp, ProtectionRefusal};
+use dispatcher::keys::DeviceRef;
 use dispatcher::registry::{ReportRefusal, Reporter};
 use dispatcher::{BridgeRecord, LockRecord, Registry};
 use schemas::event::{ConnectivityCause, Transport};
@@ -54,11 +64,31 @@ pub enum Outcome {
     BridgeStatus { changed: bool },
 }
 
+/// What the transport verified about a protected report: the device whose
+/// OSCORE context opened it, which of that device's stored keys, and the
+/// request's sequence number (Partial IV).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protection {
+    pub device: DeviceRef,
+    pub key: KeyStamp,
+    pub seq: u64,
+}
+
 /// Why a report was not stored. Each says what the device or operator must do.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
     Refused(#[from] ReportRefusal),
+    /// The report was protected with one device's key but speaks for
+    /// another: a device reports only for itself, a bridge for its locks.
+    #[error("this request is protected with the key of {protected_by} but reports for {claims}: a device reports only for itself (a bridge for its linked locks); nothing was stored")]
+    WrongDevice {
+        protected_by: String,
+        claims: String,
+    },
+    /// The commit refused the protection: key revoked or sequence replayed.
+    #[error(transparent)]
+    Protection(#[from] ProtectionRefusal),
     #[error("the server is shutting down: retry in a few seconds")]
     ShuttingDown,
     #[error("storage failed, nothing was stored: retry later ({0})")]
@@ -70,6 +100,8 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::Refused(r) => r.reason(),
+            IngestError::WrongDevice { .. } => "device_mismatch",
+            IngestError::Protection(r) => r.reason(),
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Storage(_) => "storage",
         }
@@ -89,6 +121,8 @@ pub enum Subject {
 pub struct WriteRequest {
     pub report: Report,
     pub subject: Subject,
+    /// Set when the report arrived protected; the commit checks it.
+    pub protection: Option<Protection>,
     pub reply: oneshot::Sender<Result<Outcome, IngestError>>,
 }
 
@@ -109,12 +143,36 @@ impl Ingest {
         self.enqueue(report).await?.outcome().await
     }
 
+    /// [`Ingest::submit`] for a report that arrived with `protection`
+    /// (`None`: unprotected). It is stored only if the protecting device
+    /// speaks for the report, its key is still the stored one and its
+    /// sequence number is new.
+    pub async fn submit_with(
+        &self,
+        report: Report,
+        protection: Option<Protection>,
+    ) -> Result<Outcome, IngestError> {
+        self.enqueue_with(report, protection).await?.outcome().await
+    }
+
     /// Check who sent `report` and queue it; the writer handles reports in
     /// the order they were queued. Returns once it is queued (waiting while
     /// the queue is full); await [`Pending::outcome`] for the commit. A
     /// transport whose messages must keep their order (a bridge's
     /// online/offline) queues them one after another from one task.
     pub async fn enqueue(&self, report: Report) -> Result<Pending, IngestError> {
+        self.enqueue_with(report, None).await
+    }
+
+    /// [`Ingest::enqueue`] for a report that arrived with `protection`.
+    pub async fn enqueue_with(
+        &self,
+        report: Report,
+        protection: Option<Protection>,
+    ) -> Result<Pending, IngestError> {
+        if let Some(p) = &protection {
+            check_speaks_for(&report, &p.device)?;
+        }
         let subject = self.authorise(&report)?;
         let (reply, answer) = oneshot::channel();
         let queued_at = std::time::Instant::now();
@@ -122,6 +180,7 @@ impl Ingest {
             .send(WriteRequest {
                 report,
                 subject,
+                protection,
                 reply,
             })
             .await
@@ -161,6 +220,30 @@ impl Ingest {
     pub fn depth_probe(&self) -> QueueDepthProbe {
         QueueDepthProbe(self.queue.downgrade())
     }
+}
+
+/// A protected report must speak for the device that protected it: a lock's
+/// own uplink, or a bridge's status and the uplinks it relays (which locks
+/// it may relay for is the registry's question, asked next).
+fn check_speaks_for(report: &Report, protected_by: &DeviceRef) -> Result<(), IngestError> {
+    let ok = match (&report.body, &report.bridge, protected_by) {
+        (ReportBody::Uplink(u), None, DeviceRef::Lock(l)) => u.lock_id() == l.as_str(),
+        (ReportBody::Uplink(_), Some(via), DeviceRef::Bridge(b)) => via == b.as_str(),
+        (ReportBody::BridgeStatus { bridge, .. }, _, DeviceRef::Bridge(b)) => bridge == b.as_str(),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let claims = match (&report.body, &report.bridge) {
+        (ReportBody::Uplink(u), None) => format!("lock {}", u.lock_id()),
+        (ReportBody::Uplink(u), Some(b)) => format!("lock {} via bridge {b}", u.lock_id()),
+        (ReportBody::BridgeStatus { bridge, .. }, _) => format!("bridge {bridge}"),
+    };
+    Err(IngestError::WrongDevice {
+        protected_by: protected_by.to_string(),
+        claims,
+    })
 }
 
 /// See [`Ingest::depth_probe`].

@@ -6,11 +6,15 @@
 //! dashboard events, hands them to the publisher, and answers each request.
 //! A failed commit answers every request of the batch with
 //! [`IngestError::Storage`], so the devices retry and nothing acknowledged
-//! is lost.
+//! is lost. A protected report the commit refused (key revoked, sequence
+//! number replayed) is answered with [`IngestError::Protection`] and stored
+//! nothing.
 
 use super::{IngestError, Outcome, ReportBody, Subject, WriteRequest};
 use crate::metrics;
-use crate::store::{Batch, BridgeStatusRow, EventRow, HeartbeatRow, StatusReport, Store};
+use crate::store::{
+    Batch, BridgeStatusRow, EventRow, HeartbeatRow, ProtectionRow, StatusReport, Store,
+};
 use dispatcher::telemetry::{self, DashboardEvent, LatestState, Origin};
 use schemas::event::{self as ev, BridgeConnectivityEvent};
 use schemas::{topic, Downlink, LogAck, Uplink};
@@ -114,6 +118,12 @@ impl Writer {
         };
 
         let server_time = crate::ingest::now_ms() / 1000;
+        // One verdict per protected request, in queue order; a store that
+        // returned another number is a bug, answered as a refusal rather
+        // than taken as acceptance.
+        let protected = requests.iter().filter(|r| r.protection.is_some()).count();
+        let consistent = committed.protections_refused.len() == protected;
+        let mut verdicts = committed.protections_refused.into_iter();
         let mut hb_flags = committed.heartbeats_inserted.iter().copied();
         let mut ev_flags = committed.events_inserted.iter().copied();
         let mut bridge_changes = committed.bridge_changes.into_iter();
@@ -129,6 +139,27 @@ impl Writer {
                 bridge: r.bridge.as_deref(),
                 received_at_ms: r.received_at_ms,
             };
+            let verdict = match (&req.protection, consistent) {
+                (None, _) => Ok(()),
+                (Some(_), true) => verdicts.next().flatten().map_or(Ok(()), Err),
+                (Some(_), false) => Err(crate::store::ProtectionRefusal::ReplayStateCorrupt),
+            };
+            if let Err(refusal) = verdict {
+                // Its rows were flagged not inserted; skip their flags.
+                match &r.body {
+                    ReportBody::Uplink(Uplink::Heartbeat(_)) => {
+                        hb_flags.next();
+                    }
+                    ReportBody::Uplink(Uplink::ActivityLog(b)) => {
+                        ev_flags.by_ref().take(b.events.len()).for_each(drop);
+                    }
+                    ReportBody::BridgeStatus { .. } => {
+                        bridge_changes.next();
+                    }
+                }
+                let _ = req.reply.send(Err(IngestError::Protection(refusal)));
+                continue;
+            }
             let outcome = match (&r.body, &req.subject) {
                 (ReportBody::Uplink(Uplink::Heartbeat(hb)), Subject::Lock(lock)) => {
                     let stored = hb_flags.next().unwrap_or(false);
@@ -231,11 +262,17 @@ impl Writer {
     }
 }
 
-/// The rows of a batch of requests, in queue order.
+/// The rows of a batch of requests, in queue order, and one protection row
+/// per protected request naming the rows it carries.
 fn rows_of(requests: &[WriteRequest]) -> Batch {
     let mut rows = Batch::default();
     for req in requests {
         let r = &req.report;
+        let start = (
+            rows.heartbeats.len(),
+            rows.events.len(),
+            rows.bridge_statuses.len(),
+        );
         match &r.body {
             ReportBody::Uplink(Uplink::Heartbeat(hb)) => rows.heartbeats.push(HeartbeatRow {
                 hb: hb.clone(),
@@ -265,6 +302,16 @@ fn rows_of(requests: &[WriteRequest]) -> Batch {
                     received_at_ms: r.received_at_ms,
                 },
             }),
+        }
+        if let Some(p) = &req.protection {
+            rows.protections.push(ProtectionRow {
+                device: p.device.clone(),
+                key: p.key,
+                seq: p.seq,
+                heartbeats: start.0..rows.heartbeats.len(),
+                events: start.1..rows.events.len(),
+                bridge_statuses: start.2..rows.bridge_statuses.len(),
+            });
         }
     }
     rows

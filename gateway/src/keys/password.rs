@@ -41,6 +41,12 @@ pub fn verify(password: &str, phc: &str) -> bool {
         .is_ok()
 }
 
+/// Whether `phc` is an Argon2id PHC string this module can verify against.
+pub fn is_argon2id_phc(phc: &str) -> bool {
+    argon2::password_hash::phc::PasswordHash::new(phc)
+        .is_ok_and(|h| h.algorithm == argon2::Algorithm::Argon2id.ident())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +60,7 @@ mod tests {
         assert!(!verify("correct horse", "not a phc string"));
         assert_ne!(hash("correct horse", DEVICE_COST), h, "salted");
         assert!(hash("x", OPERATOR_COST).contains("m=19456,t=2"));
+        assert!(is_argon2id_phc(&h));
+        assert!(!is_argon2id_phc("hunter2"));
     }
 }

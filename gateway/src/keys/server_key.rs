@@ -17,8 +17,10 @@ use zeroize::Zeroizing;
 pub const SERVER_KEY_LEN: usize = 32;
 
 /// Bytes of an AES-GCM nonce; random per wrap (2^32 wraps under one key
-/// keep the collision chance below 2^-32, NIST SP 800-38D §8.3).
-const NONCE_LEN: usize = 12;
+/// keep the collision chance below 2^-32, NIST SP 800-38D §8.3). Being
+/// random and stored with the wrap, it also tells one stored key of a
+/// device from another (see `store::KeyStamp`).
+pub const WRAP_NONCE_LEN: usize = 12;
 
 /// Hex characters of a server key's id: the first 8 bytes of its SHA-256.
 /// Stored with each wrapped secret to say which key it needs.
@@ -149,7 +151,7 @@ impl ServerKey {
 
     /// Wrap `secret` for `device` at `generation`.
     pub fn wrap(&self, device: &DeviceRef, generation: u32, secret: &MasterSecret) -> Wrapped {
-        let mut nonce = [0u8; NONCE_LEN];
+        let mut nonce = [0u8; WRAP_NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let aad = associated_data(device, generation);
         // Infallible: AES-GCM encryption fails only past 2^36 bytes of input.
@@ -187,7 +189,8 @@ impl ServerKey {
         let failed = || ServerKeyError::Unwrap {
             device: device.to_string(),
         };
-        let nonce: [u8; NONCE_LEN] = wrapped.nonce.as_slice().try_into().map_err(|_| failed())?;
+        let nonce: [u8; WRAP_NONCE_LEN] =
+            wrapped.nonce.as_slice().try_into().map_err(|_| failed())?;
         let aad = associated_data(device, generation);
         let plain = Zeroizing::new(
             self.cipher

@@ -49,6 +49,18 @@ const LISTEN_POLL: Duration = Duration::from_millis(5);
 /// Start rumqttd listening for MQTT 3.1.1 on `listen` (port 0 picks a free
 /// port). Returns the address it listens on, once it accepts connections.
 pub async fn start(listen: SocketAddr, max_connections: usize) -> Result<SocketAddr, BrokerError> {
+    start_with_login(listen, max_connections, None, "device").await
+}
+
+/// [`start`], requiring every client to log in with `login` (the MQTT
+/// front's internal credential) when it is given. `name` labels the
+/// broker's metrics (`device`, `backend`).
+pub async fn start_with_login(
+    listen: SocketAddr,
+    max_connections: usize,
+    login: Option<&rumqttc::mqttbytes::v4::Login>,
+    name: &'static str,
+) -> Result<SocketAddr, BrokerError> {
     // Bind first: a clear error now beats rumqttd's log line later. Port 0 is
     // resolved here so the caller (and tests) learn the real port.
     let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -65,7 +77,7 @@ pub async fn start(listen: SocketAddr, max_connections: usize) -> Result<SocketA
         connection_timeout_ms: 5_000,
         max_payload_size: MAX_PAYLOAD_BYTES,
         max_inflight_count: 256,
-        auth: None,
+        auth: login.map(|l| HashMap::from([(l.username.clone(), l.password.clone())])),
         external_auth: None,
         dynamic_filters: true,
     };
@@ -94,28 +106,31 @@ pub async fn start(listen: SocketAddr, max_connections: usize) -> Result<SocketA
     let mut broker = rumqttd::Broker::new(config);
     match (broker.meters(), broker.alerts()) {
         (Ok(meters), Ok(alerts)) => {
-            tokio::spawn(export_meters(meters));
-            tokio::spawn(export_alerts(alerts));
+            tokio::spawn(export_meters(name, meters));
+            tokio::spawn(export_alerts(name, alerts));
         }
         // Only if the router thread is already gone, which `start` would report.
         _ => tracing::warn!("cannot read the embedded broker's meters; its metrics stay at zero"),
     }
     std::thread::Builder::new()
-        .name("mqtt-broker".into())
+        .name(format!("mqtt-broker-{name}"))
         .spawn(move || {
             if let Err(e) = broker.start() {
                 tracing::error!(error = %e, "embedded MQTT broker stopped");
             }
         })
         .map_err(BrokerError::Thread)?;
-    wait_listening(addr).await?;
+    wait_listening(addr, login).await?;
     Ok(addr)
 }
 
 /// Connect until the broker answers a CONNECT with a CONNACK. A real MQTT
 /// exchange, not a bare TCP connect: rumqttd logs a connection closed before
 /// its CONNECT as an error.
-async fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
+async fn wait_listening(
+    addr: SocketAddr,
+    login: Option<&rumqttc::mqttbytes::v4::Login>,
+) -> Result<(), BrokerError> {
     let target = if addr.ip().is_unspecified() {
         SocketAddr::new(
             if addr.is_ipv4() {
@@ -129,7 +144,7 @@ async fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
         addr
     };
     let attempts = async {
-        while probe(target).await.is_err() {
+        while probe(target, login).await.is_err() {
             tokio::time::sleep(LISTEN_POLL).await;
         }
     };
@@ -160,12 +175,13 @@ fn meter_settings() -> HashMap<rumqttd::MetricType, rumqttd::MetricSettings> {
 }
 
 /// The router's connection and publish counts, into our metrics.
-async fn export_meters(link: rumqttd::meters::MetersLink) {
+async fn export_meters(name: &'static str, link: rumqttd::meters::MetersLink) {
     while let Ok(meters) = link.next().await {
         for meter in meters {
             if let rumqttd::Meter::Router(_, r) = meter {
-                crate::metrics::mqtt_connections(r.total_connections);
+                crate::metrics::mqtt_connections(name, r.total_connections);
                 crate::metrics::broker_publishes(
+                    name,
                     r.total_publishes as u64,
                     r.failed_publishes as u64,
                 );
@@ -176,7 +192,7 @@ async fn export_meters(link: rumqttd::meters::MetersLink) {
 
 /// The router's alerts: `cursor_jump` means a subscriber fell behind by more
 /// than the retained segments and lost messages.
-async fn export_alerts(link: rumqttd::alerts::AlertsLink) {
+async fn export_alerts(name: &'static str, link: rumqttd::alerts::AlertsLink) {
     while let Ok(alerts) = link.next().await {
         for alert in alerts {
             // rumqttd does not export the kind's type, only its name.
@@ -185,28 +201,29 @@ async fn export_alerts(link: rumqttd::alerts::AlertsLink) {
                 "bad_publish" => "bad_publish",
                 _ => "other",
             };
-            crate::metrics::broker_alert(kind);
+            crate::metrics::broker_alert(name, kind);
         }
     }
 }
 
-/// MQTT 3.1.1 CONNECT (§3.1) with a clean session, keep-alive 60 s (rumqttd
-/// refuses 0) and client id `lockfleet-probe`.
-const PROBE_CONNECT: &[u8] = &[
-    0x10, 27, // CONNECT, remaining length
-    0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00,
-    0x3c, // protocol, level 4, clean session, keep-alive
-    0x00, 15, b'l', b'o', b'c', b'k', b'f', b'l', b'e', b'e', b't', b'-', b'p', b'r', b'o', b'b',
-    b'e',
-];
 /// MQTT 3.1.1 DISCONNECT (§3.14).
 const PROBE_DISCONNECT: &[u8] = &[0xe0, 0x00];
 
-/// One CONNECT, CONNACK (accepted), DISCONNECT exchange.
-async fn probe(target: SocketAddr) -> std::io::Result<()> {
+/// One CONNECT, CONNACK (accepted), DISCONNECT exchange, logging in with
+/// `login` when the broker requires one.
+async fn probe(
+    target: SocketAddr,
+    login: Option<&rumqttc::mqttbytes::v4::Login>,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new("lockfleet-probe");
+    // rumqttd refuses a keep-alive of 0 (upstream #943).
+    connect.keep_alive = 60;
+    connect.login = login.cloned();
+    let mut frame = bytes::BytesMut::new();
+    connect.write(&mut frame).map_err(std::io::Error::other)?;
     let mut stream = tokio::net::TcpStream::connect(target).await?;
-    stream.write_all(PROBE_CONNECT).await?;
+    stream.write_all(&frame).await?;
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).await?;
     // CONNACK (§3.2): 0x20, length 2, flags, return code 0 = accepted.

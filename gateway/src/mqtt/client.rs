@@ -34,6 +34,8 @@ pub struct MqttClientConfig {
     /// Subscribe to device topics through this shared-subscription group
     /// (`$share/{group}/...`), so several gateway instances split the load.
     pub shared_group: Option<String>,
+    /// The login the broker requires, if any.
+    pub login: Option<crate::config::BrokerLogin>,
 }
 
 /// A message a device published.
@@ -70,6 +72,9 @@ impl MqttClient {
     ) -> (MqttClient, mpsc::Receiver<Incoming>, JoinHandle<()>) {
         let mut opts = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
         opts.set_keep_alive(Duration::from_secs(30));
+        if let Some(login) = &config.login {
+            opts.set_credentials(login.username.clone(), login.password.as_str());
+        }
         // A persistent session: device messages that arrive while we restart
         // wait in the broker (external brokers) instead of being lost.
         opts.set_clean_session(false);
@@ -98,6 +103,12 @@ impl MqttClient {
                         ev = eventloop.poll() => ev,
                     };
                     match event {
+                        // A publishing-only session is ready once connected.
+                        Ok(Event::Incoming(Packet::ConnAck(_))) if filters.is_empty() => {
+                            logged_down = false;
+                            connected.store(true, Ordering::Relaxed);
+                            tracing::info!(broker = %format!("{}:{}", config.host, config.port), client_id = %config.client_id, "MQTT session up");
+                        }
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             logged_down = false;
                             // One SUBSCRIBE for every filter, so one SUBACK says all are in place.

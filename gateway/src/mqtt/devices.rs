@@ -5,11 +5,21 @@
 //! ingest pipeline, and answered on the publisher's ack topic after the
 //! commit, or on its error topic with a [`DeviceError`] that says what was
 //! wrong. A refused message is counted and never stored.
+//!
+//! Uplinks are OSCORE-protected with the key of the device whose topic they
+//! are on ([`super::protection`]); their acks are protected as the answers.
+//! Bridge status stays plain: only the bridge itself can publish on its
+//! status topic (the MQTT front confines it), and a status carries nothing
+//! secret. With `--insecure-dev`, plain uplinks are accepted too.
 
 use super::client::Incoming;
+use super::protection::{self, ProtectionError, Verified};
 use super::MqttClient;
 use crate::ingest::{Ingest, IngestError, Outcome, Pending, Report, ReportBody};
+use crate::keys::KeyRing;
 use crate::metrics;
+use dispatcher::keys::DeviceRef;
+use dispatcher::{BridgeId, LockId};
 use schemas::event::{ConnectivityCause, DeviceError, Transport};
 use schemas::topic::{self, DeviceTopic};
 use schemas::{device, ActivityLogBatch, Heartbeat, Uplink};
@@ -39,6 +49,7 @@ pub async fn run(
     mut incoming: mpsc::Receiver<Incoming>,
     client: MqttClient,
     ingest: Ingest,
+    security: Security,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -62,18 +73,21 @@ pub async fn run(
             continue;
         };
         let reply_base = t.reply_base();
-        let queued = match decode(&t, &msg.payload) {
-            Ok(prepared) => ingest
-                .enqueue(prepared.report)
-                .await
-                .map(|pending| (pending, prepared.ack))
-                .map_err(Refusal::from),
+        let queued = match decode(&t, &msg.payload, &security) {
+            Ok(prepared) => {
+                let protection = prepared.verified.as_ref().map(Verified::protection);
+                ingest
+                    .enqueue_with(prepared.report, protection)
+                    .await
+                    .map(|pending| (pending, prepared.ack, prepared.verified))
+                    .map_err(Refusal::from)
+            }
             Err(refusal) => Err(refusal),
         };
         let client = client.clone();
         tokio::spawn(async move {
             let answered = match queued {
-                Ok((pending, ack)) => answer(pending, ack, &client).await,
+                Ok((pending, ack, verified)) => answer(pending, ack, verified, &client).await,
                 Err(refusal) => Err(refusal),
             };
             if let Err(refusal) = answered {
@@ -86,9 +100,20 @@ pub async fn run(
     let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
 }
 
+/// What device payloads must carry.
+#[derive(Clone)]
+pub struct Security {
+    /// Every registered device's key.
+    pub ring: Arc<KeyRing>,
+    /// `--insecure-dev`: plain uplinks are accepted as well.
+    pub insecure_dev: bool,
+}
+
 /// Why a device message was refused before reaching the pipeline.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
+    #[error(transparent)]
+    Protection(#[from] ProtectionError),
     #[error(transparent)]
     Decode(#[from] device::DecodeError),
     #[error("payload lock_id {payload:?} does not match the topic's lock {topic:?}: publish on lk/{payload}/up/...")]
@@ -102,6 +127,7 @@ enum Refusal {
 impl Refusal {
     fn reason(&self) -> &'static str {
         match self {
+            Refusal::Protection(e) => e.reason(),
             Refusal::Decode(e) => e.reason(),
             Refusal::TopicMismatch { .. } => "topic_mismatch",
             Refusal::BadStatus(_) => "bad_status",
@@ -115,6 +141,8 @@ struct Prepared {
     report: Report,
     /// The ack topic, for uplinks; bridge statuses are not answered.
     ack: Option<String>,
+    /// Set when the uplink arrived protected: its ack is protected too.
+    verified: Option<Verified>,
 }
 
 /// Count the refusal and tell the device on its error topic.
@@ -137,8 +165,35 @@ async fn refuse(topic: &str, reply_base: &str, refusal: &Refusal, client: &MqttC
     }
 }
 
-/// Decode a message on a device topic into the report it carries.
-fn decode(t: &DeviceTopic<'_>, payload: &[u8]) -> Result<Prepared, Refusal> {
+/// Verify (when protected) and decode a message on a device topic into
+/// the report it carries.
+fn decode(t: &DeviceTopic<'_>, payload: &[u8], security: &Security) -> Result<Prepared, Refusal> {
+    // The device whose key must protect an uplink: the topic's owner.
+    let owner = match *t {
+        DeviceTopic::LockHeartbeat { lock } | DeviceTopic::LockLog { lock } => {
+            Some(DeviceRef::Lock(LockId::new(lock)))
+        }
+        DeviceTopic::BridgeHeartbeat { bridge } | DeviceTopic::BridgeLog { bridge } => {
+            Some(DeviceRef::Bridge(BridgeId::new(bridge)))
+        }
+        DeviceTopic::BridgeStatus { .. } => None,
+    };
+    let (cbor, verified) = match owner {
+        Some(owner) => {
+            match protection::unprotect(&security.ring, &owner, payload, security.insecure_dev)? {
+                Some((cbor, verified)) => {
+                    metrics::oscore_verified("mqtt");
+                    (std::borrow::Cow::Owned(cbor), Some(verified))
+                }
+                None => {
+                    metrics::oscore_unprotected_accepted("mqtt");
+                    (std::borrow::Cow::Borrowed(payload), None)
+                }
+            }
+        }
+        None => (std::borrow::Cow::Borrowed(payload), None),
+    };
+    let payload = &cbor[..];
     let (uplink, transport, bridge) = match *t {
         DeviceTopic::LockHeartbeat { lock } => (
             Uplink::Heartbeat(same_lock(Heartbeat::decode(payload)?, lock)?),
@@ -182,7 +237,11 @@ fn decode(t: &DeviceTopic<'_>, payload: &[u8]) -> Result<Prepared, Refusal> {
                 bridge: Some(bridge.to_string()),
                 received_at_ms: crate::ingest::now_ms(),
             };
-            return Ok(Prepared { report, ack: None });
+            return Ok(Prepared {
+                report,
+                ack: None,
+                verified: None,
+            });
         }
     };
     metrics::decoded("mqtt", uplink.kind().as_str());
@@ -202,17 +261,36 @@ fn decode(t: &DeviceTopic<'_>, payload: &[u8]) -> Result<Prepared, Refusal> {
     Ok(Prepared {
         report,
         ack: Some(ack),
+        verified,
     })
 }
 
-/// Wait for the commit and publish the answer on the device's ack topic.
-async fn answer(pending: Pending, ack: Option<String>, client: &MqttClient) -> Result<(), Refusal> {
+/// Wait for the commit and publish the answer on the device's ack topic,
+/// protected as the answer to the uplink when it came protected.
+async fn answer(
+    pending: Pending,
+    ack: Option<String>,
+    verified: Option<Verified>,
+    client: &MqttClient,
+) -> Result<(), Refusal> {
     let payload = match pending.outcome().await? {
         Outcome::Heartbeat { downlink, .. } => device::encode(&downlink),
         Outcome::ActivityLog { ack } => device::encode(&ack),
         Outcome::BridgeStatus { .. } => return Ok(()),
     };
     let Some(ack_topic) = ack else { return Ok(()) };
+    let payload = match verified {
+        None => payload,
+        Some(v) => match v.accepted_ack(&payload) {
+            Ok(p) => p,
+            // Unreachable with our small answers (AES-CCM takes 64 KiB).
+            Err(e) => {
+                tracing::error!(error = %e, "cannot protect an MQTT ack");
+                metrics::publish_failed("device_ack");
+                return Ok(());
+            }
+        },
+    };
     if client.publish(ack_topic, payload).await.is_err() {
         metrics::publish_failed("device_ack");
     }

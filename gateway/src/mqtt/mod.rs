@@ -15,5 +15,8 @@ pub mod broker;
 pub mod client;
 pub mod devices;
 pub mod events;
+pub mod front;
+pub mod protection;
+pub mod topology;
 
 pub use client::{MqttClient, MqttClientConfig};

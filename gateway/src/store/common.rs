@@ -342,6 +342,8 @@ pub(crate) struct Written {
     pub bridge_changes: Vec<Option<super::Change>>,
     /// The `lock_state` rows of the batch's locks as they were before it.
     pub states_before: Vec<StateColumns>,
+    /// Per protected report: refused, or accepted (`None`).
+    pub protections_refused: Vec<Option<super::ProtectionRefusal>>,
 }
 
 impl Written {
@@ -356,6 +358,7 @@ impl Written {
             events_inserted: self.events_inserted,
             bridge_changes: self.bridge_changes,
             locks_before,
+            protections_refused: self.protections_refused,
         })
     }
 }

@@ -14,6 +14,9 @@
 //! * Statements shared by both engines (import, loads, retention, audit) are
 //!   in `common`; the engine-specific parts (opening, the commit) in
 //!   `sqlite` and `postgres`.
+//! * A protected report's OSCORE replay window and key are checked, and the
+//!   window advanced, inside the same commit ([`replay`]): the store, not a
+//!   transport's memory, is the authority on replays and revoked keys.
 
 mod codes;
 mod common;
@@ -21,12 +24,14 @@ mod error;
 pub mod keys;
 mod plan;
 mod postgres;
+pub mod replay;
 mod sqlite;
 #[doc(hidden)]
 pub mod testing;
 
 pub use dispatcher::connectivity::{BridgeStatus, Change, StatusReport};
 pub use error::StoreError;
+pub use replay::{KeyStamp, ProtectionRefusal, ProtectionRow, StoredWindow};
 
 use dispatcher::telemetry::LatestState;
 use dispatcher::{BridgeId, LockId, Registry};
@@ -67,11 +72,22 @@ pub struct Batch {
     /// Bridge status reports, in the order received. The commit decides which
     /// change the bridge's connectivity ([`Committed::bridge_changes`]).
     pub bridge_statuses: Vec<BridgeStatusRow>,
+    /// One per report that arrived OSCORE-protected, in queue order, naming
+    /// the rows it carries. The commit refuses (stores none of the rows of)
+    /// a report whose key was revoked or whose sequence number was replayed
+    /// ([`Committed::protections_refused`]); see [`replay`].
+    pub protections: Vec<ProtectionRow>,
 }
 
 impl Batch {
+    /// Nothing to store and nothing to check: a protected report without
+    /// rows (an empty activity-log batch) still has its sequence number
+    /// checked and recorded.
     pub fn is_empty(&self) -> bool {
-        self.heartbeats.is_empty() && self.events.is_empty() && self.bridge_statuses.is_empty()
+        self.heartbeats.is_empty()
+            && self.events.is_empty()
+            && self.bridge_statuses.is_empty()
+            && self.protections.is_empty()
     }
 }
 
@@ -127,6 +143,11 @@ pub struct Committed {
     /// The newest stored state of each lock with a heartbeat in the batch,
     /// as it was before the batch (absent: none stored yet).
     pub locks_before: HashMap<String, LatestState>,
+    /// Per [`Batch::protections`] entry, in order: why the report was
+    /// refused, or `None` when it was accepted (and its sequence number is
+    /// now in the stored replay window). A refused report's rows are
+    /// flagged not inserted and change nothing.
+    pub protections_refused: Vec<Option<ProtectionRefusal>>,
 }
 
 /// Devices online now, counted in the database (the same for every instance).
@@ -300,6 +321,12 @@ impl Store {
             Store::Sqlite(p) => sqlite::commit(p, batch).await,
             Store::Postgres(p) => postgres::commit(p, batch).await,
         }
+    }
+
+    /// Every readable stored OSCORE replay window, for the key ring's fast
+    /// path after a start (the commit reads the windows itself).
+    pub async fn load_replay_windows(&self) -> Result<Vec<StoredWindow>, StoreError> {
+        replay::load_windows(self).await
     }
 
     /// Retention: delete heartbeats, activity events and bridge connectivity

@@ -3,6 +3,7 @@
 //! returns map back to the caller's per-row flags. No I/O here.
 
 use super::codes::{self, int};
+use super::replay::Refused;
 use super::{Batch, BridgeChangeRow, BridgeStatus, Change, EventRow, HeartbeatRow};
 use schemas::Battery;
 use std::borrow::Cow;
@@ -11,45 +12,30 @@ use std::collections::{HashMap, HashSet};
 /// A stored row's key: (lock id, heartbeat seq or event seq).
 pub(crate) type Key<'a> = (&'a str, i64);
 
-/// What one commit sends, in the order it is sent.
-pub(crate) struct Plan<'a> {
-    /// First occurrences only, sorted by key: the same key twice in one
-    /// multi-row insert is ambiguous, and a fixed order means two instances
-    /// committing overlapping batches to PostgreSQL lock rows in the same
-    /// order instead of deadlocking.
-    pub heartbeats: Vec<&'a HeartbeatRow>,
-    pub events: Vec<&'a EventRow>,
-    /// Every lock with a heartbeat or an entry in the batch, sorted: what the
-    /// commit locks (registry rows) before it reads or writes.
+/// Whose registry rows a commit locks before it reads or writes anything:
+/// every lock and bridge the batch's rows name, and every device that
+/// protected a report in it (a bridge, for the locks it relays), each
+/// sorted so that instances committing overlapping batches lock in the same
+/// order instead of deadlocking.
+pub(crate) struct LockSet<'a> {
     pub lock_ids: Vec<&'a str>,
-    /// Locks with a heartbeat, sorted: whose stored state is read.
-    pub heartbeat_lock_ids: Vec<&'a str>,
-    /// Bridges with a status report, sorted.
     pub bridge_ids: Vec<&'a str>,
-    hb_first: Vec<bool>,
-    ev_first: Vec<bool>,
+    /// The protecting locks and bridges alone: whose keys and replay
+    /// windows the commit reads.
+    pub protecting_locks: Vec<&'a str>,
+    pub protecting_bridges: Vec<&'a str>,
 }
 
-impl<'a> Plan<'a> {
-    pub fn new(batch: &'a Batch) -> Self {
-        let (heartbeats, hb_first) = first_occurrences(&batch.heartbeats, |r| {
-            (r.hb.lock_id.as_str(), int(r.hb.seq.into()))
-        });
-        let (events, ev_first) = first_occurrences(&batch.events, |r| {
-            (r.lock_id.as_str(), int(r.event.seq.into()))
-        });
-        let sorted = |ids: Vec<&'a str>| {
-            let mut ids = ids;
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        };
-        let heartbeat_lock_ids = sorted(heartbeats.iter().map(|r| r.hb.lock_id.as_str()).collect());
+impl<'a> LockSet<'a> {
+    pub fn of(batch: &'a Batch) -> Self {
+        let (protecting_locks, protecting_bridges) = super::replay::protecting_ids(batch);
         let lock_ids = sorted(
-            heartbeat_lock_ids
+            batch
+                .heartbeats
                 .iter()
-                .copied()
-                .chain(events.iter().map(|r| r.lock_id.as_str()))
+                .map(|r| r.hb.lock_id.as_str())
+                .chain(batch.events.iter().map(|r| r.lock_id.as_str()))
+                .chain(protecting_locks.iter().copied())
                 .collect(),
         );
         let bridge_ids = sorted(
@@ -57,14 +43,56 @@ impl<'a> Plan<'a> {
                 .bridge_statuses
                 .iter()
                 .map(|s| s.bridge_id.as_str())
+                .chain(protecting_bridges.iter().copied())
                 .collect(),
         );
+        LockSet {
+            lock_ids,
+            bridge_ids,
+            protecting_locks,
+            protecting_bridges,
+        }
+    }
+}
+
+fn sorted(mut ids: Vec<&str>) -> Vec<&str> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// What one commit sends, in the order it is sent.
+pub(crate) struct Plan<'a> {
+    /// First occurrences only, sorted by key: the same key twice in one
+    /// multi-row insert is ambiguous, and a fixed order means two instances
+    /// committing overlapping batches to PostgreSQL lock rows in the same
+    /// order instead of deadlocking. Rows of refused reports are left out.
+    pub heartbeats: Vec<&'a HeartbeatRow>,
+    pub events: Vec<&'a EventRow>,
+    /// Locks with a heartbeat sent, sorted: whose stored state is read.
+    pub heartbeat_lock_ids: Vec<&'a str>,
+    hb_first: Vec<bool>,
+    ev_first: Vec<bool>,
+}
+
+impl<'a> Plan<'a> {
+    /// The rows of `batch` to send, without those `refused` marks.
+    pub fn new(batch: &'a Batch, refused: &Refused) -> Self {
+        let (heartbeats, hb_first) = first_occurrences(
+            &batch.heartbeats,
+            |i| refused.heartbeat(i),
+            |r| (r.hb.lock_id.as_str(), int(r.hb.seq.into())),
+        );
+        let (events, ev_first) = first_occurrences(
+            &batch.events,
+            |i| refused.event(i),
+            |r| (r.lock_id.as_str(), int(r.event.seq.into())),
+        );
+        let heartbeat_lock_ids = sorted(heartbeats.iter().map(|r| r.hb.lock_id.as_str()).collect());
         Plan {
             heartbeats,
             events,
-            lock_ids,
             heartbeat_lock_ids,
-            bridge_ids,
             hb_first,
             ev_first,
         }
@@ -115,11 +143,16 @@ pub(crate) struct BridgePlan {
 }
 
 impl BridgePlan {
-    pub fn new(batch: &Batch, before: &HashMap<String, BridgeStatus>) -> Self {
+    /// `refused` statuses (of refused protected reports) change nothing.
+    pub fn new(batch: &Batch, before: &HashMap<String, BridgeStatus>, refused: &Refused) -> Self {
         let mut current: HashMap<&str, Option<BridgeStatus>> = HashMap::new();
         let mut changes = Vec::with_capacity(batch.bridge_statuses.len());
         let mut history = Vec::new();
-        for s in &batch.bridge_statuses {
+        for (i, s) in batch.bridge_statuses.iter().enumerate() {
+            if refused.bridge_status(i) {
+                changes.push(None);
+                continue;
+            }
             let status = current
                 .entry(&s.bridge_id)
                 .or_insert_with(|| before.get(&s.bridge_id).copied());
@@ -152,12 +185,19 @@ impl BridgePlan {
     }
 }
 
+/// The rows to send (first occurrence of each key among the rows not
+/// `skipped`, sorted by key) and, per row, whether it is one of them.
 fn first_occurrences<'a, T>(
     rows: &'a [T],
+    skipped: impl Fn(usize) -> bool,
     key: impl Fn(&'a T) -> Key<'a>,
 ) -> (Vec<&'a T>, Vec<bool>) {
     let mut seen = HashSet::with_capacity(rows.len());
-    let first: Vec<bool> = rows.iter().map(|r| seen.insert(key(r))).collect();
+    let first: Vec<bool> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| !skipped(i) && seen.insert(key(r)))
+        .collect();
     let mut unique: Vec<&T> = rows
         .iter()
         .zip(&first)
@@ -306,9 +346,9 @@ mod tests {
         let batch = Batch {
             heartbeats: vec![heartbeat("L2", 1), heartbeat("L1", 5), heartbeat("L2", 1)],
             events: vec![event("L1", 3), event("L1", 3), event("L1", 2)],
-            bridge_statuses: vec![],
+            ..Batch::default()
         };
-        let plan = Plan::new(&batch);
+        let plan = Plan::new(&batch, &Refused::default());
         let sent: Vec<_> = plan
             .heartbeats
             .iter()
@@ -333,7 +373,7 @@ mod tests {
             ],
             ..Batch::default()
         };
-        let plan = Plan::new(&batch);
+        let plan = Plan::new(&batch, &Refused::default());
         // Seq 9 was already stored (not returned), so 7 is the newest new one.
         let inserted: HashSet<(String, i64)> = [
             ("L1".to_string(), 4),

@@ -5,7 +5,8 @@
 //! applies.
 
 use super::common::{bridge_statuses, state_columns, Written};
-use super::plan::{lock_state_upsert, BridgePlan, EventValues, HeartbeatValues, Plan};
+use super::plan::{lock_state_upsert, BridgePlan, EventValues, HeartbeatValues, LockSet, Plan};
+use super::replay::{KeyColumns, ReplayColumns, Verdicts};
 use super::{codes, Batch, Committed, StoreError, POSTGRES};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Transaction};
@@ -132,6 +133,23 @@ const LOCK_BRIDGES: &str = "SELECT bridge_id, online, status_changed_at_ms FROM 
      WHERE bridge_id = ANY($1) ORDER BY bridge_id FOR NO KEY UPDATE";
 /// The stored state of the batch's locks (their rows are locked above).
 const READ_LOCK_STATE: &str = concat!(state_columns!(), " WHERE lock_id = ANY($1)");
+/// The current key of the protecting locks ($1) and bridges ($2), read after
+/// their registry rows are locked: a rotation or deregistration (which locks
+/// the same row) either committed before and is seen, or waits until after.
+const READ_KEYS: &str = "SELECT device_kind, device_id, generation, nonce FROM device_keys \
+     WHERE (device_kind = 'lock' AND device_id = ANY($1)) \
+     OR (device_kind = 'bridge' AND device_id = ANY($2))";
+/// Their stored replay windows.
+const READ_WINDOWS: &str =
+    "SELECT device_kind, device_id, generation, highest, window_bits FROM oscore_replay \
+     WHERE (device_kind = 'lock' AND device_id = ANY($1)) \
+     OR (device_kind = 'bridge' AND device_id = ANY($2))";
+/// The advanced windows, written with the reports they let through.
+const UPSERT_WINDOWS: &str =
+    "INSERT INTO oscore_replay (device_kind, device_id, generation, highest, window_bits) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+     ON CONFLICT (device_kind, device_id) DO UPDATE SET generation = excluded.generation, \
+     highest = excluded.highest, window_bits = excluded.window_bits";
 
 pub(super) async fn commit(pool: &PgPool, batch: &Batch) -> Result<Committed, StoreError> {
     let err = |e| StoreError::from_sqlx(POSTGRES, "group commit", e);
@@ -166,24 +184,42 @@ async fn write(
     tx: &mut Transaction<'static, Postgres>,
     batch: &Batch,
 ) -> Result<Written, sqlx::Error> {
-    let plan = Plan::new(batch);
+    let locks = LockSet::of(batch);
 
     // Bridges, then locks: the order a fleet import writes them in, so an
-    // import and a commit never wait for each other in a cycle.
+    // import and a commit never wait for each other in a cycle. Protecting
+    // devices are among them, so their keys and windows hold still below.
     let mut bridges_before = HashMap::new();
-    if !plan.bridge_ids.is_empty() {
+    if !locks.bridge_ids.is_empty() {
         let rows: Vec<(String, Option<bool>, Option<i64>)> = sqlx::query_as(LOCK_BRIDGES)
-            .bind(&plan.bridge_ids)
+            .bind(&locks.bridge_ids)
             .fetch_all(&mut **tx)
             .await?;
         bridges_before = bridge_statuses(rows);
     }
-    if !plan.lock_ids.is_empty() {
+    if !locks.lock_ids.is_empty() {
         sqlx::query(LOCK_LOCKS)
-            .bind(&plan.lock_ids)
+            .bind(&locks.lock_ids)
             .fetch_all(&mut **tx)
             .await?;
     }
+    let (mut keys, mut windows): (Vec<KeyColumns>, Vec<ReplayColumns>) = (vec![], vec![]);
+    if !batch.protections.is_empty() {
+        keys = sqlx::query_as(READ_KEYS)
+            .bind(&locks.protecting_locks)
+            .bind(&locks.protecting_bridges)
+            .fetch_all(&mut **tx)
+            .await?;
+        windows = sqlx::query_as(READ_WINDOWS)
+            .bind(&locks.protecting_locks)
+            .bind(&locks.protecting_bridges)
+            .fetch_all(&mut **tx)
+            .await?;
+    }
+    let verdicts = Verdicts::decide(&batch.protections, &keys, &windows);
+    let refused = verdicts.refused_rows(batch);
+    let plan = Plan::new(batch, &refused);
+
     let mut states_before = Vec::new();
     if !plan.heartbeat_lock_ids.is_empty() {
         states_before = sqlx::query_as(READ_LOCK_STATE)
@@ -191,7 +227,7 @@ async fn write(
             .fetch_all(&mut **tx)
             .await?;
     }
-    let bridges = BridgePlan::new(batch, &bridges_before);
+    let bridges = BridgePlan::new(batch, &bridges_before, &refused);
 
     let mut inserted_hb = HashSet::new();
     if !plan.heartbeats.is_empty() {
@@ -285,10 +321,23 @@ async fn write(
             .await?;
     }
 
+    if !verdicts.windows.is_empty() {
+        let w = &verdicts.windows;
+        sqlx::query(UPSERT_WINDOWS)
+            .bind(col(w, |w| w.kind))
+            .bind(col(w, |w| w.id))
+            .bind(col(w, |w| w.generation))
+            .bind(col(w, |w| w.highest))
+            .bind(col(w, |w| w.window_bits))
+            .execute(&mut **tx)
+            .await?;
+    }
+
     Ok(Written {
         heartbeats_inserted: plan.heartbeat_flags(batch, &inserted_hb),
         events_inserted: plan.event_flags(batch, &inserted_ev),
         bridge_changes: bridges.changes,
         states_before,
+        protections_refused: verdicts.refusals,
     })
 }

@@ -3,7 +3,8 @@
 //! connection.
 
 use super::common::{bridge_statuses, state_columns, BeginWrite, Written};
-use super::plan::{lock_state_upsert, BridgePlan, EventValues, HeartbeatValues, Plan};
+use super::plan::{lock_state_upsert, BridgePlan, EventValues, HeartbeatValues, LockSet, Plan};
+use super::replay::{KeyColumns, ReplayColumns, Verdicts};
 use super::{codes, Batch, Committed, StoreError, SQLITE};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
@@ -56,6 +57,23 @@ const fn rows_per_statement(insert: &str) -> usize {
     }
     MAX_BIND_PARAMS / columns
 }
+
+/// The current key of protecting locks / bridges (`read_in` appends the ids).
+const READ_LOCK_KEYS: &str = "SELECT device_kind, device_id, generation, nonce FROM device_keys \
+     WHERE device_kind = 'lock' AND device_id IN ";
+const READ_BRIDGE_KEYS: &str = "SELECT device_kind, device_id, generation, nonce FROM device_keys \
+     WHERE device_kind = 'bridge' AND device_id IN ";
+/// The stored replay windows of protecting locks / bridges.
+const READ_LOCK_WINDOWS: &str =
+    "SELECT device_kind, device_id, generation, highest, window_bits FROM oscore_replay \
+     WHERE device_kind = 'lock' AND device_id IN ";
+const READ_BRIDGE_WINDOWS: &str =
+    "SELECT device_kind, device_id, generation, highest, window_bits FROM oscore_replay \
+     WHERE device_kind = 'bridge' AND device_id IN ";
+const UPSERT_WINDOWS: &str =
+    "INSERT INTO oscore_replay (device_kind, device_id, generation, highest, window_bits) ";
+const UPSERT_WINDOWS_TAIL: &str = " ON CONFLICT (device_kind, device_id) DO UPDATE SET \
+     generation = excluded.generation, highest = excluded.highest, window_bits = excluded.window_bits";
 
 /// A changed bridge's status after the batch.
 const BRIDGE_STATUS_UPDATE: &str =
@@ -154,23 +172,41 @@ async fn write(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &Batch,
 ) -> Result<Written, sqlx::Error> {
-    let plan = Plan::new(batch);
-
+    // BEGIN IMMEDIATE holds the database's write lock: nothing read below
+    // (bridge statuses, keys, replay windows, lock states) can change
+    // before this transaction commits.
+    let locks = LockSet::of(batch);
     let bridges_before = bridge_statuses(
         read_in(
             tx,
             "SELECT bridge_id, online, status_changed_at_ms FROM bridges WHERE bridge_id IN ",
-            &plan.bridge_ids,
+            &locks.bridge_ids,
         )
         .await?,
     );
+    let (mut keys, mut windows): (Vec<KeyColumns>, Vec<ReplayColumns>) = (vec![], vec![]);
+    for (keys_of, windows_of, ids) in [
+        (READ_LOCK_KEYS, READ_LOCK_WINDOWS, &locks.protecting_locks),
+        (
+            READ_BRIDGE_KEYS,
+            READ_BRIDGE_WINDOWS,
+            &locks.protecting_bridges,
+        ),
+    ] {
+        keys.extend(read_in::<KeyColumns>(tx, keys_of, ids).await?);
+        windows.extend(read_in::<ReplayColumns>(tx, windows_of, ids).await?);
+    }
+    let verdicts = Verdicts::decide(&batch.protections, &keys, &windows);
+    let refused = verdicts.refused_rows(batch);
+    let plan = Plan::new(batch, &refused);
+
     let states_before = read_in(
         tx,
         concat!(state_columns!(), " WHERE lock_id IN "),
         &plan.heartbeat_lock_ids,
     )
     .await?;
-    let bridges = BridgePlan::new(batch, &bridges_before);
+    let bridges = BridgePlan::new(batch, &bridges_before, &refused);
 
     let mut inserted_hb = HashSet::new();
     for chunk in plan
@@ -282,11 +318,25 @@ async fn write(
             .await?;
     }
 
+    for chunk in verdicts.windows.chunks(rows_per_statement(UPSERT_WINDOWS)) {
+        let mut q = QueryBuilder::<Sqlite>::new(UPSERT_WINDOWS);
+        q.push_values(chunk, |mut row, w| {
+            row.push_bind(w.kind)
+                .push_bind(w.id)
+                .push_bind(w.generation)
+                .push_bind(w.highest)
+                .push_bind(w.window_bits);
+        });
+        q.push(UPSERT_WINDOWS_TAIL);
+        q.build().persistent(false).execute(&mut **tx).await?;
+    }
+
     Ok(Written {
         heartbeats_inserted: plan.heartbeat_flags(batch, &inserted_hb),
         events_inserted: plan.event_flags(batch, &inserted_ev),
         bridge_changes: bridges.changes,
         states_before,
+        protections_refused: verdicts.refusals,
     })
 }
 
@@ -300,5 +350,6 @@ mod tests {
         assert_eq!(rows_per_statement(INSERT_EVENTS), MAX_BIND_PARAMS / 9);
         assert_eq!(rows_per_statement(INSERT_LOCK_STATE), MAX_BIND_PARAMS / 15);
         assert_eq!(rows_per_statement(INSERT_CONNECTIVITY), MAX_BIND_PARAMS / 4);
+        assert_eq!(rows_per_statement(UPSERT_WINDOWS), MAX_BIND_PARAMS / 5);
     }
 }

@@ -239,6 +239,20 @@ pub fn server_key_file(dir: &std::path::Path) -> PathBuf {
     path
 }
 
+/// The dashboard backend's MQTT password in tests.
+pub const BACKEND_PASSWORD: &str = "test-backend-password";
+
+/// [`BACKEND_PASSWORD`]'s hash for a test server's `backend_password_hash`,
+/// at the device cost so tests do not spend the operator cost's 19 MiB on
+/// every start (the cost is recorded in the hash; checking follows it).
+pub fn backend_password_hash() -> String {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        crate::keys::password::hash(BACKEND_PASSWORD, crate::keys::password::DEVICE_COST)
+    })
+    .clone()
+}
+
 /// A device's test master secret: fixed by its kind and id, so a test's
 /// simulated device and the server agree without passing secrets around.
 pub fn secret_for(device: &dispatcher::keys::DeviceRef) -> dispatcher::keys::MasterSecret {
@@ -255,13 +269,16 @@ pub fn secret_for(device: &dispatcher::keys::DeviceRef) -> dispatcher::keys::Mas
 
 /// `fleet` with every device's test secret.
 pub fn with_secrets(mut fleet: dispatcher::import::ParsedFleet) -> dispatcher::import::ParsedFleet {
-    fleet.secrets = super::keys::devices_of(&fleet)
-        .into_iter()
-        .map(|d| {
+    // A secret the fleet already has (its file's `master_secret` column,
+    // as the simulator writes) is the device's and is kept.
+    let have: std::collections::HashSet<dispatcher::keys::DeviceRef> =
+        fleet.secrets.iter().map(|(d, _)| d.clone()).collect();
+    for d in super::keys::devices_of(&fleet) {
+        if !have.contains(&d) {
             let s = secret_for(&d);
-            (d, s)
-        })
-        .collect();
+            fleet.secrets.push((d, s));
+        }
+    }
     fleet
 }
 

@@ -1,13 +1,21 @@
 //! Test support shared by the end-to-end tests: a real server on ephemeral
 //! loopback ports over a fresh database, a dashboard-side MQTT subscriber that
-//! records (and schema-checks) everything published, and a CoAP client.
+//! records (and schema-checks) everything published, a CoAP client, and a
+//! device's side of OSCORE ([`OscoreDevice`], built on lockfleet-oscore with
+//! the device's test secret from `gateway::store::testing::secret_for`).
 #![allow(dead_code)]
 
-use coap_lite::{ContentFormat, MessageClass, MessageType, Packet, RequestType};
+use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType};
+use dispatcher::keys::{DeviceRef, MasterSecret};
 use gateway::config::{Config, Settings};
 use gateway::server::Running;
 use gateway::store::testing::TestDb;
+use lockfleet_oscore::{
+    is_class_e, protect_request, unprotect_response, InnerMessage, OscoreOption, Params, PartialIv,
+    RequestId, SecurityContext, COAP_OPTION_OSCORE,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet as MqttPacket, QoS};
+use schemas::security::{DEVICE_OSCORE_ID, SERVER_OSCORE_ID};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,35 +41,134 @@ pub struct Harness {
     pub server: Running,
     pub db: TestDb,
     pub dir: tempfile::TempDir,
+    options: Options,
+}
+
+/// What a test server is started with beyond the defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// `--insecure-dev`: unprotected device requests accepted.
+    pub insecure_dev: bool,
+    /// How often the server looks for registry and key changes.
+    pub registry_refresh_secs: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            insecure_dev: false,
+            registry_refresh_secs: 1,
+        }
+    }
 }
 
 pub fn config(database_url: &str, dir: &std::path::Path) -> Config {
+    config_with(database_url, dir, Options::default())
+}
+
+/// [`config`] with `options`.
+pub fn config_with(database_url: &str, dir: &std::path::Path, options: Options) -> Config {
     let s = Settings {
         coap_listen: Some("127.0.0.1:0".parse().unwrap()),
         mqtt_listen: Some("127.0.0.1:0".parse().unwrap()),
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
         database_url: Some(database_url.to_string()),
         data_dir: Some(dir.to_path_buf()),
-        registry_refresh_secs: Some(1),
+        registry_refresh_secs: Some(options.registry_refresh_secs),
         server_key_file: Some(gateway::store::testing::server_key_file(dir)),
+        insecure_dev: options.insecure_dev,
+        backend_password_hash: Some(gateway::store::testing::backend_password_hash()),
         ..Default::default()
     };
     Config::from_settings(s).unwrap()
 }
 
 impl Harness {
-    /// Register `fleet` and start the server.
+    /// Register `fleet` (with each device's test secret) and start the
+    /// server, device security on.
     pub async fn start(engine: Engine, fleet: &dispatcher::import::ParsedFleet) -> Harness {
+        Harness::start_with(engine, fleet, Options::default()).await
+    }
+
+    /// [`Harness::start`] with `--insecure-dev`: unprotected device
+    /// requests are accepted (protected ones are still verified).
+    pub async fn start_insecure(
+        engine: Engine,
+        fleet: &dispatcher::import::ParsedFleet,
+    ) -> Harness {
+        let options = Options {
+            insecure_dev: true,
+            ..Options::default()
+        };
+        Harness::start_with(engine, fleet, options).await
+    }
+
+    /// [`Harness::start`] with `options`.
+    pub async fn start_with(
+        engine: Engine,
+        fleet: &dispatcher::import::ParsedFleet,
+        options: Options,
+    ) -> Harness {
         let db = engine.db().await;
         let store = gateway::store::Store::open(&db.url).await.unwrap();
         gateway::store::testing::register(&store, fleet).await;
         store.close().await;
         let dir = tempfile::tempdir().unwrap();
-        let server = gateway::server::start(config(&db.url, dir.path()))
+        let server = gateway::server::start(config_with(&db.url, dir.path(), options))
             .await
             .unwrap();
         wait_ready(server.http_addr).await;
-        Harness { server, db, dir }
+        Harness {
+            server,
+            db,
+            dir,
+            options,
+        }
+    }
+
+    /// Shut the server down and start it again on the same database (new
+    /// ports), with the same options.
+    pub async fn restart(self) -> Harness {
+        let options = self.options;
+        self.restart_with(options).await
+    }
+
+    /// [`Harness::restart`] with other `options`.
+    pub async fn restart_with(self, options: Options) -> Harness {
+        let Harness {
+            server, db, dir, ..
+        } = self;
+        server.shutdown().await;
+        let server = gateway::server::start(config_with(&db.url, dir.path(), options))
+            .await
+            .unwrap();
+        wait_ready(server.http_addr).await;
+        Harness {
+            server,
+            db,
+            dir,
+            options,
+        }
+    }
+
+    /// Another server on the same database (and server key), as a second
+    /// instance behind a load balancer; stop it before the harness.
+    pub async fn second_instance(&self) -> Running {
+        let dir = self.dir.path().join("second");
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = gateway::server::start(config_with(&self.db.url, &dir, self.options))
+            .await
+            .unwrap();
+        wait_ready(server.http_addr).await;
+        server
+    }
+
+    /// The value of the metric series `series` (e.g.
+    /// `lockfleet_uplinks_rejected_total{reason="replay",transport="coap"}`),
+    /// 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = http_get(self.server.http_addr, "/metrics").await.unwrap();
+        metric(&body, series)
     }
 
     pub async fn stop(self) {
@@ -106,6 +213,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     Ok((code, body))
 }
 
+/// The value of `series` in a Prometheus text exposition; 0 when absent.
+pub fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The dashboard backend's MQTT username (the default).
+pub const DASHBOARD_USERNAME: &str = gateway::config::DEFAULT_BACKEND_USERNAME;
+
 /// Messages as received: (topic, payload), in arrival order.
 pub type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
@@ -125,6 +243,10 @@ impl Dashboard {
         );
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_credentials(
+            DASHBOARD_USERNAME,
+            gateway::store::testing::BACKEND_PASSWORD,
+        );
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
@@ -287,6 +409,39 @@ impl CoapClient {
         }
     }
 
+    /// Protect `plain` as `device` (next sequence number), exchange it, and
+    /// return the outer answer and, if it is a protected one that verifies,
+    /// the inner response.
+    pub async fn exchange_protected(
+        &self,
+        device: &mut OscoreDevice,
+        plain: &Packet,
+    ) -> (Packet, Result<Packet, String>) {
+        let (outer, request) = device.protect(plain);
+        let answer = self.exchange(&outer).await;
+        let inner = device.open(&request, &answer);
+        (answer, inner)
+    }
+
+    /// [`CoapClient::exchange_protected`] that must get a protected answer
+    /// that verifies: the outer answer and the inner response. Panics with
+    /// the outer code and diagnostic otherwise.
+    pub async fn exchange_verified(
+        &self,
+        device: &mut OscoreDevice,
+        plain: &Packet,
+    ) -> (Packet, Packet) {
+        let (answer, inner) = self.exchange_protected(device, plain).await;
+        match inner {
+            Ok(inner) => (answer, inner),
+            Err(e) => panic!(
+                "no verified answer ({e}): {} {:?}",
+                answer.header.code,
+                String::from_utf8_lossy(&answer.payload)
+            ),
+        }
+    }
+
     /// Send and wait for the answer (retrying a few times: UDP on loopback
     /// rarely drops, but a busy CI machine may be slow).
     pub async fn exchange(&self, p: &Packet) -> Packet {
@@ -298,5 +453,133 @@ impl CoapClient {
             }
         }
         panic!("no CoAP answer to message {}", p.header.message_id);
+    }
+}
+
+/// A device's side of OSCORE (RFC 8613, the client role) as the profile in
+/// `schemas::security` fixes it: sender id h'01', recipient id h'' (the
+/// gateway), ID Context `lk/{lock}` sent as kid context in every request.
+pub struct OscoreDevice {
+    pub device: DeviceRef,
+    context: SecurityContext,
+    next_seq: u64,
+}
+
+impl OscoreDevice {
+    /// Lock `id` with its test secret.
+    pub fn lock(id: &str) -> OscoreDevice {
+        let device = DeviceRef::Lock(dispatcher::LockId::new(id));
+        let secret = gateway::store::testing::secret_for(&device);
+        OscoreDevice::new(device, &secret)
+    }
+
+    /// `device` with `secret`.
+    pub fn new(device: DeviceRef, secret: &MasterSecret) -> OscoreDevice {
+        let context = SecurityContext::derive(&Params {
+            master_secret: secret.as_bytes(),
+            master_salt: b"",
+            sender_id: DEVICE_OSCORE_ID,
+            recipient_id: SERVER_OSCORE_ID,
+            id_context: Some(&device.oscore_id_context()),
+        })
+        .expect("the profile's parameters derive");
+        OscoreDevice {
+            device,
+            context,
+            next_seq: 0,
+        }
+    }
+
+    /// Use sequence numbers from `seq` on. A server checks a request's
+    /// sequence number against the window of the key it holds for the
+    /// device (RFC 8613 §8.2 step 3, before decrypting), so a test that
+    /// sends with an old and a new key keeps their numbers apart to see
+    /// verification, not replay, fail.
+    pub fn skip_to(&mut self, seq: u64) {
+        self.next_seq = seq;
+    }
+
+    /// The next unused sender sequence number.
+    pub fn next_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// `plain` protected with the next sequence number.
+    pub fn protect(&mut self, plain: &Packet) -> (Packet, RequestId) {
+        let seq = self.next_seq();
+        self.protect_with(plain, seq)
+    }
+
+    /// `plain` protected with sequence number `seq` (RFC 8613 §8.1): the
+    /// same header, token and Class U options outside, outer code POST
+    /// (§4.2), an OSCORE option with Partial IV, kid context and kid, and
+    /// the ciphertext of the code, Class E options and payload.
+    pub fn protect_with(&self, plain: &Packet, seq: u64) -> (Packet, RequestId) {
+        let mut options = Vec::new();
+        let mut outer = Packet::new();
+        outer.header = plain.header.clone();
+        outer.header.code = MessageClass::Request(RequestType::Post);
+        outer.set_token(plain.get_token().to_vec());
+        for (&number, values) in plain.options() {
+            for v in values {
+                if is_class_e(number) {
+                    options.push((number, v.clone()));
+                } else {
+                    outer.add_option(CoapOption::from(number), v.clone());
+                }
+            }
+        }
+        let inner = InnerMessage {
+            code: u8::from(plain.header.code),
+            options,
+            payload: plain.payload.clone(),
+        };
+        let piv = PartialIv::from_seq(seq).expect("a sequence number below 2^40");
+        let (protected, request) = protect_request(
+            &self.context,
+            piv,
+            &inner.encode().expect("a small request encodes"),
+            true,
+            &[],
+        )
+        .expect("the request protects");
+        outer.add_option(CoapOption::Oscore, protected.option);
+        outer.payload = protected.ciphertext;
+        (outer, request)
+    }
+
+    /// The verified inner response of a protected answer to `request` (the
+    /// outer header and token, the inner code, options and payload); `Err`
+    /// says why it is not one.
+    pub fn open(&self, request: &RequestId, answer: &Packet) -> Result<Packet, String> {
+        let value = answer.get_first_option(CoapOption::Oscore).ok_or_else(|| {
+            format!(
+                "an unprotected answer {} {:?}",
+                answer.header.code,
+                String::from_utf8_lossy(&answer.payload)
+            )
+        })?;
+        if answer.header.code != MessageClass::Response(coap_lite::ResponseType::Changed) {
+            return Err(format!(
+                "outer code {} (RFC 8613 §4.2: 2.04)",
+                answer.header.code
+            ));
+        }
+        let option = OscoreOption::decode(value).map_err(|e| e.to_string())?;
+        let plain = unprotect_response(&self.context, request, &option, &answer.payload, &[])
+            .map_err(|e| e.to_string())?;
+        let inner = InnerMessage::decode(&plain).map_err(|e| e.to_string())?;
+        let mut p = Packet::new();
+        p.header = answer.header.clone();
+        p.header.code = MessageClass::from(inner.code);
+        p.set_token(answer.get_token().to_vec());
+        for (number, value) in inner.options {
+            assert_ne!(number, COAP_OPTION_OSCORE, "no OSCORE option inside");
+            p.add_option(CoapOption::from(number), value);
+        }
+        p.payload = inner.payload;
+        Ok(p)
     }
 }
