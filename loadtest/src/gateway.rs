@@ -72,7 +72,9 @@ pub enum Listener {
 pub fn parse_listener(line: &str) -> Option<(Listener, SocketAddr)> {
     let which = if line.contains("CoAP listening") {
         Listener::Coap
-    } else if line.contains("embedded MQTT broker listening") {
+    } else if line.contains("MQTT listening") || line.contains("MQTT broker listening") {
+        // Secure: "MQTT listening (MQTT 3.1.1) ..." (the front); with
+        // --insecure-dev: "INSECURE: embedded MQTT broker listening ...".
         Listener::Mqtt
     } else if line.contains("metrics and health") {
         Listener::Http
@@ -419,7 +421,8 @@ mod tests {
     /// As `gateway serve` logs them with NO_COLOR=1.
     const STARTUP: &str = "\
 2026-11-24T04:59:06.876359Z  INFO gateway::server: database ready engine=\"sqlite\" url=sqlite:///tmp/x.db
-2026-11-24T04:59:06.884584Z  INFO gateway::server: embedded MQTT broker listening (MQTT 3.1.1) addr=127.0.0.1:43383
+2026-11-24T04:59:06.880000Z  INFO gateway::mqtt::client: MQTT session up broker=127.0.0.1:40000 client_id=lockfleet-gateway-vm:backend
+2026-11-24T04:59:06.884584Z  INFO gateway::mqtt::topology: MQTT listening (MQTT 3.1.1): devices log in with their id and key-derived password addr=127.0.0.1:43383 tls=false backend_username=dashboard
 2026-11-24T04:59:06.885683Z  INFO gateway::server: CoAP listening (UDP) addr=127.0.0.1:45231
 2026-11-24T04:59:06.885838Z  INFO gateway::server: metrics and health on http://127.0.0.1:41135/metrics, /healthz, /readyz addr=127.0.0.1:41135
 2026-11-24T04:59:07.000000Z  WARN gateway::ingest: something slow
