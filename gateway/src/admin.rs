@@ -44,11 +44,7 @@ impl SecretsFile {
             path: path.into(),
             detail: e.to_string(),
         };
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(fail)?;
+        let mut file = crate::keys::create_secret_file(path).map_err(fail)?;
         file.write_all(b"kind,id,master_secret\n").map_err(fail)?;
         Ok(SecretsFile {
             path: path.into(),

@@ -348,20 +348,7 @@ impl Config {
                     Ok(text) => zeroize::Zeroizing::new(text.trim().to_string()),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         let plain = crate::keys::ServerKey::generate_hex();
-                        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                            std::fs::create_dir_all(dir).map_err(file_err)?;
-                        }
-                        let mut options = std::fs::OpenOptions::new();
-                        options.write(true).create_new(true);
-                        #[cfg(unix)]
-                        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                        let mut file = options.open(path).map_err(file_err)?;
-                        std::io::Write::write_all(
-                            &mut file,
-                            format!("{}\n", plain.as_str()).as_bytes(),
-                        )
-                        .map_err(file_err)?;
-                        file.sync_all().map_err(file_err)?;
+                        crate::keys::write_new_secret_file(path, &plain).map_err(file_err)?;
                         tracing::warn!(path = %path.display(), username = %self.backend_username, "created a password for the dashboard backend's MQTT login; the backend logs in with it (read it from that file), or set {BACKEND_PASSWORD_ENV}");
                         plain
                     }

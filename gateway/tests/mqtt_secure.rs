@@ -14,25 +14,21 @@
 mod common;
 
 use common::{Dashboard, Engine, Harness, DASHBOARD_USERNAME};
+use device_sim::security::DeviceKeys;
 use dispatcher::import::ParsedFleet;
 use dispatcher::keys::{DeviceRef, MasterSecret};
 use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
 use gateway::store::testing::{secret_for, BACKEND_PASSWORD};
 use gateway::store::Store;
-use lockfleet_oscore::{
-    protect_request, unprotect_response, InnerMessage, OscoreOption, Params, PartialIv, RequestId,
-    SecurityContext, CODE_CHANGED, CODE_POST,
-};
+use lockfleet_oscore::RequestId;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS,
     SubscribeReasonCode,
 };
 use schemas::device::encode;
 use schemas::event::DeviceError;
-use schemas::security::{
-    decode_protected, encode_protected, mqtt_password, DEVICE_OSCORE_ID, SERVER_OSCORE_ID,
-};
+use schemas::security::{decode_protected, encode_protected, mqtt_password};
 use schemas::*;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -101,24 +97,19 @@ fn bridge_ref(id: &str) -> DeviceRef {
     DeviceRef::Bridge(BridgeId::new(id))
 }
 
-/// A device's side of OSCORE on MQTT (`schemas::security`'s framing).
+/// A device's side of OSCORE on MQTT: the simulator's device keys
+/// (`device_sim::security`), with the device's sequence counter.
 struct Keys {
-    context: SecurityContext,
+    keys: DeviceKeys,
     next_seq: u64,
 }
 
 impl Keys {
     fn new(device: &DeviceRef, secret: &MasterSecret) -> Keys {
-        let context = SecurityContext::derive(&Params {
-            master_secret: secret.as_bytes(),
-            master_salt: b"",
-            sender_id: DEVICE_OSCORE_ID,
-            recipient_id: SERVER_OSCORE_ID,
-            id_context: Some(&device.oscore_id_context()),
-        })
-        .unwrap();
+        let secret = device_sim::fleet::MasterSecret::from_bytes(*secret.as_bytes());
+        let id_context = String::from_utf8(device.oscore_id_context()).unwrap();
         Keys {
-            context,
+            keys: DeviceKeys::derive(&id_context, &secret).unwrap(),
             next_seq: 0,
         }
     }
@@ -131,32 +122,14 @@ impl Keys {
     fn protect(&mut self, cbor: &[u8]) -> (Vec<u8>, RequestId) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let plaintext = InnerMessage::bare(CODE_POST, cbor).encode().unwrap();
-        let (p, request) = protect_request(
-            &self.context,
-            PartialIv::from_seq(seq).unwrap(),
-            &plaintext,
-            true,
-            &[],
-        )
-        .unwrap();
-        (encode_protected(&p.option, &p.ciphertext), request)
+        self.keys.protect_mqtt(seq, cbor).unwrap()
     }
 
     /// The CBOR of the gateway's protected ack to `request`.
     fn open(&self, request: &RequestId, ack: &[u8]) -> Vec<u8> {
-        let (option, ciphertext) = decode_protected(ack).expect("a protected ack");
-        let plaintext = unprotect_response(
-            &self.context,
-            request,
-            &OscoreOption::decode(&option).unwrap(),
-            &ciphertext,
-            &[],
-        )
-        .expect("the ack verifies as the answer to our request");
-        let inner = InnerMessage::decode(&plaintext).unwrap();
-        assert_eq!(inner.code, CODE_CHANGED);
-        inner.payload
+        self.keys
+            .open_mqtt(request, ack)
+            .expect("the ack verifies as the answer to our request")
     }
 }
 

@@ -129,18 +129,8 @@ impl ServerKey {
             path: path.into(),
             detail: e.to_string(),
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(write_err)?;
-        }
         let hex = ServerKey::generate_hex();
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(write_err)?;
-        std::io::Write::write_all(&mut file, format!("{}\n", hex.as_str()).as_bytes())
-            .map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
+        super::write_new_secret_file(path, &hex).map_err(write_err)?;
         Ok((ServerKey::from_hex(&hex)?, true))
     }
 
