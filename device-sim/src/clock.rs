@@ -80,6 +80,13 @@ impl SimClock {
         self.unix_at(self.sim_elapsed(now))
     }
 
+    /// Real Unix seconds at the real instant `now` (the clock a server
+    /// keeps, as opposed to the simulated [`SimClock::device_time`]),
+    /// assuming the anchor was the real time at the start.
+    pub fn real_unix(&self, now: Instant) -> u64 {
+        self.start_unix + now.saturating_duration_since(self.start).as_secs()
+    }
+
     /// The real duration of a simulated interval, at least [`MIN_REAL_INTERVAL`].
     pub fn real_interval(&self, sim: Duration) -> Duration {
         sim.div_f64(self.speedup).max(MIN_REAL_INTERVAL)
@@ -116,6 +123,13 @@ mod tests {
             clock.instant_at(Duration::from_secs(3600)),
             t0 + Duration::from_secs(6)
         );
+    }
+
+    #[test]
+    fn real_unix_runs_at_real_speed() {
+        let t0 = Instant::now();
+        let clock = SimClock::new(t0, 1_700_000_000, 600.0);
+        assert_eq!(clock.real_unix(t0 + Duration::from_secs(6)), 1_700_000_006);
     }
 
     #[test]

@@ -12,11 +12,16 @@
 //! counted as `oscore_response` and the report is retried as if no answer
 //! had come; OSCORE errors the gateway sends unprotected (4.00, 4.01, 4.02)
 //! are refusals, counted by code like any other.
+//!
+//! The task also takes commands for its locks ([`crate::control`]) between
+//! network events, and tells the waiters of a heartbeat on demand what
+//! became of the lock's reports.
 
 use crate::clock::SimClock;
 use crate::coap_client::{
     CoapClient, Event, Incoming, ResponseCode, StartError, TransmissionParams, DEFAULT_MAX_AGE,
 };
+use crate::control::{self, Command, Waiters};
 use crate::ledger::Ledger;
 use crate::lock::{Answer, Lock, Outgoing};
 use crate::net::{Fate, Impairment};
@@ -33,7 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Largest datagram we read. Answers are small (a downlink is bounded by the
 /// NB-IoT budget); anything longer is truncated and fails to parse.
@@ -47,12 +52,15 @@ pub const IO_LOOP_BOUND: usize = 64;
 pub const PATH_HEARTBEAT: &str = "hb";
 /// Uri-Path of activity-log batches.
 pub const PATH_LOG: &str = "log";
+/// Uri-Path of job reports.
+pub const PATH_JOB_REPORT: &str = "jr";
 
 /// The Uri-Path a report of `kind` is POSTed to.
 pub fn uri_path(kind: UplinkKind) -> &'static str {
     match kind {
         UplinkKind::Heartbeat => PATH_HEARTBEAT,
         UplinkKind::ActivityLog => PATH_LOG,
+        UplinkKind::JobReport => PATH_JOB_REPORT,
     }
 }
 
@@ -101,6 +109,10 @@ pub struct SocketTask {
     counters: Arc<LiveCounters>,
     phase: Phase,
     ledger: Ledger,
+    /// Commands for this socket's locks, once [`SocketTask::control`] made
+    /// the channel.
+    commands: Option<mpsc::Receiver<Command>>,
+    waiters: Waiters,
 }
 
 impl SocketTask {
@@ -146,7 +158,17 @@ impl SocketTask {
             counters: shared.counters,
             phase: Phase::Running,
             ledger: Ledger::default(),
+            commands: None,
+            waiters: Waiters::default(),
         })
+    }
+
+    /// The channel for commands to this socket's locks; a command names a
+    /// lock by its index in the `locks` given to [`SocketTask::bind`].
+    pub(crate) fn control(&mut self) -> mpsc::Sender<Command> {
+        let (tx, rx) = control::channel();
+        self.commands = Some(rx);
+        tx
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -190,6 +212,13 @@ impl SocketTask {
                         }
                     }
                 }
+                command = control::recv(&mut self.commands), if self.commands.is_some() => {
+                    match command {
+                        Some(command) => self.on_command(command, Instant::now()),
+                        // Every handle is gone: no more commands.
+                        None => self.commands = None,
+                    }
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => {}
             }
             let now = Instant::now();
@@ -220,16 +249,50 @@ impl SocketTask {
             let lock = &mut self.locks[i];
             let out = lock.wake(now, &self.clock, self.phase == Phase::Running);
             self.counters.store(lock.index(), lock.counters());
-            self.stats.created(u64::from(out.created));
-            self.stats.abandoned(u64::from(out.abandoned));
-            self.stats.events_lost(u64::from(out.events_lost));
-            if out.finished {
-                self.stats.lock_done();
-            }
+            self.stats.record(&out);
             self.rearm(i);
             self.pump(i, now);
+            self.settle(i, now);
         }
         self.client.handle_timeout(now);
+    }
+
+    fn on_command(&mut self, command: Command, now: Instant) {
+        let Some(i) = command
+            .slot
+            .filter(|i| self.locks.get(*i).is_some_and(|l| l.id() == command.lock))
+        else {
+            // Handles are made from this task's own list: cannot happen.
+            tracing::debug!(lock = %command.lock, "command for a lock this socket does not run");
+            return;
+        };
+        let running = self.phase == Phase::Running;
+        let lock = &mut self.locks[i];
+        let out = control::execute(
+            command.action,
+            lock,
+            i,
+            now,
+            &self.clock,
+            running,
+            &mut self.waiters,
+        );
+        self.counters.store(lock.index(), lock.counters());
+        self.stats.record(&out);
+        self.rearm(i);
+        self.pump(i, now);
+        self.settle(i, now);
+    }
+
+    /// After anything happened to lock `i`: its changed job state goes to
+    /// the state file, and a finished conversation to its waiters.
+    fn settle(&mut self, i: usize, now: Instant) {
+        let lock = &mut self.locks[i];
+        if lock.take_memory_changed() {
+            self.counters
+                .store_memory(lock.index(), lock.memory().clone());
+        }
+        self.waiters.settle(i, lock, now, &self.clock);
     }
 
     fn on_events(&mut self, now: Instant) {
@@ -259,6 +322,7 @@ impl SocketTask {
                     if self.locks[tag.lock].on_refused(tag.seq).is_some() {
                         self.stats.rejected("rst");
                     }
+                    self.waiters.on_refused(tag.lock, tag.kind, tag.seq, "rst");
                 }
                 Event::GaveUp { tag } => {
                     self.requests[tag.lock] = None;
@@ -268,6 +332,7 @@ impl SocketTask {
             }
             // The lock's exchange ended: it may send its next report.
             self.pump(lock, now);
+            self.settle(lock, now);
         }
     }
 
@@ -322,6 +387,7 @@ impl SocketTask {
     /// while draining), as after an exchange that got no answer.
     fn retry_later(&mut self, tag: Tag, now: Instant) {
         self.locks[tag.lock].on_gave_up(tag.seq);
+        self.waiters.on_gave_up(tag.lock, tag.kind, tag.seq);
         if self.phase == Phase::Draining {
             self.wakes.set_earlier(tag.lock, now + DRAIN_RETRY_DELAY);
         }
@@ -345,8 +411,11 @@ impl SocketTask {
                     Some(_) => {}
                 }
                 let lock = &mut self.locks[tag.lock];
-                if let Some(report) = lock.on_acked(tag.seq, &answer, now, &self.clock) {
+                let acked = lock.on_acked(tag.seq, &answer, now, &self.clock);
+                self.stats.record(&acked.queued);
+                if let Some(report) = acked.report {
                     self.stats.acked(lock.index());
+                    self.waiters.on_acked(tag.lock, &report);
                     let after = now.saturating_duration_since(self.clock.start());
                     self.ledger.record_ack(lock, report, after);
                 }
@@ -371,6 +440,8 @@ impl SocketTask {
                 if self.locks[tag.lock].on_refused(tag.seq).is_some() {
                     self.stats.rejected(&code.to_string());
                 }
+                self.waiters
+                    .on_refused(tag.lock, tag.kind, tag.seq, &code.to_string());
             }
         }
     }
@@ -415,18 +486,21 @@ impl SocketTask {
                 tracing::debug!(lock = self.locks[i].id(), error = %e, "cannot send report now");
                 self.stats.error("no_message_id");
                 self.locks[i].on_gave_up(out.seq);
+                self.waiters.on_gave_up(i, out.kind, out.seq);
             }
             Err(NotStarted::Start(e @ StartError::TooLarge(_))) => {
                 tracing::warn!(lock = self.locks[i].id(), error = %e, "cannot send report");
                 if self.locks[i].on_refused(out.seq).is_some() {
                     self.stats.rejected("unsendable");
                 }
+                self.waiters.on_refused(i, out.kind, out.seq, "unsendable");
             }
             Err(NotStarted::Protect(e)) => {
                 tracing::warn!(lock = self.locks[i].id(), error = %e, "cannot protect report");
                 if self.locks[i].on_refused(out.seq).is_some() {
                     self.stats.rejected("unsendable");
                 }
+                self.waiters.on_refused(i, out.kind, out.seq, "unsendable");
             }
             Err(NotStarted::Exhausted) => {
                 tracing::warn!(
@@ -436,6 +510,8 @@ impl SocketTask {
                 if self.locks[i].on_refused(out.seq).is_some() {
                     self.stats.rejected("oscore_exhausted");
                 }
+                self.waiters
+                    .on_refused(i, out.kind, out.seq, "oscore_exhausted");
             }
         }
     }

@@ -25,6 +25,7 @@ pub const MAX_RECORDED_US: u64 = 3_600_000_000;
 pub struct AckLatency {
     heartbeat: Histogram<u64>,
     activity_log: Histogram<u64>,
+    job_report: Histogram<u64>,
 }
 
 impl Default for AckLatency {
@@ -32,13 +33,16 @@ impl Default for AckLatency {
         AckLatency {
             heartbeat: new_histogram(),
             activity_log: new_histogram(),
+            job_report: new_histogram(),
         }
     }
 }
 
 impl PartialEq for AckLatency {
     fn eq(&self, other: &Self) -> bool {
-        self.heartbeat == other.heartbeat && self.activity_log == other.activity_log
+        self.heartbeat == other.heartbeat
+            && self.activity_log == other.activity_log
+            && self.job_report == other.job_report
     }
 }
 
@@ -66,6 +70,7 @@ impl AckLatency {
         // Both auto-resize, so adding cannot run out of range.
         let _ = self.heartbeat.add(&other.heartbeat);
         let _ = self.activity_log.add(&other.activity_log);
+        let _ = self.job_report.add(&other.job_report);
     }
 
     /// The round-trip times of `kind` exchanges, in microseconds.
@@ -73,6 +78,7 @@ impl AckLatency {
         match kind {
             UplinkKind::Heartbeat => &self.heartbeat,
             UplinkKind::ActivityLog => &self.activity_log,
+            UplinkKind::JobReport => &self.job_report,
         }
     }
 
@@ -80,6 +86,7 @@ impl AckLatency {
         match kind {
             UplinkKind::Heartbeat => &mut self.heartbeat,
             UplinkKind::ActivityLog => &mut self.activity_log,
+            UplinkKind::JobReport => &mut self.job_report,
         }
     }
 

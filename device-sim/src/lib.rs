@@ -2,7 +2,9 @@
 //!
 //! * [`fleet`]: generate, write and read the fleet file.
 //! * [`lock`] and [`activity`]: one lock's behaviour, sans I/O, driven by
-//!   [`clock`] time and [`timers`].
+//!   [`clock`] time and [`timers`]; [`jobs`] and [`pins`]: what the jobs
+//!   of its downlinks do to it (PIN table, at-most-once job memory, hard
+//!   resets) and when an entered PIN opens it.
 //! * [`coap_client`]: the CoAP client exchange layer (RFC 7252), sans I/O.
 //! * [`coap_socket`]: the task per UDP socket that puts CoAP locks on the wire.
 //! * [`mqtt_lock`], [`bridge`], [`mqtt_conn`], [`mqtt_fleet`]: MQTT locks and
@@ -17,14 +19,18 @@
 //!   (`fleet.csv.state` beside the fleet file), reserved ahead as RFC 8613
 //!   Appendix B.1.1 does, so a restarted or crashed simulator never reuses a
 //!   (lock, seq) the gateway has stored nor an OSCORE sequence number.
-//! * [`run`]: a whole run ([`run::SimConfig`] in, [`run::RunReport`] out).
+//! * [`run`](mod@run): a whole run ([`run::SimConfig`] in, [`run::RunReport`] out);
+//!   [`control`]: reaching one lock of a running simulation
+//!   ([`run::RunHandle::lock`]): heartbeat now, enter a PIN, hard reset.
 
 pub mod activity;
 pub mod bridge;
 pub mod clock;
 pub mod coap_client;
 pub mod coap_socket;
+pub mod control;
 pub mod fleet;
+pub mod jobs;
 pub mod latency;
 pub mod ledger;
 pub mod lock;
@@ -33,15 +39,17 @@ pub mod mqtt_fleet;
 pub mod mqtt_lock;
 pub mod net;
 pub mod persist;
+pub mod pins;
 pub mod run;
 pub mod security;
 pub mod state;
 pub mod stats;
 pub mod timers;
 
+pub use control::{ControlError, Conversation, LockHandle, LockStatus};
 pub use fleet::{Fleet, FleetSpec};
 pub use latency::AckLatency;
 pub use ledger::{AckedReport, PendingReport};
-pub use lock::Counters;
+pub use lock::{Counters, Reporting};
 pub use persist::StateOptions;
 pub use run::{run, start, RunHandle, RunReport, SimConfig};

@@ -13,6 +13,15 @@
 //! 3. the transport answers with [`Lock::on_acked`], [`Lock::on_refused`] or
 //!    [`Lock::on_gave_up`]. A report that gave up stays in the outbox and
 //!    goes again, with the same `seq`, at the next wake.
+//! 4. a [`Downlink`] answering a heartbeat or a job report may carry jobs:
+//!    [`Lock::on_acked`] applies them ([`crate::jobs`]) and queues a job
+//!    report at the front of the outbox, so the lock, still awake, sends it
+//!    next; its answer may carry more jobs, and so on until a downlink
+//!    carries none (the conversation of [`Lock::conversation_open`]).
+//!
+//! Outside the schedule, [`Lock::heartbeat_now`] reports at once (a test or
+//! an operator pressing the lock's button), [`Lock::enter_pin`] is someone
+//! at the keypad and [`Lock::hard_reset`] someone holding the reset button.
 //!
 //! A lock's [`Counters`] outlive a run, as they outlive a reboot in real
 //! firmware: [`Lock::with_counters`] continues from saved ones and
@@ -23,6 +32,7 @@
 use crate::activity::{self, Physical, Recorder};
 use crate::clock::SimClock;
 use crate::fleet::LockSpec;
+use crate::jobs::JobMemory;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use schemas::device::{encode, UplinkKind, MAX_EVENTS_PER_BATCH, MAX_UPLINK_BYTES};
@@ -108,7 +118,8 @@ impl Default for Counters {
 pub struct Report {
     pub kind: UplinkKind,
     pub seq: u32,
-    /// CBOR-encoded [`Heartbeat`] or [`ActivityLogBatch`].
+    /// CBOR-encoded [`Heartbeat`], [`ActivityLogBatch`] or
+    /// [`schemas::JobReport`].
     pub payload: Vec<u8>,
     /// The activity events a batch carries (empty for heartbeats).
     pub event_seqs: Range<u32>,
@@ -138,10 +149,12 @@ pub enum Answer {
 
 impl Answer {
     /// Decodes the answer to a report of `kind`: a [`Downlink`] for a
-    /// heartbeat, a [`LogAck`] for a log batch.
+    /// heartbeat or a job report, a [`LogAck`] for a log batch.
     pub fn decode(kind: UplinkKind, payload: &[u8]) -> Answer {
         let decoded = match kind {
-            UplinkKind::Heartbeat => Downlink::decode(payload).map(Answer::Downlink),
+            UplinkKind::Heartbeat | UplinkKind::JobReport => {
+                Downlink::decode(payload).map(Answer::Downlink)
+            }
             UplinkKind::ActivityLog => LogAck::decode(payload).map(Answer::LogAck),
         };
         decoded.unwrap_or(Answer::Undecodable)
@@ -167,6 +180,33 @@ pub struct WakeOutcome {
     pub events_lost: u32,
     /// The lock reached its report budget during this wake.
     pub finished: bool,
+    /// The seq of the heartbeat this wake created, if it created one.
+    pub heartbeat: Option<u32>,
+    /// The lock was hard reset during this wake
+    /// ([`Lock::with_hard_reset_chance`]).
+    pub hard_reset: bool,
+}
+
+/// What one [`Lock::on_acked`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acked {
+    /// The acknowledged report, the first time; `None` for a duplicate
+    /// answer (which changes nothing).
+    pub report: Option<Report>,
+    /// What the answer made the lock queue: a job report when it carried
+    /// jobs (`created`), and reports discarded to make room for it.
+    pub queued: WakeOutcome,
+}
+
+/// When a lock reports on its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reporting {
+    /// At its heartbeat and activity-log intervals, as in the field.
+    #[default]
+    Scheduled,
+    /// Only when told ([`Lock::heartbeat_now`]): for tests that step a lock.
+    /// Reports that gave up still go again at the next interval.
+    OnDemand,
 }
 
 /// A simulated lock. See the module docs for the protocol.
@@ -199,6 +239,16 @@ pub struct Lock {
     next_log: Instant,
     reports_created: u32,
     max_reports: Option<u32>,
+    reporting: Reporting,
+    /// Chance of a hard reset at each scheduled heartbeat.
+    hard_reset_chance: f64,
+    /// PIN table, remembered job outcomes, last hard reset.
+    memory: JobMemory,
+    /// `memory` changed since [`Lock::take_memory_changed`] last said so.
+    memory_changed: bool,
+    /// When the last downlink came and the server time it carried: the
+    /// lock's [`Lock::wall_clock`].
+    server_clock: Option<(Instant, u64)>,
 }
 
 impl Lock {
@@ -265,8 +315,50 @@ impl Lock {
             next_log: start + log_real.mul_f64(rng.random::<f64>()),
             reports_created: 0,
             max_reports,
+            reporting: Reporting::Scheduled,
+            hard_reset_chance: 0.0,
+            memory: JobMemory::default(),
+            memory_changed: false,
+            server_clock: None,
             rng,
         }
+    }
+
+    /// The same lock with the job state an earlier run left (the state
+    /// file): its PINs, remembered job outcomes and last hard reset.
+    pub fn with_memory(mut self, memory: JobMemory) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The same lock with `visits` people an hour (simulated) coming by
+    /// instead of its drawn rate; 0: nobody, so its log holds only what
+    /// [`Lock::enter_pin`] adds.
+    pub fn with_visits_per_hour(mut self, visits: f64) -> Self {
+        self.visits_per_hour = if visits.is_finite() {
+            visits.max(0.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// The same lock reporting on its schedule or only when told.
+    pub fn with_reporting(mut self, reporting: Reporting) -> Self {
+        self.reporting = reporting;
+        self
+    }
+
+    /// The same lock, hard reset with probability `chance` (clamped to
+    /// 0..=1) just before each scheduled heartbeat, as a technician on site
+    /// would now and then.
+    pub fn with_hard_reset_chance(mut self, chance: f64) -> Self {
+        self.hard_reset_chance = if chance.is_nan() {
+            0.0
+        } else {
+            chance.clamp(0.0, 1.0)
+        };
+        self
     }
 
     /// The same lock continuing from `counters` (saved by an earlier run)
@@ -335,29 +427,40 @@ impl Lock {
     /// When the lock next needs [`Lock::wake`]; `None` once it has finished
     /// and has nothing left to send.
     pub fn next_wake(&self) -> Option<Instant> {
-        if self.finished() && self.outbox.is_empty() {
+        let idle = self.finished() || self.reporting == Reporting::OnDemand;
+        if idle && self.outbox.is_empty() {
             None
         } else {
             Some(self.next_heartbeat.min(self.next_log))
         }
     }
 
-    /// Wakes the lock at `now`. With `generate`, simulates the activity since
-    /// the last wake and creates the reports that are due; without it (while
-    /// draining) it only resumes sending what the outbox holds.
+    /// Wakes the lock at `now`. With `generate` (and [`Reporting::Scheduled`]),
+    /// simulates the activity since the last wake and creates the reports
+    /// that are due; without it (while draining) it only resumes sending what
+    /// the outbox holds.
     pub fn wake(&mut self, now: Instant, clock: &SimClock, generate: bool) -> WakeOutcome {
         let mut out = WakeOutcome::default();
         let heartbeat_due = now >= self.next_heartbeat;
         let log_due = now >= self.next_log;
+        let generate = generate && self.reporting == Reporting::Scheduled;
         if generate && !self.finished() {
             out.events_lost = self.simulate_until(clock.sim_elapsed(now), clock);
+            // Rolled only when enabled, so a run without resets draws the
+            // same random numbers as before the knob existed.
+            if heartbeat_due && self.hard_reset_chance > 0.0 {
+                out.hard_reset = self.rng.random_bool(self.hard_reset_chance);
+                if out.hard_reset {
+                    self.hard_reset(now, clock);
+                }
+            }
             if heartbeat_due || log_due {
                 // The guide: a heartbeat "syncs logs" too, so it carries
                 // whatever accumulated; a log wake uploads even an empty log.
-                self.queue_log_batches(log_due, &mut out);
+                self.queue_log_batches(log_due, true, &mut out);
             }
             if heartbeat_due {
-                self.queue_heartbeat(now, clock, &mut out);
+                self.queue_heartbeat(now, clock, true, &mut out);
             }
             out.finished = self.finished();
         }
@@ -393,30 +496,24 @@ impl Lock {
         })
     }
 
-    /// The server acknowledged report `seq`. Returns the report the first
-    /// time, `None` for a duplicate answer. A [`Downlink`] sets the intervals
-    /// the lock uses from now on (the guide: changes take effect at the next
-    /// heartbeat, which is this one).
-    pub fn on_acked(
-        &mut self,
-        seq: u32,
-        answer: &Answer,
-        now: Instant,
-        clock: &SimClock,
-    ) -> Option<Report> {
+    /// The server acknowledged report `seq`. The first time, returns the
+    /// report and acts on the answer; a duplicate answer changes nothing. A
+    /// [`Downlink`] sets the lock's clock and the intervals it uses from now
+    /// on (the guide: changes take effect at the next heartbeat, which is
+    /// this one), then its jobs are applied and a job report is queued
+    /// ([`Acked::queued`]).
+    pub fn on_acked(&mut self, seq: u32, answer: &Answer, now: Instant, clock: &SimClock) -> Acked {
+        let Some(report) = self.take(seq) else {
+            return Acked::default();
+        };
+        let mut queued = WakeOutcome::default();
         if let Answer::Downlink(d) = answer {
-            if d.heartbeat_interval != self.heartbeat_interval {
-                self.heartbeat_interval = d.heartbeat_interval;
-                self.next_heartbeat =
-                    now + clock.real_interval(Duration::from_secs(d.heartbeat_interval.as_secs()));
-            }
-            if d.activity_log_interval != self.activity_log_interval {
-                self.activity_log_interval = d.activity_log_interval;
-                self.next_log = now
-                    + clock.real_interval(Duration::from_secs(d.activity_log_interval.as_secs()));
-            }
+            self.on_downlink(d, now, clock, &mut queued);
         }
-        self.take(seq)
+        Acked {
+            report: Some(report),
+            queued,
+        }
     }
 
     /// The server refused report `seq` (4.xx/5.xx): it is not retried.
@@ -471,10 +568,12 @@ impl Lock {
         lost
     }
 
-    fn queue_log_batches(&mut self, at_least_one: bool, out: &mut WakeOutcome) {
+    /// Queues the pending activity as log batches. `budgeted`: they count
+    /// against the report budget (and none is made once it is reached).
+    fn queue_log_batches(&mut self, at_least_one: bool, budgeted: bool, out: &mut WakeOutcome) {
         let mut made_one = false;
         while !self.pending.is_empty() || (at_least_one && !made_one) {
-            if self.outbox_full_of_logs() || self.finished() {
+            if self.outbox_full_of_logs() || (budgeted && self.finished()) {
                 return;
             }
             let mut take = self.pending.len().min(MAX_EVENTS_PER_BATCH);
@@ -495,7 +594,7 @@ impl Lock {
                 (Some(a), Some(b)) => a.seq..b.seq.wrapping_add(1),
                 _ => 0..0,
             };
-            if !self.push(UplinkKind::ActivityLog, payload, event_seqs, out) {
+            if !self.push(UplinkKind::ActivityLog, payload, event_seqs, budgeted, out) {
                 return;
             }
             self.pending.drain(..events.len());
@@ -503,8 +602,14 @@ impl Lock {
         }
     }
 
-    fn queue_heartbeat(&mut self, now: Instant, clock: &SimClock, out: &mut WakeOutcome) {
-        if self.finished() {
+    fn queue_heartbeat(
+        &mut self,
+        now: Instant,
+        clock: &SimClock,
+        budgeted: bool,
+        out: &mut WakeOutcome,
+    ) {
+        if budgeted && self.finished() {
             return;
         }
         let jitter = self.rng.random_range(-3..=3);
@@ -524,18 +629,71 @@ impl Lock {
             heartbeat_interval: self.heartbeat_interval,
             activity_log_interval: self.activity_log_interval,
         };
-        self.push(UplinkKind::Heartbeat, encode(&hb), 0..0, out);
+        let seq = hb.seq;
+        if self.push(UplinkKind::Heartbeat, encode(&hb), 0..0, budgeted, out) {
+            out.heartbeat = Some(seq);
+        }
     }
 
-    /// Queues a report under the current `next_seq`, making room if needed.
-    /// False when there is no room (only log batches queued).
+    /// Queues a report under the current `next_seq` at the back of the
+    /// outbox, making room if needed. False when there is no room (only log
+    /// batches queued). `budgeted`: it counts against the report budget.
     fn push(
         &mut self,
         kind: UplinkKind,
         payload: Vec<u8>,
         event_seqs: Range<u32>,
+        budgeted: bool,
         out: &mut WakeOutcome,
     ) -> bool {
+        if !self.make_room(out) {
+            return false;
+        }
+        let report = self.new_report(kind, payload, event_seqs, budgeted, out);
+        self.outbox.push_back(report);
+        true
+    }
+
+    /// Queues a job report at the front of the outbox: the lock is awake
+    /// and the server waits for it. Not budgeted (the protocol requires it).
+    /// With no room (an outbox full of log batches) it is not made: the
+    /// results are remembered, and the server delivers the jobs again.
+    fn push_job_report(&mut self, payload: Vec<u8>, out: &mut WakeOutcome) {
+        if self.make_room(out) {
+            let report = self.new_report(UplinkKind::JobReport, payload, 0..0, false, out);
+            self.outbox.push_front(report);
+            self.awake = true;
+        }
+    }
+
+    fn new_report(
+        &mut self,
+        kind: UplinkKind,
+        payload: Vec<u8>,
+        event_seqs: Range<u32>,
+        budgeted: bool,
+        out: &mut WakeOutcome,
+    ) -> Report {
+        let report = Report {
+            kind,
+            seq: self.next_seq,
+            payload,
+            event_seqs,
+            attempts: 0,
+        };
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        if budgeted {
+            self.reports_created += 1;
+        }
+        out.created += 1;
+        self.drain_battery(BATTERY_PER_REPORT);
+        report
+    }
+
+    /// Makes room for one more report: past [`MAX_OUTBOX_REPORTS`] the
+    /// oldest heartbeat not in flight goes. False if only log batches and
+    /// job reports are queued.
+    fn make_room(&mut self, out: &mut WakeOutcome) -> bool {
         if self.outbox.len() >= MAX_OUTBOX_REPORTS {
             let oldest_hb = self
                 .outbox
@@ -546,22 +704,11 @@ impl Lock {
                     self.outbox.remove(pos);
                     out.abandoned += 1;
                 }
-                // Only log batches queued: this report is not created (its
-                // seq is not consumed).
+                // Only log batches (and job reports) queued: this report
+                // is not created (its seq is not consumed).
                 None => return false,
             }
         }
-        self.outbox.push_back(Report {
-            kind,
-            seq: self.next_seq,
-            payload,
-            event_seqs,
-            attempts: 0,
-        });
-        self.next_seq = self.next_seq.wrapping_add(1).max(1);
-        self.reports_created += 1;
-        out.created += 1;
-        self.drain_battery(BATTERY_PER_REPORT);
         true
     }
 
@@ -570,7 +717,7 @@ impl Lock {
             && self
                 .outbox
                 .iter()
-                .all(|r| r.kind == UplinkKind::ActivityLog || Some(r.seq) == self.in_flight)
+                .all(|r| r.kind != UplinkKind::Heartbeat || Some(r.seq) == self.in_flight)
     }
 
     fn drain_battery(&mut self, pct: f32) {
@@ -600,6 +747,13 @@ fn next_after(last: Instant, every: Duration, now: Instant) -> Instant {
     last + every * periods
 }
 
+#[path = "lock_jobs.rs"]
+mod lock_jobs;
+
 #[cfg(test)]
 #[path = "lock_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "lock_jobs_tests.rs"]
+mod lock_jobs_tests;

@@ -6,7 +6,7 @@ use crate::activity::Physical;
 
 const SPEEDUP: f64 = 600.0;
 
-fn spec(id: &str, model: LockModel, transport: Transport) -> LockSpec {
+pub(super) fn spec(id: &str, model: LockModel, transport: Transport) -> LockSpec {
     LockSpec {
         id: id.into(),
         model,
@@ -23,11 +23,11 @@ fn spec(id: &str, model: LockModel, transport: Transport) -> LockSpec {
     }
 }
 
-fn clock() -> SimClock {
+pub(super) fn clock() -> SimClock {
     SimClock::new(Instant::now(), 1_700_000_000, SPEEDUP)
 }
 
-fn inb1(max: Option<u32>) -> (Lock, SimClock) {
+pub(super) fn inb1(max: Option<u32>) -> (Lock, SimClock) {
     let c = clock();
     (
         Lock::new(
@@ -47,12 +47,15 @@ fn downlink(seq: u32, hb: u16, log: u16) -> Answer {
         heartbeat_interval: HeartbeatInterval::from_hours(hb).unwrap(),
         activity_log_interval: ActivityLogInterval::from_minutes(log).unwrap(),
         seq,
+        jobs: vec![],
+        more: false,
+        next_heartbeat_at: None,
     })
 }
 
 fn ack_for(kind: UplinkKind, seq: u32) -> Answer {
     match kind {
-        UplinkKind::Heartbeat => downlink(seq, 24, 60),
+        UplinkKind::Heartbeat | UplinkKind::JobReport => downlink(seq, 24, 60),
         UplinkKind::ActivityLog => Answer::LogAck(LogAck {
             server_time: 0,
             stored: 0,
@@ -70,6 +73,7 @@ fn run_perfect(lock: &mut Lock, clock: &SimClock, until: Instant) -> Vec<Report>
         while let Some(o) = lock.poll_send() {
             let r = lock
                 .on_acked(o.seq, &ack_for(o.kind, o.seq), t, clock)
+                .report
                 .unwrap();
             acked.push(r);
         }
@@ -161,9 +165,11 @@ fn duplicate_and_late_acks_are_recognised() {
     // The answer to the given-up attempt arrives late: still acknowledged.
     assert!(lock
         .on_acked(o.seq, &ack_for(o.kind, o.seq), t, &c)
+        .report
         .is_some());
     assert!(lock
         .on_acked(o.seq, &ack_for(o.kind, o.seq), t, &c)
+        .report
         .is_none());
 }
 
@@ -238,6 +244,7 @@ fn heartbeats_report_the_state_the_event_log_leads_to() {
                     assert_eq!((hb.lock_state, hb.door_state), (replay.lock, replay.door));
                     heartbeats += 1;
                 }
+                UplinkKind::JobReport => unreachable!("no jobs were sent"),
             }
         }
         assert!(heartbeats >= 20, "{heartbeats}");

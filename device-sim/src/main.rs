@@ -123,6 +123,10 @@ struct RunArgs {
     /// clients log in, as a gateway requires by default.
     #[arg(long)]
     insecure: bool,
+    /// Chance (0 to 1) that a lock is hard reset just before a heartbeat:
+    /// its PINs are wiped and jobs issued before the reset fail.
+    #[arg(long, default_value_t = 0.0)]
+    hard_reset_chance: f64,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -196,6 +200,7 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
             fresh: args.fresh_state,
         }),
         security: !args.insecure,
+        hard_reset_chance: args.hard_reset_chance,
         ..SimConfig::default()
     };
     if args.insecure {
@@ -243,7 +248,11 @@ fn print_summary(report: &RunReport) {
         s.dup_injected,
         s.dropped
     );
-    for kind in [UplinkKind::Heartbeat, UplinkKind::ActivityLog] {
+    for kind in [
+        UplinkKind::Heartbeat,
+        UplinkKind::ActivityLog,
+        UplinkKind::JobReport,
+    ] {
         let l = &report.ack_latency;
         let ms = |q: f64| {
             l.quantile(kind, q)

@@ -7,9 +7,9 @@
 //! ConnAck, `offline` before a clean disconnect, and the Last Will `lost`
 //! (as `spec/asyncapi.yaml` specifies) when the connection drops.
 //!
-//! The task does I/O only: it forwards what arrives to the [`MqttFleet`]
-//! (crate::mqtt_lock::MqttFleet) over a bounded channel and never decides
-//! anything about reports.
+//! The task does I/O only: it forwards what arrives to the
+//! [`MqttFleet`](crate::mqtt_fleet::MqttFleet) over a bounded channel and
+//! never decides anything about reports.
 
 use crate::security::Credentials;
 use crate::stats::Stats;

@@ -14,8 +14,14 @@
 //! of the report's publishes still awaited; one that does not is counted as
 //! `oscore_response` and ignored (the ack timeout resends). Error messages
 //! and bridge status stay unprotected.
+//!
+//! The task also takes commands for its locks ([`crate::control`], by lock
+//! id) between events, and tells the waiters of a heartbeat on demand what
+//! became of the lock's reports. A direct lock answers a downlink's jobs
+//! with a job report on `lk/{lock}/up/jr`.
 
 use crate::clock::SimClock;
+use crate::control::{self, Command, Waiters};
 use crate::fleet::{BridgeSpec, LockSpec};
 use crate::ledger::Ledger;
 use crate::lock::{Answer, Counters, Lock};
@@ -136,6 +142,9 @@ pub struct MqttFleet {
     events: mpsc::Receiver<ConnEvent>,
     conn_stop: CancellationToken,
     conn_tasks: JoinSet<()>,
+    /// Commands for these locks, once [`MqttFleet::control`] made the channel.
+    commands: Option<mpsc::Receiver<Command>>,
+    waiters: Waiters,
 }
 
 /// Where and how to connect.
@@ -256,7 +265,16 @@ impl MqttFleet {
             events,
             conn_stop,
             conn_tasks,
+            commands: None,
+            waiters: Waiters::default(),
         }
+    }
+
+    /// The channel for commands to these locks (named by lock id).
+    pub(crate) fn control(&mut self) -> mpsc::Sender<Command> {
+        let (tx, rx) = control::channel();
+        self.commands = Some(rx);
+        tx
     }
 
     /// Runs until [`Phase::Stopping`], then closes every connection (bridges
@@ -277,6 +295,13 @@ impl MqttFleet {
                     }
                 }
                 Some(event) = self.events.recv() => self.on_conn_event(Instant::now(), event),
+                command = control::recv(&mut self.commands), if self.commands.is_some() => {
+                    match command {
+                        Some(command) => self.on_command(command, Instant::now()),
+                        // Every handle is gone: no more commands.
+                        None => self.commands = None,
+                    }
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => {}
             }
             self.on_timers(Instant::now());
@@ -377,13 +402,52 @@ impl MqttFleet {
             slot.requests.clear();
             self.stats.in_flight_add(-1);
         }
-        if let Some(report) = slot.lock.on_acked(seq, answer, now, &self.clock) {
+        let acked = slot.lock.on_acked(seq, answer, now, &self.clock);
+        self.stats.record(&acked.queued);
+        if let Some(report) = acked.report {
             self.stats.acked(slot.lock.index());
+            self.waiters.on_acked(i, &report);
             let after = now.saturating_duration_since(self.clock.start());
             self.ledger.record_ack(&slot.lock, report, after);
         }
         self.pump(i, now);
         self.rearm(i);
+        self.settle(i, now);
+    }
+
+    fn on_command(&mut self, command: Command, now: Instant) {
+        let Some(&i) = self.by_lock.get(&command.lock) else {
+            // Handles are made from this task's own locks: cannot happen.
+            tracing::debug!(lock = %command.lock, "command for a lock this task does not run");
+            return;
+        };
+        let running = self.phase == Phase::Running;
+        let lock = &mut self.slots[i].lock;
+        let out = control::execute(
+            command.action,
+            lock,
+            i,
+            now,
+            &self.clock,
+            running,
+            &mut self.waiters,
+        );
+        self.counters.store(lock.index(), lock.counters());
+        self.stats.record(&out);
+        self.pump(i, now);
+        self.rearm(i);
+        self.settle(i, now);
+    }
+
+    /// After anything happened to slot `i`'s lock: its changed job state
+    /// goes to the state file, and a finished conversation to its waiters.
+    fn settle(&mut self, i: usize, now: Instant) {
+        let lock = &mut self.slots[i].lock;
+        if lock.take_memory_changed() {
+            self.counters
+                .store_memory(lock.index(), lock.memory().clone());
+        }
+        self.waiters.settle(i, lock, now, &self.clock);
     }
 
     /// A JSON `DeviceError` on an error topic. It names the topic, not the
@@ -433,12 +497,19 @@ impl MqttFleet {
                 self.stats.error(&code);
                 slot.lock.on_gave_up(w.seq);
                 slot.retry_at = Some(now + RETRY_LATER);
-            } else if slot.lock.on_refused(w.seq).is_some() {
-                self.stats.rejected(&code);
+            } else {
+                let kind = slot.lock.report(w.seq).map(|r| r.kind);
+                if slot.lock.on_refused(w.seq).is_some() {
+                    self.stats.rejected(&code);
+                }
+                if let Some(kind) = kind {
+                    self.waiters.on_refused(i, kind, w.seq, &code);
+                }
             }
         }
         self.pump(i, now);
         self.rearm(i);
+        self.settle(i, now);
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -453,15 +524,11 @@ impl MqttFleet {
                     .lock
                     .wake(now, &self.clock, self.phase == Phase::Running);
                 self.counters.store(slot.lock.index(), slot.lock.counters());
-                self.stats.created(u64::from(out.created));
-                self.stats.abandoned(u64::from(out.abandoned));
-                self.stats.events_lost(u64::from(out.events_lost));
-                if out.finished {
-                    self.stats.lock_done();
-                }
+                self.stats.record(&out);
             }
             self.pump(i, now);
             self.rearm(i);
+            self.settle(i, now);
         }
     }
 
@@ -479,6 +546,9 @@ impl MqttFleet {
             OnTimeout::GiveUp => {
                 slot.wait = None;
                 slot.requests.clear();
+                if let Some(r) = slot.lock.report(seq) {
+                    self.waiters.on_gave_up(i, r.kind, seq);
+                }
                 slot.lock.on_gave_up(seq);
                 self.stats.in_flight_add(-1);
                 self.stats.gave_up();
@@ -535,8 +605,9 @@ impl MqttFleet {
                     self.stats.in_flight_add(-1);
                 }
                 slot.requests.clear();
-                if slot.lock.on_refused(seq).is_some() {
+                if let Some(r) = slot.lock.on_refused(seq) {
                     self.stats.rejected(reason);
+                    self.waiters.on_refused(i, r.kind, seq, reason);
                 }
                 return;
             }

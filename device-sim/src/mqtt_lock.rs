@@ -37,7 +37,8 @@ impl Route {
         }
     }
 
-    /// `lk/{lock}/up/hb|log` or `br/{bridge}/up/hb|log`.
+    /// `lk/{lock}/up/hb|log|jr` or `br/{bridge}/up/hb|log`. (A bridged lock
+    /// makes no job reports: the gateway has no topic for one.)
     pub fn uplink_topic(&self, kind: UplinkKind) -> String {
         let leaf = leaf(kind);
         match self {
@@ -51,11 +52,16 @@ impl Route {
         match (self, kind) {
             (Route::Direct { lock }, UplinkKind::Heartbeat) => down::lock_heartbeat_ack(lock),
             (Route::Direct { lock }, UplinkKind::ActivityLog) => down::lock_log_ack(lock),
+            (Route::Direct { lock }, UplinkKind::JobReport) => down::lock_job_report_ack(lock),
             (Route::Bridged { bridge, lock }, UplinkKind::Heartbeat) => {
                 down::bridge_heartbeat_ack(bridge, lock)
             }
             (Route::Bridged { bridge, lock }, UplinkKind::ActivityLog) => {
                 down::bridge_log_ack(bridge, lock)
+            }
+            // Never awaited (see `uplink_topic`); named like the others.
+            (Route::Bridged { bridge, lock }, UplinkKind::JobReport) => {
+                format!("br/{bridge}/ack/{lock}/jr")
             }
         }
     }
@@ -65,6 +71,7 @@ fn leaf(kind: UplinkKind) -> &'static str {
     match kind {
         UplinkKind::Heartbeat => "hb",
         UplinkKind::ActivityLog => "log",
+        UplinkKind::JobReport => "jr",
     }
 }
 
@@ -88,7 +95,7 @@ pub fn lock_conn_spec(lock: &str, host: &str, port: u16) -> ConnSpec {
 /// An answer topic, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
-    /// `lk/{lock}/ack/hb|log` or `br/{bridge}/ack/{lock}/hb|log`.
+    /// `lk/{lock}/ack/hb|log|jr` or `br/{bridge}/ack/{lock}/hb|log`.
     Ack { lock: &'a str, kind: UplinkKind },
     /// `lk/{lock}/err` (`lock` set) or `br/{bridge}/err` (`lock` unknown).
     Error { lock: Option<&'a str> },
@@ -99,6 +106,7 @@ pub fn parse_reply(topic: &str) -> Option<Reply<'_>> {
     let kind = |leaf: &str| match leaf {
         "hb" => Some(UplinkKind::Heartbeat),
         "log" => Some(UplinkKind::ActivityLog),
+        "jr" => Some(UplinkKind::JobReport),
         _ => None,
     };
     let parts: Vec<&str> = topic.split('/').collect();
@@ -108,7 +116,7 @@ pub fn parse_reply(topic: &str) -> Option<Reply<'_>> {
             kind: kind(leaf)?,
         }),
         ["lk", lock, "err"] => Some(Reply::Error { lock: Some(lock) }),
-        ["br", _bridge, "ack", lock, leaf] => Some(Reply::Ack {
+        ["br", _bridge, "ack", lock, leaf] if *leaf != "jr" => Some(Reply::Ack {
             lock,
             kind: kind(leaf)?,
         }),
@@ -202,6 +210,12 @@ mod tests {
             bridged.uplink_topic(UplinkKind::ActivityLog),
             "br/B00001/up/log"
         );
+        assert_eq!(
+            direct.uplink_topic(UplinkKind::JobReport),
+            "lk/L000001/up/jr"
+        );
+        assert_eq!(direct.ack_topic(UplinkKind::JobReport), "lk/L000001/ack/jr");
+        assert!(schemas::topic::DeviceTopic::parse("lk/L000001/up/jr").is_ok());
         // The gateway's topic parser accepts what we publish.
         for route in [&direct, &bridged] {
             for kind in [UplinkKind::Heartbeat, UplinkKind::ActivityLog] {
@@ -238,6 +252,18 @@ mod tests {
             Some(Reply::Error { lock: Some("L1") })
         );
         assert_eq!(parse_reply("br/B1/err"), Some(Reply::Error { lock: None }));
+        assert_eq!(
+            parse_reply("lk/L1/ack/jr"),
+            Some(Reply::Ack {
+                lock: "L1",
+                kind: UplinkKind::JobReport
+            })
+        );
+        assert_eq!(
+            parse_reply("br/B1/ack/L2/jr"),
+            None,
+            "no bridged job reports"
+        );
         assert_eq!(parse_reply("lk/L1/ack/x"), None);
         assert_eq!(parse_reply("br/B1/status"), None);
     }

@@ -13,9 +13,16 @@
 //! second Ctrl-C, or [`crate::run::RunHandle::abort`]) leaves the last
 //! reservation in place, so the next run skips ahead instead of reusing seqs
 //! or OSCORE sequence numbers.
+//!
+//! A lock's job state ([`JobMemory`]: PINs, remembered job outcomes, last
+//! hard reset) travels the same way: the tasks hand every change to
+//! [`LiveCounters::store_memory`], and every save takes what changed. The
+//! file holds PIN digits, so it is written readable by its owner only.
 
+use crate::jobs::JobMemory;
 use crate::lock::Counters;
 use crate::state::{self, ParseError, StateFile, RESERVATION};
+use dashmap::DashMap;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
@@ -33,6 +40,11 @@ pub const SAVE_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Suffix of the temporary file a save writes before renaming it over the
 /// state file (in the same directory, so the rename is atomic).
 const TEMP_SUFFIX: &str = ".tmp";
+
+/// Unix permissions of the state file: owner read and write only, since it
+/// holds the locks' PIN tables.
+#[cfg(unix)]
+const STATE_FILE_MODE: u32 = 0o600;
 
 /// Where a run keeps its devices' counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +137,9 @@ impl fmt::Display for Origin {
 #[derive(Debug)]
 pub struct LiveCounters {
     devices: Box<[LiveSlot]>,
+    /// Job states changed since the coordinator last took them, by device
+    /// index. Jobs are rare next to reports: a map of the few that changed.
+    memories: DashMap<usize, JobMemory>,
 }
 
 #[derive(Debug)]
@@ -145,7 +160,26 @@ impl LiveCounters {
                 next_oscore_seq: AtomicU64::new(c.next_oscore_seq),
             })
             .collect();
-        LiveCounters { devices }
+        LiveCounters {
+            devices,
+            memories: DashMap::new(),
+        }
+    }
+
+    /// Records the job state of the lock at `index` after it changed.
+    pub fn store_memory(&self, index: usize, memory: JobMemory) {
+        if index < self.devices.len() {
+            self.memories.insert(index, memory);
+        }
+    }
+
+    /// The job states changed since the last call, by device index.
+    pub fn take_memories(&self) -> Vec<(usize, JobMemory)> {
+        let indexes: Vec<usize> = self.memories.iter().map(|e| *e.key()).collect();
+        indexes
+            .into_iter()
+            .filter_map(|i| self.memories.remove(&i))
+            .collect()
     }
 
     /// Records the counters of the device at `index` (out of range: ignored).
@@ -262,6 +296,21 @@ impl Persister {
         &self.path
     }
 
+    /// The job state the file holds for the run's device `i` (a lock).
+    pub fn memory(&self, i: usize) -> Option<&JobMemory> {
+        self.file.memory_at(*self.slots.get(i)?)
+    }
+
+    /// Takes the job states that changed from `live` into the file.
+    pub fn take_memories(&mut self, live: &LiveCounters) {
+        for (i, memory) in live.take_memories() {
+            if let Some(&slot) = self.slots.get(i) {
+                self.file.set_memory(slot, memory);
+                self.unsaved = true;
+            }
+        }
+    }
+
     /// The file's text as it should now be on disk.
     pub fn text(&self) -> String {
         self.file.to_text()
@@ -311,7 +360,8 @@ impl Persister {
 
 /// Replaces the file at `path` with `contents` atomically: a temporary file
 /// beside it, flushed to disk, then renamed over it. A crash leaves the old
-/// file or the new one, never a mix.
+/// file or the new one, never a mix. On Unix the file is readable and
+/// writable by its owner only (it holds the locks' PINs).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let Some(name) = path.file_name() else {
         return Err(std::io::Error::new(
@@ -322,7 +372,21 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut temp_name = name.to_owned();
     temp_name.push(TEMP_SUFFIX);
     let temp = path.with_file_name(temp_name);
-    let mut file = std::fs::File::create(&temp)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(STATE_FILE_MODE);
+    }
+    let mut file = options.open(&temp)?;
+    // `mode` applies only to a file it creates: a temporary left by a crash
+    // keeps its old mode unless set again.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(STATE_FILE_MODE))?;
+    }
     file.write_all(contents)?;
     file.sync_all()?;
     drop(file);
@@ -389,7 +453,7 @@ mod tests {
         let k = 1 + RESERVATION;
         assert_eq!(
             p.text(),
-            format!("{HEADER}\nL1,{k},{k},{k}\nL2,{k},{k},{k}\n")
+            format!("{HEADER}\nL1,{k},{k},{k},\nL2,{k},{k},{k},\n")
         );
     }
 
@@ -397,7 +461,7 @@ mod tests {
     fn saved_counters_are_the_start_and_other_devices_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
-        std::fs::write(&path, format!("{HEADER}\nGONE,9,9,9\nL2,50,60,70\n")).unwrap();
+        std::fs::write(&path, format!("{HEADER}\nGONE,9,9,9,\nL2,50,60,70,\n")).unwrap();
         let fallback = HashMap::from([("L1".to_string(), c(7, 8)), ("L2".to_string(), c(1, 1))]);
         let (p, start, origin) =
             Persister::open(&StateOptions::at(&path), &["L1", "L2"], &fallback).unwrap();
@@ -416,9 +480,9 @@ mod tests {
             }
         );
         let text = p.text();
-        assert!(text.contains("\nGONE,9,9,9\n"), "{text}");
+        assert!(text.contains("\nGONE,9,9,9,\n"), "{text}");
         let k = RESERVATION;
-        assert!(text.contains(&format!("\nL2,{},{},{}\n", 50 + k, 60 + k, 70 + k)));
+        assert!(text.contains(&format!("\nL2,{},{},{},\n", 50 + k, 60 + k, 70 + k)));
     }
 
     #[test]
@@ -431,7 +495,7 @@ mod tests {
         let k = RESERVATION;
         assert!(
             p.text()
-                .starts_with(&format!("{HEADER}\nL1,{},{},{}\n", 5 + k, 6 + k, 1 + k)),
+                .starts_with(&format!("{HEADER}\nL1,{},{},{},\n", 5 + k, 6 + k, 1 + k)),
             "{}",
             p.text()
         );
@@ -441,7 +505,7 @@ mod tests {
     fn a_malformed_file_names_the_file_the_line_and_the_way_out() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fleet.csv.state");
-        std::fs::write(&path, format!("{HEADER}\nL1,5,6,7\nL2,-1,6,7\n")).unwrap();
+        std::fs::write(&path, format!("{HEADER}\nL1,5,6,7,\nL2,-1,6,7,\n")).unwrap();
         let err = open_at(&path, false).unwrap_err();
         assert!(matches!(err, StateError::Malformed { .. }), "{err:?}");
         let msg = err.to_string();
@@ -484,7 +548,7 @@ mod tests {
         assert_eq!(
             p.text(),
             format!(
-                "{HEADER}\nL1,{k},{k},{k}\nL2,{},{},{}\n",
+                "{HEADER}\nL1,{k},{k},{k},\nL2,{},{},{},\n",
                 l2.next_seq, l2.next_event_seq, l2.next_oscore_seq
             )
         );
@@ -501,7 +565,7 @@ mod tests {
         );
 
         p.set_exact(&[c3(3, 4, 5), c3(5, 6, 7)]);
-        assert_eq!(p.text(), format!("{HEADER}\nL1,3,4,5\nL2,5,6,7\n"));
+        assert_eq!(p.text(), format!("{HEADER}\nL1,3,4,5,\nL2,5,6,7,\n"));
     }
 
     #[test]
@@ -512,6 +576,45 @@ mod tests {
         live.store(5, c(1, 1));
         assert_eq!(live.load(5), None);
         assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn changed_job_states_reach_the_file_once_and_stay_with_their_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut p, start, _) = open_at(&dir.path().join("s"), false).unwrap();
+        p.mark_saved();
+        let live = LiveCounters::new(&start);
+        let mut m = JobMemory::default();
+        m.hard_reset(1_800_000_000);
+        live.store_memory(1, m.clone());
+        live.store_memory(9, m.clone());
+        p.take_memories(&live);
+        assert!(p.unsaved());
+        assert_eq!(p.memory(1), Some(&m));
+        assert_eq!(p.memory(0), None);
+        assert!(live.take_memories().is_empty(), "taken once");
+        let text = p.text();
+        let file = StateFile::parse(text.as_bytes()).unwrap();
+        assert_eq!(file.memory("L2"), Some(&m));
+        // A later open reads it back for the lock.
+        std::fs::write(dir.path().join("s"), text).unwrap();
+        let (p, _, _) = open_at(&dir.path().join("s"), false).unwrap();
+        assert_eq!(p.memory(1), Some(&m));
+        let (p, _, _) = open_at(&dir.path().join("s"), true).unwrap();
+        assert_eq!(p.memory(1), None, "fresh state forgets it");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_state_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.csv.state");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&path, b"new").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -20,14 +20,20 @@
 //! and ack, MQTT logins derived from each device's pairing secret. Without
 //! it the run talks to a gateway started with `--insecure-dev`: plain
 //! payloads, anonymous MQTT.
+//!
+//! [`RunHandle::lock`] reaches one lock while the run goes on
+//! ([`crate::control`]): heartbeat now, enter a PIN, hard reset, status.
+//! With [`SimConfig::reporting`] set to [`Reporting::OnDemand`] locks report
+//! only when told, so a test steps them.
 
 use crate::clock::SimClock;
 use crate::coap_client::TransmissionParams;
 use crate::coap_socket::SocketTask;
+use crate::control::{Command, LockHandle};
 use crate::fleet::Fleet;
 use crate::latency::AckLatency;
 use crate::ledger::{AckedReport, Ledger, PendingReport};
-use crate::lock::{Counters, Lock};
+use crate::lock::{Counters, Lock, Reporting};
 use crate::mqtt_fleet::{MqttBridge, MqttFleet, MqttLock, MqttSecurity, MqttTarget};
 use crate::mqtt_lock::{self, route_for, Route};
 use crate::net::{Impairment, NetFaults};
@@ -39,7 +45,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -107,6 +113,17 @@ pub struct SimConfig {
     /// gateway requires by default. `false` is for a gateway started with
     /// `--insecure-dev`: unprotected payloads, anonymous MQTT clients.
     pub security: bool,
+    /// When locks report on their own: on their schedule (the default) or
+    /// only when told ([`RunHandle::lock`], [`LockHandle::heartbeat_now`]).
+    pub reporting: Reporting,
+    /// Chance (0 to 1) that a lock is hard reset just before a scheduled
+    /// heartbeat: its PINs wiped, jobs issued before then failing with
+    /// `hard_reset`. 0 (the default): never by chance.
+    pub hard_reset_chance: f64,
+    /// Visits per simulated hour at every lock (each visit a run of activity
+    /// events) instead of each lock's own drawn rate; `Some(0.0)`: nobody
+    /// comes by, so logs hold only what [`LockHandle::enter_pin`] adds.
+    pub visits_per_hour: Option<f64>,
 }
 
 impl Default for SimConfig {
@@ -129,6 +146,9 @@ impl Default for SimConfig {
             state: None,
             start_counters: HashMap::new(),
             security: true,
+            reporting: Reporting::Scheduled,
+            hard_reset_chance: 0.0,
+            visits_per_hour: None,
         }
     }
 }
@@ -142,6 +162,10 @@ pub enum RunError {
     NoSockets,
     #[error("ack timeout must be longer than zero")]
     AckTimeout,
+    #[error("hard reset chance must be a probability from 0 to 1, got {0}")]
+    HardResetChance(f64),
+    #[error("visits per hour must be a number from 0 up, got {0}")]
+    Visits(f64),
     #[error("cannot resolve gateway {host}: {source}")]
     Resolve {
         host: String,
@@ -212,6 +236,10 @@ pub struct RunHandle {
     cancel: CancellationToken,
     origin: Option<Origin>,
     task: JoinHandle<Result<RunReport, RunError>>,
+    /// Where each lock lives: its task's command channel (index into
+    /// `controls`) and its index among that task's locks (CoAP).
+    addresses: HashMap<String, (usize, Option<usize>)>,
+    controls: Vec<mpsc::Sender<Command>>,
 }
 
 impl RunHandle {
@@ -230,6 +258,17 @@ impl RunHandle {
     /// The live counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// A handle on lock `id` while the run goes on; `None` if the run has
+    /// no such lock (or skipped it). See [`LockHandle`] for an example.
+    pub fn lock(&self, id: &str) -> Option<LockHandle> {
+        let &(task, slot) = self.addresses.get(id)?;
+        Some(LockHandle::new(
+            id.to_string(),
+            slot,
+            self.controls[task].clone(),
+        ))
     }
 
     /// Waits until every lock has had at least `k` reports acknowledged;
@@ -284,6 +323,15 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
     if config.ack_timeout.is_zero() || config.mqtt_ack_timeout.is_zero() {
         return Err(RunError::AckTimeout);
     }
+    if !(0.0..=1.0).contains(&config.hard_reset_chance) {
+        return Err(RunError::HardResetChance(config.hard_reset_chance));
+    }
+    if let Some(v) = config
+        .visits_per_hour
+        .filter(|v| !(v.is_finite() && *v >= 0.0))
+    {
+        return Err(RunError::Visits(v));
+    }
     // The run's devices: locks in fleet order, then bridges.
     let ids: Vec<String> = fleet
         .locks
@@ -322,8 +370,16 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
     let mut coap = Vec::new();
     let mut mqtt = Vec::new();
     for (i, spec) in fleet.locks.iter().enumerate() {
-        let lock = Lock::new(spec, i, config.seed, &clock, config.max_reports_per_device)
-            .with_counters(start_counters[i]);
+        let mut lock = Lock::new(spec, i, config.seed, &clock, config.max_reports_per_device)
+            .with_counters(start_counters[i])
+            .with_reporting(config.reporting)
+            .with_hard_reset_chance(config.hard_reset_chance);
+        if let Some(memory) = persister.as_ref().and_then(|p| p.memory(i)) {
+            lock = lock.with_memory(memory.clone());
+        }
+        if let Some(visits) = config.visits_per_hour {
+            lock = lock.with_visits_per_hour(visits);
+        }
         match (spec.transport, route_for(spec)) {
             (Transport::Coap, _) => {
                 let keys = config
@@ -376,6 +432,8 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
     );
 
     let mut socket_tasks = Vec::new();
+    let mut addresses: HashMap<String, (usize, Option<usize>)> = HashMap::new();
+    let mut controls = Vec::new();
     if !coap.is_empty() {
         let server = resolve(&config.gateway, config.coap_port).await?;
         let params = TransmissionParams {
@@ -387,12 +445,14 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
             (0..sockets).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, (lock, keys)) in coap.into_iter().enumerate() {
             let bucket = &mut buckets[i % sockets];
+            // Socket s's commands will be `controls[s]`.
+            addresses.insert(lock.id().to_string(), (i % sockets, Some(bucket.0.len())));
             bucket.0.push(lock);
             bucket.1.extend(keys);
         }
         for (s, (locks, keys)) in buckets.into_iter().enumerate() {
             let seed = config.seed.wrapping_add(1 + s as u64);
-            let task = SocketTask::bind(
+            let mut task = SocketTask::bind(
                 server,
                 locks,
                 config.security.then_some(keys),
@@ -403,6 +463,7 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
             )
             .await
             .map_err(RunError::Bind)?;
+            controls.push(task.control());
             socket_tasks.push(task);
         }
     }
@@ -424,7 +485,11 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
             ack_timeout: config.mqtt_ack_timeout,
         };
         let impairment = Impairment::new(config.faults, config.seed.wrapping_sub(1));
-        let fleet_task = MqttFleet::start(mqtt, bridges, &target, impairment, shared.clone());
+        let ids: Vec<String> = mqtt.iter().map(|m| m.lock.id().to_string()).collect();
+        let mut fleet_task = MqttFleet::start(mqtt, bridges, &target, impairment, shared.clone());
+        let task = controls.len();
+        controls.push(fleet_task.control());
+        addresses.extend(ids.into_iter().map(|id| (id, (task, None))));
         tasks.spawn(fleet_task.run(phase_rx.clone()));
     }
 
@@ -444,6 +509,8 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
         cancel,
         origin,
         task: tokio::spawn(coordinator.run()),
+        addresses,
+        controls,
     })
 }
 
@@ -550,6 +617,7 @@ impl Coordinator {
         }
         // A clean end: the exact counters replace the reservation.
         if let Some(mut p) = persister {
+            p.take_memories(&live);
             p.set_exact(&end);
             persist::save(p.path().to_path_buf(), p.text()).await?;
         }
@@ -572,6 +640,7 @@ impl Coordinator {
 /// The periodic save: re-reserves the locks past half of their reservation
 /// and writes the file if that changed it (or an earlier write failed).
 async fn save_if_due(p: &mut Persister, live: &LiveCounters) {
+    p.take_memories(live);
     let re = p.rereserve(live);
     if re.overrun > 0 {
         tracing::warn!(

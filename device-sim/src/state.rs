@@ -7,12 +7,18 @@
 //! gateway's replay window refuses (4.01) for every number it already saw.
 //!
 //! The file is text, one device (lock or bridge) a line under the header
-//! [`HEADER`] (`device_id,next_seq,next_event_seq,next_oscore_seq`; a bridge
-//! sends no reports of its own, so only its `next_oscore_seq` moves).
+//! [`HEADER`] (`device_id,next_seq,next_event_seq,next_oscore_seq,job_state`;
+//! a bridge sends no reports of its own, so only its `next_oscore_seq`
+//! moves). `job_state` is what jobs left in a lock's memory
+//! ([`JobMemory`]: PIN table, remembered job outcomes, last hard reset) as
+//! hex CBOR, empty for a lock jobs never touched. It holds PIN digits, so
+//! the file is written readable by its owner only ([`crate::persist`]).
 //! Devices that are not in the fleet being run stay in the file untouched: a
 //! run may simulate a subset.
 //!
-//! A file written before OSCORE ([`LEGACY_HEADER`], three columns, locks
+//! A file written before jobs ([`COUNTERS_HEADER`], four columns) loads with
+//! every lock's job state empty. A file written before OSCORE
+//! ([`LEGACY_HEADER`], three columns, locks
 //! only) still loads: every device's OSCORE sequence then starts at 1. That
 //! is right for a gateway database that never saw those devices protected;
 //! against one that did (the state file was lost or replaced), the gateway
@@ -31,6 +37,7 @@
 //! This module is pure (parse, serialise, reservation arithmetic); reading
 //! and writing the file is [`crate::persist`]'s.
 
+use crate::jobs::JobMemory;
 use crate::lock::Counters;
 use schemas::device::valid_id;
 use std::collections::HashMap;
@@ -38,7 +45,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The first line of a state file.
-pub const HEADER: &str = "device_id,next_seq,next_event_seq,next_oscore_seq";
+pub const HEADER: &str = "device_id,next_seq,next_event_seq,next_oscore_seq,job_state";
+
+/// The first line of a state file written before jobs: four columns, no
+/// `job_state` (read as empty). Read, never written.
+pub const COUNTERS_HEADER: &str = "device_id,next_seq,next_event_seq,next_oscore_seq";
 
 /// The first line of a state file written before OSCORE: three columns, no
 /// `next_oscore_seq` (read as 1). Read, never written.
@@ -124,6 +135,8 @@ pub fn needs_reservation(base: Counters, now: Counters) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateFile {
     devices: Vec<(String, Counters)>,
+    /// Each device's job state, in the order of `devices`.
+    memories: Vec<Option<JobMemory>>,
     index: HashMap<String, usize>,
 }
 
@@ -155,6 +168,8 @@ pub enum Problem {
     },
     #[error("device {id:?} already appears on line {first_line}")]
     Duplicate { id: String, first_line: usize },
+    #[error("job_state is not a lock's job state (hex CBOR): {0}")]
+    JobState(String),
 }
 
 impl StateFile {
@@ -171,7 +186,8 @@ impl StateFile {
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
         let header = lines.next().map_or("", |(_, l)| l);
         let expected = match header {
-            HEADER => 4,
+            HEADER => 5,
+            COUNTERS_HEADER => 4,
             LEGACY_HEADER => 3,
             _ => {
                 return Err(ParseError {
@@ -219,8 +235,22 @@ impl StateFile {
                     None => Counters::START.next_oscore_seq,
                 },
             };
+            let memory = match columns.get(4).filter(|v| !v.is_empty()) {
+                None => None,
+                Some(v) => {
+                    let bytes = from_hex(v).ok_or_else(|| {
+                        err(Problem::JobState("not an even number of hex digits".into()))
+                    })?;
+                    let memory = JobMemory::from_cbor(&bytes)
+                        .map_err(|e| err(Problem::JobState(e.to_string())))?;
+                    Some(memory)
+                }
+            };
             first_line.insert(id.to_string(), line);
-            file.insert(id, counters);
+            let slot = file.insert(id, counters);
+            if let Some(memory) = memory {
+                file.set_memory(slot, memory);
+            }
         }
         Ok(file)
     }
@@ -232,13 +262,17 @@ impl StateFile {
         let mut out = String::with_capacity(HEADER.len() + 1 + self.devices.len() * 50);
         out.push_str(HEADER);
         out.push('\n');
-        for (id, c) in &self.devices {
+        for ((id, c), memory) in self.devices.iter().zip(&self.memories) {
             // Writing to a String cannot fail.
-            let _ = writeln!(
+            let _ = write!(
                 out,
-                "{id},{},{},{}",
+                "{id},{},{},{},",
                 c.next_seq, c.next_event_seq, c.next_oscore_seq
             );
+            if let Some(m) = memory.as_ref().filter(|m| !m.is_empty()) {
+                push_hex(&mut out, &m.to_cbor());
+            }
+            out.push('\n');
         }
         out
     }
@@ -257,8 +291,27 @@ impl StateFile {
         }
         let slot = self.devices.len();
         self.devices.push((id.to_string(), counters));
+        self.memories.push(None);
         self.index.insert(id.to_string(), slot);
         slot
+    }
+
+    /// The job state of device `id`, if the file has one.
+    pub fn memory(&self, id: &str) -> Option<&JobMemory> {
+        self.index.get(id).and_then(|&slot| self.memory_at(slot))
+    }
+
+    /// The job state in `slot` (from [`StateFile::insert`]).
+    pub fn memory_at(&self, slot: usize) -> Option<&JobMemory> {
+        self.memories.get(slot).and_then(Option::as_ref)
+    }
+
+    /// Sets the job state in `slot`; a slot the file does not have is
+    /// ignored.
+    pub fn set_memory(&mut self, slot: usize, memory: JobMemory) {
+        if let Some(entry) = self.memories.get_mut(slot) {
+            *entry = Some(memory);
+        }
     }
 
     /// Sets the counters in `slot` (from [`StateFile::insert`]); a slot the
@@ -283,6 +336,28 @@ impl StateFile {
     }
 }
 
+/// Appends `bytes` as lowercase hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+}
+
+/// The bytes of hex text; `None` unless it is pairs of hex digits.
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,9 +378,10 @@ mod tests {
         StateFile::parse(text.as_bytes()).unwrap_err()
     }
 
-    /// A state file in the current format with these lines.
-    fn current(lines: &str) -> String {
-        format!("{HEADER}\n{lines}")
+    /// A state file in the format before jobs (four columns) with these
+    /// lines: it parses as it always did.
+    fn counters_only(lines: &str) -> String {
+        format!("{COUNTERS_HEADER}\n{lines}")
     }
 
     #[test]
@@ -318,7 +394,7 @@ mod tests {
         let text = file.to_text();
         assert_eq!(
             text,
-            "device_id,next_seq,next_event_seq,next_oscore_seq\nL000002,7,40,12\nL000001,1,1,1\nL000003,4294967295,65537,1099511627776\nB00001,1,1,900\n"
+            "device_id,next_seq,next_event_seq,next_oscore_seq,job_state\nL000002,7,40,12,\nL000001,1,1,1,\nL000003,4294967295,65537,1099511627776,\nB00001,1,1,900,\n"
         );
         assert_eq!(StateFile::parse(text.as_bytes()).unwrap(), file);
     }
@@ -332,7 +408,9 @@ mod tests {
             vec![("L1", c3(5, 6, 1)), ("L2", c3(70, 80, 1))]
         );
         // Written back in the current format.
-        assert!(file.to_text().starts_with(&format!("{HEADER}\nL1,5,6,1\n")));
+        assert!(file
+            .to_text()
+            .starts_with(&format!("{HEADER}\nL1,5,6,1,\n")));
         // Each format wants its own number of columns.
         assert_eq!(
             problem("lock_id,next_seq,next_event_seq\nL1,5,6,7\n").problem,
@@ -342,7 +420,7 @@ mod tests {
             }
         );
         assert_eq!(
-            problem(&current("L1,5,6\n")).problem,
+            problem(&counters_only("L1,5,6\n")).problem,
             Problem::Columns {
                 expected: 4,
                 found: 3
@@ -361,14 +439,14 @@ mod tests {
 
     #[test]
     fn a_malformed_line_is_named_with_its_number_and_problem() {
-        let e = problem(&current("L1,5,6,1\nL2,abc,6,1\n"));
+        let e = problem(&counters_only("L1,5,6,1\nL2,abc,6,1\n"));
         assert_eq!(e.line, 3);
         assert_eq!(
             e.to_string(),
             "line 3: next_seq \"abc\" is not a number from 1 to 4294967295"
         );
 
-        let zero = problem(&current("L1,5,0,1\n"));
+        let zero = problem(&counters_only("L1,5,0,1\n"));
         assert_eq!(
             zero.problem,
             Problem::Number {
@@ -377,26 +455,26 @@ mod tests {
                 max: u64::from(u32::MAX),
             }
         );
-        let too_big = problem(&current("L1,4294967296,1,1\n"));
+        let too_big = problem(&counters_only("L1,4294967296,1,1\n"));
         assert_eq!(too_big.line, 2);
-        let oscore_too_big = problem(&current("L1,1,1,1099511627777\n"));
+        let oscore_too_big = problem(&counters_only("L1,1,1,1099511627777\n"));
         assert_eq!(
             oscore_too_big.to_string(),
             "line 2: next_oscore_seq \"1099511627777\" is not a number from 1 to 1099511627776"
         );
         assert_eq!(
-            problem(&current("L1,5\n")).problem,
+            problem(&counters_only("L1,5\n")).problem,
             Problem::Columns {
                 expected: 4,
                 found: 2
             }
         );
         assert_eq!(
-            problem(&current("L 1,5,6,1\n")).problem,
+            problem(&counters_only("L 1,5,6,1\n")).problem,
             Problem::DeviceId("L 1".into())
         );
         assert_eq!(
-            problem(&current("L1,5,6,1\nL2,1,1,1\nL1,9,9,9\n")),
+            problem(&counters_only("L1,5,6,1\nL2,1,1,1\nL1,9,9,9\n")),
             ParseError {
                 line: 4,
                 problem: Problem::Duplicate {
@@ -431,18 +509,80 @@ mod tests {
 
     #[test]
     fn devices_not_updated_are_kept_untouched_in_place() {
-        let mut file =
-            StateFile::parse(current("OTHER-1,900,901,902\nL1,5,6,7\nOTHER-2,3,4,5\n").as_bytes())
-                .unwrap();
+        let mut file = StateFile::parse(
+            counters_only("OTHER-1,900,901,902\nL1,5,6,7\nOTHER-2,3,4,5\n").as_bytes(),
+        )
+        .unwrap();
         let slot = file.insert("L1", c(70, 80));
         file.insert("NEW", c(1, 1));
         file.set(slot, c3(71, 81, 9));
         assert_eq!(
             file.to_text(),
-            current("OTHER-1,900,901,902\nL1,71,81,9\nOTHER-2,3,4,5\nNEW,1,1,1\n")
+            format!("{HEADER}\nOTHER-1,900,901,902,\nL1,71,81,9,\nOTHER-2,3,4,5,\nNEW,1,1,1,\n")
         );
         assert_eq!(file.get("OTHER-2"), Some(c3(3, 4, 5)));
         assert_eq!(file.get("L2"), None);
+    }
+
+    fn memory_with_a_pin() -> JobMemory {
+        use schemas::device::{DeviceJob, JobAction, PinType};
+        let mut m = JobMemory::default();
+        m.hard_reset(1_800_000_000);
+        m.handle(&DeviceJob {
+            id: 9,
+            attempt: 1,
+            action: JobAction::CreatePin,
+            access: Some("acc-1".into()),
+            pin: Some("482916".into()),
+            pin_type: Some(PinType::Permanent),
+            start: Some(1_800_000_000),
+            end: None,
+            heartbeat_interval: None,
+            activity_log_interval: None,
+            issued: 1_800_000_001,
+        });
+        m
+    }
+
+    #[test]
+    fn a_lock_s_job_state_round_trips_as_hex_and_stays_with_its_lock() {
+        let mut file = StateFile::default();
+        let l1 = file.insert("L1", c(5, 6));
+        file.insert("L2", c(7, 8));
+        let m = memory_with_a_pin();
+        file.set_memory(l1, m.clone());
+        // An empty job state is written as nothing.
+        let l2 = file.insert("L2", c(7, 9));
+        file.set_memory(l2, JobMemory::default());
+        let text = file.to_text();
+        let line = text.lines().nth(1).unwrap();
+        assert!(line.starts_with("L1,5,6,1,") && line.len() > 20, "{line}");
+        assert!(!line.contains("482916"), "the digits are not plain text");
+        assert!(text.ends_with("\nL2,7,9,1,\n"), "{text}");
+        let back = StateFile::parse(text.as_bytes()).unwrap();
+        assert_eq!(back.memory("L1"), Some(&m));
+        assert_eq!(back.memory("L2"), None);
+        // New counters keep the job state.
+        let mut back = back;
+        back.insert("L1", c(50, 60));
+        assert_eq!(back.memory("L1"), Some(&m));
+        assert_eq!(back.get("L1"), Some(c(50, 60)));
+    }
+
+    #[test]
+    fn a_damaged_job_state_names_its_line() {
+        for bad in ["abc", "zz", "ff"] {
+            let e = problem(&format!("{HEADER}\nL1,5,6,1,\nL2,5,6,1,{bad}\n"));
+            assert_eq!(e.line, 3, "{bad}");
+            assert!(matches!(e.problem, Problem::JobState(_)), "{bad}: {e}");
+        }
+        assert_eq!(
+            problem(&format!("{HEADER}\nL1,5,6,1\n")).problem,
+            Problem::Columns {
+                expected: 5,
+                found: 4
+            }
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub struct Stats {
     in_flight: AtomicI64,
     mqtt_connected: AtomicI64,
     locks_done: AtomicU64,
+    hard_resets: AtomicU64,
     errors: DashMap<String, u64>,
     acked_per_lock: Vec<AtomicU32>,
 }
@@ -50,11 +51,24 @@ impl Stats {
             in_flight: AtomicI64::new(0),
             mqtt_connected: AtomicI64::new(0),
             locks_done: AtomicU64::new(0),
+            hard_resets: AtomicU64::new(0),
             errors: DashMap::new(),
             acked_per_lock: (0..locks).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
+    /// Records what a lock's wake (or an answer, or a command) queued.
+    pub fn record(&self, out: &crate::lock::WakeOutcome) {
+        self.created(u64::from(out.created));
+        self.abandoned(u64::from(out.abandoned));
+        self.events_lost(u64::from(out.events_lost));
+        if out.finished {
+            self.lock_done();
+        }
+        if out.hard_reset {
+            self.hard_reset();
+        }
+    }
     pub fn created(&self, n: u64) {
         self.created.fetch_add(n, Relaxed);
     }
@@ -121,6 +135,10 @@ impl Stats {
     pub fn lock_done(&self) {
         self.locks_done.fetch_add(1, Relaxed);
     }
+    /// A lock was hard reset (by chance or on command).
+    pub fn hard_reset(&self) {
+        self.hard_resets.fetch_add(1, Relaxed);
+    }
     pub fn locks_done(&self) -> u64 {
         self.locks_done.load(Relaxed)
     }
@@ -170,6 +188,7 @@ impl Stats {
             in_flight: self.in_flight.load(Relaxed).max(0) as u64,
             outstanding: self.outstanding(),
             mqtt_connected: self.mqtt_connected.load(Relaxed).max(0) as u64,
+            hard_resets: self.hard_resets.load(Relaxed),
             errors: self
                 .errors
                 .iter()
@@ -209,6 +228,8 @@ pub struct StatsSnapshot {
     /// Created and not yet acknowledged, refused or abandoned.
     pub outstanding: u64,
     pub mqtt_connected: u64,
+    /// Locks hard reset.
+    pub hard_resets: u64,
     /// Errors by code (`4.00`, `5.03`, `rst`, `mqtt:<reason>`, `io`, ...).
     pub errors: BTreeMap<String, u64>,
 }
@@ -237,6 +258,9 @@ impl fmt::Display for StatsSnapshot {
         }
         if self.events_lost > 0 {
             write!(f, " events-lost {}", self.events_lost)?;
+        }
+        if self.hard_resets > 0 {
+            write!(f, " hard-resets {}", self.hard_resets)?;
         }
         if self.errors.is_empty() {
             write!(f, " errors 0")

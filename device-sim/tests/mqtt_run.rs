@@ -3,7 +3,9 @@
 //! under loss, bridge status online/offline; in a secure run every device
 //! logs in with its own derived password, every report and ack is a
 //! protected message under the device's (or its bridge's) OSCORE context,
-//! and replayed copies are refused without refusing the report.
+//! and replayed copies are refused without refusing the report. A direct
+//! lock gets its pending jobs in the answers to its heartbeats and reports
+//! their results on `lk/{lock}/up/jr`.
 
 mod common;
 
@@ -16,12 +18,14 @@ use lockfleet_oscore::{
     CODE_POST,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use schemas::device::encode;
+use schemas::device::{encode, DeviceJob, JobAction, JobOutcome, JobReport, JobResult, PinType};
 use schemas::event::DeviceError;
 use schemas::security::{decode_protected, encode_protected, mqtt_password};
 use schemas::topic::{down, DeviceTopic};
-use schemas::{ActivityLogBatch, Downlink, Heartbeat, LogAck};
-use std::collections::{HashMap, HashSet};
+use schemas::{
+    ActivityLogBatch, ActivityLogInterval, Downlink, Heartbeat, HeartbeatInterval, LogAck,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,6 +109,39 @@ struct Seen {
     contexts: HashSet<String>,
     /// Protected copies refused by the replay window.
     replays: usize,
+    /// Jobs waiting for their result, by lock (direct locks only).
+    jobs: HashMap<String, VecDeque<DeviceJob>>,
+    /// Every job result received: (lock, result).
+    job_results: Vec<(String, JobResult)>,
+    /// The topic of every uplink answered, in order.
+    topics: Vec<String>,
+}
+
+impl Seen {
+    /// The answer to report `seq` of `lock`: every pending job.
+    fn downlink(
+        &self,
+        lock: &str,
+        seq: u32,
+        intervals: (HeartbeatInterval, ActivityLogInterval),
+    ) -> Downlink {
+        Downlink {
+            server_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            heartbeat_interval: intervals.0,
+            activity_log_interval: intervals.1,
+            seq,
+            jobs: self
+                .jobs
+                .get(lock)
+                .map(|q| q.iter().cloned().collect())
+                .unwrap_or_default(),
+            more: false,
+            next_heartbeat_at: None,
+        }
+    }
 }
 
 /// The gateway's OSCORE peers of every MQTT lock and bridge, by ID Context.
@@ -210,9 +247,9 @@ async fn start_peer(broker: SocketAddr, peers: Option<HashMap<Vec<u8>, Peer>>) -
                                 .push(status);
                             continue;
                         }
-                        DeviceTopic::LockHeartbeat { lock } | DeviceTopic::LockLog { lock } => {
-                            format!("lk/{lock}")
-                        }
+                        DeviceTopic::LockHeartbeat { lock }
+                        | DeviceTopic::LockLog { lock }
+                        | DeviceTopic::LockJobReport { lock } => format!("lk/{lock}"),
                         DeviceTopic::BridgeHeartbeat { bridge }
                         | DeviceTopic::BridgeLog { bridge } => format!("br/{bridge}"),
                     };
@@ -242,27 +279,41 @@ async fn start_peer(broker: SocketAddr, peers: Option<HashMap<Vec<u8>, Peer>>) -
                             continue;
                         }
                     };
+                    state.lock().unwrap().topics.push(p.topic.clone());
                     let (t, answer) = match topic {
                         DeviceTopic::LockHeartbeat { .. } | DeviceTopic::BridgeHeartbeat { .. } => {
                             let hb = Heartbeat::decode(&cbor).unwrap();
-                            state
-                                .lock()
-                                .unwrap()
-                                .delivered
-                                .insert((hb.lock_id.clone(), hb.seq));
-                            let dl = Downlink {
-                                server_time: hb.device_time,
-                                heartbeat_interval: hb.heartbeat_interval,
-                                activity_log_interval: hb.activity_log_interval,
-                                seq: hb.seq,
-                            };
+                            let mut seen = state.lock().unwrap();
+                            seen.delivered.insert((hb.lock_id.clone(), hb.seq));
+                            let intervals = (hb.heartbeat_interval, hb.activity_log_interval);
+                            let mut dl = seen.downlink(&hb.lock_id, hb.seq, intervals);
                             let t = match topic {
                                 DeviceTopic::BridgeHeartbeat { bridge } => {
+                                    // Bridged locks get no jobs.
+                                    dl.jobs.clear();
                                     down::bridge_heartbeat_ack(bridge, &hb.lock_id)
                                 }
                                 _ => down::lock_heartbeat_ack(&hb.lock_id),
                             };
                             (t, encode(&dl))
+                        }
+                        DeviceTopic::LockJobReport { lock } => {
+                            let r = JobReport::decode(&cbor).unwrap();
+                            assert_eq!(r.lock_id, lock);
+                            let mut seen = state.lock().unwrap();
+                            if seen.delivered.insert((r.lock_id.clone(), r.seq)) {
+                                let queue = seen.jobs.entry(r.lock_id.clone()).or_default();
+                                for x in &r.results {
+                                    queue.retain(|j| (j.id, j.attempt) != (x.id, x.attempt));
+                                }
+                                let results =
+                                    r.results.iter().map(|x| (r.lock_id.clone(), x.clone()));
+                                seen.job_results.extend(results);
+                            }
+                            let intervals =
+                                (HeartbeatInterval::DEFAULT, ActivityLogInterval::DEFAULT);
+                            let dl = seen.downlink(lock, r.seq, intervals);
+                            (down::lock_job_report_ack(lock), encode(&dl))
                         }
                         _ => {
                             let b = ActivityLogBatch::decode(&cbor).unwrap();
@@ -500,4 +551,87 @@ async fn an_insecure_run_publishes_plain_cbor_and_logs_in_anonymously() {
     for (id, c) in &report.counters {
         assert_eq!(c.next_oscore_seq, 1, "{id}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_lock_reports_its_job_results_on_its_jr_topic_and_opens_with_the_pin() {
+    let fleet = generate(&FleetSpec {
+        locks: 2,
+        bridges: 0,
+        orgs: 1,
+        mqtt_share: 1.0,
+        seed: 7,
+    })
+    .unwrap();
+    let (broker, _) = start_broker(Some(&fleet));
+    let seen = start_peer(broker, Some(mqtt_peers(&fleet))).await;
+    let id = fleet.locks[0].id.clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let pin = |id: u64, access: &str, digits: &str| DeviceJob {
+        id,
+        attempt: 1,
+        action: JobAction::CreatePin,
+        access: Some(access.into()),
+        pin: Some(digits.into()),
+        pin_type: Some(PinType::Permanent),
+        start: Some(now - 5),
+        end: None,
+        heartbeat_interval: None,
+        activity_log_interval: None,
+        issued: now - 1,
+    };
+    seen.lock().unwrap().jobs.insert(
+        id.clone(),
+        [pin(1, "acc-1", "482916"), pin(2, "acc-2", "1234567")].into(),
+    );
+    let cfg = SimConfig {
+        reporting: device_sim::Reporting::OnDemand,
+        visits_per_hour: Some(0.0),
+        max_reports_per_device: None,
+        duration: None,
+        ..config(broker)
+    };
+    let sim = run::start(cfg, fleet.clone()).await.unwrap();
+    let lock = sim.lock(&id).unwrap();
+    // The lock's connection comes up first; the heartbeat waits for it.
+    let talk = tokio::time::timeout(Duration::from_secs(20), lock.heartbeat_now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        talk.results()
+            .map(|r| (r.id, r.outcome))
+            .collect::<Vec<_>>(),
+        vec![(1, JobOutcome::Done), (2, JobOutcome::Done)]
+    );
+    assert_eq!(talk.status.pin_count, 2);
+    assert!(lock.enter_pin("1234567").await.unwrap());
+    assert!(!lock.enter_pin("7654321").await.unwrap());
+    {
+        let seen = seen.lock().unwrap();
+        assert!(seen.jobs[&id].is_empty());
+        assert_eq!(seen.job_results.len(), 2);
+        let topics: Vec<&str> = seen
+            .topics
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !t.ends_with("/log"))
+            .collect();
+        assert_eq!(
+            topics,
+            vec![format!("lk/{id}/up/hb"), format!("lk/{id}/up/jr")]
+        );
+    }
+    sim.stop();
+    let report = sim.finish().await.unwrap();
+    assert!(report.all_acknowledged(), "{:?}", report.unacknowledged);
+    assert_eq!(
+        report.stats.errors.get("oscore_response"),
+        None,
+        "{}",
+        report.stats
+    );
 }

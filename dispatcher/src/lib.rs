@@ -7,6 +7,9 @@
 //!   it causes (state changes, low battery) and the lock's newest state.
 //! * [`presence`]: when a lock counts as online (heard within its heartbeat
 //!   interval plus a grace).
+//! * [`schedule`]: when each NB-IoT lock wakes next (phased), and which are overdue.
+//! * [`jobs`]: the job rules of the guides (Custom PIN, delete PIN, intervals,
+//!   delete and recreate), lock results, and packing jobs into a downlink.
 //! * [`keys`]: device key records and pairing secrets (no cryptography).
 //! * [`connectivity`]: whether a bridge's status report changes its
 //!   connectivity, against the stored status.
@@ -15,9 +18,11 @@
 
 pub mod connectivity;
 pub mod import;
+pub mod jobs;
 pub mod keys;
 pub mod presence;
 pub mod registry;
+pub mod schedule;
 pub mod telemetry;
 
 pub use registry::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, Registry, ReportPath};

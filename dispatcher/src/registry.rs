@@ -153,6 +153,22 @@ impl Registry {
         }
     }
 
+    /// A completed interval change: the lock's record says the new
+    /// intervals from now on. Unknown locks and invalid values are left alone.
+    pub fn set_intervals(&mut self, lock: &str, heartbeat_h: u16, activity_min: u16) {
+        let (Ok(hb), Ok(log)) = (
+            HeartbeatInterval::from_hours(heartbeat_h),
+            ActivityLogInterval::from_minutes(activity_min),
+        ) else {
+            return;
+        };
+        if let Some(rec) = self.locks.get_mut(lock) {
+            let r = Arc::make_mut(rec);
+            r.heartbeat_interval = hb;
+            r.activity_log_interval = log;
+        }
+    }
+
     /// Who may report for `lock`, checked on every uplink.
     pub fn authorise(
         &self,

@@ -54,6 +54,9 @@ pub struct Settings {
     /// Milliseconds a group commit waits for more reports [default: 1]
     #[arg(long, env = "LOCKFLEET_COMMIT_LINGER_MS")]
     pub commit_linger_ms: Option<u64>,
+    /// Bytes of jobs one heartbeat answer may carry (NB-IoT downlink budget); jobs beyond it wait, with the "more" flag set [default: 512]
+    #[arg(long, env = "LOCKFLEET_DOWNLINK_BUDGET")]
+    pub downlink_budget: Option<usize>,
     /// Most MQTT connections the embedded broker accepts [default: 50000]
     #[arg(long, env = "LOCKFLEET_MQTT_MAX_CONNECTIONS")]
     pub mqtt_max_connections: Option<usize>,
@@ -103,6 +106,7 @@ impl Settings {
             retention_days: self.retention_days.or(other.retention_days),
             commit_max_batch: self.commit_max_batch.or(other.commit_max_batch),
             commit_linger_ms: self.commit_linger_ms.or(other.commit_linger_ms),
+            downlink_budget: self.downlink_budget.or(other.downlink_budget),
             mqtt_max_connections: self.mqtt_max_connections.or(other.mqtt_max_connections),
             registry_refresh_secs: self.registry_refresh_secs.or(other.registry_refresh_secs),
             server_key_file: self.server_key_file.or(other.server_key_file),
@@ -423,6 +427,15 @@ impl Config {
                     .unwrap_or(crate::mqtt::broker::DEFAULT_MAX_CONNECTIONS),
             },
         };
+        let downlink_budget = s
+            .downlink_budget
+            .unwrap_or(dispatcher::jobs::DEFAULT_DOWNLINK_BUDGET);
+        if !(64..=schemas::device::MAX_UPLINK_BYTES).contains(&downlink_budget) {
+            return Err(ConfigError::Invalid(format!(
+                "downlink_budget {downlink_budget} must be 64 to {} bytes",
+                schemas::device::MAX_UPLINK_BYTES
+            )));
+        }
         let max_batch = s.commit_max_batch.unwrap_or(512);
         if max_batch == 0 {
             return Err(ConfigError::Invalid(
@@ -492,6 +505,7 @@ impl Config {
             writer: crate::ingest::writer::WriterConfig {
                 max_batch,
                 linger: Duration::from_millis(s.commit_linger_ms.unwrap_or(1)),
+                downlink_budget,
             },
             registry_refresh: Duration::from_secs(s.registry_refresh_secs.unwrap_or(2).max(1)),
             server_key,

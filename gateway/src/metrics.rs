@@ -56,6 +56,27 @@ pub const BROKER_PUBLISHES: &str = "lockfleet_mqtt_broker_publishes_total";
 /// behind and lost messages), `bad_publish`.
 pub const BROKER_ALERTS: &str = "lockfleet_mqtt_broker_alerts_total";
 
+/// Dashboard commands handled, by `command` and `outcome` (ok, refused,
+/// replayed, malformed, failed).
+pub const COMMANDS: &str = "lockfleet_commands_total";
+/// Commands refused, by `rule` (the guide's rule the command broke).
+pub const COMMANDS_REFUSED: &str = "lockfleet_commands_refused_total";
+/// Seconds from receiving a command to publishing its answer (durable).
+pub const COMMAND_LATENCY: &str = "lockfleet_command_duration_seconds";
+/// Job state changes, by `change` (created, delivered, completed, failed,
+/// deleted, recreated).
+pub const JOB_CHANGES: &str = "lockfleet_job_changes_total";
+/// Failed jobs, by `outcome` (the lock's error: hard_reset, slots_full, ...).
+pub const JOBS_FAILED: &str = "lockfleet_jobs_failed_total";
+/// Job results that changed nothing, by `reason` (unknown_job, already_final, other_attempt).
+pub const JOB_RESULTS_IGNORED: &str = "lockfleet_job_results_ignored_total";
+/// Jobs per downlink.
+pub const JOBS_PER_DOWNLINK: &str = "lockfleet_jobs_per_downlink";
+/// Seconds the writer spent on the job step of a batch (pending read, delivery record, results).
+pub const JOB_STEP_LATENCY: &str = "lockfleet_job_step_duration_seconds";
+/// Job steps that failed (the jobs stay pending and go at a later uplink).
+pub const JOB_STEP_FAILED: &str = "lockfleet_job_step_failed_total";
+
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
@@ -71,6 +92,9 @@ pub fn install() -> PrometheusHandle {
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(JOBS_PER_DOWNLINK.into()), &BATCH_BUCKETS)
             })
             // Infallible: the bucket lists above are non-empty constants.
             .expect("bucket lists are non-empty")
@@ -148,6 +172,39 @@ fn describe() {
     describe_counter!(
         BROKER_ALERTS,
         "Embedded broker alerts; cursor_jump means a subscriber lost messages"
+    );
+    describe_counter!(
+        COMMANDS,
+        "Dashboard commands handled, by command and outcome"
+    );
+    describe_counter!(
+        COMMANDS_REFUSED,
+        "Dashboard commands refused, by the rule they broke"
+    );
+    describe_histogram!(
+        COMMAND_LATENCY,
+        Unit::Seconds,
+        "Time from receiving a dashboard command to its durable answer"
+    );
+    describe_counter!(JOB_CHANGES, "Job state changes, by change");
+    describe_counter!(JOBS_FAILED, "Jobs failed by the lock, by the lock's error");
+    describe_counter!(
+        JOB_RESULTS_IGNORED,
+        "Job results that changed nothing (unknown job, already final, another attempt)"
+    );
+    describe_histogram!(
+        JOBS_PER_DOWNLINK,
+        Unit::Count,
+        "Jobs carried by one downlink"
+    );
+    describe_histogram!(
+        JOB_STEP_LATENCY,
+        Unit::Seconds,
+        "Writer time spent on the job step of one batch"
+    );
+    describe_counter!(
+        JOB_STEP_FAILED,
+        "Job steps that failed; the jobs stay pending"
     );
     describe_coap();
     describe_oscore();
@@ -351,4 +408,30 @@ pub fn describe_front() {
         Unit::Seconds,
         "Time to check one MQTT login"
     );
+}
+
+pub fn command(command: &'static str, outcome: &'static str, took: Duration) {
+    counter!(COMMANDS, "command" => command, "outcome" => outcome).increment(1);
+    histogram!(COMMAND_LATENCY).record(took.as_secs_f64());
+}
+pub fn command_refused(rule: &'static str) {
+    counter!(COMMANDS_REFUSED, "rule" => rule).increment(1);
+}
+pub fn job_change(change: &'static str) {
+    counter!(JOB_CHANGES, "change" => change).increment(1);
+}
+pub fn job_failed(outcome: &'static str) {
+    counter!(JOBS_FAILED, "outcome" => outcome).increment(1);
+}
+pub fn job_result_ignored(reason: &'static str) {
+    counter!(JOB_RESULTS_IGNORED, "reason" => reason).increment(1);
+}
+pub fn jobs_per_downlink(n: usize) {
+    histogram!(JOBS_PER_DOWNLINK).record(n as f64);
+}
+pub fn job_step(took: Duration) {
+    histogram!(JOB_STEP_LATENCY).record(took.as_secs_f64());
+}
+pub fn job_step_failed() {
+    counter!(JOB_STEP_FAILED).increment(1);
 }

@@ -10,7 +10,7 @@
 //! last events, then close the database.
 
 use crate::config::{Config, MqttMode};
-use crate::ingest::writer::Writer;
+use crate::ingest::writer::{JobDelivery, Writer};
 use crate::ingest::{Ingest, QueueDepthProbe};
 use crate::keys::{KeyRing, ServerKey};
 use crate::mqtt::{self, MqttClient, MqttClientConfig};
@@ -94,6 +94,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bridges = registry.bridge_count(),
         "devices loaded"
     );
+    // When each lock is next due, from its newest stored heartbeat.
+    let mut schedule = dispatcher::schedule::Schedule::new(Default::default());
+    for (lock, state) in store
+        .load_latest()
+        .await
+        .context("loading the locks' newest heartbeats")?
+    {
+        let activity = registry
+            .lock(lock.as_str())
+            .map_or(schemas::ActivityLogInterval::DEFAULT, |l| {
+                l.activity_log_interval
+            });
+        schedule.restore(
+            lock.as_str(),
+            state.received_at_ms,
+            state.heartbeat_interval,
+            activity,
+        );
+    }
+    let schedule = Arc::new(std::sync::Mutex::new(schedule));
     let registry = Arc::new(RwLock::new(registry));
     let ring = Arc::new(KeyRing::new());
     let loaded = ring
@@ -126,20 +146,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         filters,
         background.clone(),
     );
-    let (backend_mqtt, _, backend_loop) = MqttClient::start(
+    let (backend_mqtt, command_rx, backend_loop) = MqttClient::start(
         MqttClientConfig {
             host: topology.backend.0.clone(),
             port: topology.backend.1,
             client_id: topology.session_id(&client_id, "backend"),
-            shared_group: None,
+            shared_group: config.mqtt_shared_group.clone(),
             login: topology.login.clone(),
         },
-        Vec::new(),
+        vec![schemas::command::COMMANDS_FILTER.to_string()],
         background.clone(),
     );
 
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(mqtt::events::EVENT_QUEUE_CAPACITY);
-    let writer = Writer::new(store.clone(), events_tx, config.writer);
+    let writer = Writer::new(store.clone(), events_tx, config.writer).with_jobs(JobDelivery {
+        registry: registry.clone(),
+        server_key: server_key.clone(),
+        schedule: schedule.clone(),
+    });
     let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(INGEST_QUEUE_CAPACITY);
     let ingest = Ingest::new(registry.clone(), queue_tx);
     let writer = tokio::spawn(writer.run(queue_rx));
@@ -168,6 +192,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }));
     }
+    inputs.push(tokio::spawn(mqtt::commands::run(
+        command_rx,
+        mqtt::commands::Commands {
+            store: store.clone(),
+            registry: registry.clone(),
+            server_key: server_key.clone(),
+            client: backend_mqtt.clone(),
+            schedule: schedule.clone(),
+        },
+        intake.clone(),
+    )));
     inputs.push(tokio::spawn(mqtt::devices::run(
         incoming,
         device_mqtt.clone(),

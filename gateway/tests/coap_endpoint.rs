@@ -110,6 +110,9 @@ impl FakeStore {
                             heartbeat_interval: rec.heartbeat_interval,
                             activity_log_interval: rec.activity_log_interval,
                             seq: hb.seq,
+                            jobs: vec![],
+                            more: false,
+                            next_heartbeat_at: None,
                         },
                     },
                     Uplink::ActivityLog(b) => Outcome::ActivityLog {
@@ -117,6 +120,17 @@ impl FakeStore {
                             server_time: 1_790_000_100,
                             stored: b.events.len() as u16,
                             seq: b.seq,
+                        },
+                    },
+                    Uplink::JobReport(r) => Outcome::JobReport {
+                        downlink: Downlink {
+                            server_time: 1_790_000_100,
+                            heartbeat_interval: rec.heartbeat_interval,
+                            activity_log_interval: rec.activity_log_interval,
+                            seq: r.seq,
+                            jobs: vec![],
+                            more: false,
+                            next_heartbeat_at: None,
                         },
                     },
                 };
@@ -327,7 +341,7 @@ async fn well_known_core_lists_the_resources() {
     assert_eq!(uint_option(&ans, CoapOption::ContentFormat), Some(40));
     assert_eq!(
         text(&ans),
-        r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p",</log>;rt="lockfleet.activity-log";ct=60;if="core.p""#
+        r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p",</log>;rt="lockfleet.activity-log";ct=60;if="core.p",</jr>;rt="lockfleet.job-report";ct=60;if="core.p""#
     );
     server.stop().await;
 }

@@ -173,6 +173,8 @@ fn acknowledged(report: &RunReport) -> (HashSet<Key>, HashSet<Key>) {
             UplinkKind::ActivityLog => {
                 events.extend(r.event_seqs.clone().map(|s| (r.lock_id.clone(), s)))
             }
+            // Job reports store no telemetry rows (no jobs in this run).
+            UplinkKind::JobReport => {}
         }
     }
     (heartbeats, events)

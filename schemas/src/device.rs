@@ -147,9 +147,9 @@ pub struct ActivityLogBatch {
     pub events: Vec<ActivityEvent>,
 }
 
-/// The answer to a heartbeat: server time and the intervals the lock must use
-/// from now on. Keys 4 (jobs) and 5 ("more pending") are reserved for the
-/// dispatcher's jobs; a lock must ignore keys it does not know.
+/// The answer to a heartbeat or a job report: server time, the intervals the
+/// lock must use from now on, and the lock's pending jobs that fit the
+/// downlink budget. A lock must ignore keys it does not know.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[cbor(map)]
 pub struct Downlink {
@@ -160,9 +160,195 @@ pub struct Downlink {
     pub heartbeat_interval: HeartbeatInterval,
     #[n(2)]
     pub activity_log_interval: ActivityLogInterval,
-    /// The `seq` of the heartbeat this answers (correlates MQTT answers).
+    /// The `seq` of the uplink this answers (correlates MQTT answers).
     #[n(3)]
     pub seq: u32,
+    /// Pending jobs for this lock, in creation order, as many as fit the
+    /// downlink budget. Omitted when there are none.
+    #[n(4)]
+    #[cbor(default, skip_if = "Vec::is_empty")]
+    #[serde(default)]
+    pub jobs: Vec<DeviceJob>,
+    /// More jobs are pending beyond this downlink: apply these, report
+    /// their results (POST /jr) and the answer carries the next ones.
+    /// Omitted when false.
+    #[n(5)]
+    #[cbor(default, skip_if = "is_false")]
+    #[serde(default)]
+    pub more: bool,
+    /// When the lock should send its next heartbeat, Unix seconds: its
+    /// interval, shifted to the lock's phase so that a fleet spreads its
+    /// wake-ups over the interval. Absent: one interval from now.
+    #[n(6)]
+    pub next_heartbeat_at: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Longest PIN a lock accepts (the dashboard's Custom PIN is 4 to 10 digits).
+pub const MAX_PIN_DIGITS: usize = 10;
+/// Shortest PIN.
+pub const MIN_PIN_DIGITS: usize = 4;
+/// Most results one job report may carry.
+pub const MAX_RESULTS_PER_REPORT: usize = 32;
+
+/// What a job asks the lock to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[cbor(index_only)]
+#[serde(rename_all = "snake_case")]
+pub enum JobAction {
+    /// Store a PIN (`access`, `pin`, `pin_type`, `start`, `end`).
+    #[n(0)]
+    CreatePin,
+    /// Remove a PIN (`access`): a custom PIN or an AlgoPIN.
+    #[n(1)]
+    DeletePin,
+    /// Use new intervals (`heartbeat_interval`, `activity_log_interval`).
+    #[n(2)]
+    SetIntervals,
+}
+
+impl JobAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobAction::CreatePin => "create_pin",
+            JobAction::DeletePin => "delete_pin",
+            JobAction::SetIntervals => "set_intervals",
+        }
+    }
+}
+
+/// The three Custom PIN types of the dashboard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[cbor(index_only)]
+#[serde(rename_all = "snake_case")]
+pub enum PinType {
+    /// Opens once, within 24 hours of its start.
+    #[n(0)]
+    OneTime,
+    /// Opens from its start to its end.
+    #[n(1)]
+    Duration,
+    /// Opens from its start on.
+    #[n(2)]
+    Permanent,
+}
+
+impl PinType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinType::OneTime => "one_time",
+            PinType::Duration => "duration",
+            PinType::Permanent => "permanent",
+        }
+    }
+}
+
+/// One job in a [`Downlink`]. The lock applies each (`id`, `attempt`) at
+/// most once: when it sees one again (its result was lost), it reports the
+/// result it already has without applying it again.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[cbor(map)]
+pub struct DeviceJob {
+    #[n(0)]
+    pub id: u64,
+    /// 1, or 2 for a recreated job.
+    #[n(1)]
+    pub attempt: u8,
+    #[n(2)]
+    pub action: JobAction,
+    /// The PIN's access id (create_pin, delete_pin).
+    #[n(3)]
+    pub access: Option<String>,
+    /// The PIN's digits (create_pin only). Travels OSCORE-encrypted.
+    #[n(4)]
+    pub pin: Option<String>,
+    #[n(5)]
+    pub pin_type: Option<PinType>,
+    /// PIN validity, Unix seconds (create_pin).
+    #[n(6)]
+    pub start: Option<u64>,
+    #[n(7)]
+    pub end: Option<u64>,
+    /// set_intervals.
+    #[n(8)]
+    pub heartbeat_interval: Option<HeartbeatInterval>,
+    #[n(9)]
+    pub activity_log_interval: Option<ActivityLogInterval>,
+    /// When this attempt was issued (created or recreated), Unix seconds. A
+    /// lock hard reset after this moment no longer has the state the job
+    /// was made for, and reports [`JobOutcome::HardReset`].
+    #[n(10)]
+    pub issued: u64,
+}
+
+/// How a job ended at the lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[cbor(index_only)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutcome {
+    #[n(0)]
+    Done,
+    /// The lock was hard reset: its PINs and settings were wiped.
+    #[n(1)]
+    HardReset,
+    /// All 199 PIN slots are taken.
+    #[n(2)]
+    SlotsFull,
+    /// The lock refused the PIN (digits, type or times it cannot use).
+    #[n(3)]
+    InvalidPin,
+    /// delete_pin named an access the lock does not hold.
+    #[n(4)]
+    UnknownAccess,
+    /// Any other refusal; `detail` says which.
+    #[n(5)]
+    Rejected,
+}
+
+impl JobOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Done => "done",
+            JobOutcome::HardReset => "hard_reset",
+            JobOutcome::SlotsFull => "slots_full",
+            JobOutcome::InvalidPin => "invalid_pin",
+            JobOutcome::UnknownAccess => "unknown_access",
+            JobOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// The result of one job.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[cbor(map)]
+pub struct JobResult {
+    #[n(0)]
+    pub id: u64,
+    #[n(1)]
+    pub attempt: u8,
+    #[n(2)]
+    pub outcome: JobOutcome,
+    /// The lock's own words about an error (never a PIN).
+    #[n(3)]
+    pub detail: Option<String>,
+}
+
+/// A job report: the results of the jobs a lock applied, sent while it is
+/// still awake (CoAP POST /jr, MQTT `lk/{lock}/up/jr`). Answered with a
+/// [`Downlink`] carrying the next pending jobs.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[cbor(map)]
+pub struct JobReport {
+    #[n(0)]
+    pub lock_id: String,
+    /// Per-device uplink sequence number (same counter as heartbeats).
+    #[n(1)]
+    pub seq: u32,
+    #[n(2)]
+    pub results: Vec<JobResult>,
 }
 
 /// The answer to an activity-log batch.
@@ -184,6 +370,7 @@ pub struct LogAck {
 pub enum Uplink {
     Heartbeat(Heartbeat),
     ActivityLog(ActivityLogBatch),
+    JobReport(JobReport),
 }
 
 impl Uplink {
@@ -191,18 +378,21 @@ impl Uplink {
         match self {
             Uplink::Heartbeat(h) => &h.lock_id,
             Uplink::ActivityLog(b) => &b.lock_id,
+            Uplink::JobReport(r) => &r.lock_id,
         }
     }
     pub fn seq(&self) -> u32 {
         match self {
             Uplink::Heartbeat(h) => h.seq,
             Uplink::ActivityLog(b) => b.seq,
+            Uplink::JobReport(r) => r.seq,
         }
     }
     pub fn kind(&self) -> UplinkKind {
         match self {
             Uplink::Heartbeat(_) => UplinkKind::Heartbeat,
             Uplink::ActivityLog(_) => UplinkKind::ActivityLog,
+            Uplink::JobReport(_) => UplinkKind::JobReport,
         }
     }
 }
@@ -211,6 +401,7 @@ impl Uplink {
 pub enum UplinkKind {
     Heartbeat,
     ActivityLog,
+    JobReport,
 }
 
 impl UplinkKind {
@@ -219,6 +410,7 @@ impl UplinkKind {
         match self {
             UplinkKind::Heartbeat => "heartbeat",
             UplinkKind::ActivityLog => "activity_log",
+            UplinkKind::JobReport => "job_report",
         }
     }
 }
@@ -239,6 +431,8 @@ pub enum DecodeError {
     BadLockId,
     #[error("batch has {count} events, more than {max}: send at most {max} per batch")]
     TooManyEvents { count: usize, max: usize },
+    #[error("job report has {count} results, more than {max}: send at most {max} per report")]
+    TooManyResults { count: usize, max: usize },
 }
 
 impl DecodeError {
@@ -251,6 +445,7 @@ impl DecodeError {
             DecodeError::TrailingBytes { .. } => "trailing_bytes",
             DecodeError::BadLockId => "bad_id",
             DecodeError::TooManyEvents { .. } => "too_many_events",
+            DecodeError::TooManyResults { .. } => "too_many_results",
         }
     }
 }
@@ -312,6 +507,22 @@ impl ActivityLogBatch {
             });
         }
         Ok(b)
+    }
+}
+
+impl JobReport {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let r: JobReport = decode_exact(bytes, "job-report")?;
+        if !valid_id(&r.lock_id) {
+            return Err(DecodeError::BadLockId);
+        }
+        if r.results.len() > MAX_RESULTS_PER_REPORT {
+            return Err(DecodeError::TooManyResults {
+                count: r.results.len(),
+                max: MAX_RESULTS_PER_REPORT,
+            });
+        }
+        Ok(r)
     }
 }
 

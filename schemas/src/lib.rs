@@ -2,6 +2,8 @@
 //!
 //! * [`device`]: what locks and bridges send (compact CBOR, integer map keys) and
 //!   what the server answers. Spec: `spec/device.cddl`.
+//! * [`command`]: the dashboard's command API (JSON requests, answers and
+//!   job events). Spec: `spec/commands/`, `spec/events/job.schema.json`.
 //! * [`event`]: the JSON events the dashboard backend receives. Spec:
 //!   `spec/events/*.schema.json`.
 //! * [`topic`]: every MQTT topic, built and parsed in one place. Spec:
@@ -14,6 +16,7 @@
 //! This crate imports nothing of ours and does no I/O, so it can be fuzzed and
 //! benchmarked alone. Tests in `tests/` hold the code and the specs to each other.
 
+pub mod command;
 pub mod device;
 pub mod event;
 pub mod fleet;
@@ -23,7 +26,8 @@ pub mod topic;
 pub mod units;
 
 pub use device::{
-    ActivityEvent, ActivityKind, ActivityLogBatch, DecodeError, Downlink, Heartbeat, LogAck, Uplink,
+    ActivityEvent, ActivityKind, ActivityLogBatch, DecodeError, DeviceJob, Downlink, Heartbeat,
+    JobAction, JobOutcome, JobReport, JobResult, LogAck, PinType, Uplink,
 };
 pub use units::{
     ActivityLogInterval, Battery, BatteryLevel, ChannelInfo, DoorState, HeartbeatInterval,

@@ -5,7 +5,9 @@
 //! * [`DEVICE_CDDL`]: CDDL (RFC 8610) of every device payload.
 //! * [`ASYNCAPI_YAML`]: AsyncAPI 3.0 document of every MQTT topic.
 //! * [`EVENT_SCHEMAS`] and [`event_schema_for_topic`]: JSON Schema (draft
-//!   2020-12) of every JSON message the gateway publishes.
+//!   2020-12) of every JSON message the gateway publishes (events, device
+//!   errors, command answers); [`COMMAND_REQUEST_SCHEMA`] of the commands
+//!   it receives.
 //!
 //! The specs are text only: this crate parses none of them, so it keeps no
 //! validator dependency. `tests/` holds them and the Rust types to each other.
@@ -35,15 +37,29 @@ pub const CONNECTIVITY_EVENT_SCHEMA: &str = include_str!("../spec/events/connect
 /// `lk/{lock}/err`, `br/{bridge}/err`: [`crate::event::DeviceError`].
 pub const DEVICE_ERROR_SCHEMA: &str = include_str!("../spec/events/device-error.schema.json");
 
-/// Every JSON Schema with its path relative to `spec/` (as `asyncapi.yaml`
-/// refers to it).
-pub const EVENT_SCHEMAS: [(&str, &str); 6] = [
+/// `events/v1/{org}/lock/{lock}/job`: [`crate::command::JobEvent`].
+pub const JOB_EVENT_SCHEMA: &str = include_str!("../spec/events/job.schema.json");
+/// A command's reply topic (`rsp/v1/...`): [`crate::command::CommandResponse`].
+pub const COMMAND_RESPONSE_SCHEMA: &str =
+    include_str!("../spec/events/command-response.schema.json");
+/// `cmd/v1/{org}` (what the dashboard backend publishes): [`crate::command::CommandRequest`].
+pub const COMMAND_REQUEST_SCHEMA: &str =
+    include_str!("../spec/commands/command-request.schema.json");
+
+/// Every JSON Schema of what the gateway publishes, with its path relative
+/// to `spec/` (as `asyncapi.yaml` refers to it).
+pub const EVENT_SCHEMAS: [(&str, &str); 8] = [
     ("events/heartbeat.schema.json", HEARTBEAT_EVENT_SCHEMA),
     ("events/activity.schema.json", ACTIVITY_EVENT_SCHEMA),
     ("events/state.schema.json", STATE_EVENT_SCHEMA),
     ("events/battery-low.schema.json", BATTERY_LOW_EVENT_SCHEMA),
     ("events/connectivity.schema.json", CONNECTIVITY_EVENT_SCHEMA),
     ("events/device-error.schema.json", DEVICE_ERROR_SCHEMA),
+    ("events/job.schema.json", JOB_EVENT_SCHEMA),
+    (
+        "events/command-response.schema.json",
+        COMMAND_RESPONSE_SCHEMA,
+    ),
 ];
 
 /// The JSON Schema of what the gateway publishes on `topic`: a dashboard
@@ -56,6 +72,10 @@ pub fn event_schema_for_topic(topic: &str) -> Option<&'static str> {
     if let ["lk" | "br", id, "err"] = parts.as_slice() {
         return valid_id(id).then_some(DEVICE_ERROR_SCHEMA);
     }
+    if let Some(rest) = topic.strip_prefix(crate::command::REPLIES_PREFIX) {
+        let ok = !rest.is_empty() && !rest.contains(['+', '#']);
+        return ok.then_some(COMMAND_RESPONSE_SCHEMA);
+    }
     let rest = topic.strip_prefix(EVENTS_PREFIX)?.strip_prefix('/')?;
     let parts: Vec<&str> = rest.split('/').collect();
     let (org, id, schema) = match parts.as_slice() {
@@ -65,6 +85,7 @@ pub fn event_schema_for_topic(topic: &str) -> Option<&'static str> {
                 "activity" => ACTIVITY_EVENT_SCHEMA,
                 "state" => STATE_EVENT_SCHEMA,
                 "battery-low" => BATTERY_LOW_EVENT_SCHEMA,
+                "job" => JOB_EVENT_SCHEMA,
                 _ => return None,
             };
             (*org, *lock, schema)

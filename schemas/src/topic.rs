@@ -21,6 +21,8 @@ pub enum DeviceTopic<'a> {
     LockHeartbeat { lock: &'a str },
     /// `lk/{lock}/up/log`: an activity-log batch from an MQTT lock.
     LockLog { lock: &'a str },
+    /// `lk/{lock}/up/jr`: a job report from an MQTT lock.
+    LockJobReport { lock: &'a str },
     /// `br/{bridge}/up/hb`: a heartbeat a bridge relays for a linked lock.
     BridgeHeartbeat { bridge: &'a str },
     /// `br/{bridge}/up/log`: an activity-log batch a bridge relays.
@@ -31,7 +33,7 @@ pub enum DeviceTopic<'a> {
 
 /// Why a device topic is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("topic {0:?} is not a device topic: publish on lk/{{lock}}/up/hb|log, br/{{bridge}}/up/hb|log or br/{{bridge}}/status")]
+#[error("topic {0:?} is not a device topic: publish on lk/{{lock}}/up/hb|log|jr, br/{{bridge}}/up/hb|log or br/{{bridge}}/status")]
 pub struct UnknownTopic(pub String);
 
 impl<'a> DeviceTopic<'a> {
@@ -40,6 +42,7 @@ impl<'a> DeviceTopic<'a> {
         let t = match parts.as_slice() {
             ["lk", id, "up", "hb"] if valid_id(id) => DeviceTopic::LockHeartbeat { lock: id },
             ["lk", id, "up", "log"] if valid_id(id) => DeviceTopic::LockLog { lock: id },
+            ["lk", id, "up", "jr"] if valid_id(id) => DeviceTopic::LockJobReport { lock: id },
             ["br", id, "up", "hb"] if valid_id(id) => DeviceTopic::BridgeHeartbeat { bridge: id },
             ["br", id, "up", "log"] if valid_id(id) => DeviceTopic::BridgeLog { bridge: id },
             ["br", id, "status"] if valid_id(id) => DeviceTopic::BridgeStatus { bridge: id },
@@ -51,7 +54,9 @@ impl<'a> DeviceTopic<'a> {
     /// Where the answers and errors for this publisher go.
     pub fn reply_base(&self) -> String {
         match self {
-            DeviceTopic::LockHeartbeat { lock } | DeviceTopic::LockLog { lock } => {
+            DeviceTopic::LockHeartbeat { lock }
+            | DeviceTopic::LockLog { lock }
+            | DeviceTopic::LockJobReport { lock } => {
                 format!("lk/{lock}")
             }
             DeviceTopic::BridgeHeartbeat { bridge }
@@ -72,6 +77,10 @@ pub mod down {
     /// `lk/{lock}/ack/log`: the [`crate::LogAck`] answering an MQTT lock's log batch.
     pub fn lock_log_ack(lock: &str) -> String {
         format!("lk/{lock}/ack/log")
+    }
+    /// `lk/{lock}/ack/jr`: the [`crate::Downlink`] answering an MQTT lock's job report.
+    pub fn lock_job_report_ack(lock: &str) -> String {
+        format!("lk/{lock}/ack/jr")
     }
     /// `br/{bridge}/ack/{lock}/hb`: the [`crate::Downlink`] for a bridged lock.
     pub fn bridge_heartbeat_ack(bridge: &str, lock: &str) -> String {

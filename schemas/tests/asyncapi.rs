@@ -75,6 +75,9 @@ fn code_topics() -> Vec<(String, &'static str)> {
     let mut sent = vec![
         down::lock_heartbeat_ack(LOCK),
         down::lock_log_ack(LOCK),
+        down::lock_job_report_ack(LOCK),
+        schemas::command::job_event_topic(ORG, LOCK),
+        schemas::command::default_reply_topic(ORG),
         down::bridge_heartbeat_ack(BRIDGE, LOCK),
         down::bridge_log_ack(BRIDGE, LOCK),
         down::error(&lock_base),
@@ -94,6 +97,7 @@ fn code_topics() -> Vec<(String, &'static str)> {
     let received = [
         DeviceTopic::LockHeartbeat { lock: LOCK },
         DeviceTopic::LockLog { lock: LOCK },
+        DeviceTopic::LockJobReport { lock: LOCK },
         DeviceTopic::BridgeHeartbeat { bridge: BRIDGE },
         DeviceTopic::BridgeLog { bridge: BRIDGE },
         DeviceTopic::BridgeStatus { bridge: BRIDGE },
@@ -102,6 +106,7 @@ fn code_topics() -> Vec<(String, &'static str)> {
         let topic = match t {
             DeviceTopic::LockHeartbeat { lock } => format!("lk/{lock}/up/hb"),
             DeviceTopic::LockLog { lock } => format!("lk/{lock}/up/log"),
+            DeviceTopic::LockJobReport { lock } => format!("lk/{lock}/up/jr"),
             DeviceTopic::BridgeHeartbeat { bridge } => format!("br/{bridge}/up/hb"),
             DeviceTopic::BridgeLog { bridge } => format!("br/{bridge}/up/log"),
             DeviceTopic::BridgeStatus { bridge } => format!("br/{bridge}/status"),
@@ -109,6 +114,8 @@ fn code_topics() -> Vec<(String, &'static str)> {
         assert_eq!(DeviceTopic::parse(&topic), Ok(t), "{topic}");
         sent.push((topic, "receive"));
     }
+    // Dashboard commands are received on the backend session.
+    sent.push((schemas::command::command_topic(ORG), "receive"));
     // The status topic is also built (bridges' Last Will); it is received.
     assert!(sent.iter().any(|(t, _)| *t == down::bridge_status(BRIDGE)));
     sent
@@ -210,6 +217,7 @@ fn operations_cover_every_channel_once_in_the_right_direction() {
         assert_eq!(action, *direction, "operation {id} on {address}");
         let subscribed = topic::DEVICE_FILTERS
             .iter()
+            .chain([&schemas::command::COMMANDS_FILTER])
             .any(|f| filter_matches(f, &topic));
         assert_eq!(
             subscribed,
@@ -225,7 +233,12 @@ fn operations_cover_every_channel_once_in_the_right_direction() {
                 action, "receive",
                 "operation {id}: only uplinks are answered"
             );
-            assert!(reply_channel["address"].as_str().unwrap().contains("/ack/"));
+            let reply_address = reply_channel["address"].as_str().unwrap();
+            assert!(
+                reply_address.contains("/ack/")
+                    || reply_address.starts_with(schemas::command::REPLIES_PREFIX),
+                "{reply_address}"
+            );
         }
     }
     assert_eq!(seen.len(), channels(&d).len(), "a channel has no operation");
@@ -262,7 +275,8 @@ fn every_ref_resolves() {
     let mut refs = Vec::new();
     collect_refs(&d, &mut refs);
     assert!(!refs.is_empty());
-    let listed: Vec<&str> = EVENT_SCHEMAS.iter().map(|(f, _)| *f).collect();
+    let mut listed: Vec<&str> = EVENT_SCHEMAS.iter().map(|(f, _)| *f).collect();
+    listed.push("commands/command-request.schema.json");
     let mut files = BTreeSet::new();
     for r in refs {
         if let Some(pointer) = r.strip_prefix('#') {
@@ -283,7 +297,7 @@ fn every_ref_resolves() {
     }
     assert_eq!(
         files.len(),
-        EVENT_SCHEMAS.len(),
+        EVENT_SCHEMAS.len() + 1,
         "an event schema is not referenced"
     );
 }
@@ -319,6 +333,11 @@ fn every_message_has_a_content_type_and_the_matching_spec() {
                         "{id}: device.cddl has no rule {rule}"
                     );
                     assert!(m["description"].as_str().unwrap().contains(rule), "{id}");
+                    assert_eq!(event_schema_for_topic(&topic), None, "{topic}");
+                }
+                "application/json" if topic.starts_with(schemas::command::COMMANDS_PREFIX) => {
+                    let file = m["payload"]["schema"]["$ref"].as_str().unwrap();
+                    assert_eq!(file, "commands/command-request.schema.json");
                     assert_eq!(event_schema_for_topic(&topic), None, "{topic}");
                 }
                 "application/json" => {

@@ -129,6 +129,9 @@ fn downlink() -> Downlink {
         heartbeat_interval: HeartbeatInterval::DEFAULT,
         activity_log_interval: ActivityLogInterval::DEFAULT,
         seq: 7,
+        jobs: vec![],
+        more: false,
+        next_heartbeat_at: None,
     }
 }
 

@@ -65,7 +65,7 @@ fn roundtrip<T: Serialize + DeserializeOwned>(v: &Value) -> Result<Value, String
     serde_json::to_value(&t).map_err(|e| e.to_string())
 }
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 8] = [
     Case {
         file: "heartbeat.schema.json",
         title: "HeartbeatEvent",
@@ -96,7 +96,43 @@ const CASES: [Case; 6] = [
         title: "DeviceError",
         roundtrip: roundtrip::<DeviceError>,
     },
+    Case {
+        file: "job.schema.json",
+        title: "JobEvent",
+        roundtrip: roundtrip::<schemas::command::JobEvent>,
+    },
+    Case {
+        file: "command-response.schema.json",
+        title: "CommandResponse",
+        roundtrip: roundtrip::<schemas::command::CommandResponse>,
+    },
 ];
+
+/// The command request: optional members may be left out, so it is not
+/// strict like the published schemas; its examples validate and read as
+/// `CommandRequest`, and requests the server refuses are refused by the
+/// schema too.
+#[test]
+fn command_request_schema_matches_what_the_server_reads() {
+    let text = schemas::spec::COMMAND_REQUEST_SCHEMA;
+    let schema: Value = serde_json::from_str(text).unwrap();
+    let v = jsonschema::draft202012::new(&schema).unwrap();
+    let examples = schema["examples"].as_array().unwrap();
+    assert!(examples.len() >= 2);
+    for ex in examples {
+        assert_valid(&v, ex);
+        serde_json::from_value::<schemas::command::CommandRequest>(ex.clone())
+            .unwrap_or_else(|e| panic!("example does not read: {e}\n{ex}"));
+    }
+    let mut bad = examples[0].clone();
+    bad["command"]["force"] = true.into();
+    assert!(!v.is_valid(&bad));
+    assert!(serde_json::from_value::<schemas::command::CommandRequest>(bad).is_err());
+    let mut bad = examples[0].clone();
+    bad["command"]["type"] = "open_sesame".into();
+    assert!(!v.is_valid(&bad));
+    assert!(serde_json::from_value::<schemas::command::CommandRequest>(bad).is_err());
+}
 
 // ---------------------------------------------------------------------------
 // The schema files themselves

@@ -33,6 +33,12 @@ fn every_json_topic_maps_to_the_schema_of_what_is_published_there() {
         ),
         (down::error(&lock_base), "DeviceError"),
         (down::error(&bridge_base), "DeviceError"),
+        (schemas::command::job_event_topic("acme", "L1"), "JobEvent"),
+        (
+            schemas::command::default_reply_topic("acme"),
+            "CommandResponse",
+        ),
+        ("rsp/v1/acme/dash-1".to_string(), "CommandResponse"),
     ];
     for (topic, want) in cases {
         let schema = event_schema_for_topic(&topic).unwrap_or_else(|| panic!("{topic}: none"));

@@ -1,7 +1,9 @@
 //! Test peers for the simulator's integration tests: a minimal CoAP server
 //! over real UDP that stores each (lock, seq) once and answers like the
 //! gateway, OSCORE included (server role, contexts from the fleet's pairing
-//! secrets, a replay window per lock), and helpers to build small fleets.
+//! secrets, a replay window per lock), delivers each lock's pending jobs in
+//! the answers to its heartbeats and job reports (`/jr`) until their results
+//! come back, and helpers to build small fleets.
 
 #![allow(dead_code)]
 
@@ -11,10 +13,13 @@ use lockfleet_oscore::{
     protect_response, unprotect_request, InnerMessage, OscoreOption, Params, ReplayWindow,
     SecurityContext, CODE_POST,
 };
-use schemas::device::encode;
+use schemas::device::{encode, DeviceJob, JobAction, JobOutcome, JobReport, JobResult};
 use schemas::security::{DEVICE_OSCORE_ID, SERVER_OSCORE_ID};
-use schemas::{ActivityLogBatch, Downlink, Heartbeat, HeartbeatInterval, LogAck};
-use std::collections::{HashMap, HashSet};
+use schemas::{
+    ActivityKind, ActivityLogBatch, ActivityLogInterval, Downlink, Heartbeat, HeartbeatInterval,
+    LogAck,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
@@ -90,6 +95,9 @@ pub struct Behaviour {
     /// unprotected 2.04 (after storing the report): a success nobody can
     /// vouch for.
     pub unprotected_first_answers: usize,
+    /// Most jobs one downlink carries (`more` says if others wait); `None`:
+    /// every pending job.
+    pub jobs_per_downlink: Option<usize>,
 }
 
 /// What the test server saw and stored.
@@ -121,6 +129,58 @@ pub struct Seen {
     pub security_refusals: HashMap<String, usize>,
     /// Answers corrupted or sent unprotected by the behaviour.
     pub forged: usize,
+    /// Jobs waiting for their result, by lock, in creation order: each
+    /// answer to a heartbeat or job report carries them.
+    pub jobs: HashMap<String, VecDeque<DeviceJob>>,
+    /// Every job result received: (lock, report seq, result), in order.
+    pub job_results: Vec<(String, u32, JobResult)>,
+    /// Every activity event stored: (lock, kind, actor), in order.
+    pub activity: Vec<(String, ActivityKind, Option<String>)>,
+    /// The intervals each lock is told to use: those its heartbeat
+    /// reported (or `Behaviour::heartbeat_interval`), then those of a
+    /// set_intervals job it completed.
+    pub intervals: HashMap<String, (HeartbeatInterval, ActivityLogInterval)>,
+}
+
+impl Seen {
+    /// Queues `jobs` for `lock`, as creating them on the dashboard does.
+    pub fn add_jobs(&mut self, lock: &str, jobs: impl IntoIterator<Item = DeviceJob>) {
+        self.jobs.entry(lock.to_string()).or_default().extend(jobs);
+    }
+
+    /// The downlink answering report `seq` of `lock`: the server clock and
+    /// the pending jobs that fit.
+    fn downlink(&self, lock: &str, seq: u32, behaviour: &Behaviour) -> Downlink {
+        let pending = self.jobs.get(lock).map(|q| q.len()).unwrap_or(0);
+        let take = behaviour.jobs_per_downlink.unwrap_or(pending).min(pending);
+        let jobs: Vec<DeviceJob> = self
+            .jobs
+            .get(lock)
+            .map(|q| q.iter().take(take).cloned().collect())
+            .unwrap_or_default();
+        let (heartbeat_interval, activity_log_interval) = self
+            .intervals
+            .get(lock)
+            .copied()
+            .unwrap_or((HeartbeatInterval::DEFAULT, ActivityLogInterval::DEFAULT));
+        Downlink {
+            server_time: unix_now(),
+            heartbeat_interval,
+            activity_log_interval,
+            seq,
+            jobs,
+            more: take < pending,
+            next_heartbeat_at: None,
+        }
+    }
+}
+
+/// The server's clock, Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub struct CoapServer {
@@ -341,6 +401,7 @@ fn payload_lock(path: &str, payload: &[u8]) -> Option<String> {
     match path {
         "hb" => Heartbeat::decode(payload).ok().map(|h| h.lock_id),
         "log" => ActivityLogBatch::decode(payload).ok().map(|b| b.lock_id),
+        "jr" => JobReport::decode(payload).ok().map(|r| r.lock_id),
         _ => None,
     }
 }
@@ -380,14 +441,52 @@ fn answer(
                 .delivered
                 .entry((hb.lock_id.clone(), hb.seq))
                 .or_default() += 1;
-            let dl = Downlink {
-                server_time: hb.device_time,
-                heartbeat_interval: behaviour
+            let intervals = (
+                behaviour
                     .heartbeat_interval
                     .unwrap_or(hb.heartbeat_interval),
-                activity_log_interval: hb.activity_log_interval,
-                seq: hb.seq,
+                hb.activity_log_interval,
+            );
+            seen.intervals.insert(hb.lock_id.clone(), intervals);
+            let dl = seen.downlink(&hb.lock_id, hb.seq, behaviour);
+            (ResponseType::Changed, encode(&dl))
+        }
+        "jr" => {
+            let r = JobReport::decode(payload).unwrap();
+            let first = {
+                let n = seen
+                    .delivered
+                    .entry((r.lock_id.clone(), r.seq))
+                    .or_default();
+                *n += 1;
+                *n == 1
             };
+            if first {
+                let queue = seen.jobs.entry(r.lock_id.clone()).or_default();
+                let mut intervals = None;
+                for result in &r.results {
+                    let key = (result.id, result.attempt);
+                    let job = queue.iter().find(|j| (j.id, j.attempt) == key);
+                    if let Some(j) = job.filter(|j| j.action == JobAction::SetIntervals) {
+                        if result.outcome == JobOutcome::Done {
+                            intervals = Some((j.heartbeat_interval, j.activity_log_interval));
+                        }
+                    }
+                    queue.retain(|j| (j.id, j.attempt) != key);
+                }
+                if let Some((hb, log)) = intervals {
+                    let defaults = (HeartbeatInterval::DEFAULT, ActivityLogInterval::DEFAULT);
+                    let now = seen.intervals.entry(r.lock_id.clone()).or_insert(defaults);
+                    now.0 = hb.unwrap_or(now.0);
+                    now.1 = log.unwrap_or(now.1);
+                }
+                let results = r
+                    .results
+                    .iter()
+                    .map(|x| (r.lock_id.clone(), r.seq, x.clone()));
+                seen.job_results.extend(results);
+            }
+            let dl = seen.downlink(&r.lock_id, r.seq, behaviour);
             (ResponseType::Changed, encode(&dl))
         }
         "log" if behaviour.refuse_logs => (
@@ -400,6 +499,8 @@ fn answer(
             for e in &b.events {
                 if seen.events.insert((b.lock_id.clone(), e.seq)) {
                     new += 1;
+                    seen.activity
+                        .push((b.lock_id.clone(), e.kind, e.actor.clone()));
                 }
             }
             *seen

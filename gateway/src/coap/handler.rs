@@ -18,12 +18,14 @@ use crate::store::ProtectionRefusal;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use schemas::device::{DecodeError, UplinkKind, MAX_UPLINK_BYTES};
 use schemas::event::Transport;
-use schemas::{ActivityLogBatch, Heartbeat, Uplink};
+use schemas::{ActivityLogBatch, Heartbeat, JobReport, Uplink};
 
 /// Uri-Path of heartbeats.
 pub const PATH_HEARTBEAT: &str = "hb";
 /// Uri-Path of activity-log batches.
 pub const PATH_LOG: &str = "log";
+/// Uri-Path of job reports.
+pub const PATH_JOB_REPORT: &str = "jr";
 
 /// Content-Format `text/plain; charset=utf-8` (diagnostic payloads).
 pub const CF_TEXT: u16 = 0;
@@ -35,7 +37,8 @@ pub const CF_CBOR: u16 = 60;
 /// The answer to `GET /.well-known/core` (RFC 6690).
 pub const WELL_KNOWN_CORE: &str = concat!(
     r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p","#,
-    r#"</log>;rt="lockfleet.activity-log";ct=60;if="core.p""#,
+    r#"</log>;rt="lockfleet.activity-log";ct=60;if="core.p","#,
+    r#"</jr>;rt="lockfleet.job-report";ct=60;if="core.p""#,
 );
 
 /// Max-Age of the 5.03 sent while shutting down: long enough for another
@@ -142,6 +145,7 @@ pub enum Action {
 enum Resource {
     Heartbeat,
     Log,
+    JobReport,
     WellKnownCore,
 }
 
@@ -150,6 +154,7 @@ impl Resource {
         match self {
             Resource::Heartbeat => "/hb",
             Resource::Log => "/log",
+            Resource::JobReport => "/jr",
             Resource::WellKnownCore => "/.well-known/core",
         }
     }
@@ -183,6 +188,7 @@ fn route(request: &Packet, received_at_ms: u64) -> Result<Submission, Reply> {
 
     let what = match resource {
         Resource::Heartbeat => "a heartbeat",
+        Resource::JobReport => "a job report",
         _ => "an activity-log batch",
     };
     if method != MessageClass::Request(RequestType::Post) {
@@ -224,6 +230,10 @@ fn route(request: &Packet, received_at_ms: u64) -> Result<Submission, Reply> {
     let (uplink, events) = match resource {
         Resource::Heartbeat => (
             Uplink::Heartbeat(Heartbeat::decode(payload).map_err(bad_request)?),
+            0,
+        ),
+        Resource::JobReport => (
+            Uplink::JobReport(JobReport::decode(payload).map_err(bad_request)?),
             0,
         ),
         _ => {
@@ -329,6 +339,7 @@ fn resource(request: &Packet) -> Result<Resource, Reply> {
     match segments.as_slice() {
         [b"hb"] => Ok(Resource::Heartbeat),
         [b"log"] => Ok(Resource::Log),
+        [b"jr"] => Ok(Resource::JobReport),
         [b".well-known", b"core"] => Ok(Resource::WellKnownCore),
         _ => {
             let mut path: String = segments
@@ -349,7 +360,7 @@ fn resource(request: &Packet) -> Result<Resource, Reply> {
                 ResponseType::NotFound,
                 "unknown_path",
                 format!(
-                    "no resource at {path:?}: POST heartbeats to /{PATH_HEARTBEAT} and activity logs to /{PATH_LOG} (GET /.well-known/core lists them)"
+                    "no resource at {path:?}: POST heartbeats to /{PATH_HEARTBEAT}, activity logs to /{PATH_LOG} and job reports to /{PATH_JOB_REPORT} (GET /.well-known/core lists them)"
                 ),
             ))
         }
@@ -397,7 +408,9 @@ fn check_accept(request: &Packet, resource: Resource, ours: u16, name: &str) -> 
 /// downlink or log acknowledgement, or the refusal.
 pub fn outcome_reply(result: &Result<Outcome, IngestError>) -> Reply {
     match result {
-        Ok(Outcome::Heartbeat { downlink, .. }) => Reply::cbor(ResponseType::Changed, schemas::device::encode(downlink)),
+        Ok(Outcome::Heartbeat { downlink, .. } | Outcome::JobReport { downlink }) => {
+            Reply::cbor(ResponseType::Changed, schemas::device::encode(downlink))
+        }
         Ok(Outcome::ActivityLog { ack }) => Reply::cbor(ResponseType::Changed, schemas::device::encode(ack)),
         // The pipeline answers an uplink with an uplink outcome; this is a
         // bug on our side, said as such.
@@ -454,7 +467,7 @@ pub fn is_duplicate(outcome: &Outcome, events: usize) -> bool {
     match outcome {
         Outcome::Heartbeat { stored, .. } => !stored,
         Outcome::ActivityLog { ack } => ack.stored == 0 && events > 0,
-        Outcome::BridgeStatus { .. } => false,
+        Outcome::BridgeStatus { .. } | Outcome::JobReport { .. } => false,
     }
 }
 

@@ -110,14 +110,14 @@ fn log_batch_is_submitted_with_its_event_count() {
 }
 
 #[test]
-fn well_known_core_lists_both_resources() {
+fn well_known_core_lists_every_resource() {
     let r = reply(&request(RequestType::Get, ".well-known/core", vec![]));
     assert_eq!(r.code, ResponseType::Content);
     assert_eq!(r.content_format, Some(CF_LINK_FORMAT));
     assert_eq!(r.refused, None);
     assert_eq!(
         r.text(),
-        r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p",</log>;rt="lockfleet.activity-log";ct=60;if="core.p""#
+        r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p",</log>;rt="lockfleet.activity-log";ct=60;if="core.p",</jr>;rt="lockfleet.job-report";ct=60;if="core.p""#
     );
 }
 
@@ -127,7 +127,7 @@ fn unknown_path_is_4_04() {
         &reply(&request(RequestType::Post, "heartbeat", vec![])),
         ResponseType::NotFound,
         "unknown_path",
-        r#"no resource at "/heartbeat": POST heartbeats to /hb and activity logs to /log (GET /.well-known/core lists them)"#,
+        r#"no resource at "/heartbeat": POST heartbeats to /hb, activity logs to /log and job reports to /jr (GET /.well-known/core lists them)"#,
     );
     let root = reply(&request(RequestType::Get, "", vec![]));
     assert!(
@@ -348,6 +348,9 @@ fn downlink() -> Downlink {
         heartbeat_interval: HeartbeatInterval::DEFAULT,
         activity_log_interval: ActivityLogInterval::DEFAULT,
         seq: 7,
+        jobs: vec![],
+        more: false,
+        next_heartbeat_at: None,
     }
 }
 

@@ -32,5 +32,7 @@ pub mod oscore;
 pub mod server;
 
 pub use exchange::{ExchangeTable, Verdict, EXCHANGE_LIFETIME, MAX_EXCHANGES, NON_LIFETIME};
-pub use handler::{Action, Reply, Submission, PATH_HEARTBEAT, PATH_LOG, WELL_KNOWN_CORE};
+pub use handler::{
+    Action, Reply, Submission, PATH_HEARTBEAT, PATH_JOB_REPORT, PATH_LOG, WELL_KNOWN_CORE,
+};
 pub use server::{serve, serve_with, CoapConfig, DRAIN_TIMEOUT, MAX_IN_FLIGHT, RECV_BUFFER_BYTES};

@@ -33,7 +33,7 @@
 //!
 //! This module never touches the socket, the exchange table or the store.
 
-use super::handler::{Reply, PATH_HEARTBEAT, PATH_LOG};
+use super::handler::{Reply, PATH_HEARTBEAT, PATH_JOB_REPORT, PATH_LOG};
 use super::message::uint_option;
 use crate::ingest::Protection;
 use crate::keys::{DeviceKey, KeyRing};
@@ -215,9 +215,11 @@ pub fn unprotect(ring: &KeyRing, request: Packet, insecure_dev: bool) -> Result<
 fn plain(request: Packet, insecure_dev: bool) -> Result<Unwrapped, Reply> {
     let device_resource = request.get_option(CoapOption::UriPath).is_some_and(|path| {
         path.len() == 1
-            && path
-                .front()
-                .is_some_and(|p| p == PATH_HEARTBEAT.as_bytes() || p == PATH_LOG.as_bytes())
+            && path.front().is_some_and(|p| {
+                [PATH_HEARTBEAT, PATH_LOG, PATH_JOB_REPORT]
+                    .iter()
+                    .any(|d| p == d.as_bytes())
+            })
     });
     match (device_resource, insecure_dev) {
         (false, _) => Ok(Unwrapped::Plain(request)),

@@ -62,6 +62,9 @@ pub enum Outcome {
     ActivityLog { ack: LogAck },
     /// A bridge status: `changed` is false when the bridge was already in that state.
     BridgeStatus { changed: bool },
+    /// A job report: its results were applied; the downlink carries the
+    /// lock's next pending jobs.
+    JobReport { downlink: Downlink },
 }
 
 /// What the transport verified about a protected report: the device whose

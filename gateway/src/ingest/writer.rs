@@ -11,16 +11,34 @@
 //! nothing.
 
 use super::{IngestError, Outcome, ReportBody, Subject, WriteRequest};
+use crate::keys::ServerKey;
 use crate::metrics;
 use crate::store::{
     Batch, BridgeStatusRow, EventRow, HeartbeatRow, ProtectionRow, StatusReport, Store,
 };
+use dispatcher::schedule::Schedule;
 use dispatcher::telemetry::{self, DashboardEvent, LatestState, Origin};
+use dispatcher::Registry;
+use schemas::command::{job_event_topic, JobChange};
 use schemas::event::{self as ev, BridgeConnectivityEvent};
 use schemas::{topic, Downlink, LogAck, Uplink};
+use schemas::{DeviceJob, JobResult};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// What the writer needs to hand out jobs: the registry (a completed
+/// interval change updates it at once), the server key (to open sealed
+/// PINs for the downlink) and the downlink budget.
+#[derive(Clone)]
+pub struct JobDelivery {
+    pub registry: Arc<RwLock<Registry>>,
+    pub server_key: ServerKey,
+    /// When each lock is next due; every heartbeat answer tells the lock
+    /// when to wake next (its phase in its interval).
+    pub schedule: Arc<Mutex<Schedule>>,
+}
 
 /// Group-commit tuning.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +49,8 @@ pub struct WriterConfig {
     /// How long to wait for more reports after the first, so a trickle still
     /// batches. Zero commits whatever is queued at once.
     pub linger: Duration,
+    /// Bytes of jobs one downlink may carry.
+    pub downlink_budget: usize,
 }
 
 impl Default for WriterConfig {
@@ -38,6 +58,7 @@ impl Default for WriterConfig {
         WriterConfig {
             max_batch: 512,
             linger: Duration::from_millis(1),
+            downlink_budget: dispatcher::jobs::DEFAULT_DOWNLINK_BUDGET,
         }
     }
 }
@@ -58,6 +79,7 @@ pub struct Writer {
     store: Store,
     events: mpsc::Sender<Outbound>,
     config: WriterConfig,
+    jobs: Option<JobDelivery>,
 }
 
 impl Writer {
@@ -66,7 +88,15 @@ impl Writer {
             store,
             events,
             config,
+            jobs: None,
         }
+    }
+
+    /// Hand out pending jobs in heartbeat and job-report answers, and apply
+    /// job results. Without it, answers carry no jobs.
+    pub fn with_jobs(mut self, jobs: JobDelivery) -> Self {
+        self.jobs = Some(jobs);
+        self
     }
 
     /// Run until every sender of `queue` is gone and the queue is drained.
@@ -132,6 +162,10 @@ impl Writer {
         let mut latest: HashMap<String, LatestState> = committed.locks_before;
         let mut answers = Vec::with_capacity(requests.len());
         let mut outbound = Vec::new();
+        // (index in `answers`, lock) of each answer that carries jobs, and
+        // the results of each accepted job report, in queue order.
+        let mut wants_jobs: Vec<(usize, String)> = Vec::new();
+        let mut job_reports: Vec<(String, Vec<JobResult>)> = Vec::new();
         for req in requests.drain(..) {
             let r = &req.report;
             let origin = Origin {
@@ -153,6 +187,7 @@ impl Writer {
                     ReportBody::Uplink(Uplink::ActivityLog(b)) => {
                         ev_flags.by_ref().take(b.events.len()).for_each(drop);
                     }
+                    ReportBody::Uplink(Uplink::JobReport(_)) => {}
                     ReportBody::BridgeStatus { .. } => {
                         bridge_changes.next();
                     }
@@ -174,14 +209,26 @@ impl Writer {
                     } else {
                         metrics::duplicate(r.transport.as_str(), "heartbeat");
                     }
-                    Outcome::Heartbeat {
-                        stored,
-                        downlink: Downlink {
-                            server_time,
-                            heartbeat_interval: lock.heartbeat_interval,
-                            activity_log_interval: lock.activity_log_interval,
-                            seq: hb.seq,
-                        },
+                    wants_jobs.push((answers.len(), lock.id.to_string()));
+                    let mut downlink = downlink_for(lock, server_time, hb.seq);
+                    if let Some(jobs) = &self.jobs {
+                        let mut schedule = jobs.schedule.lock().unwrap_or_else(|e| e.into_inner());
+                        let wake = schedule.on_heartbeat(
+                            lock.id.as_str(),
+                            r.received_at_ms,
+                            lock.heartbeat_interval,
+                            lock.activity_log_interval,
+                        );
+                        downlink.next_heartbeat_at = Some(wake.next_heartbeat_s);
+                    }
+                    Outcome::Heartbeat { stored, downlink }
+                }
+                (ReportBody::Uplink(Uplink::JobReport(report)), Subject::Lock(lock)) => {
+                    metrics::committed("job_report", 1);
+                    job_reports.push((lock.id.to_string(), report.results.clone()));
+                    wants_jobs.push((answers.len(), lock.id.to_string()));
+                    Outcome::JobReport {
+                        downlink: downlink_for(lock, server_time, report.seq),
                     }
                 }
                 (ReportBody::Uplink(Uplink::ActivityLog(batch)), Subject::Lock(lock)) => {
@@ -250,6 +297,19 @@ impl Writer {
             };
             answers.push((req.reply, outcome));
         }
+        if let Some(jobs) = &self.jobs {
+            if !wants_jobs.is_empty() {
+                let started = Instant::now();
+                if let Err(e) = self
+                    .job_step(jobs, &mut answers, &wants_jobs, &job_reports, &mut outbound)
+                    .await
+                {
+                    metrics::job_step_failed();
+                    tracing::warn!(error = %e, "job step failed; the answers carry no jobs this time and the jobs stay pending");
+                }
+                metrics::job_step(started.elapsed());
+            }
+        }
         for o in outbound {
             if self.events.send(o).await.is_err() {
                 metrics::publish_failed("closed");
@@ -259,6 +319,191 @@ impl Writer {
             // The requester may have given up (timeout, shutdown); the report is stored regardless.
             let _ = reply.send(Ok(outcome));
         }
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Outcome, IngestError>>;
+
+impl Writer {
+    /// Apply the batch's job results, then fill each answer that carries
+    /// jobs with its lock's pending jobs (creation order, within the
+    /// downlink budget), recording the deliveries before anyone is answered.
+    async fn job_step(
+        &self,
+        jobs: &JobDelivery,
+        answers: &mut [(Reply, Outcome)],
+        wants_jobs: &[(usize, String)],
+        job_reports: &[(String, Vec<JobResult>)],
+        outbound: &mut Vec<Outbound>,
+    ) -> Result<(), crate::store::StoreError> {
+        let now_ms = crate::ingest::now_ms();
+        for (lock, results) in job_reports {
+            if results.is_empty() {
+                continue;
+            }
+            let done = self.store.apply_job_results(lock, results, now_ms).await?;
+            for (job, change) in &done.events {
+                if change == &JobChange::Failed {
+                    let outcome = results
+                        .iter()
+                        .find(|r| r.id == job.view.job_id)
+                        .map_or("rejected", |r| r.outcome.as_str());
+                    metrics::job_failed(outcome);
+                }
+                outbound.push(job_outbound(job, *change));
+            }
+            if !done.intervals_changed.is_empty() {
+                let mut registry = jobs.registry.write().unwrap_or_else(|e| e.into_inner());
+                for (job, change) in &done.events {
+                    let (Some(h), Some(m), JobChange::Completed) = (
+                        job.view.heartbeat_interval_h,
+                        job.view.activity_log_interval_min,
+                        change,
+                    ) else {
+                        continue;
+                    };
+                    registry.set_intervals(&job.view.lock_id, h, m);
+                    // This batch's answers to the lock say the new ones too.
+                    let (Ok(hb), Ok(log)) = (
+                        schemas::HeartbeatInterval::from_hours(h),
+                        schemas::ActivityLogInterval::from_minutes(m),
+                    ) else {
+                        continue;
+                    };
+                    for (index, l) in wants_jobs {
+                        if *l != job.view.lock_id {
+                            continue;
+                        }
+                        if let Outcome::Heartbeat { downlink, .. }
+                        | Outcome::JobReport { downlink } = &mut answers[*index].1
+                        {
+                            downlink.heartbeat_interval = hb;
+                            downlink.activity_log_interval = log;
+                        }
+                    }
+                }
+            }
+        }
+        let mut locks: Vec<&str> = wants_jobs.iter().map(|(_, l)| l.as_str()).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let pending = self.store.pending_jobs(&locks).await?;
+        if pending.is_empty() {
+            for _ in wants_jobs {
+                metrics::jobs_per_downlink(0);
+            }
+            return Ok(());
+        }
+        let mut by_lock: HashMap<&str, Vec<&crate::store::jobs::Deliverable>> = HashMap::new();
+        for d in &pending {
+            by_lock
+                .entry(d.job.view.lock_id.as_str())
+                .or_default()
+                .push(d);
+        }
+        // One downlink per lock per batch; a lock answered twice in one
+        // batch (a heartbeat and a job report) gets the jobs once.
+        let mut handed: HashMap<&str, (Vec<DeviceJob>, bool)> = HashMap::new();
+        let mut delivered = Vec::new();
+        for (lock, list) in &by_lock {
+            let device_jobs: Vec<DeviceJob> = list
+                .iter()
+                .filter_map(|d| device_job(&jobs.server_key, d))
+                .collect();
+            let (n, more) = dispatcher::jobs::pack(&device_jobs, self.config.downlink_budget);
+            let taken: Vec<DeviceJob> = device_jobs.into_iter().take(n).collect();
+            delivered.extend(taken.iter().map(|j| (j.id, j.attempt)));
+            handed.insert(lock, (taken, more));
+        }
+        let changed = self
+            .store
+            .mark_delivered(&delivered, "heartbeat", now_ms)
+            .await?;
+        for job in &changed {
+            outbound.push(job_outbound(job, JobChange::Delivered));
+        }
+        let mut given: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for (index, lock) in wants_jobs {
+            let Some((list, more)) = handed.get(lock.as_str()) else {
+                metrics::jobs_per_downlink(0);
+                continue;
+            };
+            if !given.insert(lock.as_str()) {
+                continue;
+            }
+            let downlink = match &mut answers[*index].1 {
+                Outcome::Heartbeat { downlink, .. } | Outcome::JobReport { downlink } => downlink,
+                _ => continue,
+            };
+            metrics::jobs_per_downlink(list.len());
+            for j in list {
+                if let (Some(h), Some(l)) = (j.heartbeat_interval, j.activity_log_interval) {
+                    downlink.heartbeat_interval = h;
+                    downlink.activity_log_interval = l;
+                }
+            }
+            downlink.jobs = list.clone();
+            downlink.more = *more;
+        }
+        Ok(())
+    }
+}
+
+/// The device's view of a pending job; `None` (logged and counted) when a
+/// sealed PIN does not open, which leaves the job pending for an operator.
+fn device_job(key: &ServerKey, d: &crate::store::jobs::Deliverable) -> Option<DeviceJob> {
+    let v = &d.job.view;
+    let pin = match (&d.pin_sealed, &v.access_id) {
+        (Some(sealed), Some(access)) => match key.open_pin(&v.lock_id, access, sealed) {
+            Ok(p) => Some(p.to_string()),
+            Err(e) => {
+                metrics::job_step_failed();
+                tracing::error!(job = v.job_id, error = %e, "a sealed PIN does not open under the server key; the job stays pending");
+                return None;
+            }
+        },
+        _ => None,
+    };
+    Some(DeviceJob {
+        id: v.job_id,
+        attempt: v.attempt,
+        action: dispatcher::jobs::action_of(v.kind),
+        access: v.access_id.clone(),
+        pin,
+        pin_type: v.pin_type,
+        start: v.pin_start_s,
+        end: v.pin_end_s,
+        heartbeat_interval: v
+            .heartbeat_interval_h
+            .and_then(|h| schemas::HeartbeatInterval::from_hours(h).ok()),
+        activity_log_interval: v
+            .activity_log_interval_min
+            .and_then(|m| schemas::ActivityLogInterval::from_minutes(m).ok()),
+        issued: d.job.issued_at_ms / 1000,
+    })
+}
+
+fn downlink_for(lock: &dispatcher::LockRecord, server_time: u64, seq: u32) -> Downlink {
+    Downlink {
+        server_time,
+        heartbeat_interval: lock.heartbeat_interval,
+        activity_log_interval: lock.activity_log_interval,
+        seq,
+        jobs: vec![],
+        more: false,
+        next_heartbeat_at: None,
+    }
+}
+
+/// A job change for the dashboard.
+pub fn job_outbound(job: &crate::store::jobs::StoredJob, change: JobChange) -> Outbound {
+    metrics::job_change(change.as_str());
+    let event = job.event(change);
+    Outbound {
+        topic: job_event_topic(&job.view.org, &job.view.lock_id),
+        // Infallible: a plain struct of strings, numbers and options.
+        payload: serde_json::to_vec(&event).expect("event serialises"),
+        kind: "job",
     }
 }
 
@@ -280,6 +525,7 @@ fn rows_of(requests: &[WriteRequest]) -> Batch {
                 bridge_id: r.bridge.clone(),
                 received_at_ms: r.received_at_ms,
             }),
+            ReportBody::Uplink(Uplink::JobReport(_)) => {}
             ReportBody::Uplink(Uplink::ActivityLog(b)) => {
                 rows.events.extend(b.events.iter().map(|e| EventRow {
                     lock_id: b.lock_id.clone(),

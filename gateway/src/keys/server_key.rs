@@ -199,6 +199,66 @@ impl ServerKey {
 }
 
 /// Binds a wrap to its device and key generation.
+impl ServerKey {
+    /// Seal a Custom PIN's digits for storage until delivery: nonce and
+    /// AES-256-GCM ciphertext, bound to the lock and access (the AAD), so a
+    /// sealed PIN copied to another row does not open.
+    pub fn seal_pin(&self, lock: &str, access: &str, digits: &str) -> Vec<u8> {
+        let mut nonce = [0u8; WRAP_NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let aad = pin_associated_data(lock, access);
+        // Infallible: AES-GCM encryption fails only past 2^36 bytes of input.
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: digits.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .expect("a short plaintext encrypts");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ciphertext);
+        out
+    }
+
+    /// Open what [`ServerKey::seal_pin`] sealed for this lock and access.
+    pub fn open_pin(
+        &self,
+        lock: &str,
+        access: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<String>, ServerKeyError> {
+        let failed = || ServerKeyError::Unwrap {
+            device: format!("PIN {access} of lock {lock}"),
+        };
+        if sealed.len() < WRAP_NONCE_LEN {
+            return Err(failed());
+        }
+        let (nonce, ciphertext) = sealed.split_at(WRAP_NONCE_LEN);
+        let nonce: [u8; WRAP_NONCE_LEN] = nonce.try_into().map_err(|_| failed())?;
+        let aad = pin_associated_data(lock, access);
+        let plain = Zeroizing::new(
+            self.cipher
+                .decrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: ciphertext,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| failed())?,
+        );
+        let text = std::str::from_utf8(&plain).map_err(|_| failed())?;
+        Ok(Zeroizing::new(text.to_string()))
+    }
+}
+
+fn pin_associated_data(lock: &str, access: &str) -> Vec<u8> {
+    format!("lockfleet pin v1\0{lock}\0{access}").into_bytes()
+}
+
 fn associated_data(device: &DeviceRef, generation: u32) -> Vec<u8> {
     format!(
         "lockfleet device key v1\0{}\0{}\0{generation}",
@@ -297,5 +357,20 @@ mod tests {
         let (b, created) = ServerKey::read_or_create(&path).unwrap();
         assert!(!created);
         assert_eq!(a.id(), b.id());
+    }
+
+    #[test]
+    fn a_sealed_pin_opens_only_for_its_lock_and_access() {
+        let key = ServerKey::from_hex(&ServerKey::generate_hex()).unwrap();
+        let sealed = key.seal_pin("L1", "pin-1", "482916");
+        assert!(!sealed.windows(6).any(|w| w == b"482916"));
+        assert_eq!(
+            key.open_pin("L1", "pin-1", &sealed).unwrap().as_str(),
+            "482916"
+        );
+        assert!(key.open_pin("L2", "pin-1", &sealed).is_err());
+        assert!(key.open_pin("L1", "pin-2", &sealed).is_err());
+        let other = ServerKey::from_hex(&ServerKey::generate_hex()).unwrap();
+        assert!(other.open_pin("L1", "pin-1", &sealed).is_err());
     }
 }

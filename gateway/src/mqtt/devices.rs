@@ -22,7 +22,7 @@ use dispatcher::keys::DeviceRef;
 use dispatcher::{BridgeId, LockId};
 use schemas::event::{ConnectivityCause, DeviceError, Transport};
 use schemas::topic::{self, DeviceTopic};
-use schemas::{device, ActivityLogBatch, Heartbeat, Uplink};
+use schemas::{device, ActivityLogBatch, Heartbeat, JobReport, Uplink};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -170,9 +170,9 @@ async fn refuse(topic: &str, reply_base: &str, refusal: &Refusal, client: &MqttC
 fn decode(t: &DeviceTopic<'_>, payload: &[u8], security: &Security) -> Result<Prepared, Refusal> {
     // The device whose key must protect an uplink: the topic's owner.
     let owner = match *t {
-        DeviceTopic::LockHeartbeat { lock } | DeviceTopic::LockLog { lock } => {
-            Some(DeviceRef::Lock(LockId::new(lock)))
-        }
+        DeviceTopic::LockHeartbeat { lock }
+        | DeviceTopic::LockLog { lock }
+        | DeviceTopic::LockJobReport { lock } => Some(DeviceRef::Lock(LockId::new(lock))),
         DeviceTopic::BridgeHeartbeat { bridge } | DeviceTopic::BridgeLog { bridge } => {
             Some(DeviceRef::Bridge(BridgeId::new(bridge)))
         }
@@ -205,6 +205,16 @@ fn decode(t: &DeviceTopic<'_>, payload: &[u8], security: &Security) -> Result<Pr
             Transport::Mqtt,
             None,
         ),
+        DeviceTopic::LockJobReport { lock } => {
+            let report = JobReport::decode(payload)?;
+            if report.lock_id != lock {
+                return Err(Refusal::TopicMismatch {
+                    payload: report.lock_id,
+                    topic: lock.to_string(),
+                });
+            }
+            (Uplink::JobReport(report), Transport::Mqtt, None)
+        }
         DeviceTopic::BridgeHeartbeat { bridge } => (
             Uplink::Heartbeat(Heartbeat::decode(payload)?),
             Transport::Bridge,
@@ -251,6 +261,8 @@ fn decode(t: &DeviceTopic<'_>, payload: &[u8], security: &Security) -> Result<Pr
         (Uplink::Heartbeat(_), None) => topic::down::lock_heartbeat_ack(lock),
         (Uplink::ActivityLog(_), Some(b)) => topic::down::bridge_log_ack(b, lock),
         (Uplink::ActivityLog(_), None) => topic::down::lock_log_ack(lock),
+        // Bridges relay jobs over their own command topics, not job reports.
+        (Uplink::JobReport(_), _) => topic::down::lock_job_report_ack(lock),
     };
     let report = Report {
         body: ReportBody::Uplink(uplink),
@@ -274,7 +286,9 @@ async fn answer(
     client: &MqttClient,
 ) -> Result<(), Refusal> {
     let payload = match pending.outcome().await? {
-        Outcome::Heartbeat { downlink, .. } => device::encode(&downlink),
+        Outcome::Heartbeat { downlink, .. } | Outcome::JobReport { downlink } => {
+            device::encode(&downlink)
+        }
         Outcome::ActivityLog { ack } => device::encode(&ack),
         Outcome::BridgeStatus { .. } => return Ok(()),
     };

@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod commands;
 pub mod devices;
 pub mod events;
 pub mod front;

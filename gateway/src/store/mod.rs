@@ -21,6 +21,7 @@
 mod codes;
 mod common;
 mod error;
+pub mod jobs;
 pub mod keys;
 mod plan;
 mod postgres;
@@ -321,6 +322,46 @@ impl Store {
             Store::Sqlite(p) => sqlite::commit(p, batch).await,
             Store::Postgres(p) => postgres::commit(p, batch).await,
         }
+    }
+
+    /// Run one dashboard command in one transaction (see [`jobs`]): the
+    /// idempotency key is claimed, the guide's rules checked against the
+    /// stored PINs and jobs, the job written and the answer stored under
+    /// the key. A repeated key returns the stored answer.
+    pub async fn run_command(
+        &self,
+        org: &str,
+        req: &schemas::command::CommandRequest,
+        prepared: &jobs::Prepared,
+        now_ms: u64,
+    ) -> Result<jobs::CommandDone, StoreError> {
+        jobs::run_command(self, org, req, prepared, now_ms).await
+    }
+
+    /// Every pending job of `locks`, per lock in creation order.
+    pub async fn pending_jobs(&self, locks: &[&str]) -> Result<Vec<jobs::Deliverable>, StoreError> {
+        jobs::pending_for(self, locks).await
+    }
+
+    /// Record that the jobs `(id, attempt)` went out by `path`; returns
+    /// the jobs as they are now (those still pending).
+    pub async fn mark_delivered(
+        &self,
+        jobs: &[(u64, u8)],
+        path: &str,
+        now_ms: u64,
+    ) -> Result<Vec<jobs::StoredJob>, StoreError> {
+        jobs::mark_delivered(self, jobs, path, now_ms).await
+    }
+
+    /// Apply a lock's job results in one transaction.
+    pub async fn apply_job_results(
+        &self,
+        lock_id: &str,
+        results: &[schemas::JobResult],
+        now_ms: u64,
+    ) -> Result<jobs::CommandDone, StoreError> {
+        jobs::apply_results(self, lock_id, results, now_ms).await
     }
 
     /// Every readable stored OSCORE replay window, for the key ring's fast

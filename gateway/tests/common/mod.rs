@@ -337,6 +337,42 @@ impl Dashboard {
         }
     }
 
+    /// Send a dashboard command for `org` (its `reply_to` set to this
+    /// dashboard's reply topic, which it must be subscribed to: `rsp/v1/#`)
+    /// and wait for the answer with the request's correlation id.
+    pub async fn command(&self, org: &str, mut request: serde_json::Value) -> serde_json::Value {
+        let reply_to = format!("rsp/v1/{org}/test-dashboard");
+        request["reply_to"] = reply_to.clone().into();
+        let correlation = request["correlation_id"].as_str().unwrap().to_string();
+        let before = self.messages.lock().unwrap().len();
+        self.client
+            .publish(
+                format!("cmd/v1/{org}"),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&request).unwrap(),
+            )
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.messages.lock().unwrap()[before..]
+                .iter()
+                .rev()
+                .filter(|(t, _)| *t == reply_to)
+                .map(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).unwrap())
+                .find(|v| v["correlation_id"] == correlation.as_str());
+            if let Some(v) = found {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no answer to command {correlation}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn close(self) {
         let _ = self.client.disconnect().await;
     }

@@ -180,6 +180,9 @@ pub fn downlink() -> impl Strategy<Value = Downlink> {
                 heartbeat_interval,
                 activity_log_interval,
                 seq,
+                jobs: vec![],
+                more: false,
+                next_heartbeat_at: None,
             },
         )
 }

@@ -1,0 +1,452 @@
+//! Reaching one lock of a running simulation from outside: make it send a
+//! heartbeat now and wait until the conversation about its jobs is over,
+//! type a PIN at its keypad, hard reset it, look at its state. For tests
+//! (a gateway's integration tests drive one simulated lock step by step)
+//! and operators.
+//!
+//! No lock is shared: a [`LockHandle`] sends a command over a bounded
+//! channel to the one task that owns the lock (its CoAP socket task or the
+//! MQTT task), which applies it between network events and answers on a
+//! oneshot channel. This module holds the commands, their replies and the
+//! waiters of [`LockHandle::heartbeat_now`]; the tasks only route commands
+//! and tell the waiters what happened to the lock's reports.
+
+use crate::clock::SimClock;
+use crate::lock::{Counters, Lock, Report, WakeOutcome};
+use schemas::device::{JobReport, JobResult, UplinkKind};
+use schemas::{ActivityLogInterval, DoorState, HeartbeatInterval, LockState};
+use std::collections::HashMap;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands queued for one task before senders wait (backpressure). Commands
+/// come from tests and operators, a handful at a time.
+pub const CONTROL_CHANNEL_CAPACITY: usize = 64;
+
+/// Why a command to a lock did not do what was asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("the simulation has ended: its locks take no more commands")]
+    Ended,
+    #[error("the run is draining or stopping: locks start no new reports")]
+    NotRunning,
+    #[error("the lock's outbox is full of log batches: no room for a heartbeat now")]
+    OutboxFull,
+    #[error("the {kind} report {seq} got no answer that verifies (retransmissions exhausted); it goes again at the lock's next wake")]
+    GaveUp { kind: &'static str, seq: u32 },
+    #[error("the gateway refused the {kind} report {seq}: {code}")]
+    Refused {
+        kind: &'static str,
+        seq: u32,
+        code: String,
+    },
+}
+
+/// A lock's state as a test sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockStatus {
+    pub id: String,
+    pub pin_count: usize,
+    /// The access ids of the PINs in the table, in slot order (no digits).
+    pub pin_accesses: Vec<String>,
+    /// AlgoPIN access ids deleted (blocked) at the lock, oldest first.
+    pub blocked_algo_pins: Vec<String>,
+    /// Job outcomes remembered for repeats.
+    pub remembered_jobs: usize,
+    /// When the lock was last hard reset ([`Lock::wall_clock`] seconds).
+    pub last_hard_reset: Option<u64>,
+    /// The lock's clock for PINs and jobs now ([`Lock::wall_clock`]).
+    pub wall_clock: u64,
+    pub heartbeat_interval: HeartbeatInterval,
+    pub activity_log_interval: ActivityLogInterval,
+    pub lock_state: LockState,
+    pub door_state: DoorState,
+    pub counters: Counters,
+    /// Reports awaiting an acknowledgement.
+    pub outbox: usize,
+    /// A heartbeat or job report is still waiting ([`Lock::conversation_open`]).
+    pub conversation_open: bool,
+}
+
+impl LockStatus {
+    pub fn of(lock: &Lock, now: Instant, clock: &SimClock) -> LockStatus {
+        let memory = lock.memory();
+        let (heartbeat_interval, activity_log_interval) = lock.intervals();
+        LockStatus {
+            id: lock.id().to_string(),
+            pin_count: lock.pin_count(),
+            pin_accesses: memory.pins().iter().map(|p| p.access.clone()).collect(),
+            blocked_algo_pins: memory.blocked_algo_pins().map(str::to_string).collect(),
+            remembered_jobs: memory.remembered_count(),
+            last_hard_reset: lock.last_hard_reset(),
+            wall_clock: lock.wall_clock(now, clock),
+            heartbeat_interval,
+            activity_log_interval,
+            lock_state: lock.physical().lock,
+            door_state: lock.physical().door,
+            counters: lock.counters(),
+            outbox: lock.outbox().count(),
+            conversation_open: lock.conversation_open(),
+        }
+    }
+}
+
+/// What one [`LockHandle::heartbeat_now`] led to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    /// The seq of the heartbeat sent.
+    pub heartbeat_seq: u32,
+    /// The job reports the gateway acknowledged while the conversation
+    /// lasted, in order (none when the heartbeat's answer had no jobs).
+    pub job_reports: Vec<JobReport>,
+    /// The lock once the conversation was over.
+    pub status: LockStatus,
+}
+
+impl Conversation {
+    /// Every job result reported, in order.
+    pub fn results(&self) -> impl Iterator<Item = &JobResult> {
+        self.job_reports.iter().flat_map(|r| r.results.iter())
+    }
+}
+
+/// One lock of a running simulation (from [`crate::run::RunHandle::lock`]).
+/// Cheap to clone; every call is answered by the task that owns the lock,
+/// between its network events.
+///
+/// A gateway integration test drives one CoAP lock with OSCORE like this:
+///
+/// ```no_run
+/// # async fn example(coap_port: u16) -> anyhow::Result<()> {
+/// use device_sim::fleet::{generate, FleetSpec};
+/// use device_sim::run::{self, SimConfig};
+/// use device_sim::Reporting;
+/// use schemas::device::JobOutcome;
+/// use std::time::Duration;
+///
+/// let fleet = generate(&FleetSpec { locks: 1, bridges: 0, orgs: 1, mqtt_share: 0.0, seed: 1 })?;
+/// // ... register `fleet` with the gateway (its pairing secrets too) ...
+/// let sim = run::start(
+///     SimConfig {
+///         gateway: "127.0.0.1".into(),
+///         coap_port,
+///         speedup: 1.0,
+///         // The lock reports only when told: no heartbeat at a random moment.
+///         reporting: Reporting::OnDemand,
+///         ..SimConfig::default()
+///     },
+///     fleet.clone(),
+/// )
+/// .await?;
+/// let lock = sim.lock(&fleet.locks[0].id).expect("the lock is in the run");
+///
+/// // ... create a PIN job for the lock through the gateway ...
+/// let talk = tokio::time::timeout(Duration::from_secs(10), lock.heartbeat_now()).await??;
+/// assert!(talk.results().all(|r| r.outcome == JobOutcome::Done));
+/// assert_eq!(talk.status.pin_count, 1);
+/// assert!(lock.enter_pin("482916").await?);
+/// assert!(!lock.enter_pin("000000").await?);
+/// // The unlock is in the activity log the next heartbeat uploads.
+/// lock.heartbeat_now().await?;
+///
+/// lock.hard_reset().await?; // PINs gone; jobs issued before now will fail
+/// assert_eq!(lock.status().await?.pin_count, 0);
+///
+/// sim.stop();
+/// let report = sim.finish().await?;
+/// assert!(report.all_acknowledged());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct LockHandle {
+    id: String,
+    /// The lock's index among its task's locks, when the task indexes them
+    /// (CoAP sockets); the MQTT task finds locks by id.
+    slot: Option<usize>,
+    task: mpsc::Sender<Command>,
+}
+
+impl LockHandle {
+    pub(crate) fn new(id: String, slot: Option<usize>, task: mpsc::Sender<Command>) -> Self {
+        LockHandle { id, slot, task }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The lock reports now ([`Lock::heartbeat_now`]: pending activity,
+    /// then a heartbeat). Resolves once the conversation that follows is
+    /// over: the heartbeat is acknowledged, the jobs of every answer are
+    /// applied and their job reports acknowledged, and the last answer
+    /// carried no jobs. Fails as soon as one of those reports is refused or
+    /// gives up; a gateway that never answers is the caller's timeout.
+    pub async fn heartbeat_now(&self) -> Result<Conversation, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Action::HeartbeatNow(reply)).await?;
+        rx.await.map_err(|_| ControlError::Ended)?
+    }
+
+    /// Types `digits` at the keypad ([`Lock::enter_pin`]): true if the lock
+    /// opened. PIN validity is judged at the lock's [`Lock::wall_clock`].
+    pub async fn enter_pin(&self, digits: &str) -> Result<bool, ControlError> {
+        self.pin(digits, None).await
+    }
+
+    /// Types `digits` with validity judged at `wall_s` (Unix seconds, the
+    /// clock of PIN start and end), to test a PIN's window without waiting.
+    pub async fn enter_pin_at(&self, digits: &str, wall_s: u64) -> Result<bool, ControlError> {
+        self.pin(digits, Some(wall_s)).await
+    }
+
+    async fn pin(&self, digits: &str, at_s: Option<u64>) -> Result<bool, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        let digits = digits.to_string();
+        self.send(Action::EnterPin {
+            digits,
+            at_s,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Ended)
+    }
+
+    /// Hard resets the lock now ([`Lock::hard_reset`]); returns the reset
+    /// time it recorded. Jobs issued strictly before that second fail with
+    /// `HardReset`: a job issued in the same second as the reset is applied.
+    pub async fn hard_reset(&self) -> Result<u64, ControlError> {
+        self.reset(None).await
+    }
+
+    /// Hard resets the lock as if at `at_s` ([`Lock::hard_reset_as_of`]),
+    /// so a test can place the reset exactly between two jobs' `issued`.
+    pub async fn hard_reset_as_of(&self, at_s: u64) -> Result<u64, ControlError> {
+        self.reset(Some(at_s)).await
+    }
+
+    async fn reset(&self, at_s: Option<u64>) -> Result<u64, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Action::HardReset { at_s, reply }).await?;
+        rx.await.map_err(|_| ControlError::Ended)
+    }
+
+    /// The lock's state now.
+    pub async fn status(&self) -> Result<LockStatus, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        let f = move |lock: &Lock, now: Instant, clock: &SimClock| {
+            let _ = reply.send(LockStatus::of(lock, now, clock));
+        };
+        self.send(Action::Inspect(Box::new(f))).await?;
+        rx.await.map_err(|_| ControlError::Ended)
+    }
+
+    /// Runs `f` on the lock, inside its task, and returns what it returns.
+    /// Keep it short: the task's other locks wait meanwhile.
+    pub async fn inspect<R, F>(&self, f: F) -> Result<R, ControlError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Lock) -> R + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let f = move |lock: &Lock, _: Instant, _: &SimClock| {
+            let _ = reply.send(f(lock));
+        };
+        self.send(Action::Inspect(Box::new(f))).await?;
+        rx.await.map_err(|_| ControlError::Ended)
+    }
+
+    async fn send(&self, action: Action) -> Result<(), ControlError> {
+        let command = Command {
+            lock: self.id.clone(),
+            slot: self.slot,
+            action,
+        };
+        self.task
+            .send(command)
+            .await
+            .map_err(|_| ControlError::Ended)
+    }
+}
+
+/// A command for the task that owns `lock`.
+pub(crate) struct Command {
+    pub lock: String,
+    pub slot: Option<usize>,
+    pub action: Action,
+}
+
+type Inspector = Box<dyn FnOnce(&Lock, Instant, &SimClock) + Send>;
+
+pub(crate) enum Action {
+    HeartbeatNow(oneshot::Sender<Result<Conversation, ControlError>>),
+    EnterPin {
+        digits: String,
+        at_s: Option<u64>,
+        reply: oneshot::Sender<bool>,
+    },
+    HardReset {
+        at_s: Option<u64>,
+        reply: oneshot::Sender<u64>,
+    },
+    Inspect(Inspector),
+}
+
+/// A new command channel for one task.
+pub(crate) fn channel() -> (mpsc::Sender<Command>, mpsc::Receiver<Command>) {
+    mpsc::channel(CONTROL_CHANNEL_CAPACITY)
+}
+
+/// Receives the next command, or waits forever without a channel.
+pub(crate) async fn recv(commands: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies `action` to `lock` (at `slot` of its task) at `now`. Returns
+/// what it queued, for the task's counters; the task then stores the
+/// lock's counters and memory, re-arms its timer and lets it send.
+pub(crate) fn execute(
+    action: Action,
+    lock: &mut Lock,
+    slot: usize,
+    now: Instant,
+    clock: &SimClock,
+    running: bool,
+    waiters: &mut Waiters,
+) -> WakeOutcome {
+    match action {
+        Action::HeartbeatNow(reply) => {
+            if !running {
+                let _ = reply.send(Err(ControlError::NotRunning));
+                return WakeOutcome::default();
+            }
+            let out = lock.heartbeat_now(now, clock);
+            match out.heartbeat {
+                Some(seq) => waiters.wait(slot, seq, reply),
+                None => {
+                    let _ = reply.send(Err(ControlError::OutboxFull));
+                }
+            }
+            out
+        }
+        Action::EnterPin {
+            digits,
+            at_s,
+            reply,
+        } => {
+            let opened = match at_s {
+                Some(at_s) => lock.enter_pin_at(&digits, at_s, now, clock),
+                None => lock.enter_pin(&digits, now, clock),
+            };
+            let _ = reply.send(opened);
+            WakeOutcome::default()
+        }
+        Action::HardReset { at_s, reply } => {
+            let at_s = match at_s {
+                Some(at_s) => {
+                    lock.hard_reset_as_of(at_s, now, clock);
+                    at_s
+                }
+                None => lock.hard_reset(now, clock),
+            };
+            let _ = reply.send(at_s);
+            WakeOutcome {
+                hard_reset: true,
+                ..WakeOutcome::default()
+            }
+        }
+        Action::Inspect(f) => {
+            f(lock, now, clock);
+            WakeOutcome::default()
+        }
+    }
+}
+
+struct Waiter {
+    heartbeat_seq: u32,
+    job_reports: Vec<JobReport>,
+    reply: oneshot::Sender<Result<Conversation, ControlError>>,
+}
+
+/// The [`LockHandle::heartbeat_now`] calls of one task still waiting, by
+/// the lock's slot in the task. Empty almost always: every hook returns at
+/// once then.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    by_slot: HashMap<usize, Vec<Waiter>>,
+}
+
+impl Waiters {
+    fn wait(
+        &mut self,
+        slot: usize,
+        heartbeat_seq: u32,
+        reply: oneshot::Sender<Result<Conversation, ControlError>>,
+    ) {
+        self.by_slot.entry(slot).or_default().push(Waiter {
+            heartbeat_seq,
+            job_reports: Vec::new(),
+            reply,
+        });
+    }
+
+    /// A report of the lock in `slot` was acknowledged.
+    pub fn on_acked(&mut self, slot: usize, report: &Report) {
+        if report.kind != UplinkKind::JobReport {
+            return;
+        }
+        let Some(waiters) = self.by_slot.get_mut(&slot) else {
+            return;
+        };
+        // The lock encoded it: it decodes.
+        if let Ok(r) = JobReport::decode(&report.payload) {
+            for w in waiters {
+                w.job_reports.push(r.clone());
+            }
+        }
+    }
+
+    /// A `kind` report `seq` of the lock in `slot` was refused with `code`.
+    pub fn on_refused(&mut self, slot: usize, kind: UplinkKind, seq: u32, code: &str) {
+        self.fail(slot, kind, || ControlError::Refused {
+            kind: kind.as_str(),
+            seq,
+            code: code.to_string(),
+        });
+    }
+
+    /// A `kind` report `seq` of the lock in `slot` gave up until the next wake.
+    pub fn on_gave_up(&mut self, slot: usize, kind: UplinkKind, seq: u32) {
+        self.fail(slot, kind, || ControlError::GaveUp {
+            kind: kind.as_str(),
+            seq,
+        });
+    }
+
+    fn fail(&mut self, slot: usize, kind: UplinkKind, error: impl Fn() -> ControlError) {
+        if kind == UplinkKind::ActivityLog || !self.by_slot.contains_key(&slot) {
+            return;
+        }
+        for w in self.by_slot.remove(&slot).unwrap_or_default() {
+            let _ = w.reply.send(Err(error()));
+        }
+    }
+
+    /// Answers the waiters of the lock in `slot` if its conversation is over.
+    pub fn settle(&mut self, slot: usize, lock: &Lock, now: Instant, clock: &SimClock) {
+        if !self.by_slot.contains_key(&slot) || lock.conversation_open() {
+            return;
+        }
+        let status = LockStatus::of(lock, now, clock);
+        for w in self.by_slot.remove(&slot).unwrap_or_default() {
+            let _ = w.reply.send(Ok(Conversation {
+                heartbeat_seq: w.heartbeat_seq,
+                job_reports: w.job_reports,
+                status: status.clone(),
+            }));
+        }
+    }
+}

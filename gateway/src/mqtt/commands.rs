@@ -1,0 +1,362 @@
+//! The dashboard's command API over MQTT: requests on `cmd/v1/{org}`
+//! (the gateway's backend session subscribes, shared among instances when
+//! a shared group is configured), answers on the request's `reply_to`
+//! (under `rsp/v1/`, default `rsp/v1/{org}`), job events on
+//! `events/v1/{org}/lock/{lock}/job`.
+//!
+//! Each command runs in one transaction with its idempotency record
+//! (`store::jobs`); the answer and the events are published only after it
+//! committed. PIN digits are sealed under the server key before the
+//! transaction and never leave it in any answer or event.
+
+use super::MqttClient;
+use crate::ingest::writer::job_outbound;
+use crate::keys::ServerKey;
+use crate::metrics;
+use crate::store::jobs::{Answer, Prepared};
+use crate::store::Store;
+use dispatcher::jobs::Refusal;
+use dispatcher::schedule::Schedule;
+use dispatcher::Registry;
+use rand::RngCore;
+use schemas::command::{
+    default_reply_topic, Command, CommandRequest, CommandResponse, CommandResult, COMMANDS_PREFIX,
+    REPLIES_PREFIX,
+};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Commands handled at once; more wait in the session's queue. SQLite runs
+/// them one after another anyway; PostgreSQL in parallel, per lock in order.
+pub const MAX_CONCURRENT_COMMANDS: usize = 64;
+/// Largest command payload we read.
+pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+
+/// What the command handler works with.
+#[derive(Clone)]
+pub struct Commands {
+    pub store: Store,
+    pub registry: Arc<RwLock<Registry>>,
+    pub server_key: ServerKey,
+    pub client: MqttClient,
+    /// For each job event's expected delivery time.
+    pub schedule: Arc<Mutex<Schedule>>,
+}
+
+/// Handle commands until `stop` (then finish those in hand).
+pub async fn run(
+    mut incoming: mpsc::Receiver<super::client::Incoming>,
+    commands: Commands,
+    stop: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_COMMANDS));
+    loop {
+        let msg = tokio::select! {
+            m = incoming.recv() => match m { Some(m) => m, None => break },
+            _ = stop.cancelled() => break,
+        };
+        // Infallible: the semaphore is never closed.
+        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            commands.handle(&msg.topic, &msg.payload).await;
+            drop(permit);
+        });
+    }
+    // Wait for the commands in hand to answer.
+    let _ = limit.acquire_many(MAX_CONCURRENT_COMMANDS as u32).await;
+}
+
+/// A request that could not be read: said on the org's default reply topic.
+fn malformed(org: &str, detail: String) -> (String, CommandResponse) {
+    (
+        default_reply_topic(org),
+        CommandResponse {
+            correlation_id: String::new(),
+            idempotency_key: String::new(),
+            replayed: false,
+            status: schemas::command::ResponseStatus::Refused,
+            result: None,
+            error: Some(schemas::command::CommandError {
+                rule: "malformed_request".into(),
+                message: format!("the command could not be read: {detail}; see schemas/spec/commands/command-request.schema.json"),
+            }),
+        },
+    )
+}
+
+impl Commands {
+    async fn handle(&self, topic: &str, payload: &[u8]) {
+        let started = Instant::now();
+        let Some(org) = topic
+            .strip_prefix(COMMANDS_PREFIX)
+            .and_then(|t| t.strip_prefix('/'))
+            .filter(|o| schemas::device::valid_id(o))
+        else {
+            metrics::command("unknown", "malformed", started.elapsed());
+            tracing::warn!(
+                topic,
+                "command on a topic that names no organisation; ignored"
+            );
+            return;
+        };
+        let request: CommandRequest = match parse(payload) {
+            Ok(r) => r,
+            Err(detail) => {
+                metrics::command("unknown", "malformed", started.elapsed());
+                let (reply, response) = malformed(org, detail);
+                self.publish_response(reply, &response).await;
+                return;
+            }
+        };
+        let kind = request.command.kind();
+        let reply_to = match &request.reply_to {
+            None => default_reply_topic(org),
+            Some(t) if valid_reply_topic(t) => t.clone(),
+            Some(t) => {
+                let (reply, mut response) = malformed(
+                    org,
+                    format!(
+                        "reply_to {t:?} must be a topic under {REPLIES_PREFIX} without wildcards"
+                    ),
+                );
+                response.correlation_id = request.correlation_id.clone();
+                response.idempotency_key = request.idempotency_key.clone();
+                metrics::command(kind, "malformed", started.elapsed());
+                self.publish_response(reply, &response).await;
+                return;
+            }
+        };
+        let prepared = self.prepare(&request);
+        let now_ms = crate::ingest::now_ms();
+        let done = match self
+            .store
+            .run_command(org, &request, &prepared, now_ms)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                metrics::command(kind, "failed", started.elapsed());
+                tracing::warn!(command = kind, error = %e, "a dashboard command failed in storage; answered with an error, nothing changed");
+                let answer = Answer::refused(&Refusal::BadRequest(format!(
+                    "storage failed, nothing changed: retry with the same idempotency key ({e})"
+                )));
+                let mut response = response_of(&request, answer, false);
+                if let Some(err) = &mut response.error {
+                    err.rule = "storage_unavailable".into();
+                }
+                self.publish_response(reply_to, &response).await;
+                return;
+            }
+        };
+        let mut done = done;
+        self.expect_delivery(&mut done);
+        for (job, change) in &done.events {
+            let o = job_outbound(job, *change);
+            match self.client.publish(o.topic, o.payload).await {
+                Ok(()) => metrics::published(o.kind),
+                Err(_) => metrics::publish_failed(o.kind),
+            }
+        }
+        let outcome = match (&done.answer.error, done.replayed) {
+            (_, true) => "replayed",
+            (None, false) => "ok",
+            (Some(e), false) => {
+                metrics::command_refused(rule_label(&e.rule));
+                "refused"
+            }
+        };
+        metrics::command(kind, outcome, started.elapsed());
+        let mut response = response_of(&request, done.answer, done.replayed);
+        fit_page(&mut response);
+        self.publish_response(reply_to, &response).await;
+    }
+
+    /// Pending jobs reach the lock at its next heartbeat: say when that is
+    /// due, in the events and in the answer.
+    fn expect_delivery(&self, done: &mut crate::store::jobs::CommandDone) {
+        let schedule = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
+        let expect = |view: &mut schemas::command::JobView| {
+            if view.state == schemas::command::JobState::Pending {
+                view.expected_delivery_ms = schedule.expected_delivery_ms(&view.lock_id);
+            }
+        };
+        for (job, _) in &mut done.events {
+            expect(&mut job.view);
+        }
+        if let Some(CommandResult::Job { job }) = &mut done.answer.result {
+            expect(job);
+        }
+    }
+
+    /// Look the lock up and seal a Custom PIN before the transaction.
+    fn prepare(&self, request: &CommandRequest) -> Prepared {
+        let lock_id = match &request.command {
+            Command::CreateCustomPin { lock_id, .. }
+            | Command::DeletePin { lock_id, .. }
+            | Command::SetIntervals { lock_id, .. } => Some(lock_id.as_str()),
+            _ => None,
+        };
+        let lock = lock_id.and_then(|id| {
+            let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
+            registry.lock(id).cloned()
+        });
+        let mut prepared = Prepared {
+            lock,
+            ..Prepared::default()
+        };
+        if let (Command::CreateCustomPin { lock_id, pin, .. }, true) = (
+            &request.command,
+            dispatcher::jobs::valid_pin(match &request.command {
+                Command::CreateCustomPin { pin, .. } => pin,
+                _ => "",
+            }),
+        ) {
+            let access = new_access_id();
+            prepared.pin_sealed = Some(self.server_key.seal_pin(lock_id, &access, pin));
+            prepared.access_id = Some(access);
+        }
+        prepared
+    }
+
+    async fn publish_response(&self, topic: String, response: &CommandResponse) {
+        // Infallible: a plain struct of strings, numbers and options.
+        let payload = serde_json::to_vec(response).expect("response serialises");
+        if self.client.publish(topic, payload).await.is_err() {
+            metrics::publish_failed("command_response");
+        } else {
+            metrics::published("command_response");
+        }
+    }
+}
+
+/// Largest answer we publish: the embedded brokers' payload limit, less
+/// room for the topic and headers.
+const MAX_ANSWER_BYTES: usize = super::broker::MAX_PAYLOAD_BYTES - 1024;
+
+/// Shorten a job listing until its answer fits one MQTT message; the
+/// page's `next_before` then continues after the last job kept.
+fn fit_page(response: &mut CommandResponse) {
+    loop {
+        let len = serde_json::to_vec(response).map_or(0, |v| v.len());
+        let Some(CommandResult::Jobs { jobs, next_before }) = &mut response.result else {
+            return;
+        };
+        if len <= MAX_ANSWER_BYTES || jobs.len() <= 1 {
+            return;
+        }
+        let keep = (jobs.len() * MAX_ANSWER_BYTES / len).clamp(1, jobs.len() - 1);
+        jobs.truncate(keep);
+        *next_before = jobs.last().map(|j| j.job_id);
+    }
+}
+
+fn parse(payload: &[u8]) -> Result<CommandRequest, String> {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return Err(format!(
+            "payload is {} bytes, more than {MAX_COMMAND_BYTES}",
+            payload.len()
+        ));
+    }
+    serde_json::from_slice(payload).map_err(|e| e.to_string())
+}
+
+fn valid_reply_topic(t: &str) -> bool {
+    t.starts_with(REPLIES_PREFIX)
+        && t.len() <= 256
+        && t.len() > REPLIES_PREFIX.len()
+        && !t.contains(['+', '#', '\0'])
+}
+
+fn response_of(request: &CommandRequest, answer: Answer, replayed: bool) -> CommandResponse {
+    CommandResponse {
+        correlation_id: request.correlation_id.clone(),
+        idempotency_key: request.idempotency_key.clone(),
+        replayed,
+        status: answer.status,
+        result: answer.result,
+        error: answer.error,
+    }
+}
+
+/// A new access id for a Custom PIN: `cp-` and 16 random hex digits.
+fn new_access_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cp-{hex}")
+}
+
+/// The metric label for a refusal's rule: from the fixed set of rules.
+fn rule_label(rule: &str) -> &'static str {
+    const RULES: &[&str] = &[
+        "unknown_lock",
+        "department_in_flat_org",
+        "department_required",
+        "department_does_not_hold_lock",
+        "lock_in_several_departments",
+        "no_delivery_route",
+        "pin_digits",
+        "text",
+        "start_in_past",
+        "start_too_far",
+        "end_required",
+        "end_not_allowed",
+        "pin_limit",
+        "unknown_access",
+        "access_busy",
+        "recreated_already",
+        "no_intervals",
+        "bad_interval",
+        "unknown_job",
+        "not_pending",
+        "in_flight",
+        "not_failed",
+        "recreated_once",
+        "alternative_path_used",
+        "idempotency_key_reused",
+        "bad_request",
+    ];
+    RULES
+        .iter()
+        .find(|r| **r == rule)
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_topics_stay_in_the_reply_namespace() {
+        assert!(valid_reply_topic("rsp/v1/acme/dash-1"));
+        assert!(!valid_reply_topic("rsp/v1/"));
+        assert!(!valid_reply_topic("events/v1/acme/lock/L1/job"));
+        assert!(!valid_reply_topic("rsp/v1/acme/#"));
+    }
+
+    #[test]
+    fn access_ids_are_fresh() {
+        let (a, b) = (new_access_id(), new_access_id());
+        assert_ne!(a, b);
+        assert!(a.starts_with("cp-") && a.len() == 19);
+    }
+
+    #[test]
+    fn every_rule_has_a_label() {
+        use dispatcher::jobs::Refusal as R;
+        for r in [
+            R::PinDigits,
+            R::EndRequired,
+            R::NoIntervals,
+            R::UnknownJob(1),
+            R::RecreatedOnce { job_id: 1 },
+            R::KeyReused("k".into()),
+        ] {
+            assert_eq!(rule_label(r.rule()), r.rule());
+        }
+    }
+}

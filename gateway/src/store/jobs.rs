@@ -1,0 +1,1151 @@
+//! Jobs in the database: commands from the dashboard (each in one
+//! transaction with its idempotency record), delivery at heartbeats, and
+//! the locks' results. The rules are `dispatcher::jobs`; this module reads
+//! what they need inside the transaction (the lock's row locked on
+//! PostgreSQL, the one write connection on SQLite), so instances agree.
+//!
+//! Statements read the same on both engines; [`Tx`] runs them on either.
+
+use super::common::BeginWrite;
+use super::{Store, StoreError};
+use dispatcher::jobs::{
+    self as rules, AccessFacts, JobRecord, PinRequest, Refusal, ResultEffect, RetriedBy,
+};
+use dispatcher::LockRecord;
+use schemas::command::{
+    Command, CommandError, CommandRequest, CommandResult, JobChange, JobEvent, JobKind, JobView,
+    PinKind, ResponseStatus,
+};
+use schemas::device::{JobResult, PinType};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::{Postgres, Sqlite, Transaction};
+
+/// Most jobs one listing returns (an answer must fit one MQTT message;
+/// the command handler shortens a page further if it would not).
+pub const MAX_LIST: u32 = 100;
+const DEFAULT_LIST: u32 = 50;
+
+const JOB_COLUMNS: &str = "SELECT job_id, org, department, lock_id, kind, state, attempt, retried_by, \
+     created_at_ms, created_by, description, pin_name, access_id, pin_kind, pin_type, pin_start_s, pin_end_s, \
+     heartbeat_interval_h, activity_log_interval_min, issued_at_ms, deliveries, in_flight, last_sync_ms, \
+     last_sync_by, failure_reason, version, updated_at_ms FROM jobs ";
+
+#[derive(sqlx::FromRow, Clone, Debug)]
+struct JobColumns {
+    job_id: i64,
+    org: String,
+    department: Option<String>,
+    lock_id: String,
+    kind: String,
+    state: String,
+    attempt: i64,
+    retried_by: Option<String>,
+    created_at_ms: i64,
+    created_by: String,
+    description: String,
+    pin_name: Option<String>,
+    access_id: Option<String>,
+    pin_kind: Option<String>,
+    pin_type: Option<String>,
+    pin_start_s: Option<i64>,
+    pin_end_s: Option<i64>,
+    heartbeat_interval_h: Option<i64>,
+    activity_log_interval_min: Option<i64>,
+    issued_at_ms: i64,
+    deliveries: i64,
+    in_flight: bool,
+    last_sync_ms: Option<i64>,
+    last_sync_by: Option<String>,
+    failure_reason: Option<String>,
+    version: i64,
+    updated_at_ms: i64,
+}
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredJob {
+    pub view: JobView,
+    pub retried_by: Option<RetriedBy>,
+    pub in_flight: bool,
+    pub issued_at_ms: u64,
+    pub version: u64,
+    pub pin_kind: Option<PinKind>,
+}
+
+impl StoredJob {
+    pub fn record(&self) -> JobRecord {
+        JobRecord {
+            id: self.view.job_id,
+            lock_id: self.view.lock_id.clone(),
+            kind: self.view.kind,
+            state: self.view.state,
+            attempt: self.view.attempt,
+            access_id: self.view.access_id.clone(),
+            in_flight: self.in_flight,
+            retried_by: self.retried_by,
+        }
+    }
+
+    /// The dashboard event for `change`, stable per job version.
+    pub fn event(&self, change: JobChange) -> JobEvent {
+        JobEvent {
+            event_id: format!("job:{}:{}", self.view.job_id, self.version),
+            change,
+            job: self.view.clone(),
+        }
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(key: i64, what: &str, s: &str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|e| StoreError::corrupt("jobs", &key.to_string(), format!("{what} {s:?}: {e}")))
+}
+
+impl TryFrom<JobColumns> for StoredJob {
+    type Error = StoreError;
+    fn try_from(c: JobColumns) -> Result<Self, StoreError> {
+        let k = c.job_id;
+        let u = |v: i64| v.max(0) as u64;
+        Ok(StoredJob {
+            view: JobView {
+                job_id: u(c.job_id),
+                org: c.org,
+                department: c.department,
+                lock_id: c.lock_id,
+                kind: parse(k, "kind", &c.kind)?,
+                state: parse(k, "state", &c.state)?,
+                created_at_ms: u(c.created_at_ms),
+                created_by: c.created_by,
+                description: c.description,
+                pin_name: c.pin_name,
+                access_id: c.access_id,
+                pin_type: c
+                    .pin_type
+                    .as_deref()
+                    .map(|t| parse(k, "pin_type", t))
+                    .transpose()?,
+                pin_start_s: c.pin_start_s.map(u),
+                pin_end_s: c.pin_end_s.map(u),
+                heartbeat_interval_h: c.heartbeat_interval_h.map(|v| v as u16),
+                activity_log_interval_min: c.activity_log_interval_min.map(|v| v as u16),
+                attempt: c.attempt.clamp(1, 255) as u8,
+                deliveries: c.deliveries.clamp(0, i64::from(u32::MAX)) as u32,
+                last_sync_ms: c.last_sync_ms.map(u),
+                last_sync_by: c.last_sync_by,
+                failure_reason: c.failure_reason,
+                expected_delivery_ms: None,
+                updated_at_ms: u(c.updated_at_ms),
+            },
+            retried_by: c.retried_by.as_deref().and_then(RetriedBy::parse),
+            in_flight: c.in_flight,
+            issued_at_ms: u(c.issued_at_ms),
+            version: u(c.version),
+            pin_kind: c
+                .pin_kind
+                .as_deref()
+                .map(|t| parse(k, "pin_kind", t))
+                .transpose()?,
+        })
+    }
+}
+
+/// A bind value for [`Tx`].
+#[derive(Clone, Debug)]
+enum Bind {
+    I64(i64),
+    Text(String),
+    OptText(Option<String>),
+    OptI64(Option<i64>),
+    OptBytes(Option<Vec<u8>>),
+}
+
+fn i(v: u64) -> Bind {
+    Bind::I64(v.min(i64::MAX as u64) as i64)
+}
+fn t(v: impl Into<String>) -> Bind {
+    Bind::Text(v.into())
+}
+
+macro_rules! bound {
+    ($q:expr, $binds:expr) => {{
+        let mut q = $q;
+        for b in $binds {
+            q = match b {
+                Bind::I64(v) => q.bind(*v),
+                Bind::Text(v) => q.bind(v.clone()),
+                Bind::OptText(v) => q.bind(v.clone()),
+                Bind::OptI64(v) => q.bind(*v),
+                Bind::OptBytes(v) => q.bind(v.clone()),
+            };
+        }
+        q
+    }};
+}
+
+/// Every statement here is built from constant text and numbered
+/// placeholders; values are always bound, never spliced.
+fn safe(sql: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql.to_owned())
+}
+
+/// A write transaction on either engine.
+enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    async fn begin(store: &Store) -> Result<Tx, sqlx::Error> {
+        Ok(match store {
+            Store::Sqlite(p) => Tx::Sqlite(p.begin_write().await?),
+            Store::Postgres(p) => Tx::Postgres(p.begin_write().await?),
+        })
+    }
+
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    async fn execute(&mut self, sql: &str, binds: &[Bind]) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            Tx::Sqlite(tx) => bound!(sqlx::query(safe(sql)), binds)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            Tx::Postgres(tx) => bound!(sqlx::query(safe(sql)), binds)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    async fn jobs(&mut self, sql: &str, binds: &[Bind]) -> Result<Vec<JobColumns>, sqlx::Error> {
+        let sql = format!("{JOB_COLUMNS}{sql}");
+        match self {
+            Tx::Sqlite(tx) => {
+                bound!(sqlx::query_as::<_, JobColumns>(safe(&sql)), binds)
+                    .fetch_all(&mut **tx)
+                    .await
+            }
+            Tx::Postgres(tx) => {
+                bound!(sqlx::query_as::<_, JobColumns>(safe(&sql)), binds)
+                    .fetch_all(&mut **tx)
+                    .await
+            }
+        }
+    }
+
+    async fn scalar_i64(&mut self, sql: &str, binds: &[Bind]) -> Result<Option<i64>, sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => {
+                bound!(sqlx::query_scalar::<_, i64>(safe(sql)), binds)
+                    .fetch_optional(&mut **tx)
+                    .await
+            }
+            Tx::Postgres(tx) => {
+                bound!(sqlx::query_scalar::<_, i64>(safe(sql)), binds)
+                    .fetch_optional(&mut **tx)
+                    .await
+            }
+        }
+    }
+
+    async fn scalar_text(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+    ) -> Result<Option<String>, sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => {
+                bound!(sqlx::query_scalar::<_, String>(safe(sql)), binds)
+                    .fetch_optional(&mut **tx)
+                    .await
+            }
+            Tx::Postgres(tx) => {
+                bound!(sqlx::query_scalar::<_, String>(safe(sql)), binds)
+                    .fetch_optional(&mut **tx)
+                    .await
+            }
+        }
+    }
+
+    async fn pins(&mut self, sql: &str, binds: &[Bind]) -> Result<Vec<PinColumns>, sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => {
+                bound!(sqlx::query_as::<_, PinColumns>(safe(sql)), binds)
+                    .fetch_all(&mut **tx)
+                    .await
+            }
+            Tx::Postgres(tx) => {
+                bound!(sqlx::query_as::<_, PinColumns>(safe(sql)), binds)
+                    .fetch_all(&mut **tx)
+                    .await
+            }
+        }
+    }
+
+    async fn sealed(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+    ) -> Result<Vec<SealedColumns>, sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => {
+                bound!(sqlx::query_as::<_, SealedColumns>(safe(sql)), binds)
+                    .fetch_all(&mut **tx)
+                    .await
+            }
+            Tx::Postgres(tx) => {
+                bound!(sqlx::query_as::<_, SealedColumns>(safe(sql)), binds)
+                    .fetch_all(&mut **tx)
+                    .await
+            }
+        }
+    }
+
+    /// Serialise the commands and results of one lock across instances
+    /// (PostgreSQL row lock; SQLite's write transaction already is).
+    async fn lock_row(&mut self, lock_id: &str) -> Result<(), sqlx::Error> {
+        if let Tx::Postgres(_) = self {
+            self.execute(
+                "SELECT lock_id FROM locks WHERE lock_id = $1 FOR UPDATE",
+                &[t(lock_id)],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(sqlx::FromRow, Clone, Debug)]
+struct PinColumns {
+    pin_type: String,
+    start_s: i64,
+    end_s: Option<i64>,
+}
+
+#[derive(sqlx::FromRow, Clone, Debug)]
+struct SealedColumns {
+    job_id: i64,
+    pin_sealed: Option<Vec<u8>>,
+}
+
+/// What the gateway prepared for a command before the transaction: the
+/// lock it names (from the registry) and, for a Custom PIN, its access id
+/// and the digits sealed under the server key.
+#[derive(Clone, Debug, Default)]
+pub struct Prepared {
+    pub lock: Option<std::sync::Arc<LockRecord>>,
+    pub access_id: Option<String>,
+    pub pin_sealed: Option<Vec<u8>>,
+}
+
+/// The body of an answer, as stored under the idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub status: ResponseStatus,
+    pub result: Option<CommandResult>,
+    pub error: Option<CommandError>,
+}
+
+impl Answer {
+    fn ok(result: CommandResult) -> Answer {
+        Answer {
+            status: ResponseStatus::Ok,
+            result: Some(result),
+            error: None,
+        }
+    }
+    pub fn refused(r: &Refusal) -> Answer {
+        Answer {
+            status: ResponseStatus::Refused,
+            result: None,
+            error: Some(CommandError {
+                rule: r.rule().to_string(),
+                message: r.to_string(),
+            }),
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Clone, Debug)]
+pub struct CommandDone {
+    pub answer: Answer,
+    /// The stored answer of an earlier request with the same key.
+    pub replayed: bool,
+    /// Committed job changes, for the dashboard.
+    pub events: Vec<(StoredJob, JobChange)>,
+    /// A lock whose intervals a completed job changed (none for commands).
+    pub intervals_changed: Vec<String>,
+}
+
+/// What identifies a command for its idempotency key: everything but the
+/// correlation id, reply topic and PIN digits (which are never stored).
+fn fingerprint(req: &CommandRequest) -> String {
+    let mut cmd = req.command.clone();
+    if let Command::CreateCustomPin { pin, .. } = &mut cmd {
+        pin.clear();
+    }
+    let body = serde_json::json!({
+        "requested_by": req.requested_by,
+        "department": req.department,
+        "command": cmd,
+    });
+    let digest = Sha256::digest(body.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Run one command in one transaction: idempotency check, the rules, the
+/// writes, the answer stored under the key.
+pub(super) async fn run_command(
+    store: &Store,
+    org: &str,
+    req: &CommandRequest,
+    prepared: &Prepared,
+    now_ms: u64,
+) -> Result<CommandDone, StoreError> {
+    let engine = store.engine();
+    let err = |e| StoreError::from_sqlx(engine, "running a dashboard command", e);
+    let mut tx = Tx::begin(store).await.map_err(err)?;
+    let fp = fingerprint(req);
+    if req.command.writes() {
+        // Claim the key first: on PostgreSQL a concurrent claim of the same
+        // key waits here for ours to commit, then finds the stored answer.
+        let claimed = tx
+            .execute(
+                "INSERT INTO commands (org, idempotency_key, fingerprint, answer, created_at_ms) \
+                 VALUES ($1, $2, $3, '', $4) ON CONFLICT (org, idempotency_key) DO NOTHING",
+                &[t(org), t(&req.idempotency_key), t(&fp), i(now_ms)],
+            )
+            .await
+            .map_err(err)?;
+        if claimed == 0 {
+            let stored = tx
+                .scalar_text(
+                    "SELECT fingerprint || ' ' || answer FROM commands WHERE org = $1 AND idempotency_key = $2",
+                    &[t(org), t(&req.idempotency_key)],
+                )
+                .await
+                .map_err(err)?
+                .unwrap_or_default();
+            let (stored_fp, answer) = stored.split_once(' ').unwrap_or(("", ""));
+            let answer = if stored_fp != fp {
+                Answer::refused(&Refusal::KeyReused(req.idempotency_key.clone()))
+            } else {
+                serde_json::from_str(answer).map_err(|e| {
+                    StoreError::corrupt("commands", &req.idempotency_key, e.to_string())
+                })?
+            };
+            return Ok(CommandDone {
+                answer,
+                replayed: true,
+                events: vec![],
+                intervals_changed: vec![],
+            });
+        }
+    }
+    let mut events = Vec::new();
+    let answer = match execute(&mut tx, org, req, prepared, now_ms, &mut events).await {
+        Ok(Ok(result)) => Answer::ok(result),
+        Ok(Err(refusal)) => {
+            events.clear();
+            Answer::refused(&refusal)
+        }
+        Err(e) => return Err(err(e)),
+    };
+    if req.command.writes() {
+        let json = serde_json::to_string(&answer).map_err(|e| StoreError::Failed {
+            engine,
+            operation: "storing a command's answer",
+            detail: e.to_string(),
+        })?;
+        tx.execute(
+            "UPDATE commands SET answer = $1 WHERE org = $2 AND idempotency_key = $3",
+            &[t(json), t(org), t(&req.idempotency_key)],
+        )
+        .await
+        .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(CommandDone {
+        answer,
+        replayed: false,
+        events,
+        intervals_changed: vec![],
+    })
+}
+
+type Ruled<T> = Result<Result<T, Refusal>, sqlx::Error>;
+
+async fn job_by_id(tx: &mut Tx, org: &str, job_id: u64) -> Result<Option<StoredJob>, sqlx::Error> {
+    let rows = tx
+        .jobs("WHERE job_id = $1 AND org = $2", &[i(job_id), t(org)])
+        .await?;
+    rows.into_iter()
+        .next()
+        .map(StoredJob::try_from)
+        .transpose()
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))
+}
+
+async fn insert_job(
+    tx: &mut Tx,
+    org: &str,
+    req: &CommandRequest,
+    new: NewJob<'_>,
+    now_ms: u64,
+) -> Result<StoredJob, sqlx::Error> {
+    let id = tx
+        .scalar_i64(
+            "INSERT INTO jobs (org, department, lock_id, kind, state, attempt, created_at_ms, created_by, \
+             description, pin_name, access_id, pin_kind, pin_type, pin_start_s, pin_end_s, pin_sealed, \
+             heartbeat_interval_h, activity_log_interval_min, issued_at_ms, version, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, 'pending', 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $5, 1, $5) \
+             RETURNING job_id",
+            &[
+                t(org),
+                Bind::OptText(req.department.clone()),
+                t(new.lock_id),
+                t(new.kind.as_str()),
+                i(now_ms),
+                t(&req.requested_by),
+                t(rules::description(new.kind, new.pin_kind)),
+                Bind::OptText(new.pin_name.map(str::to_string)),
+                Bind::OptText(new.access_id.map(str::to_string)),
+                Bind::OptText(new.pin_kind.map(|k| k.as_str().to_string())),
+                Bind::OptText(new.pin_type.map(|k| k.as_str().to_string())),
+                Bind::OptI64(new.start_s.map(|v| v as i64)),
+                Bind::OptI64(new.end_s.map(|v| v as i64)),
+                Bind::OptBytes(new.pin_sealed),
+                Bind::OptI64(new.heartbeat_h.map(i64::from)),
+                Bind::OptI64(new.activity_min.map(i64::from)),
+            ],
+        )
+        .await?
+        .unwrap_or_default();
+    job_by_id(tx, org, id as u64)
+        .await?
+        .ok_or_else(|| sqlx::Error::Protocol("inserted job not found".into()))
+}
+
+struct NewJob<'a> {
+    lock_id: &'a str,
+    kind: JobKind,
+    pin_kind: Option<PinKind>,
+    pin_name: Option<&'a str>,
+    access_id: Option<&'a str>,
+    pin_type: Option<PinType>,
+    start_s: Option<u64>,
+    end_s: Option<u64>,
+    pin_sealed: Option<Vec<u8>>,
+    heartbeat_h: Option<u16>,
+    activity_min: Option<u16>,
+}
+
+fn lock_of<'a>(
+    prepared: &'a Prepared,
+    lock_id: &str,
+    org: &str,
+) -> Result<&'a LockRecord, Refusal> {
+    match &prepared.lock {
+        Some(l) if l.id.as_str() == lock_id && l.org.as_str() == org => Ok(l),
+        _ => Err(Refusal::UnknownLock(lock_id.to_string())),
+    }
+}
+
+async fn execute(
+    tx: &mut Tx,
+    org: &str,
+    req: &CommandRequest,
+    prepared: &Prepared,
+    now_ms: u64,
+    events: &mut Vec<(StoredJob, JobChange)>,
+) -> Ruled<CommandResult> {
+    let now_s = now_ms / 1000;
+    let dept = req.department.as_deref();
+    if let Err(r) = rules::check_text("requested_by", &req.requested_by) {
+        return Ok(Err(r));
+    }
+    match &req.command {
+        Command::CreateCustomPin {
+            lock_id,
+            pin_name,
+            pin,
+            pin_type,
+            start_s,
+            end_s,
+            algo_pins_active,
+        } => {
+            let lock = match lock_of(prepared, lock_id, org) {
+                Ok(l) => l,
+                Err(r) => return Ok(Err(r)),
+            };
+            tx.lock_row(lock_id).await?;
+            let pins = tx
+                .pins(
+                    "SELECT pin_type, start_s, end_s FROM pins WHERE lock_id = $1",
+                    &[t(lock_id)],
+                )
+                .await?;
+            let active = pins
+                .iter()
+                .filter(|p| {
+                    let ty = serde_json::from_value(serde_json::Value::String(p.pin_type.clone()))
+                        .unwrap_or(PinType::Permanent);
+                    rules::pin_counts_at(
+                        ty,
+                        p.start_s.max(0) as u64,
+                        p.end_s.map(|e| e.max(0) as u64),
+                        now_s,
+                    )
+                })
+                .count() as u32;
+            let r = PinRequest {
+                pin_name,
+                pin,
+                pin_type: *pin_type,
+                start_s: *start_s,
+                end_s: *end_s,
+                algo_pins_active: *algo_pins_active,
+            };
+            if let Err(refusal) = rules::check_create_pin(lock, dept, &r, active, now_s) {
+                return Ok(Err(refusal));
+            }
+            let (Some(access), Some(sealed)) = (&prepared.access_id, &prepared.pin_sealed) else {
+                return Ok(Err(Refusal::BadRequest(
+                    "internal: the PIN was not sealed".into(),
+                )));
+            };
+            let job = insert_job(
+                tx,
+                org,
+                req,
+                NewJob {
+                    lock_id,
+                    kind: JobKind::CreateCustomPin,
+                    pin_kind: Some(PinKind::Custom),
+                    pin_name: Some(pin_name),
+                    access_id: Some(access),
+                    pin_type: Some(*pin_type),
+                    start_s: Some(*start_s),
+                    end_s: *end_s,
+                    pin_sealed: Some(sealed.clone()),
+                    heartbeat_h: None,
+                    activity_min: None,
+                },
+                now_ms,
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO pins (lock_id, access_id, pin_type, start_s, end_s, state, job_id) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+                &[
+                    t(lock_id),
+                    t(access),
+                    t(pin_type.as_str()),
+                    i(*start_s),
+                    Bind::OptI64(end_s.map(|v| v as i64)),
+                    i(job.view.job_id),
+                ],
+            )
+            .await?;
+            events.push((job.clone(), JobChange::Created));
+            Ok(Ok(CommandResult::Job {
+                job: Box::new(job.view),
+            }))
+        }
+        Command::DeletePin {
+            lock_id,
+            access_id,
+            pin_kind,
+            pin_name,
+        } => {
+            let lock = match lock_of(prepared, lock_id, org) {
+                Ok(l) => l,
+                Err(r) => return Ok(Err(r)),
+            };
+            tx.lock_row(lock_id).await?;
+            let exists = tx
+                .scalar_i64(
+                    "SELECT job_id FROM pins WHERE lock_id = $1 AND access_id = $2",
+                    &[t(lock_id), t(access_id)],
+                )
+                .await?
+                .is_some();
+            let latest = tx
+                .jobs(
+                    "WHERE lock_id = $1 AND access_id = $2 ORDER BY job_id DESC LIMIT 1",
+                    &[t(lock_id), t(access_id)],
+                )
+                .await?
+                .into_iter()
+                .next()
+                .map(StoredJob::try_from)
+                .transpose()
+                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            let facts = AccessFacts {
+                custom_pin_exists: exists,
+                latest_job: latest.as_ref().map(StoredJob::record),
+            };
+            let plan = match rules::check_delete_pin(lock, dept, access_id, *pin_kind, &facts) {
+                Ok(p) => p,
+                Err(r) => return Ok(Err(r)),
+            };
+            if let Some(failed) = plan.closes_recreate_of {
+                tx.execute(
+                    "UPDATE jobs SET retried_by = 'delete_pin', pin_sealed = NULL, version = version + 1, \
+                     updated_at_ms = $1 WHERE job_id = $2",
+                    &[i(now_ms), i(failed)],
+                )
+                .await?;
+            }
+            let name = pin_name
+                .clone()
+                .or_else(|| latest.as_ref().and_then(|j| j.view.pin_name.clone()));
+            let job = insert_job(
+                tx,
+                org,
+                req,
+                NewJob {
+                    lock_id,
+                    kind: JobKind::DeletePin,
+                    pin_kind: Some(*pin_kind),
+                    pin_name: name.as_deref(),
+                    access_id: Some(access_id),
+                    pin_type: None,
+                    start_s: None,
+                    end_s: None,
+                    pin_sealed: None,
+                    heartbeat_h: None,
+                    activity_min: None,
+                },
+                now_ms,
+            )
+            .await?;
+            events.push((job.clone(), JobChange::Created));
+            Ok(Ok(CommandResult::Job {
+                job: Box::new(job.view),
+            }))
+        }
+        Command::SetIntervals {
+            lock_id,
+            heartbeat_interval_h,
+            activity_log_interval_min,
+        } => {
+            let lock = match lock_of(prepared, lock_id, org) {
+                Ok(l) => l,
+                Err(r) => return Ok(Err(r)),
+            };
+            let (hb, log) = match rules::check_set_intervals(
+                lock,
+                dept,
+                *heartbeat_interval_h,
+                *activity_log_interval_min,
+            ) {
+                Ok(v) => v,
+                Err(r) => return Ok(Err(r)),
+            };
+            tx.lock_row(lock_id).await?;
+            let job = insert_job(
+                tx,
+                org,
+                req,
+                NewJob {
+                    lock_id,
+                    kind: JobKind::SetIntervals,
+                    pin_kind: None,
+                    pin_name: None,
+                    access_id: None,
+                    pin_type: None,
+                    start_s: None,
+                    end_s: None,
+                    pin_sealed: None,
+                    heartbeat_h: Some(hb.hours()),
+                    activity_min: Some(log.minutes()),
+                },
+                now_ms,
+            )
+            .await?;
+            events.push((job.clone(), JobChange::Created));
+            Ok(Ok(CommandResult::Job {
+                job: Box::new(job.view),
+            }))
+        }
+        Command::DeleteJob { job_id } | Command::RecreateJob { job_id } => {
+            let Some(job) = job_by_id(tx, org, *job_id).await? else {
+                return Ok(Err(Refusal::UnknownJob(*job_id)));
+            };
+            tx.lock_row(&job.view.lock_id).await?;
+            // Read again under the lock.
+            let Some(job) = job_by_id(tx, org, *job_id).await? else {
+                return Ok(Err(Refusal::UnknownJob(*job_id)));
+            };
+            if let Some(lock) = prepared.lock.as_deref() {
+                if let Err(r) = rules::check_department(lock, dept) {
+                    return Ok(Err(r));
+                }
+            }
+            if job.view.department.as_deref() != dept && dept.is_some() {
+                return Ok(Err(Refusal::DepartmentDoesNotHoldLock {
+                    department: dept.unwrap_or_default().to_string(),
+                    lock: job.view.lock_id.clone(),
+                }));
+            }
+            let record = job.record();
+            let deleting = matches!(req.command, Command::DeleteJob { .. });
+            let (rule, change) = if deleting {
+                (rules::check_delete_job(&record), JobChange::Deleted)
+            } else {
+                (rules::check_recreate(&record), JobChange::Recreated)
+            };
+            if let Err(r) = rule {
+                return Ok(Err(r));
+            }
+            if deleting {
+                tx.execute(
+                    "UPDATE jobs SET state = 'deleted', pin_sealed = NULL, version = version + 1, \
+                     updated_at_ms = $1 WHERE job_id = $2",
+                    &[i(now_ms), i(*job_id)],
+                )
+                .await?;
+                if job.view.kind == JobKind::CreateCustomPin {
+                    tx.execute(
+                        "DELETE FROM pins WHERE lock_id = $1 AND job_id = $2",
+                        &[t(&job.view.lock_id), i(*job_id)],
+                    )
+                    .await?;
+                }
+            } else {
+                // A recreated PIN needs its digits: they were erased when
+                // the job failed, so a failed Custom PIN keeps them sealed
+                // until its second chance is used or closed.
+                tx.execute(
+                    "UPDATE jobs SET state = 'pending', attempt = attempt + 1, retried_by = 'recreate', \
+                     failure_reason = NULL, in_flight = FALSE, issued_at_ms = $1, version = version + 1, \
+                     updated_at_ms = $1 WHERE job_id = $2",
+                    &[i(now_ms), i(*job_id)],
+                )
+                .await?;
+                if job.view.kind == JobKind::CreateCustomPin {
+                    if let (Some(access), Some(ty), Some(start)) =
+                        (&job.view.access_id, job.view.pin_type, job.view.pin_start_s)
+                    {
+                        tx.execute(
+                            "INSERT INTO pins (lock_id, access_id, pin_type, start_s, end_s, state, job_id) \
+                             VALUES ($1, $2, $3, $4, $5, 'pending', $6) ON CONFLICT (lock_id, access_id) DO NOTHING",
+                            &[
+                                t(&job.view.lock_id),
+                                t(access),
+                                t(ty.as_str()),
+                                i(start),
+                                Bind::OptI64(job.view.pin_end_s.map(|v| v as i64)),
+                                i(*job_id),
+                            ],
+                        )
+                        .await?;
+                    }
+                }
+            }
+            let Some(after) = job_by_id(tx, org, *job_id).await? else {
+                return Ok(Err(Refusal::UnknownJob(*job_id)));
+            };
+            events.push((after.clone(), change));
+            Ok(Ok(CommandResult::Job {
+                job: Box::new(after.view),
+            }))
+        }
+        Command::GetJob { job_id } => match job_by_id(tx, org, *job_id).await? {
+            Some(j) if dept.is_none() || j.view.department.as_deref() == dept => {
+                Ok(Ok(CommandResult::Job {
+                    job: Box::new(j.view),
+                }))
+            }
+            _ => Ok(Err(Refusal::UnknownJob(*job_id))),
+        },
+        Command::ListJobs {
+            lock_id,
+            state,
+            limit,
+            before_job_id,
+        } => {
+            let limit = limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST);
+            let mut sql = String::from("WHERE org = $1 AND job_id < $2");
+            let mut binds = vec![t(org), i(before_job_id.unwrap_or(i64::MAX as u64))];
+            if let Some(d) = dept {
+                binds.push(t(d));
+                sql.push_str(&format!(" AND department = ${}", binds.len()));
+            }
+            if let Some(l) = lock_id {
+                binds.push(t(l));
+                sql.push_str(&format!(" AND lock_id = ${}", binds.len()));
+            }
+            match state {
+                Some(s) => {
+                    binds.push(t(s.as_str()));
+                    sql.push_str(&format!(" AND state = ${}", binds.len()));
+                }
+                None => sql.push_str(" AND state <> 'deleted'"),
+            }
+            binds.push(i(u64::from(limit) + 1));
+            sql.push_str(&format!(" ORDER BY job_id DESC LIMIT ${}", binds.len()));
+            let rows = tx.jobs(&sql, &binds).await?;
+            let mut jobs = rows
+                .into_iter()
+                .map(|c| StoredJob::try_from(c).map(|j| j.view))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            let next_before = if jobs.len() > limit as usize {
+                jobs.truncate(limit as usize);
+                jobs.last().map(|j| j.job_id)
+            } else {
+                None
+            };
+            Ok(Ok(CommandResult::Jobs { jobs, next_before }))
+        }
+    }
+}
+
+/// A pending job on its way to a lock: the stored job and, for a Custom
+/// PIN, its sealed digits.
+#[derive(Clone, Debug)]
+pub struct Deliverable {
+    pub job: StoredJob,
+    pub pin_sealed: Option<Vec<u8>>,
+}
+
+/// Every pending job of `locks`, per lock in creation order.
+pub(super) async fn pending_for(
+    store: &Store,
+    locks: &[&str],
+) -> Result<Vec<Deliverable>, StoreError> {
+    if locks.is_empty() {
+        return Ok(vec![]);
+    }
+    let engine = store.engine();
+    let err = |e| StoreError::from_sqlx(engine, "reading pending jobs", e);
+    let mut tx = Tx::begin_read(store).await.map_err(err)?;
+    let mut out = Vec::new();
+    for chunk in locks.chunks(500) {
+        let list = (1..=chunk.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let binds: Vec<Bind> = chunk.iter().map(|l| t(*l)).collect();
+        let rows = tx
+            .jobs(
+                &format!(
+                    "WHERE state = 'pending' AND lock_id IN ({list}) ORDER BY lock_id, job_id"
+                ),
+                &binds,
+            )
+            .await
+            .map_err(err)?;
+        if rows.is_empty() {
+            continue;
+        }
+        let sealed = tx
+            .sealed(
+                &format!(
+                    "SELECT job_id, pin_sealed FROM jobs WHERE state = 'pending' AND pin_sealed IS NOT NULL \
+                     AND lock_id IN ({list})"
+                ),
+                &binds,
+            )
+            .await
+            .map_err(err)?;
+        for r in rows {
+            let id = r.job_id;
+            let pin_sealed = sealed
+                .iter()
+                .find(|s| s.job_id == id)
+                .and_then(|s| s.pin_sealed.clone());
+            out.push(Deliverable {
+                job: StoredJob::try_from(r)?,
+                pin_sealed,
+            });
+        }
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(out)
+}
+
+impl Tx {
+    /// A transaction for reads (SQLite: a deferred one, so it does not take
+    /// the write lock).
+    async fn begin_read(store: &Store) -> Result<Tx, sqlx::Error> {
+        Ok(match store {
+            Store::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Store::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+}
+
+/// Record that `jobs` went out to their locks by `path` at `now_ms`.
+pub(super) async fn mark_delivered(
+    store: &Store,
+    jobs: &[(u64, u8)],
+    path: &str,
+    now_ms: u64,
+) -> Result<Vec<StoredJob>, StoreError> {
+    if jobs.is_empty() {
+        return Ok(vec![]);
+    }
+    let engine = store.engine();
+    let err = |e| StoreError::from_sqlx(engine, "recording job deliveries", e);
+    let mut tx = Tx::begin(store).await.map_err(err)?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for (id, attempt) in jobs {
+        let n = tx
+            .execute(
+                "UPDATE jobs SET deliveries = deliveries + 1, in_flight = TRUE, last_sync_ms = $1, \
+                 last_sync_by = $2, version = version + 1, updated_at_ms = $1 \
+                 WHERE job_id = $3 AND attempt = $4 AND state = 'pending'",
+                &[i(now_ms), t(path), i(*id), i(u64::from(*attempt))],
+            )
+            .await
+            .map_err(err)?;
+        if n == 1 {
+            let rows = tx.jobs("WHERE job_id = $1", &[i(*id)]).await.map_err(err)?;
+            for r in rows {
+                out.push(StoredJob::try_from(r)?);
+            }
+        }
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(out)
+}
+
+/// Apply a lock's job results; returns the jobs that changed (completed or
+/// failed) and whether a completed job changed the lock's intervals (then
+/// the lock row holds the new ones and the registry version was bumped).
+pub(super) async fn apply_results(
+    store: &Store,
+    lock_id: &str,
+    results: &[JobResult],
+    now_ms: u64,
+) -> Result<CommandDone, StoreError> {
+    let engine = store.engine();
+    let err = |e| StoreError::from_sqlx(engine, "applying job results", e);
+    let mut tx = Tx::begin(store).await.map_err(err)?;
+    tx.lock_row(lock_id).await.map_err(err)?;
+    let mut events = Vec::new();
+    let mut intervals_changed = Vec::new();
+    for r in results {
+        let rows = tx
+            .jobs("WHERE job_id = $1 AND lock_id = $2", &[i(r.id), t(lock_id)])
+            .await
+            .map_err(err)?;
+        let Some(job) = rows.into_iter().next() else {
+            crate::metrics::job_result_ignored("unknown_job");
+            continue;
+        };
+        let job = StoredJob::try_from(job)?;
+        let effect = rules::apply_result(&job.record(), r.attempt, r.outcome, r.detail.as_deref());
+        let change = match effect {
+            ResultEffect::Ignored => {
+                crate::metrics::job_result_ignored(if job.view.state.is_final() {
+                    "already_final"
+                } else {
+                    "other_attempt"
+                });
+                continue;
+            }
+            ResultEffect::Completed => {
+                tx.execute(
+                    "UPDATE jobs SET state = 'completed', in_flight = FALSE, pin_sealed = NULL, \
+                     version = version + 1, updated_at_ms = $1 WHERE job_id = $2",
+                    &[i(now_ms), i(r.id)],
+                )
+                .await
+                .map_err(err)?;
+                match job.view.kind {
+                    JobKind::CreateCustomPin => {
+                        tx.execute(
+                            "UPDATE pins SET state = 'active' WHERE lock_id = $1 AND job_id = $2",
+                            &[t(lock_id), i(r.id)],
+                        )
+                        .await
+                        .map_err(err)?;
+                    }
+                    JobKind::DeletePin => {
+                        if let Some(a) = &job.view.access_id {
+                            tx.execute(
+                                "DELETE FROM pins WHERE lock_id = $1 AND access_id = $2",
+                                &[t(lock_id), t(a)],
+                            )
+                            .await
+                            .map_err(err)?;
+                        }
+                    }
+                    JobKind::SetIntervals => {
+                        if let (Some(h), Some(m)) = (
+                            job.view.heartbeat_interval_h,
+                            job.view.activity_log_interval_min,
+                        ) {
+                            tx.execute(
+                                "UPDATE locks SET heartbeat_interval_h = $1, activity_log_interval_min = $2 \
+                                 WHERE lock_id = $3",
+                                &[i(u64::from(h)), i(u64::from(m)), t(lock_id)],
+                            )
+                            .await
+                            .map_err(err)?;
+                            tx.execute(super::common::BUMP_REGISTRY_VERSION, &[])
+                                .await
+                                .map_err(err)?;
+                            intervals_changed.push(lock_id.to_string());
+                        }
+                    }
+                }
+                JobChange::Completed
+            }
+            ResultEffect::Failed { reason } => {
+                // A failed Custom PIN keeps its sealed digits while it can
+                // still be recreated (attempt 1); otherwise they go now.
+                let keep = job.view.kind == JobKind::CreateCustomPin
+                    && job.view.attempt < rules::MAX_ATTEMPT;
+                let sql = if keep {
+                    "UPDATE jobs SET state = 'failed', in_flight = FALSE, failure_reason = $1, \
+                     version = version + 1, updated_at_ms = $2 WHERE job_id = $3"
+                } else {
+                    "UPDATE jobs SET state = 'failed', in_flight = FALSE, failure_reason = $1, pin_sealed = NULL, \
+                     version = version + 1, updated_at_ms = $2 WHERE job_id = $3"
+                };
+                tx.execute(sql, &[t(reason), i(now_ms), i(r.id)])
+                    .await
+                    .map_err(err)?;
+                if job.view.kind == JobKind::CreateCustomPin {
+                    tx.execute(
+                        "DELETE FROM pins WHERE lock_id = $1 AND job_id = $2",
+                        &[t(lock_id), i(r.id)],
+                    )
+                    .await
+                    .map_err(err)?;
+                }
+                JobChange::Failed
+            }
+        };
+        let rows = tx
+            .jobs("WHERE job_id = $1", &[i(r.id)])
+            .await
+            .map_err(err)?;
+        for row in rows {
+            events.push((StoredJob::try_from(row)?, change));
+        }
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(CommandDone {
+        answer: Answer {
+            status: ResponseStatus::Ok,
+            result: None,
+            error: None,
+        },
+        replayed: false,
+        events,
+        intervals_changed,
+    })
+}
