@@ -7,12 +7,10 @@
 
 mod common;
 
-use coap_lite::{Packet, RequestType};
-use common::{CoapClient, Dashboard, Engine, Harness, OscoreDevice};
+use common::{Dashboard, Engine, Harness, JobLock};
 use dispatcher::import::ParsedFleet;
 use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::{LockId, OrgId};
-use schemas::device::encode;
 use schemas::*;
 use serde_json::{json, Value};
 
@@ -39,78 +37,11 @@ fn fleet() -> ParsedFleet {
     }
 }
 
-fn heartbeat(lock: &str, seq: u32) -> Heartbeat {
-    Heartbeat {
-        lock_id: lock.into(),
-        seq,
-        device_time: 1_790_000_000,
-        battery: Battery::Level(BatteryLevel::High),
-        signal_db: 9,
-        signal_quality: SignalQuality::Fair,
-        carrier: "Singtel".into(),
-        channel: None,
-        lock_state: LockState::Locked,
-        door_state: DoorState::Closed,
-        firmware: "1.4.2".into(),
-        heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
-        activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
-    }
-}
-
 fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// A lock driven by hand over protected CoAP.
-struct Lock {
-    id: String,
-    coap: CoapClient,
-    oscore: OscoreDevice,
-    seq: u32,
-}
-
-impl Lock {
-    async fn new(h: &Harness, id: &str) -> Lock {
-        Lock {
-            id: id.into(),
-            coap: CoapClient::new(h.server.coap_addr).await,
-            oscore: OscoreDevice::lock(id),
-            seq: 0,
-        }
-    }
-
-    async fn post(&mut self, path: &str, body: Vec<u8>) -> Downlink {
-        let p: Packet = self.coap.request(RequestType::Post, path, body, true);
-        let (_, inner) = self.coap.exchange_verified(&mut self.oscore, &p).await;
-        assert_eq!(
-            inner.header.code,
-            coap_lite::MessageClass::Response(coap_lite::ResponseType::Changed),
-            "{}",
-            String::from_utf8_lossy(&inner.payload)
-        );
-        Downlink::decode(&inner.payload).unwrap()
-    }
-
-    /// Send a heartbeat; the answer's downlink.
-    async fn heartbeat(&mut self) -> Downlink {
-        self.seq += 1;
-        let hb = heartbeat(&self.id, self.seq);
-        self.post("hb", encode(&hb)).await
-    }
-
-    /// Report results; the answer's downlink.
-    async fn report(&mut self, results: Vec<JobResult>) -> Downlink {
-        self.seq += 1;
-        let r = JobReport {
-            lock_id: self.id.clone(),
-            seq: self.seq,
-            results,
-        };
-        self.post("jr", encode(&r)).await
-    }
 }
 
 fn done(job: &DeviceJob) -> JobResult {
@@ -185,7 +116,7 @@ fn assert_pin_never_published(d: &Dashboard, pin: &str) {
 async fn custom_pin_reaches_the_lock_at_its_heartbeat(engine: Engine) {
     let h = Harness::start(engine, &fleet()).await;
     let d = dashboard(&h).await;
-    let mut lock = Lock::new(&h, "L1").await;
+    let mut lock = JobLock::new(h.server.coap_addr, "L1").await;
 
     let answer = d
         .command(
@@ -312,7 +243,7 @@ async fn custom_pin_reaches_the_lock_at_its_heartbeat(engine: Engine) {
 async fn hard_reset_fails_the_job_and_recreate_works_once(engine: Engine) {
     let h = Harness::start(engine, &fleet()).await;
     let d = dashboard(&h).await;
-    let mut lock = Lock::new(&h, "L1").await;
+    let mut lock = JobLock::new(h.server.coap_addr, "L1").await;
     let job = ok_job(
         &d.command(
             ORG,
@@ -571,7 +502,7 @@ async fn rules_are_enforced_with_the_rule_named(engine: Engine) {
 async fn many_jobs_go_in_budgeted_downlinks_and_intervals_change_at_the_heartbeat(engine: Engine) {
     let h = Harness::start(engine, &fleet()).await;
     let d = dashboard(&h).await;
-    let mut lock = Lock::new(&h, "L1").await;
+    let mut lock = JobLock::new(h.server.coap_addr, "L1").await;
     let now = now_s();
     let mut ids = Vec::new();
     for n in 0..12 {
@@ -626,7 +557,7 @@ async fn many_jobs_go_in_budgeted_downlinks_and_intervals_change_at_the_heartbea
 async fn an_unanswered_delivery_is_sent_again_and_applied_once(engine: Engine) {
     let h = Harness::start(engine, &fleet()).await;
     let d = dashboard(&h).await;
-    let mut lock = Lock::new(&h, "L1").await;
+    let mut lock = JobLock::new(h.server.coap_addr, "L1").await;
     let job = ok_job(
         &d.command(
             ORG,
