@@ -54,6 +54,9 @@ pub struct Settings {
     /// Milliseconds a group commit waits for more reports [default: 1]
     #[arg(long, env = "LOCKFLEET_COMMIT_LINGER_MS")]
     pub commit_linger_ms: Option<u64>,
+    /// Seconds a lock may be late for its due heartbeat before it is reported overdue [default: 600]
+    #[arg(long, env = "LOCKFLEET_OVERDUE_GRACE_SECS")]
+    pub overdue_grace_secs: Option<u64>,
     /// Bytes of jobs one heartbeat answer may carry (NB-IoT downlink budget); jobs beyond it wait, with the "more" flag set [default: 512]
     #[arg(long, env = "LOCKFLEET_DOWNLINK_BUDGET")]
     pub downlink_budget: Option<usize>,
@@ -107,6 +110,7 @@ impl Settings {
             commit_max_batch: self.commit_max_batch.or(other.commit_max_batch),
             commit_linger_ms: self.commit_linger_ms.or(other.commit_linger_ms),
             downlink_budget: self.downlink_budget.or(other.downlink_budget),
+            overdue_grace_secs: self.overdue_grace_secs.or(other.overdue_grace_secs),
             mqtt_max_connections: self.mqtt_max_connections.or(other.mqtt_max_connections),
             registry_refresh_secs: self.registry_refresh_secs.or(other.registry_refresh_secs),
             server_key_file: self.server_key_file.or(other.server_key_file),
@@ -245,6 +249,8 @@ pub struct Config {
     pub retention: Duration,
     pub writer: crate::ingest::writer::WriterConfig,
     pub registry_refresh: Duration,
+    /// How late a lock may be for its due heartbeat before it is overdue.
+    pub overdue_grace: Duration,
     /// Where the server key comes from (see [`Config::server_key`]).
     pub server_key: ServerKeySource,
     /// Device security off (see [`Settings::insecure_dev`]).
@@ -508,6 +514,10 @@ impl Config {
                 downlink_budget,
             },
             registry_refresh: Duration::from_secs(s.registry_refresh_secs.unwrap_or(2).max(1)),
+            overdue_grace: Duration::from_secs(
+                s.overdue_grace_secs
+                    .unwrap_or(dispatcher::presence::ONLINE_GRACE_MS / 1000),
+            ),
             server_key,
             insecure_dev: s.insecure_dev,
             backend_username,

@@ -77,6 +77,11 @@ pub const JOB_STEP_LATENCY: &str = "lockfleet_job_step_duration_seconds";
 /// Job steps that failed (the jobs stay pending and go at a later uplink).
 pub const JOB_STEP_FAILED: &str = "lockfleet_job_step_failed_total";
 
+/// Locks overdue now (missed their due heartbeat by the grace), from the database.
+pub const LOCKS_OVERDUE: &str = "lockfleet_locks_overdue";
+/// Overdue reports published, by `change` (overdue, returned).
+pub const OVERDUE_CHANGES: &str = "lockfleet_overdue_changes_total";
+
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
@@ -205,6 +210,14 @@ fn describe() {
     describe_counter!(
         JOB_STEP_FAILED,
         "Job steps that failed; the jobs stay pending"
+    );
+    describe_gauge!(
+        LOCKS_OVERDUE,
+        "Locks that missed their due heartbeat by the grace"
+    );
+    describe_counter!(
+        OVERDUE_CHANGES,
+        "Overdue reports published, by change (overdue, returned)"
     );
     describe_coap();
     describe_oscore();
@@ -434,4 +447,10 @@ pub fn job_step(took: Duration) {
 }
 pub fn job_step_failed() {
     counter!(JOB_STEP_FAILED).increment(1);
+}
+pub fn locks_overdue(n: u64) {
+    gauge!(LOCKS_OVERDUE).set(n as f64);
+}
+pub fn overdue_change(change: &'static str) {
+    counter!(OVERDUE_CHANGES, "change" => change).increment(1);
 }

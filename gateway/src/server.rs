@@ -159,6 +159,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
 
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(mqtt::events::EVENT_QUEUE_CAPACITY);
+    let overdue_events = events_tx.clone();
     let writer = Writer::new(store.clone(), events_tx, config.writer).with_jobs(JobDelivery {
         registry: registry.clone(),
         server_key: server_key.clone(),
@@ -242,6 +243,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
     };
 
+    let registry_for_overdue = registry.clone();
     spawn_housekeeping(
         store.clone(),
         Devices {
@@ -253,6 +255,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &config,
         background.clone(),
         ingest.depth_probe(),
+    );
+    spawn_overdue_watch(
+        store.clone(),
+        registry_for_overdue,
+        overdue_events,
+        config.overdue_grace,
+        // Stops with the input, so that its event sender is gone before the
+        // publisher drains.
+        intake.clone(),
     );
 
     Ok(Running {
@@ -377,6 +388,89 @@ fn spawn_housekeeping(
             match store.purge_before(cutoff, RETENTION_CHUNK).await {
                 Ok(p) => p.record_metrics(),
                 Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
+            }
+        }
+    });
+}
+
+/// How often an instance looks for locks that became overdue or came back.
+pub const OVERDUE_EVERY: Duration = Duration::from_secs(5);
+/// Most overdue locks claimed per look (a power cut ending brings the
+/// rest at the next look).
+const OVERDUE_CLAIM: u64 = 5_000;
+
+/// Report locks that missed their due heartbeat by `grace`, and their
+/// return, to the dashboard. Each report is claimed in the database, so
+/// with several instances each goes out once.
+fn spawn_overdue_watch(
+    store: Store,
+    registry: Arc<RwLock<dispatcher::Registry>>,
+    events: tokio::sync::mpsc::Sender<crate::ingest::writer::Outbound>,
+    grace: Duration,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(OVERDUE_EVERY);
+        loop {
+            tokio::select! { _ = stop.cancelled() => break, _ = tick.tick() => {} }
+            let now = crate::ingest::now_ms();
+            // online_until_ms is the due heartbeat plus the presence grace;
+            // shift it to this instance's overdue grace.
+            let deadline = (now + dispatcher::presence::ONLINE_GRACE_MS)
+                .saturating_sub(grace.as_millis() as u64);
+            let overdue = match store.claim_overdue(deadline, now, OVERDUE_CLAIM).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for overdue locks; will retry");
+                    continue;
+                }
+            };
+            let returned = store.claim_returned(deadline).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot look for returned locks; will retry");
+                Vec::new()
+            });
+            let out: Vec<_> = {
+                let registry = registry.read().unwrap_or_else(|e| e.into_inner());
+                overdue
+                    .iter()
+                    .map(|c| (c, true))
+                    .chain(returned.iter().map(|c| (c, false)))
+                    .filter_map(|(c, is_overdue)| {
+                        let lock = registry.lock(&c.lock_id)?;
+                        let due = c
+                            .online_until_ms
+                            .saturating_sub(dispatcher::presence::ONLINE_GRACE_MS);
+                        let event = schemas::event::LockOverdueEvent {
+                            event_id: if is_overdue {
+                                schemas::event::event_id("overdue", &c.lock_id, due)
+                            } else {
+                                schemas::event::event_id("returned", &c.lock_id, c.last_heard_ms)
+                            },
+                            org: lock.org.to_string(),
+                            departments: lock.departments.clone(),
+                            lock_id: c.lock_id.clone(),
+                            overdue: is_overdue,
+                            due_ms: is_overdue.then_some(due),
+                            last_heard_ms: c.last_heard_ms,
+                            at_ms: now,
+                        };
+                        metrics::overdue_change(if is_overdue { "overdue" } else { "returned" });
+                        Some(crate::ingest::writer::Outbound {
+                            topic: schemas::topic::events::overdue(&event.org, &event.lock_id),
+                            // Infallible: a plain struct of strings, numbers and options.
+                            payload: serde_json::to_vec(&event).expect("event serialises"),
+                            kind: "overdue",
+                        })
+                    })
+                    .collect()
+            };
+            for o in out {
+                if events.send(o).await.is_err() {
+                    break;
+                }
+            }
+            if let Ok(n) = store.count_overdue().await {
+                metrics::locks_overdue(n);
             }
         }
     });

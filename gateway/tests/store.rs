@@ -578,8 +578,9 @@ async fn online_locks_and_bridges_are_counted_in_the_database(url: String) {
         ..Batch::default()
     };
     store.commit(&batch).await.unwrap();
-    let until = |h: u64| {
+    let until = |lock: &str, h: u64| {
         dispatcher::presence::online_until_ms(
+            lock,
             heard,
             HeartbeatInterval::from_hours(h as u16).unwrap(),
         )
@@ -596,11 +597,11 @@ async fn online_locks_and_bridges_are_counted_in_the_database(url: String) {
         }
     );
     assert_eq!(
-        count(until(1)).await.locks,
+        count(until("L1", 1)).await.locks,
         1,
         "the 1 h lock is overdue at its deadline"
     );
-    assert_eq!(count(until(24)).await.locks, 0);
+    assert_eq!(count(until("L2", 24)).await.locks, 0);
     store.close().await;
 }
 

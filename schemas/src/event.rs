@@ -135,6 +135,27 @@ pub struct BridgeConnectivityEvent {
     pub at_ms: u64,
 }
 
+/// `events/v1/{org}/lock/{lock}/overdue`: a lock missed its due heartbeat
+/// by the grace (`overdue: true`), or was heard again after that
+/// (`overdue: false`). Each is published once, whichever instance saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockOverdueEvent {
+    /// `overdue:{lock}:{due_ms}` or `returned:{lock}:{last_heard_ms}`.
+    pub event_id: String,
+    pub org: String,
+    pub departments: Vec<String>,
+    pub lock_id: String,
+    pub overdue: bool,
+    /// The heartbeat it missed, Unix milliseconds (overdue events); null
+    /// for a return.
+    pub due_ms: Option<u64>,
+    /// When its newest heartbeat arrived (for a return: the one that
+    /// brought it back).
+    pub last_heard_ms: u64,
+    /// When the gateway noticed, Unix milliseconds.
+    pub at_ms: u64,
+}
+
 /// Published on a device's `.../err` topic when its publish was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceError {

@@ -37,6 +37,8 @@ pub const CONNECTIVITY_EVENT_SCHEMA: &str = include_str!("../spec/events/connect
 /// `lk/{lock}/err`, `br/{bridge}/err`: [`crate::event::DeviceError`].
 pub const DEVICE_ERROR_SCHEMA: &str = include_str!("../spec/events/device-error.schema.json");
 
+/// `events/v1/{org}/lock/{lock}/overdue`: [`crate::event::LockOverdueEvent`].
+pub const OVERDUE_EVENT_SCHEMA: &str = include_str!("../spec/events/overdue.schema.json");
 /// `events/v1/{org}/lock/{lock}/job`: [`crate::command::JobEvent`].
 pub const JOB_EVENT_SCHEMA: &str = include_str!("../spec/events/job.schema.json");
 /// A command's reply topic (`rsp/v1/...`): [`crate::command::CommandResponse`].
@@ -48,7 +50,7 @@ pub const COMMAND_REQUEST_SCHEMA: &str =
 
 /// Every JSON Schema of what the gateway publishes, with its path relative
 /// to `spec/` (as `asyncapi.yaml` refers to it).
-pub const EVENT_SCHEMAS: [(&str, &str); 8] = [
+pub const EVENT_SCHEMAS: [(&str, &str); 9] = [
     ("events/heartbeat.schema.json", HEARTBEAT_EVENT_SCHEMA),
     ("events/activity.schema.json", ACTIVITY_EVENT_SCHEMA),
     ("events/state.schema.json", STATE_EVENT_SCHEMA),
@@ -56,6 +58,7 @@ pub const EVENT_SCHEMAS: [(&str, &str); 8] = [
     ("events/connectivity.schema.json", CONNECTIVITY_EVENT_SCHEMA),
     ("events/device-error.schema.json", DEVICE_ERROR_SCHEMA),
     ("events/job.schema.json", JOB_EVENT_SCHEMA),
+    ("events/overdue.schema.json", OVERDUE_EVENT_SCHEMA),
     (
         "events/command-response.schema.json",
         COMMAND_RESPONSE_SCHEMA,
@@ -86,6 +89,7 @@ pub fn event_schema_for_topic(topic: &str) -> Option<&'static str> {
                 "state" => STATE_EVENT_SCHEMA,
                 "battery-low" => BATTERY_LOW_EVENT_SCHEMA,
                 "job" => JOB_EVENT_SCHEMA,
+                "overdue" => OVERDUE_EVENT_SCHEMA,
                 _ => return None,
             };
             (*org, *lock, schema)

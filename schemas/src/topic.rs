@@ -116,6 +116,9 @@ pub mod events {
     pub fn battery_low(org: &str, lock: &str) -> String {
         format!("{EVENTS_PREFIX}/{org}/lock/{lock}/battery-low")
     }
+    pub fn overdue(org: &str, lock: &str) -> String {
+        format!("{EVENTS_PREFIX}/{org}/lock/{lock}/overdue")
+    }
     pub fn bridge_connectivity(org: &str, bridge: &str) -> String {
         format!("{EVENTS_PREFIX}/{org}/bridge/{bridge}/connectivity")
     }

@@ -86,6 +86,7 @@ fn code_topics() -> Vec<(String, &'static str)> {
         events::activity(ORG, LOCK),
         events::state(ORG, LOCK),
         events::battery_low(ORG, LOCK),
+        events::overdue(ORG, LOCK),
         events::bridge_connectivity(ORG, BRIDGE),
     ]
     .into_iter()

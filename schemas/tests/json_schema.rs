@@ -65,7 +65,7 @@ fn roundtrip<T: Serialize + DeserializeOwned>(v: &Value) -> Result<Value, String
     serde_json::to_value(&t).map_err(|e| e.to_string())
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 9] = [
     Case {
         file: "heartbeat.schema.json",
         title: "HeartbeatEvent",
@@ -95,6 +95,11 @@ const CASES: [Case; 8] = [
         file: "device-error.schema.json",
         title: "DeviceError",
         roundtrip: roundtrip::<DeviceError>,
+    },
+    Case {
+        file: "overdue.schema.json",
+        title: "LockOverdueEvent",
+        roundtrip: roundtrip::<schemas::event::LockOverdueEvent>,
     },
     Case {
         file: "job.schema.json",

@@ -27,6 +27,7 @@ fn every_json_topic_maps_to_the_schema_of_what_is_published_there() {
         (events::activity("acme", "L1"), "ActivityEventBatch"),
         (events::state("acme", "L1"), "StateChangedEvent"),
         (events::battery_low("acme", "L1"), "BatteryLowEvent"),
+        (events::overdue("acme", "L1"), "LockOverdueEvent"),
         (
             events::bridge_connectivity("acme", "B1"),
             "BridgeConnectivityEvent",

@@ -406,6 +406,102 @@ pub(super) async fn count_online(
     })
 }
 
+/// A lock whose overdue state an instance just claimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverdueClaim {
+    pub lock_id: String,
+    /// The lock's deadline (its due heartbeat plus the presence grace).
+    pub online_until_ms: u64,
+    /// When its newest stored heartbeat arrived.
+    pub last_heard_ms: u64,
+    /// When it was claimed overdue (for a return: when it had been).
+    pub overdue_since_ms: u64,
+}
+
+#[derive(sqlx::FromRow)]
+struct OverdueColumns {
+    lock_id: String,
+    online_until_ms: i64,
+    received_at_ms: i64,
+    overdue_since_ms: Option<i64>,
+}
+
+impl From<OverdueColumns> for OverdueClaim {
+    fn from(c: OverdueColumns) -> Self {
+        OverdueClaim {
+            lock_id: c.lock_id,
+            online_until_ms: c.online_until_ms.max(0) as u64,
+            last_heard_ms: c.received_at_ms.max(0) as u64,
+            overdue_since_ms: c.overdue_since_ms.unwrap_or(0).max(0) as u64,
+        }
+    }
+}
+
+/// Claim up to `max` locks whose deadline is at or before `deadline_ms`
+/// and that are not overdue yet: they are overdue from `now_ms`. The
+/// outer `WHERE` is re-checked under each row's lock, so two instances
+/// never claim the same lock.
+pub(super) async fn claim_overdue(
+    store: &Store,
+    deadline_ms: u64,
+    now_ms: u64,
+    max: u64,
+) -> Result<Vec<OverdueClaim>, StoreError> {
+    on_pool!(store, |pool, engine| {
+        let rows: Vec<OverdueColumns> = sqlx::query_as(
+            "UPDATE lock_state SET overdue_since_ms = $1 \
+             WHERE lock_id IN (SELECT lock_id FROM lock_state \
+                 WHERE online_until_ms <= $2 AND overdue_since_ms IS NULL \
+                 ORDER BY online_until_ms LIMIT $3) \
+             AND online_until_ms <= $2 AND overdue_since_ms IS NULL \
+             RETURNING lock_id, online_until_ms, received_at_ms, overdue_since_ms",
+        )
+        .bind(int(now_ms))
+        .bind(int(deadline_ms))
+        .bind(int(max))
+        .fetch_all(pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx(engine, "claiming overdue locks", e))?;
+        Ok(rows.into_iter().map(OverdueClaim::from).collect())
+    })
+}
+
+/// Claim the returns of overdue locks whose deadline a newer heartbeat
+/// moved past `deadline_ms`; each return is claimed once.
+pub(super) async fn claim_returned(
+    store: &Store,
+    deadline_ms: u64,
+) -> Result<Vec<OverdueClaim>, StoreError> {
+    on_pool!(store, |pool, engine| {
+        // RETURNING sees the row after the update; the old overdue time
+        // is read in the same statement through a subquery.
+        let rows: Vec<OverdueColumns> = sqlx::query_as(
+            "UPDATE lock_state SET overdue_since_ms = NULL \
+             WHERE overdue_since_ms IS NOT NULL AND online_until_ms > $1 \
+             RETURNING lock_id, online_until_ms, received_at_ms, \
+                 CAST(NULL AS BIGINT) AS overdue_since_ms",
+        )
+        .bind(int(deadline_ms))
+        .fetch_all(pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx(engine, "claiming returned locks", e))?;
+        Ok(rows.into_iter().map(OverdueClaim::from).collect())
+    })
+}
+
+/// Locks overdue now (for the gauge).
+pub(super) async fn count_overdue(store: &Store) -> Result<u64, StoreError> {
+    on_pool!(store, |pool, engine| {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM lock_state WHERE overdue_since_ms IS NOT NULL",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx(engine, "counting overdue locks", e))?;
+        Ok(n.max(0) as u64)
+    })
+}
+
 pub(super) async fn load_latest(store: &Store) -> Result<HashMap<LockId, StoredState>, StoreError> {
     let mut latest = HashMap::new();
     on_pool!(store, |pool, engine| {

@@ -30,6 +30,7 @@ mod sqlite;
 #[doc(hidden)]
 pub mod testing;
 
+pub use common::OverdueClaim;
 pub use dispatcher::connectivity::{BridgeStatus, Change, StatusReport};
 pub use error::StoreError;
 pub use replay::{KeyStamp, ProtectionRefusal, ProtectionRow, StoredWindow};
@@ -362,6 +363,29 @@ impl Store {
         now_ms: u64,
     ) -> Result<jobs::CommandDone, StoreError> {
         jobs::apply_results(self, lock_id, results, now_ms).await
+    }
+
+    /// Claim the locks whose deadline is at or before `deadline_ms` and
+    /// that are not overdue yet (at most `max`): overdue from `now_ms`.
+    /// Each lock is claimed by one instance once.
+    pub async fn claim_overdue(
+        &self,
+        deadline_ms: u64,
+        now_ms: u64,
+        max: u64,
+    ) -> Result<Vec<OverdueClaim>, StoreError> {
+        common::claim_overdue(self, deadline_ms, now_ms, max).await
+    }
+
+    /// Claim the returns of overdue locks heard again (their deadline is
+    /// now after `deadline_ms`); each once.
+    pub async fn claim_returned(&self, deadline_ms: u64) -> Result<Vec<OverdueClaim>, StoreError> {
+        common::claim_returned(self, deadline_ms).await
+    }
+
+    /// Locks overdue now.
+    pub async fn count_overdue(&self) -> Result<u64, StoreError> {
+        common::count_overdue(self).await
     }
 
     /// Every readable stored OSCORE replay window, for the key ring's fast

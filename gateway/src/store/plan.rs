@@ -300,6 +300,7 @@ impl<'a> HeartbeatValues<'a> {
             heartbeat_interval_h: i64::from(hb.heartbeat_interval.hours()),
             activity_log_interval_min: i64::from(hb.activity_log_interval.minutes()),
             online_until_ms: int(dispatcher::presence::online_until_ms(
+                &hb.lock_id,
                 r.received_at_ms,
                 hb.heartbeat_interval,
             )),
