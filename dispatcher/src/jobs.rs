@@ -82,6 +82,16 @@ pub enum Refusal {
     RecreatedOnce { job_id: u64 },
     #[error("the PIN of failed job {job_id} was deleted from the access list instead: the Recreate path is closed (the guide greys it out)")]
     AlternativePathUsed { job_id: u64 },
+    #[error("bridge {0} is not registered in this organisation: check the bridge id")]
+    UnknownBridge(String),
+    #[error("lock {lock} is linked to bridge {bridge} already; a lock links to one bridge: unlink it first")]
+    LockAlreadyLinked { lock: String, bridge: String },
+    #[error(
+        "bridge {bridge} links {count} locks already, the most a bridge takes: unlink one first"
+    )]
+    BridgeFull { bridge: String, count: usize },
+    #[error("lock {0} is not linked to a bridge")]
+    NotLinked(String),
     #[error(
         "idempotency key {0:?} was used for a different command: use a new key for a new command"
     )]
@@ -118,6 +128,10 @@ impl Refusal {
             Refusal::NotFailed { .. } => "not_failed",
             Refusal::RecreatedOnce { .. } => "recreated_once",
             Refusal::AlternativePathUsed { .. } => "alternative_path_used",
+            Refusal::UnknownBridge(_) => "unknown_bridge",
+            Refusal::LockAlreadyLinked { .. } => "lock_already_linked",
+            Refusal::BridgeFull { .. } => "bridge_full",
+            Refusal::NotLinked(_) => "not_linked",
             Refusal::KeyReused(_) => "idempotency_key_reused",
             Refusal::BadRequest(_) => "bad_request",
         }
@@ -393,6 +407,52 @@ pub fn check_recreate(job: &JobRecord) -> Result<(), Refusal> {
     }
     if job.retried_by == Some(RetriedBy::DeletePin) {
         return Err(Refusal::AlternativePathUsed { job_id: job.id });
+    }
+    Ok(())
+}
+
+/// Linking `lock` to `bridge`, which links `bridge_locks` locks now
+/// (`current`: the lock's bridge now, as stored).
+pub fn check_link(
+    lock: &LockRecord,
+    department: Option<&str>,
+    bridge: Option<&crate::registry::BridgeRecord>,
+    bridge_id: &str,
+    current: Option<&str>,
+    bridge_locks: usize,
+) -> Result<(), Refusal> {
+    check_department(lock, department)?;
+    let Some(bridge) = bridge.filter(|b| b.org == lock.org) else {
+        return Err(Refusal::UnknownBridge(bridge_id.to_string()));
+    };
+    match current {
+        Some(b) if b == bridge.id.as_str() => return Ok(()),
+        Some(b) => {
+            return Err(Refusal::LockAlreadyLinked {
+                lock: lock.id.to_string(),
+                bridge: b.to_string(),
+            })
+        }
+        None => {}
+    }
+    if bridge_locks >= crate::registry::MAX_LOCKS_PER_BRIDGE {
+        return Err(Refusal::BridgeFull {
+            bridge: bridge.id.to_string(),
+            count: bridge_locks,
+        });
+    }
+    Ok(())
+}
+
+/// Unlinking `lock` (`current`: its bridge now, as stored).
+pub fn check_unlink(
+    lock: &LockRecord,
+    department: Option<&str>,
+    current: Option<&str>,
+) -> Result<(), Refusal> {
+    check_department(lock, department)?;
+    if current.is_none() {
+        return Err(Refusal::NotLinked(lock.id.to_string()));
     }
     Ok(())
 }
@@ -726,6 +786,55 @@ mod tests {
         assert_eq!(e.unwrap_err().rule(), "unknown_access");
         assert!(
             check_delete_pin(&l, None, "algo-1", PinKind::Algo, &AccessFacts::default()).is_ok()
+        );
+    }
+
+    #[test]
+    fn a_bridge_takes_two_locks_and_a_lock_one_bridge() {
+        use crate::registry::{BridgeId, BridgeRecord};
+        let l = lock(&[], ReportPath::Bridge);
+        let b = BridgeRecord {
+            id: BridgeId::new("B1"),
+            org: OrgId::new("acme"),
+        };
+        let other_org = BridgeRecord {
+            id: BridgeId::new("B9"),
+            org: OrgId::new("other"),
+        };
+        assert_eq!(check_link(&l, None, Some(&b), "B1", None, 1), Ok(()));
+        assert_eq!(
+            check_link(&l, None, Some(&b), "B1", Some("B1"), 2),
+            Ok(()),
+            "already there"
+        );
+        assert_eq!(
+            check_link(&l, None, Some(&b), "B1", None, 2)
+                .unwrap_err()
+                .rule(),
+            "bridge_full"
+        );
+        assert_eq!(
+            check_link(&l, None, Some(&b), "B1", Some("B2"), 0)
+                .unwrap_err()
+                .rule(),
+            "lock_already_linked"
+        );
+        assert_eq!(
+            check_link(&l, None, None, "B7", None, 0)
+                .unwrap_err()
+                .rule(),
+            "unknown_bridge"
+        );
+        assert_eq!(
+            check_link(&l, None, Some(&other_org), "B9", None, 0)
+                .unwrap_err()
+                .rule(),
+            "unknown_bridge"
+        );
+        assert_eq!(check_unlink(&l, None, Some("B1")), Ok(()));
+        assert_eq!(
+            check_unlink(&l, None, None).unwrap_err().rule(),
+            "not_linked"
         );
     }
 

@@ -169,6 +169,13 @@ impl Registry {
         }
     }
 
+    /// A lock linked to `bridge` (or unlinked: `None`).
+    pub fn set_bridge(&mut self, lock: &str, bridge: Option<BridgeId>) {
+        if let Some(rec) = self.locks.get_mut(lock) {
+            Arc::make_mut(rec).bridge = bridge;
+        }
+    }
+
     /// Who may report for `lock`, checked on every uplink.
     pub fn authorise(
         &self,

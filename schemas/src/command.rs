@@ -91,6 +91,10 @@ pub enum Command {
         #[serde(default)]
         activity_log_interval_min: Option<u16>,
     },
+    /// Link a lock to a bridge (at most 2 locks per bridge, 1 bridge per lock).
+    LinkBridge { lock_id: String, bridge_id: String },
+    /// Unlink a lock from its bridge.
+    UnlinkBridge { lock_id: String },
     /// Delete a pending job (not one whose result is awaited).
     DeleteJob { job_id: u64 },
     /// Put a failed job back to pending, once.
@@ -120,6 +124,8 @@ impl Command {
             Command::CreateCustomPin { .. } => "create_custom_pin",
             Command::DeletePin { .. } => "delete_pin",
             Command::SetIntervals { .. } => "set_intervals",
+            Command::LinkBridge { .. } => "link_bridge",
+            Command::UnlinkBridge { .. } => "unlink_bridge",
             Command::DeleteJob { .. } => "delete_job",
             Command::RecreateJob { .. } => "recreate_job",
             Command::GetJob { .. } => "get_job",
@@ -186,6 +192,11 @@ pub enum CommandResult {
     Jobs {
         jobs: Vec<JobView>,
         next_before: Option<u64>,
+    },
+    /// A lock's bridge after a link or unlink (null: none).
+    Link {
+        lock_id: String,
+        bridge_id: Option<String>,
     },
 }
 

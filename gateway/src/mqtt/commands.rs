@@ -153,6 +153,14 @@ impl Commands {
         };
         let mut done = done;
         self.expect_delivery(&mut done);
+        if let (Some(CommandResult::Link { lock_id, bridge_id }), false) =
+            (&done.answer.result, done.replayed)
+        {
+            // This instance routes by the new link at once; the others
+            // reload on the registry version the command bumped.
+            let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
+            registry.set_bridge(lock_id, bridge_id.as_deref().map(dispatcher::BridgeId::new));
+        }
         for (job, change) in &done.events {
             let o = job_outbound(job, *change);
             match self.client.publish(o.topic, o.payload).await {
@@ -196,15 +204,23 @@ impl Commands {
         let lock_id = match &request.command {
             Command::CreateCustomPin { lock_id, .. }
             | Command::DeletePin { lock_id, .. }
-            | Command::SetIntervals { lock_id, .. } => Some(lock_id.as_str()),
+            | Command::SetIntervals { lock_id, .. }
+            | Command::LinkBridge { lock_id, .. }
+            | Command::UnlinkBridge { lock_id } => Some(lock_id.as_str()),
             _ => None,
         };
-        let lock = lock_id.and_then(|id| {
+        let (lock, bridge) = {
             let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
-            registry.lock(id).cloned()
-        });
+            let lock = lock_id.and_then(|id| registry.lock(id).cloned());
+            let bridge = match &request.command {
+                Command::LinkBridge { bridge_id, .. } => registry.bridge(bridge_id).cloned(),
+                _ => None,
+            };
+            (lock, bridge)
+        };
         let mut prepared = Prepared {
             lock,
+            bridge,
             ..Prepared::default()
         };
         if let (Command::CreateCustomPin { lock_id, pin, .. }, true) = (
@@ -318,6 +334,10 @@ fn rule_label(rule: &str) -> &'static str {
         "alternative_path_used",
         "idempotency_key_reused",
         "bad_request",
+        "unknown_bridge",
+        "lock_already_linked",
+        "bridge_full",
+        "not_linked",
     ];
     RULES
         .iter()

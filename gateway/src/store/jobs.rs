@@ -307,6 +307,18 @@ impl Tx {
         }
     }
 
+    /// Serialise links to one bridge across instances (PostgreSQL).
+    async fn lock_bridge_row(&mut self, bridge_id: &str) -> Result<(), sqlx::Error> {
+        if let Tx::Postgres(_) = self {
+            self.execute(
+                "SELECT bridge_id FROM bridges WHERE bridge_id = $1 FOR UPDATE",
+                &[t(bridge_id)],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Serialise the commands and results of one lock across instances
     /// (PostgreSQL row lock; SQLite's write transaction already is).
     async fn lock_row(&mut self, lock_id: &str) -> Result<(), sqlx::Error> {
@@ -340,6 +352,8 @@ struct SealedColumns {
 #[derive(Clone, Debug, Default)]
 pub struct Prepared {
     pub lock: Option<std::sync::Arc<LockRecord>>,
+    /// The bridge a link names (from the registry).
+    pub bridge: Option<std::sync::Arc<dispatcher::BridgeRecord>>,
     pub access_id: Option<String>,
     pub pin_sealed: Option<Vec<u8>>,
 }
@@ -481,6 +495,17 @@ pub(super) async fn run_command(
 }
 
 type Ruled<T> = Result<Result<T, Refusal>, sqlx::Error>;
+
+/// The lock's bridge as stored (inside the transaction).
+async fn current_bridge(tx: &mut Tx, lock_id: &str) -> Result<Option<String>, sqlx::Error> {
+    Ok(tx
+        .scalar_text(
+            "SELECT COALESCE(bridge_id, '') FROM locks WHERE lock_id = $1",
+            &[t(lock_id)],
+        )
+        .await?
+        .filter(|b| !b.is_empty()))
+}
 
 async fn job_by_id(tx: &mut Tx, org: &str, job_id: u64) -> Result<Option<StoredJob>, sqlx::Error> {
     let rows = tx
@@ -774,6 +799,68 @@ async fn execute(
             events.push((job.clone(), JobChange::Created));
             Ok(Ok(CommandResult::Job {
                 job: Box::new(job.view),
+            }))
+        }
+        Command::LinkBridge { lock_id, bridge_id } => {
+            let lock = match lock_of(prepared, lock_id, org) {
+                Ok(l) => l,
+                Err(r) => return Ok(Err(r)),
+            };
+            tx.lock_row(lock_id).await?;
+            tx.lock_bridge_row(bridge_id).await?;
+            let current = current_bridge(tx, lock_id).await?;
+            let linked = tx
+                .scalar_i64(
+                    "SELECT count(*) FROM locks WHERE bridge_id = $1",
+                    &[t(bridge_id)],
+                )
+                .await?
+                .unwrap_or(0)
+                .max(0) as usize;
+            if let Err(r) = rules::check_link(
+                lock,
+                dept,
+                prepared.bridge.as_deref(),
+                bridge_id,
+                current.as_deref(),
+                linked,
+            ) {
+                return Ok(Err(r));
+            }
+            if current.is_none() {
+                tx.execute(
+                    "UPDATE locks SET bridge_id = $1 WHERE lock_id = $2",
+                    &[t(bridge_id), t(lock_id)],
+                )
+                .await?;
+                tx.execute(super::common::BUMP_REGISTRY_VERSION, &[])
+                    .await?;
+            }
+            Ok(Ok(CommandResult::Link {
+                lock_id: lock_id.clone(),
+                bridge_id: Some(bridge_id.clone()),
+            }))
+        }
+        Command::UnlinkBridge { lock_id } => {
+            let lock = match lock_of(prepared, lock_id, org) {
+                Ok(l) => l,
+                Err(r) => return Ok(Err(r)),
+            };
+            tx.lock_row(lock_id).await?;
+            let current = current_bridge(tx, lock_id).await?;
+            if let Err(r) = rules::check_unlink(lock, dept, current.as_deref()) {
+                return Ok(Err(r));
+            }
+            tx.execute(
+                "UPDATE locks SET bridge_id = NULL WHERE lock_id = $1",
+                &[t(lock_id)],
+            )
+            .await?;
+            tx.execute(super::common::BUMP_REGISTRY_VERSION, &[])
+                .await?;
+            Ok(Ok(CommandResult::Link {
+                lock_id: lock_id.clone(),
+                bridge_id: None,
             }))
         }
         Command::DeleteJob { job_id } | Command::RecreateJob { job_id } => {
