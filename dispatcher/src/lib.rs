@@ -13,9 +13,11 @@
 //! * [`keys`]: device key records and pairing secrets (no cryptography).
 //! * [`connectivity`]: whether a bridge's status report changes its
 //!   connectivity, against the stored status.
+//! * [`bridge_queue`]: what each Wi-Fi bridge is sent next, with timeouts and retries.
 //!
 //! Time is always passed in; nothing here sleeps, reads a clock or opens a socket.
 
+pub mod bridge_queue;
 pub mod connectivity;
 pub mod import;
 pub mod jobs;
