@@ -200,7 +200,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             registry: registry.clone(),
             server_key: server_key.clone(),
             client: backend_mqtt.clone(),
-            schedule: schedule.clone(),
         },
         intake.clone(),
     )));

@@ -347,7 +347,8 @@ pub struct JobReport {
     /// Per-device uplink sequence number (same counter as heartbeats).
     #[n(1)]
     pub seq: u32,
-    #[n(2)]
+    /// Key 3, not 2: a report must not read as an activity-log batch.
+    #[n(3)]
     pub results: Vec<JobResult>,
 }
 
@@ -433,6 +434,8 @@ pub enum DecodeError {
     TooManyEvents { count: usize, max: usize },
     #[error("job report has {count} results, more than {max}: send at most {max} per report")]
     TooManyResults { count: usize, max: usize },
+    #[error("job report has no results: send one result per job applied")]
+    NoResults,
 }
 
 impl DecodeError {
@@ -446,6 +449,7 @@ impl DecodeError {
             DecodeError::BadLockId => "bad_id",
             DecodeError::TooManyEvents { .. } => "too_many_events",
             DecodeError::TooManyResults { .. } => "too_many_results",
+            DecodeError::NoResults => "no_results",
         }
     }
 }
@@ -515,6 +519,9 @@ impl JobReport {
         let r: JobReport = decode_exact(bytes, "job-report")?;
         if !valid_id(&r.lock_id) {
             return Err(DecodeError::BadLockId);
+        }
+        if r.results.is_empty() {
+            return Err(DecodeError::NoResults);
         }
         if r.results.len() > MAX_RESULTS_PER_REPORT {
             return Err(DecodeError::TooManyResults {

@@ -16,14 +16,13 @@ use crate::metrics;
 use crate::store::jobs::{Answer, Prepared};
 use crate::store::Store;
 use dispatcher::jobs::Refusal;
-use dispatcher::schedule::Schedule;
 use dispatcher::Registry;
 use rand::RngCore;
 use schemas::command::{
     default_reply_topic, Command, CommandRequest, CommandResponse, CommandResult, COMMANDS_PREFIX,
     REPLIES_PREFIX,
 };
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -41,8 +40,6 @@ pub struct Commands {
     pub registry: Arc<RwLock<Registry>>,
     pub server_key: ServerKey,
     pub client: MqttClient,
-    /// For each job event's expected delivery time.
-    pub schedule: Arc<Mutex<Schedule>>,
 }
 
 /// Handle commands until `stop` (then finish those in hand).
@@ -151,8 +148,6 @@ impl Commands {
                 return;
             }
         };
-        let mut done = done;
-        self.expect_delivery(&mut done);
         if let (Some(CommandResult::Link { lock_id, bridge_id }), false) =
             (&done.answer.result, done.replayed)
         {
@@ -180,23 +175,6 @@ impl Commands {
         let mut response = response_of(&request, done.answer, done.replayed);
         fit_page(&mut response);
         self.publish_response(reply_to, &response).await;
-    }
-
-    /// Pending jobs reach the lock at its next heartbeat: say when that is
-    /// due, in the events and in the answer.
-    fn expect_delivery(&self, done: &mut crate::store::jobs::CommandDone) {
-        let schedule = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
-        let expect = |view: &mut schemas::command::JobView| {
-            if view.state == schemas::command::JobState::Pending {
-                view.expected_delivery_ms = schedule.expected_delivery_ms(&view.lock_id);
-            }
-        };
-        for (job, _) in &mut done.events {
-            expect(&mut job.view);
-        }
-        if let Some(CommandResult::Job { job }) = &mut done.answer.result {
-            expect(job);
-        }
     }
 
     /// Look the lock up and seal a Custom PIN before the transaction.

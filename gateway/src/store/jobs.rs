@@ -465,7 +465,12 @@ pub(super) async fn run_command(
     }
     let mut events = Vec::new();
     let answer = match execute(&mut tx, org, req, prepared, now_ms, &mut events).await {
-        Ok(Ok(result)) => Answer::ok(result),
+        Ok(Ok(mut result)) => {
+            expect_delivery(&mut tx, &mut events, &mut result, now_ms)
+                .await
+                .map_err(err)?;
+            Answer::ok(result)
+        }
         Ok(Err(refusal)) => {
             events.clear();
             Answer::refused(&refusal)
@@ -495,6 +500,37 @@ pub(super) async fn run_command(
 }
 
 type Ruled<T> = Result<Result<T, Refusal>, sqlx::Error>;
+
+/// A pending job lands at its lock's next due heartbeat: the stored
+/// deadline less the presence grace (the same for every instance). Null
+/// while the lock has never been heard or is overdue.
+async fn expect_delivery(
+    tx: &mut Tx,
+    events: &mut [(StoredJob, JobChange)],
+    result: &mut CommandResult,
+    now_ms: u64,
+) -> Result<(), sqlx::Error> {
+    for (job, _) in events.iter_mut() {
+        if job.view.state != schemas::command::JobState::Pending {
+            continue;
+        }
+        let until = tx
+            .scalar_i64(
+                "SELECT online_until_ms FROM lock_state WHERE lock_id = $1",
+                &[t(&job.view.lock_id)],
+            )
+            .await?;
+        job.view.expected_delivery_ms = until
+            .map(|u| (u.max(0) as u64).saturating_sub(dispatcher::presence::ONLINE_GRACE_MS))
+            .filter(|due| *due > now_ms);
+        if let CommandResult::Job { job: view } = result {
+            if view.job_id == job.view.job_id {
+                view.expected_delivery_ms = job.view.expected_delivery_ms;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// The lock's bridge as stored (inside the transaction).
 async fn current_bridge(tx: &mut Tx, lock_id: &str) -> Result<Option<String>, sqlx::Error> {

@@ -98,19 +98,21 @@ pub fn read_hex(path: &Path) -> HexFile {
     }
 }
 
-/// The four device payloads, with their decoder and CDDL rule.
+/// The five device payloads, with their decoder and CDDL rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PayloadKind {
     Heartbeat,
     ActivityLog,
+    JobReport,
     Downlink,
     LogAck,
 }
 
 impl PayloadKind {
-    pub const ALL: [PayloadKind; 4] = [
+    pub const ALL: [PayloadKind; 5] = [
         PayloadKind::Heartbeat,
         PayloadKind::ActivityLog,
+        PayloadKind::JobReport,
         PayloadKind::Downlink,
         PayloadKind::LogAck,
     ];
@@ -120,6 +122,7 @@ impl PayloadKind {
         match self {
             PayloadKind::Heartbeat => "heartbeat",
             PayloadKind::ActivityLog => "activity-log-batch",
+            PayloadKind::JobReport => "job-report",
             PayloadKind::Downlink => "downlink",
             PayloadKind::LogAck => "log-ack",
         }
@@ -130,6 +133,7 @@ impl PayloadKind {
         match self {
             PayloadKind::Heartbeat => "heartbeat",
             PayloadKind::ActivityLog => "activity-log",
+            PayloadKind::JobReport => "job-report",
             PayloadKind::Downlink => "downlink",
             PayloadKind::LogAck => "log-ack",
         }
@@ -155,6 +159,7 @@ impl PayloadKind {
         Ok(match self {
             PayloadKind::Heartbeat => encode(&Heartbeat::decode(bytes)?),
             PayloadKind::ActivityLog => encode(&ActivityLogBatch::decode(bytes)?),
+            PayloadKind::JobReport => encode(&schemas::JobReport::decode(bytes)?),
             PayloadKind::Downlink => encode(&Downlink::decode(bytes)?),
             PayloadKind::LogAck => encode(&LogAck::decode(bytes)?),
         })
