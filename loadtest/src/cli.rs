@@ -71,6 +71,10 @@ pub enum Command {
     /// a baseline with group commit disabled (`serve --commit-max-batch 1`),
     /// runs interleaved, medians reported
     Ingest(IngestArgs),
+    /// Durable job creations per second through the dashboard's MQTT
+    /// command API, beside get_job reads on the same path, runs repeated,
+    /// medians reported
+    Jobs(crate::jobs::JobsArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,7 +289,17 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Ingest(a) => a,
+            Command::Jobs(_) => unreachable!("parsed `ingest`"),
         }
+    }
+
+    #[test]
+    fn jobs_has_defaults_for_everything() {
+        let Command::Jobs(a) = Cli::try_parse_from(["loadtest", "jobs"]).unwrap().command else {
+            panic!("not jobs");
+        };
+        assert_eq!((a.runs, a.window, a.locks), (3, 64, 5_000));
+        assert_eq!(a.duration, Duration::from_secs(10));
     }
 
     #[test]

@@ -169,6 +169,11 @@ impl Log {
 const LOADTEST_SERVER_KEY: &str =
     "10ad7e5710ad7e5710ad7e5710ad7e5710ad7e5710ad7e5710ad7e5710ad7e57";
 
+/// The dashboard backend's MQTT password in the load test's gateways (a
+/// throwaway, like the server key; PostgreSQL deployments must be given
+/// one, SQLite would generate one).
+pub const LOADTEST_BACKEND_PASSWORD: &str = "loadtest-backend-password";
+
 fn command(bin: &Path, cwd: &Path) -> Command {
     let mut cmd = Command::new(bin);
     for (key, _) in std::env::vars_os() {
@@ -179,6 +184,7 @@ fn command(bin: &Path, cwd: &Path) -> Command {
     cmd.current_dir(cwd)
         // Every run's gateway, import and serve, uses the same server key.
         .env("LOCKFLEET_SERVER_KEY", LOADTEST_SERVER_KEY)
+        .env("LOCKFLEET_BACKEND_PASSWORD", LOADTEST_BACKEND_PASSWORD)
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

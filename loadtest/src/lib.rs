@@ -38,6 +38,7 @@ pub mod database;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod jobs;
 pub mod machine;
 pub mod plan;
 pub mod procfs;

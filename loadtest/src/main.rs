@@ -27,6 +27,13 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     match cli.command {
+        Command::Jobs(args) => {
+            let report = tokio::select! {
+                report = loadtest::jobs::run(&args, command_line) => report?,
+                _ = abandon.cancelled() => anyhow::bail!("quit at once: the gateway was killed"),
+            };
+            print!("{report}");
+        }
         Command::Ingest(args) => {
             let report = tokio::select! {
                 report = loadtest::ingest(&args, command_line, cancel) => report?,

@@ -1,0 +1,328 @@
+//! `loadtest jobs`: durable job creations per second through the
+//! dashboard's MQTT command API, beside a baseline measured in the same
+//! run on the same path: `get_job` reads (the same broker, front, session,
+//! JSON and answer, but no write and no fsync), so the ratio is the cost of
+//! a durable, idempotent command.
+//!
+//! Each run: a fresh database, the fleet imported, `gateway serve` started,
+//! one dashboard session (logged in with the generated backend password)
+//! keeping `--window` commands outstanding for `--duration`, each answered
+//! only after its transaction committed. Runs are repeated and medians
+//! reported.
+
+use crate::cli::parse_duration;
+use crate::database::{self, Engine, FreshDatabase, DEFAULT_POSTGRES_URL};
+use crate::error::{LoadtestError, Result};
+use crate::gateway::{self, Gateway};
+use crate::workload;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Options of `loadtest jobs`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct JobsArgs {
+    /// Storage engine
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub engine: crate::cli::EngineChoice,
+    /// Runs (each: creations, then the read baseline)
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// How long each phase of a run sends commands
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Commands outstanding at once (the dashboard's pipeline depth)
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Locks in the fleet (each takes at most 199 PINs)
+    #[arg(long, default_value_t = 5_000)]
+    pub locks: usize,
+    /// The gateway binary [default: `gateway` beside this executable]
+    #[arg(long)]
+    pub gateway_bin: Option<PathBuf>,
+    /// Admin URL of PostgreSQL; each run creates and drops its own database there
+    #[arg(long, default_value = DEFAULT_POSTGRES_URL)]
+    pub postgres_url: String,
+}
+
+/// One phase's figures.
+#[derive(Clone, Copy, Debug, Default)]
+struct Phase {
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    refused: u64,
+}
+
+/// Runs `loadtest jobs` and returns the Markdown report.
+pub async fn run(args: &JobsArgs, command_line: String) -> Result<String> {
+    if args.runs == 0 || args.window == 0 || args.locks == 0 || args.duration.is_zero() {
+        return Err(LoadtestError::InvalidOption(
+            "--runs, --window, --locks and --duration must be above zero".into(),
+        ));
+    }
+    let engine = match args.engine {
+        crate::cli::EngineChoice::Sqlite => Engine::Sqlite,
+        crate::cli::EngineChoice::Postgres => Engine::Postgres,
+        crate::cli::EngineChoice::Both => {
+            return Err(LoadtestError::InvalidOption(
+                "loadtest jobs measures one engine at a time: --engine sqlite or postgres".into(),
+            ))
+        }
+    };
+    if engine == Engine::Postgres && !database::is_postgres_url(&args.postgres_url) {
+        return Err(LoadtestError::InvalidOption(format!(
+            "--postgres-url must be a postgres:// URL, got {}",
+            database::redact(&args.postgres_url)
+        )));
+    }
+    let bin = gateway::locate(args.gateway_bin.as_deref())?;
+    let scratch = tempfile::Builder::new()
+        .prefix("loadtest_jobs_")
+        .tempdir()
+        .map_err(|e| LoadtestError::io("create a scratch directory", e))?;
+    let fleet = workload::heartbeat_heavy_fleet(args.locks, 1)?;
+    let fleet_file = scratch.path().join("fleet.csv");
+    workload::write_fleet(&fleet, &fleet_file)?;
+    let locks: Vec<(String, String, Option<String>)> = fleet
+        .locks
+        .iter()
+        .filter(|l| l.departments.len() <= 1)
+        .map(|l| (l.id.clone(), l.org.clone(), l.departments.first().cloned()))
+        .collect();
+    let mut creates = Vec::new();
+    let mut reads = Vec::new();
+    for n in 1..=args.runs {
+        let db = FreshDatabase::create(engine, scratch.path(), &args.postgres_url, n).await?;
+        let cwd = scratch.path().join(format!("run_{n}"));
+        std::fs::create_dir_all(&cwd)
+            .map_err(|e| LoadtestError::io("create a run directory", e))?;
+        gateway::import(&bin, &cwd, &fleet_file, db.url()).await?;
+        let gw = Gateway::start(&bin, &cwd, db.url(), &[]).await?;
+        let password = gateway::LOADTEST_BACKEND_PASSWORD.to_string();
+        let mqtt = gw.listeners.mqtt;
+        let (c, job_ids) = drive(mqtt, password.trim(), &locks, args, Mode::Create, &[]).await?;
+        eprintln!(
+            "run {n}/{}: {:.0} job creations/s (p50 {:.1} ms, p99 {:.1} ms, {} refused)",
+            args.runs, c.per_s, c.p50_ms, c.p99_ms, c.refused
+        );
+        let (r, _) = drive(mqtt, password.trim(), &locks, args, Mode::Read, &job_ids).await?;
+        eprintln!(
+            "run {n}/{}: {:.0} get_job reads/s (p50 {:.1} ms, p99 {:.1} ms)",
+            args.runs, r.per_s, r.p50_ms, r.p99_ms
+        );
+        gw.stop().await?;
+        db.remove().await?;
+        creates.push(c);
+        reads.push(r);
+    }
+    Ok(report(args, engine, &command_line, &creates, &reads))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Create,
+    Read,
+}
+
+/// Keep `window` commands outstanding for `duration`; count answers.
+async fn drive(
+    mqtt: std::net::SocketAddr,
+    password: &str,
+    locks: &[(String, String, Option<String>)],
+    args: &JobsArgs,
+    mode: Mode,
+    job_ids: &[(String, Option<String>, u64)],
+) -> Result<(Phase, Vec<(String, Option<String>, u64)>)> {
+    let client_id = format!("dashboard-loadtest-{}", std::process::id());
+    let mut opts = MqttOptions::new(client_id, mqtt.ip().to_string(), mqtt.port());
+    opts.set_credentials("dashboard", password);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_inflight(u16::try_from(args.window.min(1000)).unwrap_or(1000).max(10));
+    let (client, mut eventloop) = AsyncClient::new(opts, args.window * 2 + 16);
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let poller = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.subscribe("rsp/v1/#", QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = answers_tx.send(p.payload.to_vec());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(20), ready)
+        .await
+        .map_err(|_| LoadtestError::Fleet("the dashboard session did not come up".into()))?
+        .map_err(|_| LoadtestError::Fleet("the dashboard session ended".into()))?;
+    let started = Instant::now();
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let mut latencies_us: Vec<u64> = Vec::new();
+    let mut created = Vec::new();
+    let mut refused = 0u64;
+    let mut next = 0usize;
+    let send = |n: usize| {
+        let (lock, org, dept) = &locks[n % locks.len()];
+        let corr = format!("c{n}");
+        let command = match mode {
+            Mode::Create => serde_json::json!({
+                "type": "create_custom_pin", "lock_id": lock, "pin_name": format!("Guest {n}"),
+                "pin": format!("{:08}", n % 100_000_000), "pin_type": "permanent",
+                "start_s": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            }),
+            Mode::Read => {
+                let (_, _, id) = job_ids[n % job_ids.len().max(1)];
+                serde_json::json!({"type": "get_job", "job_id": id})
+            }
+        };
+        let (org, dept) = match mode {
+            Mode::Create => (org.clone(), dept.clone()),
+            Mode::Read => {
+                let (o, d, _) = &job_ids[n % job_ids.len().max(1)];
+                (o.clone(), d.clone())
+            }
+        };
+        let body = serde_json::json!({
+            "correlation_id": corr, "idempotency_key": format!("lt-{}-{n}", std::process::id()),
+            "reply_to": format!("rsp/v1/{org}/loadtest"), "requested_by": "loadtest",
+            "department": dept, "command": command,
+        });
+        (corr, format!("cmd/v1/{org}"), body.to_string().into_bytes())
+    };
+    if mode == Mode::Read && job_ids.is_empty() {
+        poller.abort();
+        return Ok((Phase::default(), created));
+    }
+    let deadline = started + args.duration;
+    loop {
+        while sent.len() < args.window && Instant::now() < deadline {
+            let (corr, topic, body) = send(next);
+            next += 1;
+            client
+                .publish(topic, QoS::AtLeastOnce, false, body)
+                .await
+                .map_err(|e| LoadtestError::Fleet(format!("publishing a command: {e}")))?;
+            sent.insert(corr, Instant::now());
+        }
+        if sent.is_empty() {
+            break;
+        }
+        let Ok(Some(payload)) = tokio::time::timeout(Duration::from_secs(30), answers.recv()).await
+        else {
+            return Err(LoadtestError::Fleet(format!(
+                "{} commands were not answered within 30 s",
+                sent.len()
+            )));
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+            continue;
+        };
+        let Some(at) = v["correlation_id"].as_str().and_then(|c| sent.remove(c)) else {
+            continue;
+        };
+        latencies_us.push(at.elapsed().as_micros() as u64);
+        if v["status"] != "ok" {
+            refused += 1;
+        } else if let (Mode::Create, Some(job)) = (mode, v["result"]["job"].as_object()) {
+            if let Some(id) = job.get("job_id").and_then(|i| i.as_u64()) {
+                let org = job
+                    .get("org")
+                    .and_then(|o| o.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let dept = job
+                    .get("department")
+                    .and_then(|d| d.as_str())
+                    .map(str::to_string);
+                created.push((org, dept, id));
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    poller.abort();
+    let _ = client.disconnect().await;
+    latencies_us.sort_unstable();
+    let q = |p: f64| {
+        latencies_us
+            .get(((latencies_us.len() as f64 - 1.0) * p).round() as usize)
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    Ok((
+        Phase {
+            per_s: (latencies_us.len() as u64 - refused) as f64 / elapsed,
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            refused,
+        },
+        created,
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn report(args: &JobsArgs, engine: Engine, command_line: &str, c: &[Phase], r: &[Phase]) -> String {
+    let m = crate::machine::Machine::detect();
+    let m = format!(
+        "{} cores, {}, kernel {}, {} GiB{}",
+        m.cores,
+        m.cpu_model,
+        m.kernel,
+        m.memory_gib.map_or("?".into(), |g| g.to_string()),
+        m.date.map_or(String::new(), |d| format!(", {d}"))
+    );
+    let cm = median(c.iter().map(|p| p.per_s).collect());
+    let rm = median(r.iter().map(|p| p.per_s).collect());
+    let mut out = String::new();
+    out.push_str(&format!(
+        "## Job creations through the dashboard API ({})\n\n`{command_line}`\n\nMachine: {m}. {} runs, {} per phase, {} commands outstanding, {} locks.\n\n",
+        engine.as_str(),
+        args.runs,
+        humantime(args.duration),
+        args.window,
+        args.locks
+    ));
+    out.push_str("| run | create_custom_pin /s (durable) | p50 ms | p99 ms | refused | baseline get_job /s | p50 ms | p99 ms |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (i, (a, b)) in c.iter().zip(r).enumerate() {
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.1} | {:.1} | {} | {:.0} | {:.1} | {:.1} |\n",
+            i + 1,
+            a.per_s,
+            a.p50_ms,
+            a.p99_ms,
+            a.refused,
+            b.per_s,
+            b.p50_ms,
+            b.p99_ms
+        ));
+    }
+    out.push_str(&format!(
+        "\nMedian: {cm:.0} durable job creations/s; baseline {rm:.0} reads/s on the same path; ratio {:.2}.\n",
+        if rm > 0.0 { cm / rm } else { 0.0 }
+    ));
+    out
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
