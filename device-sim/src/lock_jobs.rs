@@ -33,10 +33,14 @@ impl Lock {
         );
         if let Some(at) = d.next_heartbeat_at {
             // Relative to the server's clock, which the lock's simulated
-            // clock outruns at a speedup; at most one interval away.
+            // clock outruns at a speedup; at most one and a half intervals
+            // away, the gateway's bound (dispatcher::schedule): a tighter
+            // clamp would pin a lock whose phase lies past one interval to
+            // whole intervals from its first wake, and the fleet would
+            // never spread.
             let interval = Duration::from_secs(self.heartbeat_interval.as_secs());
             let delay = Duration::from_secs(at.saturating_sub(d.server_time))
-                .min(interval)
+                .min(interval * 3 / 2)
                 .max(MIN_HEARTBEAT_DELAY);
             self.next_heartbeat = now + clock.real_interval(delay);
         }

@@ -499,10 +499,17 @@ fn the_wall_clock_follows_the_server_time_of_the_last_downlink() {
 }
 
 #[test]
-fn next_heartbeat_at_sets_the_next_heartbeat_within_a_minute_and_an_interval() {
+fn next_heartbeat_at_sets_the_next_heartbeat_within_a_minute_and_one_and_a_half_intervals() {
     let (mut lock, c) = inb1(None);
     let t = c.start() + Duration::from_secs(1);
-    for (ahead, sim) in [(600, 600), (1, 60), (10 * 86_400, 86_400)] {
+    // The 24 h lock: a slot 30 h ahead is kept (within 1.5 intervals), ten
+    // days ahead is cut to 36 h.
+    for (ahead, sim) in [
+        (600, 600),
+        (1, 60),
+        (30 * 3600, 30 * 3600),
+        (10 * 86_400, 36 * 3600),
+    ] {
         let hb = lock.heartbeat_now(t, &c).heartbeat.unwrap();
         while let Some(o) = lock.poll_send() {
             let answer = match o.kind {
