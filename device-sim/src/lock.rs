@@ -343,6 +343,13 @@ impl Lock {
         self
     }
 
+    /// The same lock powered on at `at`: its first heartbeat goes then,
+    /// not at a random moment of its interval.
+    pub fn powered_on_at(mut self, at: Instant) -> Self {
+        self.next_heartbeat = at;
+        self
+    }
+
     /// The same lock reporting on its schedule or only when told.
     pub fn with_reporting(mut self, reporting: Reporting) -> Self {
         self.reporting = reporting;

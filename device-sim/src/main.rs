@@ -127,6 +127,10 @@ struct RunArgs {
     /// its PINs are wiped and jobs issued before the reset fail.
     #[arg(long, default_value_t = 0.0)]
     hard_reset_chance: f64,
+    /// Every lock sends its first heartbeat at once, as after a power cut
+    /// (default: each at a random moment of its interval).
+    #[arg(long)]
+    power_on_together: bool,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -201,6 +205,7 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
         }),
         security: !args.insecure,
         hard_reset_chance: args.hard_reset_chance,
+        power_on_together: args.power_on_together,
         ..SimConfig::default()
     };
     if args.insecure {

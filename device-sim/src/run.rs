@@ -124,6 +124,10 @@ pub struct SimConfig {
     /// events) instead of each lock's own drawn rate; `Some(0.0)`: nobody
     /// comes by, so logs hold only what [`LockHandle::enter_pin`] adds.
     pub visits_per_hour: Option<f64>,
+    /// Every lock sends its first heartbeat at the start, as a fleet does
+    /// when its power comes back at once (default: each at a random moment
+    /// of its interval). Shows how the gateway's wake-up phases spread it.
+    pub power_on_together: bool,
 }
 
 impl Default for SimConfig {
@@ -149,6 +153,7 @@ impl Default for SimConfig {
             reporting: Reporting::Scheduled,
             hard_reset_chance: 0.0,
             visits_per_hour: None,
+            power_on_together: false,
         }
     }
 }
@@ -379,6 +384,9 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
         }
         if let Some(visits) = config.visits_per_hour {
             lock = lock.with_visits_per_hour(visits);
+        }
+        if config.power_on_together {
+            lock = lock.powered_on_at(clock.start());
         }
         match (spec.transport, route_for(spec)) {
             (Transport::Coap, _) => {

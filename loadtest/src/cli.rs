@@ -75,6 +75,10 @@ pub enum Command {
     /// command API, beside get_job reads on the same path, runs repeated,
     /// medians reported
     Jobs(crate::jobs::JobsArgs),
+    /// A fleet powered on together, and how the gateway's wake-up phases
+    /// spread its heartbeats: heartbeats per simulated minute per interval,
+    /// peak-to-mean before (the burst) and after
+    Wakeup(crate::wakeup::WakeupArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,7 +293,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Ingest(a) => a,
-            Command::Jobs(_) => unreachable!("parsed `ingest`"),
+            Command::Jobs(_) | Command::Wakeup(_) => unreachable!("parsed `ingest`"),
         }
     }
 

@@ -46,6 +46,7 @@ pub mod prom;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod wakeup;
 pub mod workload;
 
 use cli::IngestArgs;

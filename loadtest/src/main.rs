@@ -27,6 +27,13 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     match cli.command {
+        Command::Wakeup(args) => {
+            let report = tokio::select! {
+                report = loadtest::wakeup::run(&args, command_line.clone()) => report?,
+                _ = abandon.cancelled() => anyhow::bail!("quit at once: the gateway was killed"),
+            };
+            print!("{report}");
+        }
         Command::Jobs(args) => {
             let report = tokio::select! {
                 report = loadtest::jobs::run(&args, command_line) => report?,
