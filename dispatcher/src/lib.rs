@@ -7,7 +7,7 @@
 //!   it causes (state changes, low battery) and the lock's newest state.
 //! * [`presence`]: when a lock counts as online (heard within its heartbeat
 //!   interval plus a grace).
-//! * [`schedule`]: when each NB-IoT lock wakes next (phased), and which are overdue.
+//! * [`schedule`]: when each NB-IoT lock should wake next (its phase).
 //! * [`jobs`]: the job rules of the guides (Custom PIN, delete PIN, intervals,
 //!   delete and recreate), lock results, and packing jobs into a downlink.
 //! * [`keys`]: device key records and pairing secrets (no cryptography).

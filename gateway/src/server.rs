@@ -94,26 +94,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bridges = registry.bridge_count(),
         "devices loaded"
     );
-    // When each lock is next due, from its newest stored heartbeat.
-    let mut schedule = dispatcher::schedule::Schedule::new(Default::default());
-    for (lock, state) in store
-        .load_latest()
-        .await
-        .context("loading the locks' newest heartbeats")?
-    {
-        let activity = registry
-            .lock(lock.as_str())
-            .map_or(schemas::ActivityLogInterval::DEFAULT, |l| {
-                l.activity_log_interval
-            });
-        schedule.restore(
-            lock.as_str(),
-            state.received_at_ms,
-            state.heartbeat_interval,
-            activity,
-        );
-    }
-    let schedule = Arc::new(std::sync::Mutex::new(schedule));
     let registry = Arc::new(RwLock::new(registry));
     let ring = Arc::new(KeyRing::new());
     let loaded = ring
@@ -163,7 +143,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let writer = Writer::new(store.clone(), events_tx, config.writer).with_jobs(JobDelivery {
         registry: registry.clone(),
         server_key: server_key.clone(),
-        schedule: schedule.clone(),
     });
     let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(INGEST_QUEUE_CAPACITY);
     let ingest = Ingest::new(registry.clone(), queue_tx);

@@ -16,15 +16,14 @@ use crate::metrics;
 use crate::store::{
     Batch, BridgeStatusRow, EventRow, HeartbeatRow, ProtectionRow, StatusReport, Store,
 };
-use dispatcher::schedule::Schedule;
 use dispatcher::telemetry::{self, DashboardEvent, LatestState, Origin};
 use dispatcher::Registry;
-use schemas::command::{job_event_topic, JobChange};
+use schemas::command::{job_event_topic, JobChange, JobKind};
 use schemas::event::{self as ev, BridgeConnectivityEvent};
 use schemas::{topic, Downlink, LogAck, Uplink};
 use schemas::{DeviceJob, JobResult};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -35,9 +34,6 @@ use tokio::sync::mpsc;
 pub struct JobDelivery {
     pub registry: Arc<RwLock<Registry>>,
     pub server_key: ServerKey,
-    /// When each lock is next due; every heartbeat answer tells the lock
-    /// when to wake next (its phase in its interval).
-    pub schedule: Arc<Mutex<Schedule>>,
 }
 
 /// Group-commit tuning.
@@ -211,15 +207,14 @@ impl Writer {
                     }
                     wants_jobs.push((answers.len(), lock.id.to_string()));
                     let mut downlink = downlink_for(lock, server_time, hb.seq);
-                    if let Some(jobs) = &self.jobs {
-                        let mut schedule = jobs.schedule.lock().unwrap_or_else(|e| e.into_inner());
-                        let wake = schedule.on_heartbeat(
+                    if self.jobs.is_some() {
+                        // When to wake next: the lock's phase in its interval.
+                        let wake_ms = dispatcher::schedule::next_wake_ms(
                             lock.id.as_str(),
                             r.received_at_ms,
                             lock.heartbeat_interval,
-                            lock.activity_log_interval,
                         );
-                        downlink.next_heartbeat_at = Some(wake.next_heartbeat_s);
+                        downlink.next_heartbeat_at = Some(wake_ms / 1000);
                     }
                     Outcome::Heartbeat { stored, downlink }
                 }
@@ -341,8 +336,8 @@ impl Writer {
             if results.is_empty() {
                 continue;
             }
-            let done = self.store.apply_job_results(lock, results, now_ms).await?;
-            for (job, change) in &done.events {
+            let ended = self.store.apply_job_results(lock, results, now_ms).await?;
+            for (job, change) in &ended {
                 if change == &JobChange::Failed {
                     let outcome = results
                         .iter()
@@ -352,34 +347,36 @@ impl Writer {
                 }
                 outbound.push(job_outbound(job, *change));
             }
-            if !done.intervals_changed.is_empty() {
-                let mut registry = jobs.registry.write().unwrap_or_else(|e| e.into_inner());
-                for (job, change) in &done.events {
-                    let (Some(h), Some(m), JobChange::Completed) = (
-                        job.view.heartbeat_interval_h,
-                        job.view.activity_log_interval_min,
-                        change,
-                    ) else {
+            // A completed interval change: this instance's registry and
+            // this batch's answers to the lock say the new intervals at once.
+            for (job, change) in &ended {
+                let (JobKind::SetIntervals, JobChange::Completed, Some(h), Some(m)) = (
+                    job.view.kind,
+                    change,
+                    job.view.heartbeat_interval_h,
+                    job.view.activity_log_interval_min,
+                ) else {
+                    continue;
+                };
+                jobs.registry
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_intervals(&job.view.lock_id, h, m);
+                let (Ok(hb), Ok(log)) = (
+                    schemas::HeartbeatInterval::from_hours(h),
+                    schemas::ActivityLogInterval::from_minutes(m),
+                ) else {
+                    continue;
+                };
+                for (index, l) in wants_jobs {
+                    if *l != job.view.lock_id {
                         continue;
-                    };
-                    registry.set_intervals(&job.view.lock_id, h, m);
-                    // This batch's answers to the lock say the new ones too.
-                    let (Ok(hb), Ok(log)) = (
-                        schemas::HeartbeatInterval::from_hours(h),
-                        schemas::ActivityLogInterval::from_minutes(m),
-                    ) else {
-                        continue;
-                    };
-                    for (index, l) in wants_jobs {
-                        if *l != job.view.lock_id {
-                            continue;
-                        }
-                        if let Outcome::Heartbeat { downlink, .. }
-                        | Outcome::JobReport { downlink } = &mut answers[*index].1
-                        {
-                            downlink.heartbeat_interval = hb;
-                            downlink.activity_log_interval = log;
-                        }
+                    }
+                    if let Outcome::Heartbeat { downlink, .. } | Outcome::JobReport { downlink } =
+                        &mut answers[*index].1
+                    {
+                        downlink.heartbeat_interval = hb;
+                        downlink.activity_log_interval = log;
                     }
                 }
             }

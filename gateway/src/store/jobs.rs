@@ -26,10 +26,11 @@ use sqlx::{Postgres, Sqlite, Transaction};
 pub const MAX_LIST: u32 = 100;
 const DEFAULT_LIST: u32 = 50;
 
-const JOB_COLUMNS: &str = "SELECT job_id, org, department, lock_id, kind, state, attempt, retried_by, \
+/// The columns of [`JobColumns`] (every job column but the sealed PIN).
+const JOB_COLUMNS: &str = "job_id, org, department, lock_id, kind, state, attempt, retried_by, \
      created_at_ms, created_by, description, pin_name, access_id, pin_kind, pin_type, pin_start_s, pin_end_s, \
      heartbeat_interval_h, activity_log_interval_min, issued_at_ms, deliveries, in_flight, last_sync_ms, \
-     last_sync_by, failure_reason, version, updated_at_ms FROM jobs ";
+     last_sync_by, failure_reason, version, updated_at_ms";
 
 #[derive(sqlx::FromRow, Clone, Debug)]
 struct JobColumns {
@@ -203,6 +204,15 @@ impl Tx {
         })
     }
 
+    /// A transaction for reads (SQLite: a deferred one, so it does not take
+    /// the write lock).
+    async fn begin_read(store: &Store) -> Result<Tx, sqlx::Error> {
+        Ok(match store {
+            Store::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Store::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
     async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Sqlite(tx) => tx.commit().await,
@@ -223,88 +233,56 @@ impl Tx {
         })
     }
 
-    async fn jobs(&mut self, sql: &str, binds: &[Bind]) -> Result<Vec<JobColumns>, sqlx::Error> {
-        let sql = format!("{JOB_COLUMNS}{sql}");
+    /// Rows of `sql` as `T`.
+    async fn rows<T>(&mut self, sql: &str, binds: &[Bind]) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
         match self {
             Tx::Sqlite(tx) => {
-                bound!(sqlx::query_as::<_, JobColumns>(safe(&sql)), binds)
+                bound!(sqlx::query_as::<_, T>(safe(sql)), binds)
                     .fetch_all(&mut **tx)
                     .await
             }
             Tx::Postgres(tx) => {
-                bound!(sqlx::query_as::<_, JobColumns>(safe(&sql)), binds)
+                bound!(sqlx::query_as::<_, T>(safe(sql)), binds)
                     .fetch_all(&mut **tx)
                     .await
             }
         }
     }
 
-    async fn scalar_i64(&mut self, sql: &str, binds: &[Bind]) -> Result<Option<i64>, sqlx::Error> {
+    /// The one value of `sql`'s first row, if there is a row.
+    async fn scalar<T>(&mut self, sql: &str, binds: &[Bind]) -> Result<Option<T>, sqlx::Error>
+    where
+        T: Send
+            + Unpin
+            + sqlx::Type<Sqlite>
+            + for<'r> sqlx::Decode<'r, Sqlite>
+            + sqlx::Type<Postgres>
+            + for<'r> sqlx::Decode<'r, Postgres>,
+    {
         match self {
             Tx::Sqlite(tx) => {
-                bound!(sqlx::query_scalar::<_, i64>(safe(sql)), binds)
+                bound!(sqlx::query_scalar::<_, T>(safe(sql)), binds)
                     .fetch_optional(&mut **tx)
                     .await
             }
             Tx::Postgres(tx) => {
-                bound!(sqlx::query_scalar::<_, i64>(safe(sql)), binds)
-                    .fetch_optional(&mut **tx)
-                    .await
-            }
-        }
-    }
-
-    async fn scalar_text(
-        &mut self,
-        sql: &str,
-        binds: &[Bind],
-    ) -> Result<Option<String>, sqlx::Error> {
-        match self {
-            Tx::Sqlite(tx) => {
-                bound!(sqlx::query_scalar::<_, String>(safe(sql)), binds)
-                    .fetch_optional(&mut **tx)
-                    .await
-            }
-            Tx::Postgres(tx) => {
-                bound!(sqlx::query_scalar::<_, String>(safe(sql)), binds)
+                bound!(sqlx::query_scalar::<_, T>(safe(sql)), binds)
                     .fetch_optional(&mut **tx)
                     .await
             }
         }
     }
 
-    async fn pins(&mut self, sql: &str, binds: &[Bind]) -> Result<Vec<PinColumns>, sqlx::Error> {
-        match self {
-            Tx::Sqlite(tx) => {
-                bound!(sqlx::query_as::<_, PinColumns>(safe(sql)), binds)
-                    .fetch_all(&mut **tx)
-                    .await
-            }
-            Tx::Postgres(tx) => {
-                bound!(sqlx::query_as::<_, PinColumns>(safe(sql)), binds)
-                    .fetch_all(&mut **tx)
-                    .await
-            }
-        }
-    }
-
-    async fn sealed(
-        &mut self,
-        sql: &str,
-        binds: &[Bind],
-    ) -> Result<Vec<SealedColumns>, sqlx::Error> {
-        match self {
-            Tx::Sqlite(tx) => {
-                bound!(sqlx::query_as::<_, SealedColumns>(safe(sql)), binds)
-                    .fetch_all(&mut **tx)
-                    .await
-            }
-            Tx::Postgres(tx) => {
-                bound!(sqlx::query_as::<_, SealedColumns>(safe(sql)), binds)
-                    .fetch_all(&mut **tx)
-                    .await
-            }
-        }
+    /// Jobs selected by `filter` (`WHERE ...`, `ORDER BY ...`).
+    async fn jobs(&mut self, filter: &str, binds: &[Bind]) -> Result<Vec<JobColumns>, sqlx::Error> {
+        self.rows(&format!("SELECT {JOB_COLUMNS} FROM jobs {filter}"), binds)
+            .await
     }
 
     /// Serialise links to one bridge across instances (PostgreSQL).
@@ -340,9 +318,11 @@ struct PinColumns {
     end_s: Option<i64>,
 }
 
+/// A pending job's columns with its sealed PIN, for delivery.
 #[derive(sqlx::FromRow, Clone, Debug)]
-struct SealedColumns {
-    job_id: i64,
+struct DeliverableColumns {
+    #[sqlx(flatten)]
+    job: JobColumns,
     pin_sealed: Option<Vec<u8>>,
 }
 
@@ -394,8 +374,8 @@ pub struct CommandDone {
     pub replayed: bool,
     /// Committed job changes, for the dashboard.
     pub events: Vec<(StoredJob, JobChange)>,
-    /// A lock whose intervals a completed job changed (none for commands).
-    pub intervals_changed: Vec<String>,
+    /// The rule a refusal decided now broke (not set for a replayed answer).
+    pub refused_rule: Option<&'static str>,
 }
 
 /// What identifies a command for its idempotency key: everything but the
@@ -440,7 +420,7 @@ pub(super) async fn run_command(
             .map_err(err)?;
         if claimed == 0 {
             let stored = tx
-                .scalar_text(
+                .scalar::<String>(
                     "SELECT fingerprint || ' ' || answer FROM commands WHERE org = $1 AND idempotency_key = $2",
                     &[t(org), t(&req.idempotency_key)],
                 )
@@ -459,11 +439,12 @@ pub(super) async fn run_command(
                 answer,
                 replayed: true,
                 events: vec![],
-                intervals_changed: vec![],
+                refused_rule: None,
             });
         }
     }
     let mut events = Vec::new();
+    let mut refused_rule = None;
     let answer = match execute(&mut tx, org, req, prepared, now_ms, &mut events).await {
         Ok(Ok(mut result)) => {
             expect_delivery(&mut tx, &mut events, &mut result, now_ms)
@@ -473,6 +454,7 @@ pub(super) async fn run_command(
         }
         Ok(Err(refusal)) => {
             events.clear();
+            refused_rule = Some(refusal.rule());
             Answer::refused(&refusal)
         }
         Err(e) => return Err(err(e)),
@@ -495,7 +477,7 @@ pub(super) async fn run_command(
         answer,
         replayed: false,
         events,
-        intervals_changed: vec![],
+        refused_rule,
     })
 }
 
@@ -515,7 +497,7 @@ async fn expect_delivery(
             continue;
         }
         let until = tx
-            .scalar_i64(
+            .scalar::<i64>(
                 "SELECT online_until_ms FROM lock_state WHERE lock_id = $1",
                 &[t(&job.view.lock_id)],
             )
@@ -535,7 +517,7 @@ async fn expect_delivery(
 /// The lock's bridge as stored (inside the transaction).
 async fn current_bridge(tx: &mut Tx, lock_id: &str) -> Result<Option<String>, sqlx::Error> {
     Ok(tx
-        .scalar_text(
+        .scalar::<String>(
             "SELECT COALESCE(bridge_id, '') FROM locks WHERE lock_id = $1",
             &[t(lock_id)],
         )
@@ -562,7 +544,7 @@ async fn insert_job(
     now_ms: u64,
 ) -> Result<StoredJob, sqlx::Error> {
     let id = tx
-        .scalar_i64(
+        .scalar::<i64>(
             "INSERT INTO jobs (org, department, lock_id, kind, state, attempt, created_at_ms, created_by, \
              description, pin_name, access_id, pin_kind, pin_type, pin_start_s, pin_end_s, pin_sealed, \
              heartbeat_interval_h, activity_log_interval_min, issued_at_ms, version, updated_at_ms) \
@@ -648,7 +630,7 @@ async fn execute(
             };
             tx.lock_row(lock_id).await?;
             let pins = tx
-                .pins(
+                .rows::<PinColumns>(
                     "SELECT pin_type, start_s, end_s FROM pins WHERE lock_id = $1",
                     &[t(lock_id)],
                 )
@@ -732,7 +714,7 @@ async fn execute(
             };
             tx.lock_row(lock_id).await?;
             let exists = tx
-                .scalar_i64(
+                .scalar::<i64>(
                     "SELECT job_id FROM pins WHERE lock_id = $1 AND access_id = $2",
                     &[t(lock_id), t(access_id)],
                 )
@@ -846,7 +828,7 @@ async fn execute(
             tx.lock_bridge_row(bridge_id).await?;
             let current = current_bridge(tx, lock_id).await?;
             let linked = tx
-                .scalar_i64(
+                .scalar::<i64>(
                     "SELECT count(*) FROM locks WHERE bridge_id = $1",
                     &[t(bridge_id)],
                 )
@@ -1059,53 +1041,25 @@ pub(super) async fn pending_for(
             .collect::<Vec<_>>()
             .join(", ");
         let binds: Vec<Bind> = chunk.iter().map(|l| t(*l)).collect();
-        let rows = tx
-            .jobs(
+        let rows: Vec<DeliverableColumns> = tx
+            .rows(
                 &format!(
-                    "WHERE state = 'pending' AND lock_id IN ({list}) ORDER BY lock_id, job_id"
-                ),
-                &binds,
-            )
-            .await
-            .map_err(err)?;
-        if rows.is_empty() {
-            continue;
-        }
-        let sealed = tx
-            .sealed(
-                &format!(
-                    "SELECT job_id, pin_sealed FROM jobs WHERE state = 'pending' AND pin_sealed IS NOT NULL \
-                     AND lock_id IN ({list})"
+                    "SELECT {JOB_COLUMNS}, pin_sealed FROM jobs \
+                     WHERE state = 'pending' AND lock_id IN ({list}) ORDER BY lock_id, job_id"
                 ),
                 &binds,
             )
             .await
             .map_err(err)?;
         for r in rows {
-            let id = r.job_id;
-            let pin_sealed = sealed
-                .iter()
-                .find(|s| s.job_id == id)
-                .and_then(|s| s.pin_sealed.clone());
             out.push(Deliverable {
-                job: StoredJob::try_from(r)?,
-                pin_sealed,
+                job: StoredJob::try_from(r.job)?,
+                pin_sealed: r.pin_sealed,
             });
         }
     }
     tx.commit().await.map_err(err)?;
     Ok(out)
-}
-
-impl Tx {
-    /// A transaction for reads (SQLite: a deferred one, so it does not take
-    /// the write lock).
-    async fn begin_read(store: &Store) -> Result<Tx, sqlx::Error> {
-        Ok(match store {
-            Store::Sqlite(p) => Tx::Sqlite(p.begin().await?),
-            Store::Postgres(p) => Tx::Postgres(p.begin().await?),
-        })
-    }
 }
 
 /// Record that `jobs` went out to their locks by `path` at `now_ms`.
@@ -1144,20 +1098,19 @@ pub(super) async fn mark_delivered(
 }
 
 /// Apply a lock's job results; returns the jobs that changed (completed or
-/// failed) and whether a completed job changed the lock's intervals (then
-/// the lock row holds the new ones and the registry version was bumped).
+/// failed). A completed interval change also writes the lock's row and
+/// bumps the registry version.
 pub(super) async fn apply_results(
     store: &Store,
     lock_id: &str,
     results: &[JobResult],
     now_ms: u64,
-) -> Result<CommandDone, StoreError> {
+) -> Result<Vec<(StoredJob, JobChange)>, StoreError> {
     let engine = store.engine();
     let err = |e| StoreError::from_sqlx(engine, "applying job results", e);
     let mut tx = Tx::begin(store).await.map_err(err)?;
     tx.lock_row(lock_id).await.map_err(err)?;
     let mut events = Vec::new();
-    let mut intervals_changed = Vec::new();
     for r in results {
         let rows = tx
             .jobs("WHERE job_id = $1 AND lock_id = $2", &[i(r.id), t(lock_id)])
@@ -1220,7 +1173,6 @@ pub(super) async fn apply_results(
                             tx.execute(super::common::BUMP_REGISTRY_VERSION, &[])
                                 .await
                                 .map_err(err)?;
-                            intervals_changed.push(lock_id.to_string());
                         }
                     }
                 }
@@ -1261,14 +1213,5 @@ pub(super) async fn apply_results(
         }
     }
     tx.commit().await.map_err(err)?;
-    Ok(CommandDone {
-        answer: Answer {
-            status: ResponseStatus::Ok,
-            result: None,
-            error: None,
-        },
-        replayed: false,
-        events,
-        intervals_changed,
-    })
+    Ok(events)
 }

@@ -355,13 +355,15 @@ impl Store {
         jobs::mark_delivered(self, jobs, path, now_ms).await
     }
 
-    /// Apply a lock's job results in one transaction.
+    /// Apply a lock's job results in one transaction; the jobs that ended
+    /// (a completed interval change has also changed the lock's row and
+    /// bumped the registry version).
     pub async fn apply_job_results(
         &self,
         lock_id: &str,
         results: &[schemas::JobResult],
         now_ms: u64,
-    ) -> Result<jobs::CommandDone, StoreError> {
+    ) -> Result<Vec<(jobs::StoredJob, schemas::command::JobChange)>, StoreError> {
         jobs::apply_results(self, lock_id, results, now_ms).await
     }
 
