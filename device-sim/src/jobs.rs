@@ -244,4 +244,4 @@ fn pin_of(job: &DeviceJob) -> Result<Pin, &'static str> {
 
 #[cfg(test)]
 #[path = "jobs_tests.rs"]
-mod tests;
+pub(crate) mod tests;

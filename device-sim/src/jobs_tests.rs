@@ -4,9 +4,13 @@
 use super::*;
 use crate::pins::MAX_PINS;
 
-const T0: u64 = 1_800_000_000;
+/// The server's clock in the job tests (Unix seconds); the lock's
+/// conversation tests (`lock_jobs_tests`) use the same jobs.
+pub(crate) const T0: u64 = 1_800_000_000;
 
-fn create(id: u64, access: &str, digits: &str, pin_type: PinType) -> DeviceJob {
+/// A Custom PIN job valid from `T0` (for an hour if a duration PIN),
+/// issued before it.
+pub(crate) fn create(id: u64, access: &str, digits: &str, pin_type: PinType) -> DeviceJob {
     DeviceJob {
         id,
         attempt: 1,
@@ -22,7 +26,8 @@ fn create(id: u64, access: &str, digits: &str, pin_type: PinType) -> DeviceJob {
     }
 }
 
-fn delete(id: u64, access: &str) -> DeviceJob {
+/// A job deleting `access`.
+pub(crate) fn delete(id: u64, access: &str) -> DeviceJob {
     DeviceJob {
         action: JobAction::DeletePin,
         pin: None,

@@ -3,41 +3,12 @@
 
 use super::tests::{clock, inb1, spec};
 use super::*;
+use crate::jobs::tests::{create, delete, T0};
 use schemas::device::{
     DeviceJob, JobAction, JobOutcome, JobReport, JobResult, PinType, MAX_RESULTS_PER_REPORT,
 };
 use schemas::{ActivityKind, LockState};
 use std::collections::VecDeque;
-
-/// The server's clock in these tests (Unix seconds).
-const T0: u64 = 1_800_000_000;
-
-fn create(id: u64, access: &str, digits: &str, pin_type: PinType) -> DeviceJob {
-    DeviceJob {
-        id,
-        attempt: 1,
-        action: JobAction::CreatePin,
-        access: Some(access.into()),
-        pin: Some(digits.into()),
-        pin_type: Some(pin_type),
-        start: Some(T0),
-        end: (pin_type == PinType::Duration).then_some(T0 + 3600),
-        heartbeat_interval: None,
-        activity_log_interval: None,
-        issued: T0 - 60,
-    }
-}
-
-fn delete(id: u64, access: &str) -> DeviceJob {
-    DeviceJob {
-        action: JobAction::DeletePin,
-        pin: None,
-        pin_type: None,
-        start: None,
-        end: None,
-        ..create(id, access, "0000", PinType::Permanent)
-    }
-}
 
 fn downlink(seq: u32, jobs: Vec<DeviceJob>, more: bool) -> Downlink {
     Downlink {

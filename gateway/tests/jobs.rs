@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Dashboard, Engine, Harness, JobLock};
+use common::{done, now_s, request, Dashboard, Engine, Harness, JobLock};
 use dispatcher::import::ParsedFleet;
 use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::{LockId, OrgId};
@@ -35,32 +35,6 @@ fn fleet() -> ParsedFleet {
         locks: vec![lock("L1", &["d1"]), lock("L2", &["d1", "d2"])],
         ..ParsedFleet::default()
     }
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn done(job: &DeviceJob) -> JobResult {
-    JobResult {
-        id: job.id,
-        attempt: job.attempt,
-        outcome: JobOutcome::Done,
-        detail: None,
-    }
-}
-
-fn request(key: &str, department: Option<&str>, command: Value) -> Value {
-    json!({
-        "correlation_id": format!("c-{key}"),
-        "idempotency_key": key,
-        "requested_by": "Mark Tan",
-        "department": department,
-        "command": command,
-    })
 }
 
 fn create_pin(lock: &str, pin: &str, start: u64) -> Value {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Dashboard, Engine, JobLock};
+use common::{done, now_s, Dashboard, Engine, JobLock};
 use dispatcher::import::ParsedFleet;
 use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::{LockId, OrgId};
@@ -159,22 +159,6 @@ fn request(key: &str, command: Value) -> Value {
         "requested_by": "Mark Tan",
         "command": command,
     })
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn done(job: &DeviceJob) -> JobResult {
-    JobResult {
-        id: job.id,
-        attempt: job.attempt,
-        outcome: JobOutcome::Done,
-        detail: None,
-    }
 }
 
 async fn each_job_ends_exactly_once_after_kill_9(engine: Engine) {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Dashboard, Engine, Harness};
+use common::{now_s, request, Dashboard, Engine, Harness};
 use device_sim::fleet::{generate, FleetSpec};
 use device_sim::run::{self, SimConfig};
 use device_sim::Reporting;
@@ -15,23 +15,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 const TALK: Duration = Duration::from_secs(20);
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn request(key: &str, department: Option<&str>, command: Value) -> Value {
-    json!({
-        "correlation_id": format!("c-{key}"),
-        "idempotency_key": key,
-        "requested_by": "Mark Tan",
-        "department": department,
-        "command": command,
-    })
-}
 
 fn create_pin(lock: &str, pin: &str) -> Value {
     json!({

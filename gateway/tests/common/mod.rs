@@ -694,3 +694,37 @@ fn job_lock_heartbeat(lock: &str, seq: u32) -> schemas::Heartbeat {
         activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
     }
 }
+
+/// The wall clock, Unix seconds (PIN starts are judged against it).
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The result "done" for `job`, as a lock reports it.
+pub fn done(job: &schemas::DeviceJob) -> schemas::JobResult {
+    schemas::JobResult {
+        id: job.id,
+        attempt: job.attempt,
+        outcome: schemas::JobOutcome::Done,
+        detail: None,
+    }
+}
+
+/// A dashboard command: `command` for the department `department` (none
+/// in a flat organisation), keyed and correlated by `key`.
+pub fn request(
+    key: &str,
+    department: Option<&str>,
+    command: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "correlation_id": format!("c-{key}"),
+        "idempotency_key": key,
+        "requested_by": "Mark Tan",
+        "department": department,
+        "command": command,
+    })
+}
