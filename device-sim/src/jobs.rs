@@ -36,6 +36,10 @@ pub enum Effect {
         heartbeat: Option<HeartbeatInterval>,
         activity_log: Option<ActivityLogInterval>,
     },
+    /// Throw (`true`) or withdraw (`false`) the bolt now.
+    Bolt { locked: bool },
+    /// Set the clock and collect the state (nothing else changes).
+    Sync,
 }
 
 /// What [`JobMemory::handle`] did with one job.
@@ -155,6 +159,9 @@ impl JobMemory {
                 };
                 (JobOutcome::Done, None, effect)
             }
+            JobAction::Lock => (JobOutcome::Done, None, Effect::Bolt { locked: true }),
+            JobAction::Unlock => (JobOutcome::Done, None, Effect::Bolt { locked: false }),
+            JobAction::Sync => (JobOutcome::Done, None, Effect::Sync),
         }
     }
 

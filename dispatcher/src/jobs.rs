@@ -42,8 +42,12 @@ pub enum Refusal {
     DepartmentDoesNotHoldLock { department: String, lock: String },
     #[error("lock {lock} belongs to {count} departments; a Custom PIN needs a lock in exactly one department")]
     LockInSeveralDepartments { lock: String, count: usize },
-    #[error("lock {lock} receives jobs only through the app or a bridge (it is not an NB-IoT lock); this server delivers PIN and interval jobs to NB-IoT locks at their heartbeat")]
+    #[error("lock {lock} is a Bluetooth lock without a bridge: this server reaches it only through a bridge; link it to one first (link_bridge)")]
     NoDeliveryRoute { lock: String },
+    #[error("lock {lock} has no bridge, and lock, unlock and sync go only through a bridge: link it to one first (link_bridge)")]
+    NoBridge { lock: String },
+    #[error("bridge {bridge} of lock {lock} is offline, so the command was not queued (lock, unlock and sync act now or not at all): try again once the bridge is back online")]
+    BridgeOffline { lock: String, bridge: String },
     #[error(
         "a PIN is {MIN_PIN_DIGITS} to {MAX_PIN_DIGITS} digits 0-9: send the digits as a string"
     )]
@@ -110,6 +114,8 @@ impl Refusal {
             Refusal::DepartmentDoesNotHoldLock { .. } => "department_does_not_hold_lock",
             Refusal::LockInSeveralDepartments { .. } => "lock_in_several_departments",
             Refusal::NoDeliveryRoute { .. } => "no_delivery_route",
+            Refusal::NoBridge { .. } => "no_bridge",
+            Refusal::BridgeOffline { .. } => "bridge_offline",
             Refusal::PinDigits => "pin_digits",
             Refusal::Text { .. } => "text",
             Refusal::StartInPast { .. } => "start_in_past",
@@ -192,14 +198,59 @@ pub fn check_department(lock: &LockRecord, department: Option<&str>) -> Result<(
     }
 }
 
-/// Jobs reach NB-IoT locks at their heartbeat.
+/// PIN and interval jobs reach NB-IoT locks at their heartbeat, and linked
+/// locks through their bridge (`lock.bridge`, as stored); a Bluetooth lock
+/// without a bridge cannot be reached.
 pub fn check_route(lock: &LockRecord) -> Result<(), Refusal> {
-    match lock.path {
-        ReportPath::Coap | ReportPath::Mqtt => Ok(()),
-        ReportPath::Bridge => Err(Refusal::NoDeliveryRoute {
+    match (lock.path, &lock.bridge) {
+        (ReportPath::Coap | ReportPath::Mqtt, _) | (ReportPath::Bridge, Some(_)) => Ok(()),
+        (ReportPath::Bridge, None) => Err(Refusal::NoDeliveryRoute {
             lock: lock.id.to_string(),
         }),
     }
+}
+
+/// Lock, unlock and sync: only through the lock's bridge (`lock.bridge`,
+/// as stored), and only while it is online (`bridge_online`, as stored), so
+/// that the dashboard learns at once that the door will not move.
+pub fn check_bridge_action(
+    lock: &LockRecord,
+    department: Option<&str>,
+    bridge_online: bool,
+) -> Result<(), Refusal> {
+    check_department(lock, department)?;
+    let Some(bridge) = &lock.bridge else {
+        return Err(Refusal::NoBridge {
+            lock: lock.id.to_string(),
+        });
+    };
+    if !bridge_online {
+        return Err(Refusal::BridgeOffline {
+            lock: lock.id.to_string(),
+            bridge: bridge.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Default time to live of lock, unlock and sync: a person waits at the
+/// door for seconds, not hours. A bridge that has not reported the result
+/// by then (it went offline, or the lock is out of Bluetooth range) fails
+/// the job with [`immediate_expired_reason`], and it is never sent again:
+/// an unlock carried out hours later would open a door nobody is at.
+pub const DEFAULT_IMMEDIATE_TTL_MS: u64 = 60_000;
+
+/// Whether an immediate job created at `created_at_ms` has outlived `ttl_ms`.
+pub fn immediate_expired(created_at_ms: u64, ttl_ms: u64, now_ms: u64) -> bool {
+    now_ms >= created_at_ms.saturating_add(ttl_ms)
+}
+
+/// The Jobs List's reason for an immediate job that expired.
+pub fn immediate_expired_reason(ttl_ms: u64) -> String {
+    format!(
+        "Not delivered in time: the bridge did not report a result within {} s",
+        ttl_ms / 1000
+    )
 }
 
 pub fn check_text(field: &'static str, s: &str) -> Result<(), Refusal> {
@@ -510,6 +561,9 @@ pub fn description(kind: JobKind, pin_kind: Option<PinKind>) -> &'static str {
         (JobKind::DeletePin, Some(PinKind::Algo)) => "Delete AlgoPIN",
         (JobKind::DeletePin, _) => "Delete PIN",
         (JobKind::SetIntervals, _) => "Change intervals",
+        (JobKind::Lock, _) => "Lock",
+        (JobKind::Unlock, _) => "Unlock",
+        (JobKind::Sync, _) => "Sync",
     }
 }
 
@@ -519,6 +573,9 @@ pub fn action_of(kind: JobKind) -> JobAction {
         JobKind::CreateCustomPin => JobAction::CreatePin,
         JobKind::DeletePin => JobAction::DeletePin,
         JobKind::SetIntervals => JobAction::SetIntervals,
+        JobKind::Lock => JobAction::Lock,
+        JobKind::Unlock => JobAction::Unlock,
+        JobKind::Sync => JobAction::Sync,
     }
 }
 
@@ -698,10 +755,44 @@ mod tests {
     }
 
     #[test]
-    fn bridged_locks_have_no_heartbeat_route() {
-        let l = lock(&[], ReportPath::Bridge);
-        let e = check_create_pin(&l, None, &pin(PinType::Permanent, NOW, None), 0, NOW);
+    fn a_bluetooth_lock_is_reached_only_through_its_bridge() {
+        let mut l = lock(&[], ReportPath::Bridge);
+        let p = pin(PinType::Permanent, NOW, None);
+        let e = check_create_pin(&l, None, &p, 0, NOW);
         assert_eq!(e.unwrap_err().rule(), "no_delivery_route");
+        l.bridge = Some(crate::registry::BridgeId::new("B1"));
+        assert_eq!(check_create_pin(&l, None, &p, 0, NOW), Ok(()));
+    }
+
+    #[test]
+    fn lock_unlock_and_sync_need_an_online_bridge() {
+        let mut l = lock(&["d1"], ReportPath::Coap);
+        assert_eq!(
+            check_bridge_action(&l, Some("d1"), true).unwrap_err().rule(),
+            "no_bridge"
+        );
+        l.bridge = Some(crate::registry::BridgeId::new("B1"));
+        let offline = check_bridge_action(&l, Some("d1"), false).unwrap_err();
+        assert_eq!(offline.rule(), "bridge_offline");
+        assert!(offline.to_string().contains("B1"), "{offline}");
+        assert_eq!(check_bridge_action(&l, Some("d1"), true), Ok(()));
+        // The department rule comes first, as for every command.
+        assert_eq!(
+            check_bridge_action(&l, Some("d2"), true).unwrap_err().rule(),
+            "department_does_not_hold_lock"
+        );
+    }
+
+    #[test]
+    fn an_immediate_job_expires_at_its_time_to_live() {
+        assert!(!immediate_expired(1_000, 60_000, 60_999));
+        assert!(immediate_expired(1_000, 60_000, 61_000));
+        assert_eq!(
+            immediate_expired_reason(60_000),
+            "Not delivered in time: the bridge did not report a result within 60 s"
+        );
+        assert_eq!(action_of(JobKind::Unlock), JobAction::Unlock);
+        assert_eq!(description(JobKind::Sync, None), "Sync");
     }
 
     #[test]

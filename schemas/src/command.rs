@@ -95,6 +95,12 @@ pub enum Command {
     LinkBridge { lock_id: String, bridge_id: String },
     /// Unlink a lock from its bridge.
     UnlinkBridge { lock_id: String },
+    /// Throw the bolt now, through the lock's bridge.
+    Lock { lock_id: String },
+    /// Open the lock now, through its bridge.
+    Unlock { lock_id: String },
+    /// Set the lock's clock and collect its state now, through its bridge.
+    Sync { lock_id: String },
     /// Delete a pending job (not one whose result is awaited).
     DeleteJob { job_id: u64 },
     /// Put a failed job back to pending, once.
@@ -126,6 +132,9 @@ impl Command {
             Command::SetIntervals { .. } => "set_intervals",
             Command::LinkBridge { .. } => "link_bridge",
             Command::UnlinkBridge { .. } => "unlink_bridge",
+            Command::Lock { .. } => "lock",
+            Command::Unlock { .. } => "unlock",
+            Command::Sync { .. } => "sync",
             Command::DeleteJob { .. } => "delete_job",
             Command::RecreateJob { .. } => "recreate_job",
             Command::GetJob { .. } => "get_job",
@@ -215,6 +224,12 @@ pub enum JobKind {
     CreateCustomPin,
     DeletePin,
     SetIntervals,
+    /// Bridge only, at once.
+    Lock,
+    /// Bridge only, at once.
+    Unlock,
+    /// Bridge only, at once.
+    Sync,
 }
 
 impl JobKind {
@@ -223,7 +238,16 @@ impl JobKind {
             JobKind::CreateCustomPin => "create_custom_pin",
             JobKind::DeletePin => "delete_pin",
             JobKind::SetIntervals => "set_intervals",
+            JobKind::Lock => "lock",
+            JobKind::Unlock => "unlock",
+            JobKind::Sync => "sync",
         }
+    }
+
+    /// Lock, unlock and sync: delivered at once through a bridge or not at
+    /// all (they expire; see `dispatcher::jobs::IMMEDIATE_TTL_MS`).
+    pub fn is_immediate(self) -> bool {
+        matches!(self, JobKind::Lock | JobKind::Unlock | JobKind::Sync)
     }
 }
 

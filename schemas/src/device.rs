@@ -208,6 +208,15 @@ pub enum JobAction {
     /// Use new intervals (`heartbeat_interval`, `activity_log_interval`).
     #[n(2)]
     SetIntervals,
+    /// Bridge only: throw the bolt now.
+    #[n(3)]
+    Lock,
+    /// Bridge only: open the lock now.
+    #[n(4)]
+    Unlock,
+    /// Bridge only: set the lock's clock and collect its state now.
+    #[n(5)]
+    Sync,
 }
 
 impl JobAction {
@@ -216,7 +225,17 @@ impl JobAction {
             JobAction::CreatePin => "create_pin",
             JobAction::DeletePin => "delete_pin",
             JobAction::SetIntervals => "set_intervals",
+            JobAction::Lock => "lock",
+            JobAction::Unlock => "unlock",
+            JobAction::Sync => "sync",
         }
+    }
+
+    /// Lock, unlock and sync act at once through a bridge; they are never
+    /// carried in a heartbeat answer (an unlock hours later would open a
+    /// door nobody is waiting at).
+    pub fn is_immediate(self) -> bool {
+        matches!(self, JobAction::Lock | JobAction::Unlock | JobAction::Sync)
     }
 }
 
@@ -533,6 +552,30 @@ impl JobReport {
     }
 }
 
+/// A job the gateway sends a bridge on `br/{bridge}/cmd` for one of its
+/// linked locks (`bridge-command` in `spec/device.cddl`). On MQTT it is the
+/// plaintext of an OSCORE request the gateway protects with its own
+/// sequence number under the bridge's context. The bridge reports the result
+/// on `br/{bridge}/up/jr` as a [`JobReport`] for `lock_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct BridgeCommand {
+    #[n(0)]
+    pub lock_id: String,
+    #[n(1)]
+    pub job: DeviceJob,
+}
+
+impl BridgeCommand {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let c: BridgeCommand = decode_exact(bytes, "bridge-command")?;
+        if !valid_id(&c.lock_id) {
+            return Err(DecodeError::BadLockId);
+        }
+        Ok(c)
+    }
+}
+
 impl Downlink {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         decode_exact(bytes, "downlink")
@@ -577,6 +620,37 @@ mod tests {
             heartbeat_interval: HeartbeatInterval::DEFAULT,
             activity_log_interval: ActivityLogInterval::DEFAULT,
         }
+    }
+
+    #[test]
+    fn a_bridge_command_roundtrips_and_checks_its_lock_id() {
+        let cmd = BridgeCommand {
+            lock_id: "L000001".into(),
+            job: DeviceJob {
+                id: 42,
+                attempt: 1,
+                action: JobAction::Unlock,
+                access: None,
+                pin: None,
+                pin_type: None,
+                start: None,
+                end: None,
+                heartbeat_interval: None,
+                activity_log_interval: None,
+                issued: 1_790_000_000,
+            },
+        };
+        let bytes = encode(&cmd);
+        assert_eq!(BridgeCommand::decode(&bytes), Ok(cmd.clone()));
+        let bad = BridgeCommand {
+            lock_id: "L 1".into(),
+            ..cmd
+        };
+        assert_eq!(
+            BridgeCommand::decode(&encode(&bad)),
+            Err(DecodeError::BadLockId)
+        );
+        assert!(JobAction::Unlock.is_immediate() && !JobAction::CreatePin.is_immediate());
     }
 
     #[test]

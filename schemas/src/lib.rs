@@ -26,7 +26,7 @@ pub mod topic;
 pub mod units;
 
 pub use device::{
-    ActivityEvent, ActivityKind, ActivityLogBatch, DecodeError, DeviceJob, Downlink, Heartbeat,
+    ActivityEvent, ActivityKind, ActivityLogBatch, BridgeCommand, DecodeError, DeviceJob, Downlink, Heartbeat,
     JobAction, JobOutcome, JobReport, JobResult, LogAck, PinType, Uplink,
 };
 pub use units::{

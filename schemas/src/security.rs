@@ -20,6 +20,16 @@
 //!   `0.02 POST` with the report's CBOR and no options, protected as an OSCORE
 //!   request; its ack's is `2.04 Changed` with the answer's CBOR, protected
 //!   as the response to that request (empty option: no Partial IV).
+//! * Bridge commands (`br/{bridge}/cmd`): the gateway is the client. The
+//!   plaintext is `0.02 POST` with a [`crate::device::BridgeCommand`],
+//!   protected as an OSCORE request with the gateway's sender id
+//!   ([`SERVER_OSCORE_ID`], so `kid` is present and empty), no `kid context`,
+//!   and the gateway's own sequence number as Partial IV, reserved durably
+//!   before use (RFC 8613 Appendix B.1.1) so a restart never reuses a nonce.
+//!   The bridge keeps a replay window over the gateway's sequence numbers
+//!   and reports the command's result as a job report on `br/{bridge}/up/jr`
+//!   (an ordinary protected uplink); the command itself gets no OSCORE
+//!   response.
 
 use hkdf::Hkdf;
 use sha2::Sha256;

@@ -27,13 +27,15 @@ pub enum DeviceTopic<'a> {
     BridgeHeartbeat { bridge: &'a str },
     /// `br/{bridge}/up/log`: an activity-log batch a bridge relays.
     BridgeLog { bridge: &'a str },
+    /// `br/{bridge}/up/jr`: a bridge reports a linked lock's job result.
+    BridgeJobReport { bridge: &'a str },
     /// `br/{bridge}/status`: `online` / `offline` (also the bridge's Last Will).
     BridgeStatus { bridge: &'a str },
 }
 
 /// Why a device topic is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("topic {0:?} is not a device topic: publish on lk/{{lock}}/up/hb|log|jr, br/{{bridge}}/up/hb|log or br/{{bridge}}/status")]
+#[error("topic {0:?} is not a device topic: publish on lk/{{lock}}/up/hb|log|jr, br/{{bridge}}/up/hb|log|jr or br/{{bridge}}/status")]
 pub struct UnknownTopic(pub String);
 
 impl<'a> DeviceTopic<'a> {
@@ -45,6 +47,7 @@ impl<'a> DeviceTopic<'a> {
             ["lk", id, "up", "jr"] if valid_id(id) => DeviceTopic::LockJobReport { lock: id },
             ["br", id, "up", "hb"] if valid_id(id) => DeviceTopic::BridgeHeartbeat { bridge: id },
             ["br", id, "up", "log"] if valid_id(id) => DeviceTopic::BridgeLog { bridge: id },
+            ["br", id, "up", "jr"] if valid_id(id) => DeviceTopic::BridgeJobReport { bridge: id },
             ["br", id, "status"] if valid_id(id) => DeviceTopic::BridgeStatus { bridge: id },
             _ => return Err(UnknownTopic(topic.to_string())),
         };
@@ -61,6 +64,7 @@ impl<'a> DeviceTopic<'a> {
             }
             DeviceTopic::BridgeHeartbeat { bridge }
             | DeviceTopic::BridgeLog { bridge }
+            | DeviceTopic::BridgeJobReport { bridge }
             | DeviceTopic::BridgeStatus { bridge } => {
                 format!("br/{bridge}")
             }
@@ -89,6 +93,14 @@ pub mod down {
     /// `br/{bridge}/ack/{lock}/log`: the [`crate::LogAck`] for a bridged lock.
     pub fn bridge_log_ack(bridge: &str, lock: &str) -> String {
         format!("br/{bridge}/ack/{lock}/log")
+    }
+    /// `br/{bridge}/ack/{lock}/jr`: the [`crate::Downlink`] answering a bridge's job report.
+    pub fn bridge_job_report_ack(bridge: &str, lock: &str) -> String {
+        format!("br/{bridge}/ack/{lock}/jr")
+    }
+    /// `br/{bridge}/cmd`: a protected [`crate::device::BridgeCommand`] for one of the bridge's locks.
+    pub fn bridge_command(bridge: &str) -> String {
+        format!("br/{bridge}/cmd")
     }
     /// `{lk|br}/{id}/err`: a JSON [`crate::event::DeviceError`] explaining a refused publish.
     pub fn error(reply_base: &str) -> String {

@@ -80,6 +80,8 @@ fn code_topics() -> Vec<(String, &'static str)> {
         schemas::command::default_reply_topic(ORG),
         down::bridge_heartbeat_ack(BRIDGE, LOCK),
         down::bridge_log_ack(BRIDGE, LOCK),
+        down::bridge_job_report_ack(BRIDGE, LOCK),
+        down::bridge_command(BRIDGE),
         down::error(&lock_base),
         down::error(&bridge_base),
         events::heartbeat(ORG, LOCK),
@@ -101,6 +103,7 @@ fn code_topics() -> Vec<(String, &'static str)> {
         DeviceTopic::LockJobReport { lock: LOCK },
         DeviceTopic::BridgeHeartbeat { bridge: BRIDGE },
         DeviceTopic::BridgeLog { bridge: BRIDGE },
+        DeviceTopic::BridgeJobReport { bridge: BRIDGE },
         DeviceTopic::BridgeStatus { bridge: BRIDGE },
     ];
     for t in received {
@@ -110,6 +113,7 @@ fn code_topics() -> Vec<(String, &'static str)> {
             DeviceTopic::LockJobReport { lock } => format!("lk/{lock}/up/jr"),
             DeviceTopic::BridgeHeartbeat { bridge } => format!("br/{bridge}/up/hb"),
             DeviceTopic::BridgeLog { bridge } => format!("br/{bridge}/up/log"),
+            DeviceTopic::BridgeJobReport { bridge } => format!("br/{bridge}/up/jr"),
             DeviceTopic::BridgeStatus { bridge } => format!("br/{bridge}/status"),
         };
         assert_eq!(DeviceTopic::parse(&topic), Ok(t), "{topic}");
