@@ -1,11 +1,13 @@
 //! A bridge: an always-on Wi-Fi hub with one MQTT connection (client id =
 //! bridge id) through which it reports for its one or two linked locks. It
 //! announces itself on `br/{bridge}/status` (`online` after every ConnAck,
-//! `offline` before a clean disconnect, `lost` as its Last Will) and hears
-//! answers on `br/{bridge}/ack/{lock}/hb|log` and errors on `br/{bridge}/err`.
+//! `offline` before a clean disconnect, `lost` as its Last Will), hears
+//! answers on `br/{bridge}/ack/{lock}/hb|log|jr`, errors on
+//! `br/{bridge}/err` and the gateway's commands on `br/{bridge}/cmd`.
 //!
-//! The linked locks' behaviour is the ordinary [`crate::lock::Lock`]; this
-//! module only defines the bridge's connection.
+//! The linked locks' behaviour is the ordinary [`crate::lock::Lock`], what
+//! it does with commands [`crate::bridge_relay`]'s; this module only
+//! defines the bridge's connection.
 
 use crate::mqtt_conn::{ConnSpec, KEEP_ALIVE};
 use schemas::topic::down;
@@ -18,7 +20,11 @@ pub fn conn_spec(bridge: &str, host: &str, port: u16) -> ConnSpec {
         host: host.to_string(),
         port,
         keep_alive: KEEP_ALIVE,
-        filters: vec![format!("{base}/ack/#"), down::error(&base)],
+        filters: vec![
+            format!("{base}/ack/#"),
+            down::error(&base),
+            down::bridge_command(bridge),
+        ],
         status_topic: Some(down::bridge_status(bridge)),
         credentials: None,
     }
@@ -34,7 +40,10 @@ mod tests {
     fn bridge_connection_has_its_last_will_and_filters() {
         let spec = conn_spec("B00001", "127.0.0.1", 1883);
         assert_eq!(spec.client_id, "B00001");
-        assert_eq!(spec.filters, vec!["br/B00001/ack/#", "br/B00001/err"]);
+        assert_eq!(
+            spec.filters,
+            vec!["br/B00001/ack/#", "br/B00001/err", "br/B00001/cmd"]
+        );
         assert_eq!(spec.status_topic.as_deref(), Some("br/B00001/status"));
         let opts = spec.options();
         assert!(!opts.clean_session());

@@ -1,8 +1,9 @@
 //! Reaching one lock of a running simulation from outside: make it send a
 //! heartbeat now and wait until the conversation about its jobs is over,
-//! type a PIN at its keypad, hard reset it, look at its state. For tests
-//! (a gateway's integration tests drive one simulated lock step by step)
-//! and operators.
+//! type a PIN at its keypad, hard reset it, look at its state. Reaching one
+//! bridge: take it offline and back ([`BridgeHandle`]), look at what it did
+//! with the gateway's commands. For tests (a gateway's integration tests
+//! drive one simulated lock step by step) and operators.
 //!
 //! No lock is shared: a [`LockHandle`] sends a command over a bounded
 //! channel to the one task that owns the lock (its CoAP socket task or the
@@ -30,6 +31,8 @@ pub enum ControlError {
     Ended,
     #[error("the run is draining or stopping: locks start no new reports")]
     NotRunning,
+    #[error("the bridge was told to go the other way before this finished")]
+    Superseded,
     #[error("the lock's outbox is full of log batches: no room for a heartbeat now")]
     OutboxFull,
     #[error("the {kind} report {seq} got no answer that verifies (retransmissions exhausted); it goes again at the lock's next wake")]
@@ -266,6 +269,136 @@ impl LockHandle {
             .send(command)
             .await
             .map_err(|_| ControlError::Ended)
+    }
+}
+
+/// A bridge's state as a test sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeStatus {
+    pub id: String,
+    /// Connected and subscribed: commands reach it, reports leave it.
+    pub online: bool,
+    /// Held offline by [`BridgeHandle::go_offline`] until
+    /// [`BridgeHandle::go_online`].
+    pub held_offline: bool,
+    /// Payloads that arrived on `br/{bridge}/cmd`.
+    pub commands_received: u64,
+    /// Of those, dropped unanswered: not protected, not verifying, replayed,
+    /// not a POST of a bridge command, or the link's queue full.
+    pub commands_refused: u64,
+    /// Commands carried out at a linked lock for the first time.
+    pub commands_applied: u64,
+    /// Commands for a (job id, attempt) the lock had handled: answered with
+    /// the remembered result, nothing applied again.
+    pub commands_repeated: u64,
+    /// Commands for a lock not linked to this bridge: answered `Rejected`.
+    pub commands_unlinked: u64,
+    /// Commands waiting for the Bluetooth link.
+    pub commands_queued: usize,
+    /// Reports of its linked locks awaiting the gateway's answer.
+    pub outbox: usize,
+    /// Its linked locks, as in the fleet.
+    pub locks: Vec<String>,
+}
+
+/// One bridge of a running simulation (from
+/// [`crate::run::RunHandle::bridge`]), for a gateway's end-to-end tests of
+/// bridge commands and of a bridge that goes away. Cheap to clone; every
+/// call is answered by the MQTT task between its network events.
+///
+/// While the run goes on, the bridge verifies the commands the gateway
+/// publishes on `br/{bridge}/cmd`, carries each out at its lock after a
+/// Bluetooth delay ([`crate::run::SimConfig::ble_delay`]) and reports the
+/// result on `br/{bridge}/up/jr`; the linked locks' [`LockHandle`]s show
+/// what changed ([`LockStatus::lock_state`], the PIN table).
+///
+/// Offline, the bridge hears nothing: no command reaches it, and the
+/// reports it still has to send stay in its locks' outboxes. Its MQTT
+/// session is persistent (`clean_session = false`, subscriptions at QoS 1),
+/// so a broker that keeps sessions (Mosquitto does) queues the commands
+/// published meanwhile and delivers them when the bridge reconnects: they
+/// are carried out then, not lost, and nothing is applied while it is
+/// offline.
+#[derive(Clone, Debug)]
+pub struct BridgeHandle {
+    id: String,
+    task: mpsc::Sender<BridgeControl>,
+}
+
+impl BridgeHandle {
+    pub(crate) fn new(id: String, task: mpsc::Sender<BridgeControl>) -> Self {
+        BridgeHandle { id, task }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Takes the bridge offline, as when its Wi-Fi is switched off
+    /// politely: it publishes `offline` on `br/{bridge}/status`, disconnects
+    /// cleanly (so the broker does not publish its Last Will) and stays
+    /// disconnected, without reconnecting, until [`BridgeHandle::go_online`].
+    /// A report in flight is kept for later. Resolves once disconnected
+    /// (at once if it already was).
+    pub async fn go_offline(&self) -> Result<(), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(BridgeAction::GoOffline(reply)).await?;
+        rx.await.map_err(|_| ControlError::Ended)?
+    }
+
+    /// Brings the bridge back: it reconnects (resuming its session),
+    /// publishes `online` and sends the reports its locks kept. Resolves
+    /// once it is connected and subscribed again; a broker that cannot be
+    /// reached is the caller's timeout.
+    pub async fn go_online(&self) -> Result<(), ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(BridgeAction::GoOnline(reply)).await?;
+        rx.await.map_err(|_| ControlError::Ended)?
+    }
+
+    /// The bridge's state now.
+    pub async fn status(&self) -> Result<BridgeStatus, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(BridgeAction::Status(reply)).await?;
+        rx.await.map_err(|_| ControlError::Ended)
+    }
+
+    async fn send(&self, action: BridgeAction) -> Result<(), ControlError> {
+        let command = BridgeControl {
+            bridge: self.id.clone(),
+            action,
+        };
+        self.task
+            .send(command)
+            .await
+            .map_err(|_| ControlError::Ended)
+    }
+}
+
+/// A command for the MQTT task about `bridge`.
+pub(crate) struct BridgeControl {
+    pub bridge: String,
+    pub action: BridgeAction,
+}
+
+pub(crate) enum BridgeAction {
+    GoOffline(oneshot::Sender<Result<(), ControlError>>),
+    GoOnline(oneshot::Sender<Result<(), ControlError>>),
+    Status(oneshot::Sender<BridgeStatus>),
+}
+
+/// A new channel for bridge commands to the MQTT task.
+pub(crate) fn bridge_channel() -> (mpsc::Sender<BridgeControl>, mpsc::Receiver<BridgeControl>) {
+    mpsc::channel(CONTROL_CHANNEL_CAPACITY)
+}
+
+/// Receives the next bridge command, or waits forever without a channel.
+pub(crate) async fn recv_bridge(
+    commands: &mut Option<mpsc::Receiver<BridgeControl>>,
+) -> Option<BridgeControl> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

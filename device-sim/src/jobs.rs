@@ -7,13 +7,13 @@
 //! state file carries from run to run like non-volatile memory.
 //!
 //! The lock ([`crate::lock::Lock`]) owns one `JobMemory`, applies the
-//! [`Effect`]s that concern it (intervals) and sends the results; this
-//! module neither encodes reports nor reads a clock.
+//! [`Effect`]s that concern it (intervals, the bolt) and sends the results;
+//! this module neither encodes reports nor reads a clock.
 
 use crate::pins::{valid_digits, Pin, PinTable, SlotsFull, MAX_ACCESS_BYTES};
 use minicbor::{Decode, Encode};
 use schemas::device::{DeviceJob, JobAction, JobOutcome, JobResult, PinType};
-use schemas::{ActivityLogInterval, HeartbeatInterval};
+use schemas::{ActivityLogInterval, DoorState, HeartbeatInterval};
 use std::collections::VecDeque;
 
 /// Outcomes a lock remembers, newest last. A result is lost only with its
@@ -37,7 +37,9 @@ pub enum Effect {
         activity_log: Option<ActivityLogInterval>,
     },
     /// Throw (`true`) or withdraw (`false`) the bolt now.
-    Bolt { locked: bool },
+    Bolt {
+        locked: bool,
+    },
     /// Set the clock and collect the state (nothing else changes).
     Sync,
 }
@@ -75,6 +77,14 @@ impl JobMemory {
     /// reset, else the result of applying it. Either of the last two is
     /// remembered.
     pub fn handle(&mut self, job: &DeviceJob) -> Handled {
+        self.handle_at(job, DoorState::Unknown)
+    }
+
+    /// [`JobMemory::handle`] at a lock whose door is in state `door`: a
+    /// lock job while the door is open is rejected (the bolt would stick
+    /// out of an open door, and a locked-but-open door would contradict
+    /// the activity log), and remembered like any other result.
+    pub fn handle_at(&mut self, job: &DeviceJob, door: DoorState) -> Handled {
         if let Some(result) = self.remembered(job.id, job.attempt) {
             return Handled {
                 result: result.clone(),
@@ -86,6 +96,11 @@ impl JobMemory {
             Some(reset) if job.issued < reset => (
                 JobOutcome::HardReset,
                 Some(format!("lock was hard reset at {reset}")),
+                Effect::None,
+            ),
+            _ if job.action == JobAction::Lock && door == DoorState::Open => (
+                JobOutcome::Rejected,
+                Some("the door is open".to_string()),
                 Effect::None,
             ),
             _ => self.apply(job),

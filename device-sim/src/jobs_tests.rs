@@ -359,3 +359,87 @@ fn the_memory_round_trips_through_cbor() {
     assert!(JobMemory::from_cbor(b"\xff").is_err());
     assert!(!format!("{m:?}").contains("55555"), "Debug hides digits");
 }
+
+/// A bridge-only job (`Lock`, `Unlock`, `Sync`) issued before `T0`.
+pub(crate) fn immediate(id: u64, action: JobAction) -> DeviceJob {
+    DeviceJob {
+        action,
+        access: None,
+        pin: None,
+        pin_type: None,
+        start: None,
+        end: None,
+        ..create(id, "x", "0000", PinType::Permanent)
+    }
+}
+
+#[test]
+fn lock_unlock_and_sync_are_done_and_ask_for_the_bolt_or_nothing() {
+    let mut m = JobMemory::default();
+    let effect = |m: &mut JobMemory, id, action| {
+        let h = m.handle(&immediate(id, action));
+        assert_eq!(h.result.outcome, JobOutcome::Done, "{action:?}");
+        assert!(!h.repeat);
+        h.effect
+    };
+    assert_eq!(
+        effect(&mut m, 1, JobAction::Unlock),
+        Effect::Bolt { locked: false }
+    );
+    assert_eq!(
+        effect(&mut m, 2, JobAction::Lock),
+        Effect::Bolt { locked: true }
+    );
+    assert_eq!(effect(&mut m, 3, JobAction::Sync), Effect::Sync);
+    assert!(m.pins().is_empty());
+    assert_eq!(m.remembered_count(), 3);
+}
+
+#[test]
+fn an_unlock_delivered_again_moves_nothing_and_gets_the_same_result() {
+    let mut m = JobMemory::default();
+    let job = immediate(1, JobAction::Unlock);
+    let first = m.handle(&job);
+    let again = m.handle(&job);
+    assert_eq!(again.result, first.result);
+    assert!(again.repeat);
+    assert_eq!(again.effect, Effect::None, "the bolt is not moved twice");
+    // Another attempt of the same job is a new delivery.
+    let retry = m.handle(&DeviceJob { attempt: 2, ..job });
+    assert!(!retry.repeat);
+    assert_eq!(retry.effect, Effect::Bolt { locked: false });
+}
+
+#[test]
+fn a_lock_job_with_the_door_open_is_rejected_and_remembered() {
+    let mut m = JobMemory::default();
+    let job = immediate(1, JobAction::Lock);
+    let h = m.handle_at(&job, DoorState::Open);
+    assert_eq!(
+        (h.result.outcome, h.result.detail.as_deref(), h.effect),
+        (JobOutcome::Rejected, Some("the door is open"), Effect::None)
+    );
+    // Repeated after the door closed: still the remembered result.
+    let again = m.handle_at(&job, DoorState::Closed);
+    assert!(again.repeat);
+    assert_eq!(again.result.outcome, JobOutcome::Rejected);
+    // An unlock does not care about the door.
+    let unlock = m.handle_at(&immediate(2, JobAction::Unlock), DoorState::Open);
+    assert_eq!(unlock.result.outcome, JobOutcome::Done);
+}
+
+#[test]
+fn lock_and_unlock_issued_before_a_hard_reset_fail_without_moving_the_bolt() {
+    let mut m = JobMemory::default();
+    m.hard_reset(T0);
+    let h = m.handle(&immediate(1, JobAction::Unlock));
+    assert_eq!(
+        (h.result.outcome, h.effect),
+        (JobOutcome::HardReset, Effect::None)
+    );
+    let after = m.handle(&DeviceJob {
+        issued: T0,
+        ..immediate(2, JobAction::Unlock)
+    });
+    assert_eq!(after.effect, Effect::Bolt { locked: false });
+}

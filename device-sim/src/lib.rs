@@ -19,12 +19,16 @@
 //!   (`fleet.csv.state` beside the fleet file), reserved ahead as RFC 8613
 //!   Appendix B.1.1 does, so a restarted or crashed simulator never reuses a
 //!   (lock, seq) the gateway has stored nor an OSCORE sequence number.
+//! * [`bridge_relay`]: what a bridge does with the gateway's commands
+//!   (verify, replay window, Bluetooth delay), sans I/O.
 //! * [`run`](mod@run): a whole run ([`run::SimConfig`] in, [`run::RunReport`] out);
 //!   [`control`]: reaching one lock of a running simulation
-//!   ([`run::RunHandle::lock`]): heartbeat now, enter a PIN, hard reset.
+//!   ([`run::RunHandle::lock`]): heartbeat now, enter a PIN, hard reset;
+//!   or one bridge ([`run::RunHandle::bridge`]): offline, online, status.
 
 pub mod activity;
 pub mod bridge;
+pub mod bridge_relay;
 pub mod clock;
 pub mod coap_client;
 pub mod coap_socket;
@@ -46,7 +50,8 @@ pub mod state;
 pub mod stats;
 pub mod timers;
 
-pub use control::{ControlError, Conversation, LockHandle, LockStatus};
+pub use bridge_relay::BleDelay;
+pub use control::{BridgeHandle, BridgeStatus, ControlError, Conversation, LockHandle, LockStatus};
 pub use fleet::{Fleet, FleetSpec};
 pub use latency::AckLatency;
 pub use ledger::{AckedReport, PendingReport};

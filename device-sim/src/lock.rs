@@ -21,7 +21,9 @@
 //!
 //! Outside the schedule, [`Lock::heartbeat_now`] reports at once (a test or
 //! an operator pressing the lock's button), [`Lock::enter_pin`] is someone
-//! at the keypad and [`Lock::hard_reset`] someone holding the reset button.
+//! at the keypad, [`Lock::hard_reset`] someone holding the reset button and
+//! [`Lock::apply_bridge_job`] a bridge carrying out a gateway's command over
+//! Bluetooth.
 //!
 //! A lock's [`Counters`] outlive a run, as they outlive a reboot in real
 //! firmware: [`Lock::with_counters`] continues from saved ones and
@@ -78,8 +80,10 @@ const CELLS: [(u8, u32); 4] = [(8, 3734), (3, 1575), (20, 6300), (28, 9410)];
 /// seqs wrap from `u32::MAX` to 1; the OSCORE one never wraps, it ends past
 /// [`lockfleet_oscore::MAX_SEQ`] (the device must be re-keyed).
 ///
-/// A bridge has counters too: it sends no reports of its own, so only its
-/// OSCORE sequence number moves (it protects its linked locks' reports).
+/// A bridge has counters too: it protects its linked locks' reports, so its
+/// OSCORE sequence number moves; its report seq moves only when it answers
+/// a command for a lock it is not linked to (that lock's own counter is
+/// out of its reach).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Counters {
     pub next_seq: u32,
@@ -523,6 +527,12 @@ impl Lock {
         }
     }
 
+    /// The transport can carry reports again (a bridge back online): the
+    /// lock sends what its outbox holds now rather than at its next wake.
+    pub fn resume(&mut self) {
+        self.awake = !self.outbox.is_empty();
+    }
+
     /// The server refused report `seq` (4.xx/5.xx): it is not retried.
     pub fn on_refused(&mut self, seq: u32) -> Option<Report> {
         self.take(seq)
@@ -756,6 +766,7 @@ fn next_after(last: Instant, every: Duration, now: Instant) -> Instant {
 
 #[path = "lock_jobs.rs"]
 mod lock_jobs;
+pub use lock_jobs::BridgeJobApplied;
 
 #[cfg(test)]
 #[path = "lock_tests.rs"]

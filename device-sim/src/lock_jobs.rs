@@ -1,14 +1,29 @@
 //! The lock's side of jobs and of the people at it, sans I/O: what a
 //! downlink sets (clock, intervals, next heartbeat), its jobs applied and
-//! answered with a job report, a heartbeat on demand, the keypad and the
-//! reset button. A child module of `lock` so it reaches the lock's fields;
+//! answered with a job report, a bridge's command carried out over
+//! Bluetooth, a heartbeat on demand, the keypad and the reset button. A child module of `lock` so it reaches the lock's fields;
 //! the job rules themselves are [`crate::jobs`]'s, the PIN rules
 //! [`crate::pins`]'s.
 
 use super::*;
 use crate::jobs::Effect;
-use schemas::device::{DeviceJob, JobReport, MAX_RESULTS_PER_REPORT};
+use schemas::device::{DeviceJob, JobReport, JobResult, MAX_RESULTS_PER_REPORT};
 use schemas::{ActivityKind, LockState};
+
+/// What [`Lock::apply_bridge_job`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeJobApplied {
+    /// The job's result, as reported.
+    pub result: JobResult,
+    /// The job was handled before: `result` is the remembered one and
+    /// nothing was applied again.
+    pub repeat: bool,
+    /// The job report queued for the bridge to relay (`created` 1), and
+    /// what made room for it; `created` 0 when the outbox, full of log
+    /// batches, had none (the result stays remembered for the job's next
+    /// delivery).
+    pub queued: WakeOutcome,
+}
 
 /// Shortest wait a downlink's `next_heartbeat_at` can impose: a lock never
 /// wakes its modem for a heartbeat sooner than a minute (simulated) after
@@ -60,8 +75,8 @@ impl Lock {
         clock: &SimClock,
         out: &mut WakeOutcome,
     ) {
-        // A bridge relays heartbeats and logs only: the gateway gives
-        // bridged locks no jobs, and the lock could not answer them.
+        // A bridged lock's jobs come as its bridge's commands
+        // (`apply_bridge_job`), never in an answer to its reports.
         if self.transport == Transport::Bridge {
             return;
         }
@@ -88,6 +103,64 @@ impl Lock {
             }
         }
         self.push_job_report(encode(&report), out);
+    }
+
+    /// A bridge carries out `job` at this lock over Bluetooth at `now` (a
+    /// [`schemas::BridgeCommand`]). The job is handled as a downlink's is
+    /// ([`crate::jobs::JobMemory::handle_at`]): at most once per (job id,
+    /// attempt), a repeat answered with the remembered result, a job issued
+    /// before the last hard reset failing with `HardReset`. Its effect
+    /// follows: new intervals; the bolt thrown or withdrawn (logged as
+    /// [`ActivityKind::Locked`] or [`ActivityKind::UnlockedBluetooth`], or
+    /// nothing if it already was where it was asked to be); a sync changes
+    /// nothing. The result goes at the front of the outbox as a one-result
+    /// job report under the lock's next report seq, as a bridged
+    /// heartbeat's does, for the bridge to relay.
+    pub fn apply_bridge_job(
+        &mut self,
+        job: &DeviceJob,
+        now: Instant,
+        clock: &SimClock,
+    ) -> BridgeJobApplied {
+        if !self.finished() {
+            // The bolt moves after whatever people did up to now.
+            self.simulate_until(clock.sim_elapsed(now), clock);
+        }
+        let handled = self.memory.handle_at(job, self.physical.door);
+        self.memory_changed |= !handled.repeat;
+        match handled.effect {
+            Effect::SetIntervals {
+                heartbeat,
+                activity_log,
+            } => self.set_intervals(heartbeat, activity_log, now, clock),
+            Effect::Bolt { locked } => self.move_bolt(locked, clock.device_time(now)),
+            Effect::Sync | Effect::None => {}
+        }
+        let report = JobReport {
+            lock_id: self.id.clone(),
+            seq: self.next_seq,
+            results: vec![handled.result.clone()],
+        };
+        let mut queued = WakeOutcome::default();
+        self.push_job_report(encode(&report), &mut queued);
+        BridgeJobApplied {
+            result: handled.result,
+            repeat: handled.repeat,
+            queued,
+        }
+    }
+
+    /// Throws (`locked`) or withdraws the bolt on command and logs it at
+    /// `time`; a bolt already there does not move and logs nothing.
+    fn move_bolt(&mut self, locked: bool, time: u64) {
+        let kind = if locked {
+            ActivityKind::Locked
+        } else {
+            ActivityKind::UnlockedBluetooth
+        };
+        if self.physical.apply(kind).is_ok() {
+            self.record_event(kind, None, time);
+        }
     }
 
     /// Uses the given intervals from now on; a changed one restarts its

@@ -3,7 +3,7 @@
 
 use super::tests::{clock, inb1, spec};
 use super::*;
-use crate::jobs::tests::{create, delete, T0};
+use crate::jobs::tests::{create, delete, immediate, T0};
 use schemas::device::{
     DeviceJob, JobAction, JobOutcome, JobReport, JobResult, PinType, MAX_RESULTS_PER_REPORT,
 };
@@ -652,4 +652,147 @@ fn job_state_changes_are_flagged_once_for_the_state_file() {
     let restored = fresh.with_memory(memory);
     assert_eq!(restored.pin_count(), 1);
     assert!(restored.memory().remembered(1, 1).is_some());
+}
+
+/// A bridged SP2E lock nobody visits, linked to bridge B00001.
+fn bridged() -> (Lock, SimClock) {
+    let c = clock();
+    let lock = Lock::new(
+        &spec("L7", LockModel::Sp2e, Transport::Bridge),
+        0,
+        1,
+        &c,
+        None,
+    )
+    .with_visits_per_hour(0.0);
+    (lock, c)
+}
+
+/// The job report at the front of the outbox.
+fn front_report(lock: &Lock) -> (u32, JobReport) {
+    let r = lock.outbox().next().unwrap();
+    assert_eq!(r.kind, UplinkKind::JobReport);
+    (r.seq, JobReport::decode(&r.payload).unwrap())
+}
+
+#[test]
+fn a_bridge_command_moves_the_bolt_logs_it_and_queues_its_report_under_the_next_seq() {
+    let (mut lock, c) = bridged();
+    let t = c.start() + Duration::from_secs(1);
+    assert_eq!(lock.physical().lock, LockState::Locked);
+    let seq = lock.counters().next_seq;
+    let done = lock.apply_bridge_job(&immediate(1, JobAction::Unlock), t, &c);
+    assert_eq!(
+        (done.result.outcome, done.repeat, done.queued.created),
+        (JobOutcome::Done, false, 1)
+    );
+    assert_eq!(lock.physical().lock, LockState::Unlocked);
+    let (report_seq, report) = front_report(&lock);
+    assert_eq!(report_seq, seq, "the lock's own report counter");
+    assert_eq!(
+        report,
+        JobReport {
+            lock_id: "L7".into(),
+            seq,
+            results: vec![done.result.clone()],
+        }
+    );
+    assert_eq!(lock.counters().next_seq, seq + 1);
+    let o = lock.poll_send().unwrap();
+    assert_eq!((o.kind, o.seq), (UplinkKind::JobReport, seq));
+    assert!(lock.conversation_open());
+
+    // The unlock is in the activity log; so is the lock that follows.
+    let locked = lock.apply_bridge_job(&immediate(2, JobAction::Lock), t, &c);
+    assert_eq!(locked.result.outcome, JobOutcome::Done);
+    assert_eq!(lock.physical().lock, LockState::Locked);
+    let kinds: Vec<ActivityKind> = lock.pending.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![ActivityKind::UnlockedBluetooth, ActivityKind::Locked]
+    );
+    // A sync, and a lock of a locked lock, change nothing and log nothing.
+    for (id, action) in [(3, JobAction::Sync), (4, JobAction::Lock)] {
+        let r = lock.apply_bridge_job(&immediate(id, action), t, &c);
+        assert_eq!(r.result.outcome, JobOutcome::Done, "{action:?}");
+    }
+    assert_eq!(lock.physical().lock, LockState::Locked);
+    assert_eq!(lock.pending.len(), 2);
+    assert_eq!(lock.outbox().count(), 4, "one report per command");
+}
+
+#[test]
+fn a_bridge_command_delivered_again_is_answered_from_memory_and_not_applied_twice() {
+    let (mut lock, c) = bridged();
+    let t = c.start() + Duration::from_secs(1);
+    let job = create(5, "acc-5", "482916", PinType::Permanent);
+    let first = lock.apply_bridge_job(&job, t, &c);
+    assert_eq!(
+        (first.result.outcome, first.repeat),
+        (JobOutcome::Done, false)
+    );
+    assert!(lock.take_memory_changed());
+    lock.apply_bridge_job(&delete(6, "acc-5"), t, &c);
+    assert_eq!(lock.pin_count(), 0);
+    lock.take_memory_changed();
+
+    // The create again (its report was lost): the remembered result, and
+    // the PIN deleted since stays deleted.
+    let again = lock.apply_bridge_job(&job, t, &c);
+    assert_eq!(again.result, first.result);
+    assert!(again.repeat);
+    assert_eq!(again.queued.created, 1, "answered all the same");
+    assert_eq!(lock.pin_count(), 0);
+    assert!(!lock.take_memory_changed());
+    let (_, report) = front_report(&lock);
+    assert_eq!(report.results, vec![first.result]);
+
+    // An unlock repeated does not log a second unlock.
+    let unlock = immediate(7, JobAction::Unlock);
+    lock.apply_bridge_job(&unlock, t, &c);
+    lock.apply_bridge_job(&unlock, t, &c);
+    assert_eq!(lock.pending.len(), 1);
+}
+
+#[test]
+fn bridge_commands_issued_before_a_hard_reset_fail_and_pin_commands_fill_the_table() {
+    let (mut lock, c) = bridged();
+    let t = c.start() + Duration::from_secs(1);
+    lock.hard_reset_as_of(T0, t, &c);
+    let stale = lock.apply_bridge_job(&immediate(1, JobAction::Unlock), t, &c);
+    assert_eq!(stale.result.outcome, JobOutcome::HardReset);
+    assert_eq!(lock.physical().lock, LockState::Locked);
+    let pin = DeviceJob {
+        issued: T0 + 1,
+        ..create(2, "acc-2", "1234", PinType::Permanent)
+    };
+    assert_eq!(
+        lock.apply_bridge_job(&pin, t, &c).result.outcome,
+        JobOutcome::Done
+    );
+    assert_eq!(lock.pin_count(), 1);
+    assert!(lock.enter_pin_at("1234", T0 + 10, t, &c));
+}
+
+#[test]
+fn a_lock_command_with_the_door_open_is_rejected() {
+    let (mut lock, c) = bridged();
+    let t = c.start() + Duration::from_secs(1);
+    lock.apply_bridge_job(&immediate(1, JobAction::Unlock), t, &c);
+    lock.physical.apply(ActivityKind::DoorOpened).unwrap();
+    let r = lock.apply_bridge_job(&immediate(2, JobAction::Lock), t, &c);
+    assert_eq!(r.result.outcome, JobOutcome::Rejected);
+    assert_eq!(lock.physical().lock, LockState::Unlocked);
+}
+
+#[test]
+fn a_resumed_lock_sends_what_its_outbox_holds_without_waiting_for_its_wake() {
+    let (mut lock, c) = bridged();
+    let t = c.start() + Duration::from_secs(1);
+    lock.apply_bridge_job(&immediate(1, JobAction::Sync), t, &c);
+    let o = lock.poll_send().unwrap();
+    lock.on_gave_up(o.seq);
+    assert_eq!(lock.poll_send(), None, "asleep until its next wake");
+    lock.resume();
+    assert_eq!(lock.poll_send().unwrap().seq, o.seq);
 }

@@ -12,6 +12,7 @@ use device_sim::net::NetFaults;
 use device_sim::persist::StateOptions;
 use device_sim::run::{self, RunReport, SimConfig};
 use device_sim::state;
+use device_sim::BleDelay;
 use schemas::device::UplinkKind;
 use std::io::Write;
 use std::path::PathBuf;
@@ -131,6 +132,11 @@ struct RunArgs {
     /// (default: each at a random moment of its interval).
     #[arg(long)]
     power_on_together: bool,
+    /// How long a bridge's Bluetooth link takes to carry out one of the
+    /// gateway's commands (`br/{bridge}/cmd`) at a lock, MIN..MAX in
+    /// milliseconds (real time), drawn per command from the run's seed.
+    #[arg(long, value_name = "MIN..MAX", default_value = "200..1500", value_parser = BleDelay::parse_ms)]
+    ble_delay_ms: BleDelay,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -206,6 +212,7 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
         security: !args.insecure,
         hard_reset_chance: args.hard_reset_chance,
         power_on_together: args.power_on_together,
+        ble_delay: args.ble_delay_ms,
         ..SimConfig::default()
     };
     if args.insecure {
@@ -332,6 +339,25 @@ mod tests {
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn the_ble_delay_defaults_to_200_to_1500_ms_and_parses_a_range() {
+        let run = |extra: &[&str]| {
+            let args = ["device-sim", "run", "--fleet", "f.csv"];
+            match Cli::try_parse_from(args.iter().chain(extra)).map(|c| c.command) {
+                Ok(Command::Run(r)) => Ok(r.ble_delay_ms),
+                Ok(_) => unreachable!("a run command"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(run(&[]).unwrap(), BleDelay::DEFAULT);
+        let d = run(&["--ble-delay-ms", "10..50"]).unwrap();
+        assert_eq!(
+            (d.min(), d.max()),
+            (Duration::from_millis(10), Duration::from_millis(50))
+        );
+        assert!(run(&["--ble-delay-ms", "50..10"]).is_err());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! ConnAck, `offline` before a clean disconnect, and the Last Will `lost`
 //! (as `spec/asyncapi.yaml` specifies) when the connection drops.
 //!
+//! A bridge can also be taken offline and back on command (a watch of
+//! whether it should be online): the same goodbye as at shutdown, then no
+//! reconnecting until it should be online again.
+//!
 //! The task does I/O only: it forwards what arrives to the
 //! [`MqttFleet`](crate::mqtt_fleet::MqttFleet) over a bounded channel and
 //! never decides anything about reports.
@@ -19,6 +23,7 @@ use rumqttc::{
 };
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +73,9 @@ pub enum ConnEvent {
     Up { conn: usize },
     /// The connection dropped; rumqttc will reconnect.
     Down { conn: usize },
+    /// The connection was closed on command ([`drive`]'s `online` false)
+    /// and stays closed until told otherwise.
+    Parked { conn: usize },
     /// A publish arrived on one of the filters.
     Message {
         conn: usize,
@@ -106,6 +114,12 @@ impl ConnSpec {
 
 /// Polls one connection until `stop` is cancelled, then says goodbye
 /// (bridges publish `offline`) and disconnects.
+///
+/// `online` false (a bridge taken offline on command) says goodbye the same
+/// way and then parks the connection: no reconnecting, and
+/// [`ConnEvent::Parked`] once it is closed; back to true, it connects again
+/// (resuming its persistent session) and goes on as after any ConnAck.
+#[allow(clippy::too_many_arguments)]
 pub async fn drive(
     conn: usize,
     spec: ConnSpec,
@@ -114,6 +128,7 @@ pub async fn drive(
     events: tokio::sync::mpsc::Sender<ConnEvent>,
     stop: CancellationToken,
     stats: Arc<Stats>,
+    mut online: watch::Receiver<bool>,
 ) {
     let spread = rand::rng().random_range(Duration::ZERO..=CONNECT_SPREAD);
     tokio::select! {
@@ -121,32 +136,71 @@ pub async fn drive(
         _ = stop.cancelled() => return,
     }
     let mut up = false;
+    // A ConnAck came on the current network connection.
+    let mut connected = false;
     let mut goodbye_by: Option<Instant> = None;
+    // Going offline on command: the goodbye is out, waiting for the close.
+    let mut leaving_by: Option<Instant> = None;
     loop {
+        let offline_wanted = !*online.borrow_and_update();
+        if offline_wanted && leaving_by.is_none() && goodbye_by.is_none() {
+            if connected {
+                say_goodbye(&spec, &client);
+                leaving_by = Some(Instant::now() + SHUTDOWN_GRACE);
+            } else if !park(
+                conn,
+                &mut eventloop,
+                &events,
+                &stop,
+                &stats,
+                &mut online,
+                &mut up,
+            )
+            .await
+            {
+                break;
+            } else {
+                continue;
+            }
+        }
         tokio::select! {
             biased;
             _ = stop.cancelled(), if goodbye_by.is_none() => {
                 goodbye_by = Some(Instant::now() + SHUTDOWN_GRACE);
-                if let Some(topic) = &spec.status_topic {
-                    let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, STATUS_OFFLINE);
+                if leaving_by.is_none() {
+                    say_goodbye(&spec, &client);
                 }
-                let _ = client.try_disconnect();
             }
             _ = sleep_until(goodbye_by) => break,
+            // The broker did not close the connection in time: close it.
+            _ = sleep_until(leaving_by), if goodbye_by.is_none() => {
+                leaving_by = None;
+                connected = false;
+                if !park(conn, &mut eventloop, &events, &stop, &stats, &mut online, &mut up).await {
+                    break;
+                }
+            }
+            // The fleet task is gone only when the run is: stop too.
+            changed = online.changed(), if leaving_by.is_none() && goodbye_by.is_none() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
             polled = eventloop.poll() => match polled {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    connected = true;
                     tracing::debug!(client = %spec.client_id, session_present = ack.session_present, "connected");
                     // rumqttc does not resubscribe (upstream #250).
                     let filters = spec.filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::debug!(client = %spec.client_id, error = %e, "cannot queue subscribe");
                     }
-                    if let (Some(topic), None) = (&spec.status_topic, goodbye_by) {
+                    if let (Some(topic), None, None) = (&spec.status_topic, goodbye_by, leaving_by) {
                         let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, STATUS_ONLINE);
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if !up {
+                    if !up && leaving_by.is_none() {
                         up = true;
                         stats.mqtt_connected_add(1);
                         if events.send(ConnEvent::Up { conn }).await.is_err() {
@@ -163,18 +217,29 @@ pub async fn drive(
                 Ok(Event::Outgoing(Outgoing::Disconnect)) if goodbye_by.is_some() => break,
                 Ok(_) => {}
                 Err(e) => {
+                    connected = false;
+                    if goodbye_by.is_some() {
+                        break;
+                    }
+                    if leaving_by.take().is_some() {
+                        // The broker closed the connection after our
+                        // DISCONNECT, the acks of what we sent before it
+                        // read: the goodbye is complete.
+                        if !park(conn, &mut eventloop, &events, &stop, &stats, &mut online, &mut up).await {
+                            break;
+                        }
+                        continue;
+                    }
                     if up {
                         up = false;
                         stats.mqtt_connected_add(-1);
                         let _ = events.send(ConnEvent::Down { conn }).await;
                     }
-                    if goodbye_by.is_some() {
-                        break;
-                    }
                     tracing::debug!(client = %spec.client_id, error = %e, "mqtt connection error; reconnecting");
                     stats.error("mqtt_connection");
                     tokio::select! {
                         _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+                        changed = online.changed() => if changed.is_err() { break },
                         _ = stop.cancelled() => break,
                     }
                 }
@@ -183,6 +248,40 @@ pub async fn drive(
     }
     if up {
         stats.mqtt_connected_add(-1);
+    }
+}
+
+/// Bridges publish `offline` first; then a clean DISCONNECT, so the broker
+/// drops the Last Will.
+fn say_goodbye(spec: &ConnSpec, client: &AsyncClient) {
+    if let Some(topic) = &spec.status_topic {
+        let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, STATUS_OFFLINE);
+    }
+    let _ = client.try_disconnect();
+}
+
+/// Closes the connection, tells the fleet ([`ConnEvent::Parked`]) and waits
+/// until `online` turns true again (true) or the run stops (false). What
+/// was not acknowledged yet is sent again once the session resumes.
+async fn park(
+    conn: usize,
+    eventloop: &mut EventLoop,
+    events: &tokio::sync::mpsc::Sender<ConnEvent>,
+    stop: &CancellationToken,
+    stats: &Stats,
+    online: &mut watch::Receiver<bool>,
+    up: &mut bool,
+) -> bool {
+    eventloop.clean();
+    if std::mem::take(up) {
+        stats.mqtt_connected_add(-1);
+    }
+    if events.send(ConnEvent::Parked { conn }).await.is_err() {
+        return false;
+    }
+    tokio::select! {
+        back = online.wait_for(|wanted| *wanted) => back.is_ok(),
+        _ = stop.cancelled() => false,
     }
 }
 

@@ -19,9 +19,15 @@
 //! id) between events, and tells the waiters of a heartbeat on demand what
 //! became of the lock's reports. A direct lock answers a downlink's jobs
 //! with a job report on `lk/{lock}/up/jr`.
+//!
+//! Bridges hear the gateway's commands on `br/{bridge}/cmd`, carry them out
+//! at their linked locks and report on `br/{bridge}/up/jr`, and can be taken
+//! offline and back ([`crate::control::BridgeHandle`]): the child module
+//! `mqtt_fleet_bridge.rs`.
 
+use crate::bridge_relay::Relay;
 use crate::clock::SimClock;
-use crate::control::{self, Command, Waiters};
+use crate::control::{self, BridgeControl, Command, ControlError, Waiters};
 use crate::fleet::{BridgeSpec, LockSpec};
 use crate::ledger::Ledger;
 use crate::lock::{Answer, Counters, Lock};
@@ -38,7 +44,7 @@ use rumqttc::{AsyncClient, QoS};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +95,8 @@ pub struct MqttLock {
     pub security: Option<MqttSecurity>,
 }
 
-/// A bridge: its own connection and OSCORE sequence.
+/// A bridge: its own connection and OSCORE sequence, and the relay of the
+/// gateway's commands to its locks.
 #[derive(Debug)]
 pub struct MqttBridge {
     pub id: String,
@@ -97,6 +104,7 @@ pub struct MqttBridge {
     pub index: usize,
     pub counters: Counters,
     pub security: Option<MqttSecurity>,
+    pub relay: Relay,
 }
 
 /// Events from all connection tasks to this one; a full channel slows the
@@ -121,9 +129,38 @@ struct Conn {
     slots: Vec<usize>,
     /// The keys of the connection's device in a secure run.
     keys: Option<DeviceKeys>,
-    /// A bridge's device index and counters (its OSCORE sequence); `None`
-    /// for a lock's own connection, whose lock holds them.
-    bridge: Option<(usize, Counters)>,
+    /// Whether its connection task should be connected
+    /// ([`mqtt_conn::drive`]): false only for a bridge held offline.
+    online: watch::Sender<bool>,
+    /// A bridge's own state; `None` for a lock's own connection.
+    bridge: Option<BridgeConn>,
+}
+
+/// What the task keeps for a bridge besides its connection.
+struct BridgeConn {
+    id: String,
+    /// Its device index, for the state file.
+    index: usize,
+    /// Its OSCORE sequence, and its report seq (for commands it rejects).
+    counters: Counters,
+    relay: Relay,
+    /// `br/{bridge}/cmd`.
+    command_topic: String,
+    /// Held offline on command ([`crate::control::BridgeHandle`]).
+    held_offline: bool,
+    /// Its connection task has closed the connection and waits.
+    parked: bool,
+    offline_waiters: Vec<oneshot::Sender<Result<(), ControlError>>>,
+    online_waiters: Vec<oneshot::Sender<Result<(), ControlError>>>,
+}
+
+/// What a deadline of the task is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// A lock's wake, ack timeout or retry (by slot).
+    Slot(usize),
+    /// A bridge's Bluetooth link is done with a command (by connection).
+    Relay(usize),
 }
 
 /// See the module docs.
@@ -131,7 +168,9 @@ pub struct MqttFleet {
     slots: Vec<Slot>,
     conns: Vec<Conn>,
     by_lock: HashMap<String, usize>,
-    timers: TimerQueue<usize>,
+    /// Bridge id -> its connection.
+    by_bridge: HashMap<String, usize>,
+    timers: TimerQueue<Timer>,
     impairment: Impairment,
     clock: SimClock,
     stats: Arc<Stats>,
@@ -144,6 +183,9 @@ pub struct MqttFleet {
     conn_tasks: JoinSet<()>,
     /// Commands for these locks, once [`MqttFleet::control`] made the channel.
     commands: Option<mpsc::Receiver<Command>>,
+    /// Commands for the bridges, once [`MqttFleet::bridge_control`] made
+    /// the channel.
+    bridge_commands: Option<mpsc::Receiver<BridgeControl>>,
     waiters: Waiters,
 }
 
@@ -179,7 +221,7 @@ impl MqttFleet {
         let mut conn_of: HashMap<String, usize> = HashMap::new();
         let mut open = |mut spec: mqtt_conn::ConnSpec,
                         security: Option<MqttSecurity>,
-                        bridge: Option<(usize, Counters)>,
+                        bridge: Option<BridgeConn>,
                         conns: &mut Vec<Conn>|
          -> usize {
             let i = conns.len();
@@ -188,6 +230,7 @@ impl MqttFleet {
                 s.keys
             });
             let (client, eventloop) = spec.connect();
+            let (online, online_rx) = watch::channel(true);
             conn_tasks.spawn(mqtt_conn::drive(
                 i,
                 spec,
@@ -196,19 +239,32 @@ impl MqttFleet {
                 tx.clone(),
                 conn_stop.clone(),
                 stats.clone(),
+                online_rx,
             ));
             conns.push(Conn {
                 client,
                 up: false,
                 slots: Vec::new(),
                 keys,
+                online,
                 bridge,
             });
             i
         };
         for b in bridges {
             let spec = crate::bridge::conn_spec(&b.id, &target.host, target.port);
-            let i = open(spec, b.security, Some((b.index, b.counters)), &mut conns);
+            let state = BridgeConn {
+                command_topic: schemas::topic::down::bridge_command(&b.id),
+                id: b.id.clone(),
+                index: b.index,
+                counters: b.counters,
+                relay: b.relay,
+                held_offline: false,
+                parked: false,
+                offline_waiters: Vec::new(),
+                online_waiters: Vec::new(),
+            };
+            let i = open(spec, b.security, Some(state), &mut conns);
             conn_of.insert(b.id, i);
         }
         let mut slots = Vec::with_capacity(locks.len());
@@ -239,7 +295,7 @@ impl MqttFleet {
             conns[conn].slots.push(i);
             by_lock.insert(lock.id().to_string(), i);
             if let Some(at) = lock.next_wake() {
-                timers.set(i, at);
+                timers.set(Timer::Slot(i), at);
             }
             slots.push(Slot {
                 lock,
@@ -254,6 +310,7 @@ impl MqttFleet {
             slots,
             conns,
             by_lock,
+            by_bridge: conn_of,
             timers,
             impairment,
             clock,
@@ -266,6 +323,7 @@ impl MqttFleet {
             conn_stop,
             conn_tasks,
             commands: None,
+            bridge_commands: None,
             waiters: Waiters::default(),
         }
     }
@@ -275,6 +333,18 @@ impl MqttFleet {
         let (tx, rx) = control::channel();
         self.commands = Some(rx);
         tx
+    }
+
+    /// The channel for commands to these bridges (named by bridge id).
+    pub(crate) fn bridge_control(&mut self) -> mpsc::Sender<BridgeControl> {
+        let (tx, rx) = control::bridge_channel();
+        self.bridge_commands = Some(rx);
+        tx
+    }
+
+    /// The ids of the bridges this task runs.
+    pub fn bridge_ids(&self) -> impl Iterator<Item = &str> {
+        self.by_bridge.keys().map(String::as_str)
     }
 
     /// Runs until [`Phase::Stopping`], then closes every connection (bridges
@@ -302,6 +372,12 @@ impl MqttFleet {
                         None => self.commands = None,
                     }
                 }
+                command = control::recv_bridge(&mut self.bridge_commands), if self.bridge_commands.is_some() => {
+                    match command {
+                        Some(command) => self.on_bridge_control(command),
+                        None => self.bridge_commands = None,
+                    }
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => {}
             }
             self.on_timers(Instant::now());
@@ -326,8 +402,8 @@ impl MqttFleet {
             self.ledger.record_counters(&slot.lock);
         }
         for conn in &self.conns {
-            if let Some((index, counters)) = conn.bridge {
-                self.ledger.counters.push((index, counters));
+            if let Some(b) = &conn.bridge {
+                self.ledger.counters.push((b.index, b.counters));
             }
         }
         self.ledger
@@ -336,13 +412,34 @@ impl MqttFleet {
     fn on_conn_event(&mut self, now: Instant, event: ConnEvent) {
         match event {
             ConnEvent::Up { conn } => {
+                if self.conns[conn]
+                    .bridge
+                    .as_ref()
+                    .is_some_and(|b| b.held_offline)
+                {
+                    // Connected just before it was told to go offline.
+                    return;
+                }
                 self.conns[conn].up = true;
+                self.on_bridge_up(conn);
                 for i in self.conns[conn].slots.clone() {
                     self.pump(i, now);
                     self.rearm(i);
                 }
             }
             ConnEvent::Down { conn } => self.conns[conn].up = false,
+            ConnEvent::Parked { conn } => self.on_bridge_parked(conn),
+            ConnEvent::Message {
+                conn,
+                topic,
+                payload,
+            } if self.conns[conn]
+                .bridge
+                .as_ref()
+                .is_some_and(|b| b.command_topic == topic) =>
+            {
+                self.on_bridge_command(conn, &payload, now)
+            }
             ConnEvent::Message {
                 conn,
                 topic,
@@ -513,23 +610,30 @@ impl MqttFleet {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        while let Some(i) = self.timers.pop_due(now) {
-            self.on_ack_timeout(i, now);
-            let slot = &mut self.slots[i];
-            let wake_due = slot.lock.next_wake().is_some_and(|t| t <= now)
-                || slot.retry_at.is_some_and(|t| t <= now);
-            if wake_due {
-                slot.retry_at = None;
-                let out = slot
-                    .lock
-                    .wake(now, &self.clock, self.phase == Phase::Running);
-                self.counters.store(slot.lock.index(), slot.lock.counters());
-                self.stats.record(&out);
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Slot(i) => self.on_slot_timer(i, now),
+                Timer::Relay(conn) => self.on_relay_due(conn, now),
             }
-            self.pump(i, now);
-            self.rearm(i);
-            self.settle(i, now);
         }
+    }
+
+    fn on_slot_timer(&mut self, i: usize, now: Instant) {
+        self.on_ack_timeout(i, now);
+        let slot = &mut self.slots[i];
+        let wake_due = slot.lock.next_wake().is_some_and(|t| t <= now)
+            || slot.retry_at.is_some_and(|t| t <= now);
+        if wake_due {
+            slot.retry_at = None;
+            let out = slot
+                .lock
+                .wake(now, &self.clock, self.phase == Phase::Running);
+            self.counters.store(slot.lock.index(), slot.lock.counters());
+            self.stats.record(&out);
+        }
+        self.pump(i, now);
+        self.rearm(i);
+        self.settle(i, now);
     }
 
     fn on_ack_timeout(&mut self, i: usize, now: Instant) {
@@ -642,9 +746,9 @@ impl MqttFleet {
             return Ok(cbor);
         };
         let seq = match &mut conn.bridge {
-            Some((index, counters)) => {
-                let seq = counters.take_oscore_seq();
-                self.counters.store(*index, *counters);
+            Some(b) => {
+                let seq = b.counters.take_oscore_seq();
+                self.counters.store(b.index, b.counters);
                 seq
             }
             None => {
@@ -669,8 +773,8 @@ impl MqttFleet {
             .flatten()
             .min();
         match at {
-            Some(at) => self.timers.set(i, at),
-            None => self.timers.cancel(i),
+            Some(at) => self.timers.set(Timer::Slot(i), at),
+            None => self.timers.cancel(Timer::Slot(i)),
         }
     }
 }
@@ -680,3 +784,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         tokio::time::sleep_until(at.into()).await;
     }
 }
+
+#[path = "mqtt_fleet_bridge.rs"]
+mod bridge;

@@ -37,8 +37,8 @@ impl Route {
         }
     }
 
-    /// `lk/{lock}/up/hb|log|jr` or `br/{bridge}/up/hb|log`. (A bridged lock
-    /// makes no job reports: the gateway has no topic for one.)
+    /// `lk/{lock}/up/hb|log|jr` or `br/{bridge}/up/hb|log|jr` (a bridged
+    /// lock's job reports answer its bridge's commands).
     pub fn uplink_topic(&self, kind: UplinkKind) -> String {
         let leaf = leaf(kind);
         match self {
@@ -59,9 +59,8 @@ impl Route {
             (Route::Bridged { bridge, lock }, UplinkKind::ActivityLog) => {
                 down::bridge_log_ack(bridge, lock)
             }
-            // Never awaited (see `uplink_topic`); named like the others.
             (Route::Bridged { bridge, lock }, UplinkKind::JobReport) => {
-                format!("br/{bridge}/ack/{lock}/jr")
+                down::bridge_job_report_ack(bridge, lock)
             }
         }
     }
@@ -95,7 +94,7 @@ pub fn lock_conn_spec(lock: &str, host: &str, port: u16) -> ConnSpec {
 /// An answer topic, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
-    /// `lk/{lock}/ack/hb|log|jr` or `br/{bridge}/ack/{lock}/hb|log`.
+    /// `lk/{lock}/ack/hb|log|jr` or `br/{bridge}/ack/{lock}/hb|log|jr`.
     Ack { lock: &'a str, kind: UplinkKind },
     /// `lk/{lock}/err` (`lock` set) or `br/{bridge}/err` (`lock` unknown).
     Error { lock: Option<&'a str> },
@@ -116,7 +115,7 @@ pub fn parse_reply(topic: &str) -> Option<Reply<'_>> {
             kind: kind(leaf)?,
         }),
         ["lk", lock, "err"] => Some(Reply::Error { lock: Some(lock) }),
-        ["br", _bridge, "ack", lock, leaf] if *leaf != "jr" => Some(Reply::Ack {
+        ["br", _bridge, "ack", lock, leaf] => Some(Reply::Ack {
             lock,
             kind: kind(leaf)?,
         }),
@@ -216,9 +215,21 @@ mod tests {
         );
         assert_eq!(direct.ack_topic(UplinkKind::JobReport), "lk/L000001/ack/jr");
         assert!(schemas::topic::DeviceTopic::parse("lk/L000001/up/jr").is_ok());
+        assert_eq!(
+            bridged.uplink_topic(UplinkKind::JobReport),
+            "br/B00001/up/jr"
+        );
+        assert_eq!(
+            bridged.ack_topic(UplinkKind::JobReport),
+            "br/B00001/ack/L000002/jr"
+        );
         // The gateway's topic parser accepts what we publish.
         for route in [&direct, &bridged] {
-            for kind in [UplinkKind::Heartbeat, UplinkKind::ActivityLog] {
+            for kind in [
+                UplinkKind::Heartbeat,
+                UplinkKind::ActivityLog,
+                UplinkKind::JobReport,
+            ] {
                 let t = route.uplink_topic(kind);
                 assert!(schemas::topic::DeviceTopic::parse(&t).is_ok(), "{t}");
             }
@@ -235,7 +246,11 @@ mod tests {
             },
         ];
         for route in &routes {
-            for kind in [UplinkKind::Heartbeat, UplinkKind::ActivityLog] {
+            for kind in [
+                UplinkKind::Heartbeat,
+                UplinkKind::ActivityLog,
+                UplinkKind::JobReport,
+            ] {
                 let t = route.ack_topic(kind);
                 assert_eq!(
                     parse_reply(&t),
@@ -259,11 +274,7 @@ mod tests {
                 kind: UplinkKind::JobReport
             })
         );
-        assert_eq!(
-            parse_reply("br/B1/ack/L2/jr"),
-            None,
-            "no bridged job reports"
-        );
+        assert_eq!(parse_reply("br/B1/cmd"), None, "not an answer");
         assert_eq!(parse_reply("lk/L1/ack/x"), None);
         assert_eq!(parse_reply("br/B1/status"), None);
     }

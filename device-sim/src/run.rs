@@ -22,14 +22,18 @@
 //! payloads, anonymous MQTT.
 //!
 //! [`RunHandle::lock`] reaches one lock while the run goes on
-//! ([`crate::control`]): heartbeat now, enter a PIN, hard reset, status.
+//! ([`crate::control`]): heartbeat now, enter a PIN, hard reset, status;
+//! [`RunHandle::bridge`] one bridge: offline, online, status. Bridges carry
+//! out the gateway's commands (`br/{bridge}/cmd`) at their linked locks
+//! after a Bluetooth delay ([`SimConfig::ble_delay`]).
 //! With [`SimConfig::reporting`] set to [`Reporting::OnDemand`] locks report
 //! only when told, so a test steps them.
 
+use crate::bridge_relay::{BleDelay, Relay};
 use crate::clock::SimClock;
 use crate::coap_client::TransmissionParams;
 use crate::coap_socket::SocketTask;
-use crate::control::{Command, LockHandle};
+use crate::control::{BridgeControl, BridgeHandle, Command, LockHandle};
 use crate::fleet::Fleet;
 use crate::latency::AckLatency;
 use crate::ledger::{AckedReport, Ledger, PendingReport};
@@ -128,6 +132,10 @@ pub struct SimConfig {
     /// when its power comes back at once (default: each at a random moment
     /// of its interval). Shows how the gateway's wake-up phases spread it.
     pub power_on_together: bool,
+    /// How long a bridge's Bluetooth link takes to carry out one of the
+    /// gateway's commands at a lock, drawn per command (real time, not
+    /// sped up); default 200 ms to 1.5 s.
+    pub ble_delay: BleDelay,
 }
 
 impl Default for SimConfig {
@@ -154,6 +162,7 @@ impl Default for SimConfig {
             hard_reset_chance: 0.0,
             visits_per_hour: None,
             power_on_together: false,
+            ble_delay: BleDelay::DEFAULT,
         }
     }
 }
@@ -245,6 +254,8 @@ pub struct RunHandle {
     /// `controls`) and its index among that task's locks (CoAP).
     addresses: HashMap<String, (usize, Option<usize>)>,
     controls: Vec<mpsc::Sender<Command>>,
+    /// The bridges of the run and their task's command channel.
+    bridges: HashMap<String, mpsc::Sender<BridgeControl>>,
 }
 
 impl RunHandle {
@@ -274,6 +285,14 @@ impl RunHandle {
             slot,
             self.controls[task].clone(),
         ))
+    }
+
+    /// A handle on bridge `id` while the run goes on; `None` if the run
+    /// has no such bridge. See [`BridgeHandle`]. A lock linked to it is
+    /// reached with [`RunHandle::lock`] as any other.
+    pub fn bridge(&self, id: &str) -> Option<BridgeHandle> {
+        let task = self.bridges.get(id)?;
+        Some(BridgeHandle::new(id.to_string(), task.clone()))
     }
 
     /// Waits until every lock has had at least `k` reports acknowledged;
@@ -421,11 +440,14 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
             .then(|| MqttSecurity::for_bridge(spec))
             .transpose()
             .map_err(security_error(&spec.id))?;
+        // Seeded like the locks: a run's seed gives the same delays.
+        let relay_seed = config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         bridges.push(MqttBridge {
             id: spec.id.clone(),
             index,
             counters: start_counters[index],
             security,
+            relay: Relay::new(config.ble_delay, relay_seed),
         });
     }
     tracing::info!(
@@ -442,6 +464,7 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
     let mut socket_tasks = Vec::new();
     let mut addresses: HashMap<String, (usize, Option<usize>)> = HashMap::new();
     let mut controls = Vec::new();
+    let mut bridge_controls = HashMap::new();
     if !coap.is_empty() {
         let server = resolve(&config.gateway, config.coap_port).await?;
         let params = TransmissionParams {
@@ -498,6 +521,12 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
         let task = controls.len();
         controls.push(fleet_task.control());
         addresses.extend(ids.into_iter().map(|id| (id, (task, None))));
+        let bridge_control = fleet_task.bridge_control();
+        bridge_controls.extend(
+            fleet_task
+                .bridge_ids()
+                .map(|id| (id.to_string(), bridge_control.clone())),
+        );
         tasks.spawn(fleet_task.run(phase_rx.clone()));
     }
 
@@ -519,6 +548,7 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
         task: tokio::spawn(coordinator.run()),
         addresses,
         controls,
+        bridges: bridge_controls,
     })
 }
 

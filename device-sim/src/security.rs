@@ -2,7 +2,8 @@
 //! I/O: a lock's or bridge's OSCORE context derived from its pairing secret,
 //! a report protected for CoAP (an OSCORE request, RFC 8613 §8.1) or for
 //! MQTT (a protected message, [`schemas::security::encode_protected`]), the
-//! gateway's answer verified (§8.4), and the MQTT login.
+//! gateway's answer verified (§8.4), a bridge command (the gateway's own
+//! request) verified (§8.2), and the MQTT login.
 //!
 //! It draws no sequence numbers: callers bring one from the device's
 //! [`crate::lock::Counters`], whose reservation the state file holds
@@ -11,8 +12,9 @@
 
 use crate::fleet::MasterSecret;
 use lockfleet_oscore::{
-    is_class_e, protect_request, unprotect_response, Error, InnerMessage, OscoreOption, Params,
-    PartialIv, Protected, RequestId, SecurityContext, CODE_CHANGED, CODE_POST,
+    is_class_e, protect_request, unprotect_request, unprotect_response, Error, InnerMessage,
+    OscoreOption, Params, PartialIv, Protected, RequestId, SecurityContext, CODE_CHANGED,
+    CODE_POST,
 };
 use schemas::security::{
     decode_protected, encode_protected, mqtt_password, ProtectedFrameError, DEVICE_OSCORE_ID,
@@ -175,6 +177,20 @@ impl DeviceKeys {
         Ok(inner.payload)
     }
 
+    /// A request the gateway protected under its own sequence number (a
+    /// bridge command, RFC 8613 §8.2): its inner message, once the `kid`
+    /// names the gateway and the MAC verifies. Replay is the caller's:
+    /// check `option.partial_iv` against its window before, accept it after.
+    /// No response is ever protected for it, so its [`RequestId`] is dropped.
+    pub fn open_request(
+        &self,
+        option: &OscoreOption,
+        ciphertext: &[u8],
+    ) -> Result<InnerMessage, Error> {
+        let (_request, plaintext) = unprotect_request(&self.ctx, option, ciphertext, &[])?;
+        Ok(InnerMessage::decode(&plaintext)?)
+    }
+
     fn open(
         &self,
         request: &RequestId,
@@ -221,7 +237,7 @@ impl fmt::Debug for Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lockfleet_oscore::{protect_response, unprotect_request};
+    use lockfleet_oscore::protect_response;
 
     fn secret() -> MasterSecret {
         MasterSecret::from_bytes(core::array::from_fn(|i| i as u8))

@@ -28,6 +28,9 @@ pub struct Stats {
     mqtt_connected: AtomicI64,
     locks_done: AtomicU64,
     hard_resets: AtomicU64,
+    bridge_commands_received: AtomicU64,
+    bridge_commands_refused: AtomicU64,
+    bridge_commands_applied: AtomicU64,
     errors: DashMap<String, u64>,
     acked_per_lock: Vec<AtomicU32>,
 }
@@ -52,6 +55,9 @@ impl Stats {
             mqtt_connected: AtomicI64::new(0),
             locks_done: AtomicU64::new(0),
             hard_resets: AtomicU64::new(0),
+            bridge_commands_received: AtomicU64::new(0),
+            bridge_commands_refused: AtomicU64::new(0),
+            bridge_commands_applied: AtomicU64::new(0),
             errors: DashMap::new(),
             acked_per_lock: (0..locks).map(|_| AtomicU32::new(0)).collect(),
         }
@@ -139,6 +145,20 @@ impl Stats {
     pub fn hard_reset(&self) {
         self.hard_resets.fetch_add(1, Relaxed);
     }
+    /// A payload arrived on a bridge's command topic.
+    pub fn bridge_command_received(&self) {
+        self.bridge_commands_received.fetch_add(1, Relaxed);
+    }
+    /// A bridge dropped a command (see [`crate::bridge_relay::Refused`]);
+    /// `reason` is counted as the error `bridge_command:{reason}`.
+    pub fn bridge_command_refused(&self, reason: &str) {
+        self.bridge_commands_refused.fetch_add(1, Relaxed);
+        self.error(&format!("bridge_command:{reason}"));
+    }
+    /// A bridge carried out a command at a linked lock for the first time.
+    pub fn bridge_command_applied(&self) {
+        self.bridge_commands_applied.fetch_add(1, Relaxed);
+    }
     pub fn locks_done(&self) -> u64 {
         self.locks_done.load(Relaxed)
     }
@@ -189,6 +209,9 @@ impl Stats {
             outstanding: self.outstanding(),
             mqtt_connected: self.mqtt_connected.load(Relaxed).max(0) as u64,
             hard_resets: self.hard_resets.load(Relaxed),
+            bridge_commands_received: self.bridge_commands_received.load(Relaxed),
+            bridge_commands_refused: self.bridge_commands_refused.load(Relaxed),
+            bridge_commands_applied: self.bridge_commands_applied.load(Relaxed),
             errors: self
                 .errors
                 .iter()
@@ -230,6 +253,12 @@ pub struct StatsSnapshot {
     pub mqtt_connected: u64,
     /// Locks hard reset.
     pub hard_resets: u64,
+    /// Payloads on the bridges' command topics.
+    pub bridge_commands_received: u64,
+    /// Of those, dropped unanswered (not verified, replayed, malformed).
+    pub bridge_commands_refused: u64,
+    /// Commands carried out at a linked lock (repeats not counted).
+    pub bridge_commands_applied: u64,
     /// Errors by code (`4.00`, `5.03`, `rst`, `mqtt:<reason>`, `io`, ...).
     pub errors: BTreeMap<String, u64>,
 }
@@ -261,6 +290,15 @@ impl fmt::Display for StatsSnapshot {
         }
         if self.hard_resets > 0 {
             write!(f, " hard-resets {}", self.hard_resets)?;
+        }
+        if self.bridge_commands_received > 0 {
+            write!(
+                f,
+                " bridge-commands {} (applied {} refused {})",
+                self.bridge_commands_received,
+                self.bridge_commands_applied,
+                self.bridge_commands_refused
+            )?;
         }
         if self.errors.is_empty() {
             write!(f, " errors 0")

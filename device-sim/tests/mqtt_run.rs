@@ -251,7 +251,8 @@ async fn start_peer(broker: SocketAddr, peers: Option<HashMap<Vec<u8>, Peer>>) -
                         | DeviceTopic::LockLog { lock }
                         | DeviceTopic::LockJobReport { lock } => format!("lk/{lock}"),
                         DeviceTopic::BridgeHeartbeat { bridge }
-                        | DeviceTopic::BridgeLog { bridge } => format!("br/{bridge}"),
+                        | DeviceTopic::BridgeLog { bridge }
+                        | DeviceTopic::BridgeJobReport { bridge } => format!("br/{bridge}"),
                     };
                     let outcome = match peers.as_mut() {
                         Some(peers) => open_uplink(peers, &prefix, &p.payload),
@@ -296,6 +297,17 @@ async fn start_peer(broker: SocketAddr, peers: Option<HashMap<Vec<u8>, Peer>>) -
                                 _ => down::lock_heartbeat_ack(&hb.lock_id),
                             };
                             (t, encode(&dl))
+                        }
+                        DeviceTopic::BridgeJobReport { bridge } => {
+                            // No commands are sent here: a job report from
+                            // a bridge is only acknowledged.
+                            let r = JobReport::decode(&cbor).unwrap();
+                            let seen = state.lock().unwrap();
+                            let intervals =
+                                (HeartbeatInterval::DEFAULT, ActivityLogInterval::DEFAULT);
+                            let mut dl = seen.downlink(&r.lock_id, r.seq, intervals);
+                            dl.jobs.clear();
+                            (down::bridge_job_report_ack(bridge, &r.lock_id), encode(&dl))
                         }
                         DeviceTopic::LockJobReport { lock } => {
                             let r = JobReport::decode(&cbor).unwrap();
