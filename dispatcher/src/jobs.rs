@@ -768,7 +768,9 @@ mod tests {
     fn lock_unlock_and_sync_need_an_online_bridge() {
         let mut l = lock(&["d1"], ReportPath::Coap);
         assert_eq!(
-            check_bridge_action(&l, Some("d1"), true).unwrap_err().rule(),
+            check_bridge_action(&l, Some("d1"), true)
+                .unwrap_err()
+                .rule(),
             "no_bridge"
         );
         l.bridge = Some(crate::registry::BridgeId::new("B1"));
@@ -778,7 +780,9 @@ mod tests {
         assert_eq!(check_bridge_action(&l, Some("d1"), true), Ok(()));
         // The department rule comes first, as for every command.
         assert_eq!(
-            check_bridge_action(&l, Some("d2"), true).unwrap_err().rule(),
+            check_bridge_action(&l, Some("d2"), true)
+                .unwrap_err()
+                .rule(),
             "department_does_not_hold_lock"
         );
     }

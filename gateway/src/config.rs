@@ -60,6 +60,15 @@ pub struct Settings {
     /// Bytes of jobs one heartbeat answer may carry (NB-IoT downlink budget); jobs beyond it wait, with the "more" flag set [default: 512]
     #[arg(long, env = "LOCKFLEET_DOWNLINK_BUDGET")]
     pub downlink_budget: Option<usize>,
+    /// Milliseconds a bridge has to report a command's result before it is sent again [default: 10000]
+    #[arg(long, env = "LOCKFLEET_BRIDGE_TIMEOUT_MS")]
+    pub bridge_timeout_ms: Option<u64>,
+    /// Sends of one bridge command while the bridge stays online before it is given up (the job stays pending) [default: 3]
+    #[arg(long, env = "LOCKFLEET_BRIDGE_MAX_TRIES")]
+    pub bridge_max_tries: Option<u8>,
+    /// Seconds a lock, unlock or sync may wait for its bridge's result before it fails; it is never sent later [default: 60]
+    #[arg(long, env = "LOCKFLEET_BRIDGE_ACTION_TTL_SECS")]
+    pub bridge_action_ttl_secs: Option<u64>,
     /// Most MQTT connections the embedded broker accepts [default: 50000]
     #[arg(long, env = "LOCKFLEET_MQTT_MAX_CONNECTIONS")]
     pub mqtt_max_connections: Option<usize>,
@@ -111,6 +120,9 @@ impl Settings {
             commit_linger_ms: self.commit_linger_ms.or(other.commit_linger_ms),
             downlink_budget: self.downlink_budget.or(other.downlink_budget),
             overdue_grace_secs: self.overdue_grace_secs.or(other.overdue_grace_secs),
+            bridge_timeout_ms: self.bridge_timeout_ms.or(other.bridge_timeout_ms),
+            bridge_max_tries: self.bridge_max_tries.or(other.bridge_max_tries),
+            bridge_action_ttl_secs: self.bridge_action_ttl_secs.or(other.bridge_action_ttl_secs),
             mqtt_max_connections: self.mqtt_max_connections.or(other.mqtt_max_connections),
             registry_refresh_secs: self.registry_refresh_secs.or(other.registry_refresh_secs),
             server_key_file: self.server_key_file.or(other.server_key_file),
@@ -251,6 +263,8 @@ pub struct Config {
     pub registry_refresh: Duration,
     /// How late a lock may be for its due heartbeat before it is overdue.
     pub overdue_grace: Duration,
+    /// Delivery through bridges.
+    pub bridges: crate::bridges::BridgeConfig,
     /// Where the server key comes from (see [`Config::server_key`]).
     pub server_key: ServerKeySource,
     /// Device security off (see [`Settings::insecure_dev`]).
@@ -442,6 +456,25 @@ impl Config {
                 schemas::device::MAX_UPLINK_BYTES
             )));
         }
+        let bridge_timeout_ms = s
+            .bridge_timeout_ms
+            .unwrap_or(dispatcher::bridge_queue::DEFAULT_TIMEOUT_MS);
+        let bridge_max_tries = s
+            .bridge_max_tries
+            .unwrap_or(dispatcher::bridge_queue::DEFAULT_MAX_TRIES);
+        if bridge_timeout_ms == 0 || bridge_max_tries == 0 {
+            return Err(ConfigError::Invalid(
+                "bridge_timeout_ms and bridge_max_tries must be at least 1".into(),
+            ));
+        }
+        let action_ttl_secs = s
+            .bridge_action_ttl_secs
+            .unwrap_or(dispatcher::jobs::DEFAULT_IMMEDIATE_TTL_MS / 1000);
+        if action_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "bridge_action_ttl_secs must be at least 1".into(),
+            ));
+        }
         let max_batch = s.commit_max_batch.unwrap_or(512);
         if max_batch == 0 {
             return Err(ConfigError::Invalid(
@@ -518,6 +551,13 @@ impl Config {
                 s.overdue_grace_secs
                     .unwrap_or(dispatcher::presence::ONLINE_GRACE_MS / 1000),
             ),
+            bridges: crate::bridges::BridgeConfig {
+                queue: dispatcher::bridge_queue::BridgeQueueConfig {
+                    timeout_ms: bridge_timeout_ms,
+                    max_tries: bridge_max_tries,
+                },
+                immediate_ttl: Duration::from_secs(action_ttl_secs),
+            },
             server_key,
             insecure_dev: s.insecure_dev,
             backend_username,

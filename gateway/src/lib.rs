@@ -7,6 +7,7 @@
 //! serves `/metrics` and health; [`config`] is the one typed configuration.
 
 pub mod admin;
+pub mod bridges;
 pub mod coap;
 pub mod config;
 pub mod http;

@@ -81,6 +81,19 @@ pub const JOB_STEP_FAILED: &str = "lockfleet_job_step_failed_total";
 pub const LOCKS_OVERDUE: &str = "lockfleet_locks_overdue";
 /// Overdue reports published, by `change` (overdue, returned).
 pub const OVERDUE_CHANGES: &str = "lockfleet_overdue_changes_total";
+/// Commands published to bridges, by `try` (first, retry).
+pub const BRIDGE_COMMANDS_SENT: &str = "lockfleet_bridge_commands_sent_total";
+/// Bridge commands that ended without a result, by `outcome` (gave_up,
+/// publish_failed, unprotectable).
+pub const BRIDGE_COMMANDS_UNANSWERED: &str = "lockfleet_bridge_commands_unanswered_total";
+/// Bridge commands queued (not yet sent, or waiting to go again).
+pub const BRIDGE_QUEUE_DEPTH: &str = "lockfleet_bridge_queue_depth";
+/// Bridge commands in flight (sent, result not back).
+pub const BRIDGE_IN_FLIGHT: &str = "lockfleet_bridge_commands_in_flight";
+/// Time from publishing a bridge command to its result.
+pub const BRIDGE_RESULT_LATENCY: &str = "lockfleet_bridge_result_latency_seconds";
+/// Bridges online as this instance delivers to them.
+pub const BRIDGES_DELIVERING: &str = "lockfleet_bridges_delivering";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -218,6 +231,31 @@ fn describe() {
     describe_counter!(
         OVERDUE_CHANGES,
         "Overdue reports published, by change (overdue, returned)"
+    );
+    describe_counter!(
+        BRIDGE_COMMANDS_SENT,
+        "Commands published to bridges, by try (first, retry)"
+    );
+    describe_counter!(
+        BRIDGE_COMMANDS_UNANSWERED,
+        "Bridge commands that got no result, by outcome (gave_up: the job stays pending; publish_failed; unprotectable)"
+    );
+    describe_gauge!(
+        BRIDGE_QUEUE_DEPTH,
+        "Bridge commands waiting to be sent on this instance"
+    );
+    describe_gauge!(
+        BRIDGE_IN_FLIGHT,
+        "Bridge commands sent whose result is not back, on this instance"
+    );
+    describe_histogram!(
+        BRIDGE_RESULT_LATENCY,
+        Unit::Seconds,
+        "Time from publishing a bridge command to its result"
+    );
+    describe_gauge!(
+        BRIDGES_DELIVERING,
+        "Bridges this instance knows online and delivers commands to"
     );
     describe_coap();
     describe_oscore();
@@ -453,4 +491,19 @@ pub fn locks_overdue(n: u64) {
 }
 pub fn overdue_change(change: &'static str) {
     counter!(OVERDUE_CHANGES, "change" => change).increment(1);
+}
+
+pub fn bridge_command_sent(retry: bool) {
+    counter!(BRIDGE_COMMANDS_SENT, "try" => if retry { "retry" } else { "first" }).increment(1);
+}
+pub fn bridge_command_unanswered(outcome: &'static str) {
+    counter!(BRIDGE_COMMANDS_UNANSWERED, "outcome" => outcome).increment(1);
+}
+pub fn bridge_queue(queued: usize, in_flight: usize, bridges: usize) {
+    gauge!(BRIDGE_QUEUE_DEPTH).set(queued as f64);
+    gauge!(BRIDGE_IN_FLIGHT).set(in_flight as f64);
+    gauge!(BRIDGES_DELIVERING).set(bridges as f64);
+}
+pub fn bridge_result_latency(took: Duration) {
+    histogram!(BRIDGE_RESULT_LATENCY).record(took.as_secs_f64());
 }

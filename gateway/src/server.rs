@@ -140,10 +140,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(mqtt::events::EVENT_QUEUE_CAPACITY);
     let overdue_events = events_tx.clone();
-    let writer = Writer::new(store.clone(), events_tx, config.writer).with_jobs(JobDelivery {
-        registry: registry.clone(),
-        server_key: server_key.clone(),
-    });
+    let bridge_events = events_tx.clone();
+    let (bridge_signals, bridge_signal_rx) = crate::bridges::channel();
+    let writer = Writer::new(store.clone(), events_tx, config.writer)
+        .with_jobs(JobDelivery {
+            registry: registry.clone(),
+            server_key: server_key.clone(),
+        })
+        .with_bridges(bridge_signals.clone());
     let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(INGEST_QUEUE_CAPACITY);
     let ingest = Ingest::new(registry.clone(), queue_tx);
     let writer = tokio::spawn(writer.run(queue_rx));
@@ -179,9 +183,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             registry: registry.clone(),
             server_key: server_key.clone(),
             client: backend_mqtt.clone(),
+            bridges: Some(bridge_signals),
         },
         intake.clone(),
     )));
+    // Stops with the input, so that its event sender is gone before the
+    // publisher drains.
+    tokio::spawn(crate::bridges::run(
+        config.bridges,
+        crate::bridges::Deps {
+            store: store.clone(),
+            client: device_mqtt.clone(),
+            ring: ring.clone(),
+            server_key: server_key.clone(),
+            events: bridge_events,
+            insecure_dev: config.insecure_dev,
+        },
+        bridge_signal_rx,
+        intake.clone(),
+    ));
     inputs.push(tokio::spawn(mqtt::devices::run(
         incoming,
         device_mqtt.clone(),

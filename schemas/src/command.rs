@@ -142,6 +142,24 @@ impl Command {
         }
     }
 
+    /// The lock the command names, if it names one (job commands name a job).
+    pub fn lock_id(&self) -> Option<&str> {
+        match self {
+            Command::CreateCustomPin { lock_id, .. }
+            | Command::DeletePin { lock_id, .. }
+            | Command::SetIntervals { lock_id, .. }
+            | Command::LinkBridge { lock_id, .. }
+            | Command::UnlinkBridge { lock_id }
+            | Command::Lock { lock_id }
+            | Command::Unlock { lock_id }
+            | Command::Sync { lock_id } => Some(lock_id),
+            Command::DeleteJob { .. }
+            | Command::RecreateJob { .. }
+            | Command::GetJob { .. }
+            | Command::ListJobs { .. } => None,
+        }
+    }
+
     /// Whether the command changes state (and is remembered under its
     /// idempotency key). Reads are answered afresh every time.
     pub fn writes(&self) -> bool {

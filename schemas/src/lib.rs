@@ -26,8 +26,8 @@ pub mod topic;
 pub mod units;
 
 pub use device::{
-    ActivityEvent, ActivityKind, ActivityLogBatch, BridgeCommand, DecodeError, DeviceJob, Downlink, Heartbeat,
-    JobAction, JobOutcome, JobReport, JobResult, LogAck, PinType, Uplink,
+    ActivityEvent, ActivityKind, ActivityLogBatch, BridgeCommand, DecodeError, DeviceJob, Downlink,
+    Heartbeat, JobAction, JobOutcome, JobReport, JobResult, LogAck, PinType, Uplink,
 };
 pub use units::{
     ActivityLogInterval, Battery, BatteryLevel, ChannelInfo, DoorState, HeartbeatInterval,

@@ -76,6 +76,7 @@ pub struct Writer {
     events: mpsc::Sender<Outbound>,
     config: WriterConfig,
     jobs: Option<JobDelivery>,
+    bridges: Option<crate::bridges::Signals>,
 }
 
 impl Writer {
@@ -85,7 +86,14 @@ impl Writer {
             events,
             config,
             jobs: None,
+            bridges: None,
         }
+    }
+
+    /// Tell bridge delivery of committed bridge statuses and job results.
+    pub fn with_bridges(mut self, signals: crate::bridges::Signals) -> Self {
+        self.bridges = Some(signals);
+        self
     }
 
     /// Hand out pending jobs in heartbeat and job-report answers, and apply
@@ -205,7 +213,11 @@ impl Writer {
                     } else {
                         metrics::duplicate(r.transport.as_str(), "heartbeat");
                     }
-                    wants_jobs.push((answers.len(), lock.id.to_string()));
+                    // Jobs reach a bridged lock on its bridge's command
+                    // topic, never in the answer to a relayed heartbeat.
+                    if r.transport != ev::Transport::Bridge {
+                        wants_jobs.push((answers.len(), lock.id.to_string()));
+                    }
                     let mut downlink = downlink_for(lock, server_time, hb.seq);
                     if self.jobs.is_some() {
                         // When to wake next: the lock's phase in its interval.
@@ -221,7 +233,9 @@ impl Writer {
                 (ReportBody::Uplink(Uplink::JobReport(report)), Subject::Lock(lock)) => {
                     metrics::committed("job_report", 1);
                     job_reports.push((lock.id.to_string(), report.results.clone()));
-                    wants_jobs.push((answers.len(), lock.id.to_string()));
+                    if r.transport != ev::Transport::Bridge {
+                        wants_jobs.push((answers.len(), lock.id.to_string()));
+                    }
                     Outcome::JobReport {
                         downlink: downlink_for(lock, server_time, report.seq),
                     }
@@ -258,8 +272,16 @@ impl Writer {
                         },
                     }
                 }
-                (ReportBody::BridgeStatus { bridge, .. }, Subject::Bridge(rec)) => {
+                (ReportBody::BridgeStatus { bridge, online, .. }, Subject::Bridge(rec)) => {
                     let change = bridge_changes.next().flatten();
+                    if let Some(signals) = &self.bridges {
+                        // Every status, changed or not: this instance hears
+                        // the bridge, so it delivers to it.
+                        signals.send(crate::bridges::Signal::Status {
+                            bridge: bridge.clone(),
+                            online: *online,
+                        });
+                    }
                     if let Some(c) = change {
                         metrics::committed("bridge_status", 1);
                         let event = BridgeConnectivityEvent {
@@ -293,7 +315,7 @@ impl Writer {
             answers.push((req.reply, outcome));
         }
         if let Some(jobs) = &self.jobs {
-            if !wants_jobs.is_empty() {
+            if !wants_jobs.is_empty() || !job_reports.is_empty() {
                 let started = Instant::now();
                 if let Err(e) = self
                     .job_step(jobs, &mut answers, &wants_jobs, &job_reports, &mut outbound)
@@ -303,6 +325,14 @@ impl Writer {
                     tracing::warn!(error = %e, "job step failed; the answers carry no jobs this time and the jobs stay pending");
                 }
                 metrics::job_step(started.elapsed());
+            }
+        }
+        if let Some(signals) = &self.bridges {
+            for (lock, results) in job_reports {
+                signals.send(crate::bridges::Signal::Results {
+                    lock,
+                    results: results.iter().map(|r| (r.id, r.attempt)).collect(),
+                });
             }
         }
         for o in outbound {
@@ -384,6 +414,9 @@ impl Writer {
         let mut locks: Vec<&str> = wants_jobs.iter().map(|(_, l)| l.as_str()).collect();
         locks.sort_unstable();
         locks.dedup();
+        if locks.is_empty() {
+            return Ok(());
+        }
         let pending = self.store.pending_jobs(&locks).await?;
         if pending.is_empty() {
             for _ in wants_jobs {
@@ -448,7 +481,10 @@ impl Writer {
 
 /// The device's view of a pending job; `None` (logged and counted) when a
 /// sealed PIN does not open, which leaves the job pending for an operator.
-fn device_job(key: &ServerKey, d: &crate::store::jobs::Deliverable) -> Option<DeviceJob> {
+pub(crate) fn device_job(
+    key: &ServerKey,
+    d: &crate::store::jobs::Deliverable,
+) -> Option<DeviceJob> {
     let v = &d.job.view;
     let pin = match (&d.pin_sealed, &v.access_id) {
         (Some(sealed), Some(access)) => match key.open_pin(&v.lock_id, access, sealed) {

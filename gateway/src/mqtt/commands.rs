@@ -40,6 +40,8 @@ pub struct Commands {
     pub registry: Arc<RwLock<Registry>>,
     pub server_key: ServerKey,
     pub client: MqttClient,
+    /// Tells bridge delivery that jobs changed.
+    pub bridges: Option<crate::bridges::Signals>,
 }
 
 /// Handle commands until `stop` (then finish those in hand).
@@ -156,6 +158,9 @@ impl Commands {
             let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
             registry.set_bridge(lock_id, bridge_id.as_deref().map(dispatcher::BridgeId::new));
         }
+        if let (Some(signals), false) = (&self.bridges, done.events.is_empty()) {
+            signals.send(crate::bridges::Signal::Refresh);
+        }
         for (job, change) in &done.events {
             let o = job_outbound(job, *change);
             match self.client.publish(o.topic, o.payload).await {
@@ -181,14 +186,7 @@ impl Commands {
 
     /// Look the lock up and seal a Custom PIN before the transaction.
     fn prepare(&self, request: &CommandRequest) -> Prepared {
-        let lock_id = match &request.command {
-            Command::CreateCustomPin { lock_id, .. }
-            | Command::DeletePin { lock_id, .. }
-            | Command::SetIntervals { lock_id, .. }
-            | Command::LinkBridge { lock_id, .. }
-            | Command::UnlinkBridge { lock_id } => Some(lock_id.as_str()),
-            _ => None,
-        };
+        let lock_id = request.command.lock_id();
         let (lock, bridge) = {
             let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
             let lock = lock_id.and_then(|id| registry.lock(id).cloned());

@@ -173,9 +173,9 @@ fn decode(t: &DeviceTopic<'_>, payload: &[u8], security: &Security) -> Result<Pr
         DeviceTopic::LockHeartbeat { lock }
         | DeviceTopic::LockLog { lock }
         | DeviceTopic::LockJobReport { lock } => Some(DeviceRef::Lock(LockId::new(lock))),
-        DeviceTopic::BridgeHeartbeat { bridge } | DeviceTopic::BridgeLog { bridge } => {
-            Some(DeviceRef::Bridge(BridgeId::new(bridge)))
-        }
+        DeviceTopic::BridgeHeartbeat { bridge }
+        | DeviceTopic::BridgeLog { bridge }
+        | DeviceTopic::BridgeJobReport { bridge } => Some(DeviceRef::Bridge(BridgeId::new(bridge))),
         DeviceTopic::BridgeStatus { .. } => None,
     };
     let (cbor, verified) = match owner {
@@ -225,6 +225,11 @@ fn decode(t: &DeviceTopic<'_>, payload: &[u8], security: &Security) -> Result<Pr
             Transport::Bridge,
             Some(bridge),
         ),
+        DeviceTopic::BridgeJobReport { bridge } => (
+            Uplink::JobReport(JobReport::decode(payload)?),
+            Transport::Bridge,
+            Some(bridge),
+        ),
         DeviceTopic::BridgeStatus { bridge } => {
             let (online, cause) = match payload {
                 STATUS_ONLINE => (true, ConnectivityCause::Connected),
@@ -261,8 +266,8 @@ fn decode(t: &DeviceTopic<'_>, payload: &[u8], security: &Security) -> Result<Pr
         (Uplink::Heartbeat(_), None) => topic::down::lock_heartbeat_ack(lock),
         (Uplink::ActivityLog(_), Some(b)) => topic::down::bridge_log_ack(b, lock),
         (Uplink::ActivityLog(_), None) => topic::down::lock_log_ack(lock),
-        // Bridges relay jobs over their own command topics, not job reports.
-        (Uplink::JobReport(_), _) => topic::down::lock_job_report_ack(lock),
+        (Uplink::JobReport(_), Some(b)) => topic::down::bridge_job_report_ack(b, lock),
+        (Uplink::JobReport(_), None) => topic::down::lock_job_report_ack(lock),
     };
     let report = Report {
         body: ReportBody::Uplink(uplink),

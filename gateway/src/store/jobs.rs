@@ -483,9 +483,10 @@ pub(super) async fn run_command(
 
 type Ruled<T> = Result<Result<T, Refusal>, sqlx::Error>;
 
-/// A pending job lands at its lock's next due heartbeat: the stored
-/// deadline less the presence grace (the same for every instance). Null
-/// while the lock has never been heard or is overdue.
+/// A pending job lands now when the lock's bridge is online, else at the
+/// lock's next due heartbeat: the stored deadline less the presence grace
+/// (the same for every instance). Null while neither is known (a lock never
+/// heard or overdue, a bridge offline).
 async fn expect_delivery(
     tx: &mut Tx,
     events: &mut [(StoredJob, JobChange)],
@@ -496,15 +497,25 @@ async fn expect_delivery(
         if job.view.state != schemas::command::JobState::Pending {
             continue;
         }
-        let until = tx
-            .scalar::<i64>(
-                "SELECT online_until_ms FROM lock_state WHERE lock_id = $1",
-                &[t(&job.view.lock_id)],
-            )
-            .await?;
-        job.view.expected_delivery_ms = until
-            .map(|u| (u.max(0) as u64).saturating_sub(dispatcher::presence::ONLINE_GRACE_MS))
-            .filter(|due| *due > now_ms);
+        let via_bridge = match current_bridge(tx, &job.view.lock_id).await? {
+            Some(b) => bridge_online(tx, &b).await?,
+            None => false,
+        };
+        job.view.expected_delivery_ms = if via_bridge {
+            Some(now_ms)
+        } else if job.view.kind.is_immediate() {
+            None
+        } else {
+            let until = tx
+                .scalar::<i64>(
+                    "SELECT online_until_ms FROM lock_state WHERE lock_id = $1",
+                    &[t(&job.view.lock_id)],
+                )
+                .await?;
+            until
+                .map(|u| (u.max(0) as u64).saturating_sub(dispatcher::presence::ONLINE_GRACE_MS))
+                .filter(|due| *due > now_ms)
+        };
         if let CommandResult::Job { job: view } = result {
             if view.job_id == job.view.job_id {
                 view.expected_delivery_ms = job.view.expected_delivery_ms;
@@ -512,6 +523,28 @@ async fn expect_delivery(
         }
     }
     Ok(())
+}
+
+/// `lock` with its bridge as stored (inside the transaction): the routing
+/// rules look at the link as committed, not at this instance's registry,
+/// which another instance's link may not have reached yet.
+async fn with_stored_bridge(tx: &mut Tx, lock: &LockRecord) -> Result<LockRecord, sqlx::Error> {
+    let bridge = current_bridge(tx, lock.id.as_str()).await?;
+    Ok(LockRecord {
+        bridge: bridge.as_deref().map(dispatcher::BridgeId::new),
+        ..lock.clone()
+    })
+}
+
+/// Whether `bridge` is online as stored (never reported: offline).
+async fn bridge_online(tx: &mut Tx, bridge: &str) -> Result<bool, sqlx::Error> {
+    Ok(tx
+        .scalar::<bool>(
+            "SELECT COALESCE(online, FALSE) FROM bridges WHERE bridge_id = $1",
+            &[t(bridge)],
+        )
+        .await?
+        .unwrap_or(false))
 }
 
 /// The lock's bridge as stored (inside the transaction).
@@ -629,6 +662,8 @@ async fn execute(
                 Err(r) => return Ok(Err(r)),
             };
             tx.lock_row(lock_id).await?;
+            let stored = with_stored_bridge(tx, lock).await?;
+            let lock = &stored;
             let pins = tx
                 .rows::<PinColumns>(
                     "SELECT pin_type, start_s, end_s FROM pins WHERE lock_id = $1",
@@ -713,6 +748,8 @@ async fn execute(
                 Err(r) => return Ok(Err(r)),
             };
             tx.lock_row(lock_id).await?;
+            let stored = with_stored_bridge(tx, lock).await?;
+            let lock = &stored;
             let exists = tx
                 .scalar::<i64>(
                     "SELECT job_id FROM pins WHERE lock_id = $1 AND access_id = $2",
@@ -784,6 +821,9 @@ async fn execute(
                 Ok(l) => l,
                 Err(r) => return Ok(Err(r)),
             };
+            tx.lock_row(lock_id).await?;
+            let stored = with_stored_bridge(tx, lock).await?;
+            let lock = &stored;
             let (hb, log) = match rules::check_set_intervals(
                 lock,
                 dept,
@@ -793,7 +833,6 @@ async fn execute(
                 Ok(v) => v,
                 Err(r) => return Ok(Err(r)),
             };
-            tx.lock_row(lock_id).await?;
             let job = insert_job(
                 tx,
                 org,
@@ -810,6 +849,50 @@ async fn execute(
                     pin_sealed: None,
                     heartbeat_h: Some(hb.hours()),
                     activity_min: Some(log.minutes()),
+                },
+                now_ms,
+            )
+            .await?;
+            events.push((job.clone(), JobChange::Created));
+            Ok(Ok(CommandResult::Job {
+                job: Box::new(job.view),
+            }))
+        }
+        Command::Lock { lock_id } | Command::Unlock { lock_id } | Command::Sync { lock_id } => {
+            let lock = match lock_of(prepared, lock_id, org) {
+                Ok(l) => l,
+                Err(r) => return Ok(Err(r)),
+            };
+            tx.lock_row(lock_id).await?;
+            let stored = with_stored_bridge(tx, lock).await?;
+            let online = match &stored.bridge {
+                Some(b) => bridge_online(tx, b.as_str()).await?,
+                None => false,
+            };
+            if let Err(r) = rules::check_bridge_action(&stored, dept, online) {
+                return Ok(Err(r));
+            }
+            let kind = match &req.command {
+                Command::Lock { .. } => JobKind::Lock,
+                Command::Unlock { .. } => JobKind::Unlock,
+                _ => JobKind::Sync,
+            };
+            let job = insert_job(
+                tx,
+                org,
+                req,
+                NewJob {
+                    lock_id,
+                    kind,
+                    pin_kind: None,
+                    pin_name: None,
+                    access_id: None,
+                    pin_type: None,
+                    start_s: None,
+                    end_s: None,
+                    pin_sealed: None,
+                    heartbeat_h: None,
+                    activity_min: None,
                 },
                 now_ms,
             )
@@ -1023,6 +1106,124 @@ pub struct Deliverable {
     pub pin_sealed: Option<Vec<u8>>,
 }
 
+/// A pending job of a lock linked to a bridge, with that bridge.
+#[derive(Clone, Debug)]
+pub struct BridgeDeliverable {
+    pub bridge_id: String,
+    pub deliverable: Deliverable,
+}
+
+#[derive(sqlx::FromRow, Clone, Debug)]
+struct BridgeDeliverableColumns {
+    #[sqlx(flatten)]
+    job: JobColumns,
+    pin_sealed: Option<Vec<u8>>,
+    bridge_id: String,
+}
+
+/// Every pending job of the locks linked to a bridge, per lock in creation
+/// order. A linked lock is one of at most two per bridge, so this reads the
+/// few jobs waiting for bridges, found through the pending-jobs index.
+pub(super) async fn pending_via_bridges(
+    store: &Store,
+) -> Result<Vec<BridgeDeliverable>, StoreError> {
+    let engine = store.engine();
+    let err = |e| StoreError::from_sqlx(engine, "reading jobs waiting for bridges", e);
+    let mut tx = Tx::begin_read(store).await.map_err(err)?;
+    let rows: Vec<BridgeDeliverableColumns> = tx
+        .rows(
+            &format!(
+                "SELECT {JOB_COLUMNS}, pin_sealed, \
+                 (SELECT l.bridge_id FROM locks l WHERE l.lock_id = jobs.lock_id) AS bridge_id FROM jobs \
+                 WHERE state = 'pending' AND lock_id IN (SELECT lock_id FROM locks WHERE bridge_id IS NOT NULL) \
+                 ORDER BY lock_id, job_id"
+            ),
+            &[],
+        )
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(BridgeDeliverable {
+                bridge_id: r.bridge_id,
+                deliverable: Deliverable {
+                    job: StoredJob::try_from(r.job)?,
+                    pin_sealed: r.pin_sealed,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Fail the pending lock, unlock and sync jobs created at or before
+/// `created_before_ms` (at most `max`), with `reason`; returns them as
+/// failed. One `UPDATE ... RETURNING`, so each expiry is claimed and
+/// announced by one instance.
+pub(super) async fn expire_immediate(
+    store: &Store,
+    created_before_ms: u64,
+    reason: &str,
+    now_ms: u64,
+    max: u64,
+) -> Result<Vec<(StoredJob, JobChange)>, StoreError> {
+    let engine = store.engine();
+    let err = |e| StoreError::from_sqlx(engine, "expiring lock, unlock and sync jobs", e);
+    let mut tx = Tx::begin(store).await.map_err(err)?;
+    let ids: Vec<i64> = tx
+        .rows::<(i64,)>(
+            "UPDATE jobs SET state = 'failed', in_flight = FALSE, failure_reason = $1, \
+             version = version + 1, updated_at_ms = $2 WHERE job_id IN (\
+               SELECT job_id FROM jobs WHERE state = 'pending' AND kind IN ('lock', 'unlock', 'sync') \
+               AND created_at_ms <= $3 ORDER BY created_at_ms LIMIT $4) \
+             AND state = 'pending' RETURNING job_id",
+            &[t(reason), i(now_ms), i(created_before_ms), i(max)],
+        )
+        .await
+        .map_err(err)?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        for row in tx
+            .jobs("WHERE job_id = $1", &[i(id.max(0) as u64)])
+            .await
+            .map_err(err)?
+        {
+            out.push((StoredJob::try_from(row)?, JobChange::Failed));
+        }
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(out)
+}
+
+/// Reserve `step` more of this gateway's OSCORE sender sequence numbers for
+/// `device`: returns the new limit; the numbers `limit - step .. limit` are
+/// this caller's alone (one statement raises the stored limit, so two
+/// instances never get the same block).
+pub(super) async fn reserve_sender_seqs(
+    store: &Store,
+    device: &str,
+    step: u64,
+) -> Result<u64, StoreError> {
+    let engine = store.engine();
+    let err = |e| StoreError::from_sqlx(engine, "reserving OSCORE sender sequence numbers", e);
+    let mut tx = Tx::begin(store).await.map_err(err)?;
+    let limit = tx
+        .scalar::<i64>(
+            "INSERT INTO oscore_sender (device_id, seq_limit) VALUES ($1, $2) \
+             ON CONFLICT (device_id) DO UPDATE SET seq_limit = oscore_sender.seq_limit + $2 \
+             RETURNING seq_limit",
+            &[t(device), i(step)],
+        )
+        .await
+        .map_err(err)?
+        .unwrap_or(0);
+    tx.commit().await.map_err(err)?;
+    Ok(limit.max(0) as u64)
+}
+
 /// Every pending job of `locks`, per lock in creation order.
 pub(super) async fn pending_for(
     store: &Store,
@@ -1045,7 +1246,8 @@ pub(super) async fn pending_for(
             .rows(
                 &format!(
                     "SELECT {JOB_COLUMNS}, pin_sealed FROM jobs \
-                     WHERE state = 'pending' AND lock_id IN ({list}) ORDER BY lock_id, job_id"
+                     WHERE state = 'pending' AND lock_id IN ({list}) \
+                     AND kind NOT IN ('lock', 'unlock', 'sync') ORDER BY lock_id, job_id"
                 ),
                 &binds,
             )
@@ -1158,6 +1360,7 @@ pub(super) async fn apply_results(
                             .map_err(err)?;
                         }
                     }
+                    JobKind::Lock | JobKind::Unlock | JobKind::Sync => {}
                     JobKind::SetIntervals => {
                         if let (Some(h), Some(m)) = (
                             job.view.heartbeat_interval_h,

@@ -344,6 +344,29 @@ impl Store {
         jobs::pending_for(self, locks).await
     }
 
+    /// Every pending job of the locks linked to a bridge, with the bridge.
+    pub async fn pending_via_bridges(&self) -> Result<Vec<jobs::BridgeDeliverable>, StoreError> {
+        jobs::pending_via_bridges(self).await
+    }
+
+    /// Fail the pending lock, unlock and sync jobs created at or before
+    /// `created_before_ms` (at most `max`); each is returned to one caller.
+    pub async fn expire_immediate_jobs(
+        &self,
+        created_before_ms: u64,
+        reason: &str,
+        now_ms: u64,
+        max: u64,
+    ) -> Result<Vec<(jobs::StoredJob, schemas::command::JobChange)>, StoreError> {
+        jobs::expire_immediate(self, created_before_ms, reason, now_ms, max).await
+    }
+
+    /// Reserve `step` OSCORE sender sequence numbers of this gateway for
+    /// `device`; returns the new limit (the block is `limit - step .. limit`).
+    pub async fn reserve_sender_seqs(&self, device: &str, step: u64) -> Result<u64, StoreError> {
+        jobs::reserve_sender_seqs(self, device, step).await
+    }
+
     /// Record that the jobs `(id, attempt)` went out by `path`; returns
     /// the jobs as they are now (those still pending).
     pub async fn mark_delivered(

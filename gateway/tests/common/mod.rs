@@ -51,6 +51,10 @@ pub struct Options {
     pub insecure_dev: bool,
     /// How often the server looks for registry and key changes.
     pub registry_refresh_secs: u64,
+    /// `--bridge-action-ttl-secs` (None: the default).
+    pub bridge_action_ttl_secs: Option<u64>,
+    /// `--bridge-timeout-ms` (None: the default).
+    pub bridge_timeout_ms: Option<u64>,
 }
 
 impl Default for Options {
@@ -58,6 +62,8 @@ impl Default for Options {
         Options {
             insecure_dev: false,
             registry_refresh_secs: 1,
+            bridge_action_ttl_secs: None,
+            bridge_timeout_ms: None,
         }
     }
 }
@@ -78,6 +84,8 @@ pub fn config_with(database_url: &str, dir: &std::path::Path, options: Options) 
         server_key_file: Some(gateway::store::testing::server_key_file(dir)),
         insecure_dev: options.insecure_dev,
         backend_password_hash: Some(gateway::store::testing::backend_password_hash()),
+        bridge_action_ttl_secs: options.bridge_action_ttl_secs,
+        bridge_timeout_ms: options.bridge_timeout_ms,
         ..Default::default()
     };
     Config::from_settings(s).unwrap()

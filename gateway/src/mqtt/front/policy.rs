@@ -2,10 +2,11 @@
 //! (it has no per-topic ACL), decided here from the authenticated identity
 //! alone. Pure functions; the front applies them to every packet.
 //!
-//! * A lock `L` publishes only `lk/L/up/hb` and `lk/L/up/log`, and
-//!   subscribes only inside `lk/L/` (its acks and errors).
-//! * A bridge `B` publishes only `br/B/up/hb`, `br/B/up/log` and
-//!   `br/B/status` (also its Last Will), and subscribes only inside `br/B/`.
+//! * A lock `L` publishes only `lk/L/up/hb`, `lk/L/up/log` and
+//!   `lk/L/up/jr`, and subscribes only inside `lk/L/` (its acks and errors).
+//! * A bridge `B` publishes only `br/B/up/hb`, `br/B/up/log`, `br/B/up/jr`
+//!   and `br/B/status` (also its Last Will), and subscribes only inside
+//!   `br/B/` (acks, errors and its commands, `br/B/cmd`).
 //! * The dashboard backend is routed to a broker of its own, which carries
 //!   no device topic at all, so it may use any topic there.
 
@@ -37,8 +38,8 @@ pub fn may_publish(who: &Identity, topic: &str) -> bool {
         return false;
     };
     match device {
-        DeviceRef::Lock(_) => matches!(rest, "up/hb" | "up/log"),
-        DeviceRef::Bridge(_) => matches!(rest, "up/hb" | "up/log" | "status"),
+        DeviceRef::Lock(_) => matches!(rest, "up/hb" | "up/log" | "up/jr"),
+        DeviceRef::Bridge(_) => matches!(rest, "up/hb" | "up/log" | "up/jr" | "status"),
     }
 }
 
@@ -82,6 +83,7 @@ mod tests {
     fn a_device_publishes_only_its_own_uplinks() {
         assert!(may_publish(&lock("L1"), "lk/L1/up/hb"));
         assert!(may_publish(&lock("L1"), "lk/L1/up/log"));
+        assert!(may_publish(&lock("L1"), "lk/L1/up/jr"));
         for t in [
             "lk/L2/up/hb",
             "lk/L1/ack/hb",
@@ -95,6 +97,11 @@ mod tests {
         }
         assert!(may_publish(&bridge("B1"), "br/B1/status"));
         assert!(may_publish(&bridge("B1"), "br/B1/up/hb"));
+        assert!(may_publish(&bridge("B1"), "br/B1/up/jr"));
+        assert!(
+            !may_publish(&bridge("B1"), "br/B1/cmd"),
+            "commands come from the gateway"
+        );
         assert!(
             !may_publish(&bridge("B1"), "br/B2/status"),
             "a bridge cannot say another is offline"
