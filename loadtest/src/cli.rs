@@ -79,6 +79,9 @@ pub enum Command {
     /// spread its heartbeats: heartbeats per simulated minute per interval,
     /// peak-to-mean before (the burst) and after
     Wakeup(crate::wakeup::WakeupArgs),
+    /// Heartbeat answer latency with one pending job per lock (a million by
+    /// default) beside the same fleet with none, runs alternating, medians
+    HeartbeatJobs(crate::hbjobs::HeartbeatJobsArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,8 +296,23 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Ingest(a) => a,
-            Command::Jobs(_) | Command::Wakeup(_) => unreachable!("parsed `ingest`"),
+            Command::Jobs(_) | Command::Wakeup(_) | Command::HeartbeatJobs(_) => {
+                unreachable!("parsed `ingest`")
+            }
         }
+    }
+
+    #[test]
+    fn heartbeat_jobs_measures_a_million_locks_by_default() {
+        let Command::HeartbeatJobs(a) = Cli::try_parse_from(["loadtest", "heartbeat-jobs"])
+            .unwrap()
+            .command
+        else {
+            panic!("parsed another command")
+        };
+        assert_eq!(a.locks, 1_000_000);
+        assert_eq!(a.runs, 2);
+        assert!(a.rate > 0.0);
     }
 
     #[test]

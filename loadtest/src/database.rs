@@ -198,6 +198,45 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// Gives every lock of the database at `url` one pending job, as the
+/// dashboard's `delete_pin` of an AlgoPIN would (no sealed PIN to open, and
+/// its completion touches neither the lock's row nor the registry), in one
+/// statement. Returns how many were created. Run after `devices import` and
+/// before `serve`, so the gateway finds them as it would after a busy day.
+pub async fn seed_pending_jobs(url: &str) -> Result<u64> {
+    const SEED: &str = "INSERT INTO jobs (org, department, lock_id, kind, state, attempt, created_at_ms, \
+         created_by, description, pin_name, access_id, pin_kind, issued_at_ms, version, updated_at_ms) \
+         SELECT org, NULL, lock_id, 'delete_pin', 'pending', 1, $1, 'loadtest', 'Delete AlgoPIN', NULL, \
+         'algo-' || lock_id, 'algo', $1, 1, $1 FROM locks";
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let failed = |e: sqlx::Error| LoadtestError::Database {
+        url: redact(url),
+        statement: SEED.to_string(),
+        detail: e.to_string(),
+    };
+    if is_postgres_url(url) {
+        let mut conn = PgConnection::connect(url).await.map_err(failed)?;
+        let done = sqlx::query(SEED)
+            .bind(now_ms)
+            .execute(&mut conn)
+            .await
+            .map_err(failed)?;
+        let _ = conn.close().await;
+        Ok(done.rows_affected())
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.map_err(failed)?;
+        let done = sqlx::query(SEED)
+            .bind(now_ms)
+            .execute(&mut conn)
+            .await
+            .map_err(failed)?;
+        let _ = conn.close().await;
+        Ok(done.rows_affected())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,13 @@ pub enum LoadtestError {
         detail: String,
     },
 
+    #[error("the database {url} refused `{statement}`: {detail}")]
+    Database {
+        url: String,
+        statement: String,
+        detail: String,
+    },
+
     #[error("cannot {what}: {source}")]
     Io {
         what: String,

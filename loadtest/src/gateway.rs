@@ -24,9 +24,10 @@ use tokio::time::Instant;
 /// How long `serve` gets to log its listeners and answer `/readyz`: well
 /// under a second normally; this covers loading a large registry on a
 /// loaded 2-core machine.
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long `devices import` may take (100 000 locks take seconds).
-pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(300);
+pub const START_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `devices import` may take: an Argon2id hash per device makes a
+/// million take several minutes on a 2-core machine.
+pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long a SIGTERMed gateway gets to drain and exit. Its own drain limits
 /// are shorter; a gateway that needs this long has a drain problem.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);

@@ -282,15 +282,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn report(args: &JobsArgs, engine: Engine, command_line: &str, c: &[Phase], r: &[Phase]) -> String {
-    let m = crate::machine::Machine::detect();
-    let m = format!(
-        "{} cores, {}, kernel {}, {} GiB{}",
-        m.cores,
-        m.cpu_model,
-        m.kernel,
-        m.memory_gib.map_or("?".into(), |g| g.to_string()),
-        m.date.map_or(String::new(), |d| format!(", {d}"))
-    );
+    let m = crate::machine::Machine::detect().summary();
     let cm = median(c.iter().map(|p| p.per_s).collect());
     let rm = median(r.iter().map(|p| p.per_s).collect());
     let mut out = String::new();

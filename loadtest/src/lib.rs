@@ -37,6 +37,7 @@ pub mod cli;
 pub mod database;
 pub mod error;
 pub mod gateway;
+pub mod hbjobs;
 pub mod http;
 pub mod jobs;
 pub mod machine;
@@ -119,6 +120,7 @@ pub async fn ingest(
         clock_ticks: procfs::clock_ticks(),
         progress_every: settings.progress_every,
         insecure: settings.insecure,
+        imported_sqlite: None,
         cancel,
     };
     let machine = machine::Machine::detect();

@@ -31,6 +31,22 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// One line for a report: cores, CPU, kernel, memory, date.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} cores, {}, kernel {}, {} GiB{}",
+            self.cores,
+            self.cpu_model,
+            self.kernel,
+            self.memory_gib.map_or("?".into(), |g| g.to_string()),
+            self.date
+                .as_ref()
+                .map_or(String::new(), |d| format!(", {d}"))
+        )
+    }
+}
+
 /// The first `model name` of `/proc/cpuinfo`.
 pub fn cpu_model(cpuinfo: &str) -> Option<String> {
     cpuinfo.lines().find_map(|l| {

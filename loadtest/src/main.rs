@@ -34,6 +34,13 @@ async fn main() -> anyhow::Result<()> {
             };
             print!("{report}");
         }
+        Command::HeartbeatJobs(args) => {
+            let report = tokio::select! {
+                report = loadtest::hbjobs::run(&args, command_line.clone(), cancel.clone()) => report?,
+                _ = abandon.cancelled() => anyhow::bail!("quit at once: the gateway was killed"),
+            };
+            print!("{report}");
+        }
         Command::Jobs(args) => {
             let report = tokio::select! {
                 report = loadtest::jobs::run(&args, command_line) => report?,

@@ -26,6 +26,7 @@ pub fn schedule(engines: &[Engine], runs: u32, rate: impl Fn(Engine) -> f64) -> 
                     variant,
                     rate,
                     number: out.len() as u32 + 1,
+                    pending_jobs: false,
                 });
             }
         }
@@ -83,6 +84,7 @@ pub async fn find_max(
                     variant,
                     rate,
                     number,
+                    pending_jobs: false,
                 };
                 eprintln!("\n{}", label(&spec, &format!("find-max step {}", step + 1)));
                 let r = run::run(setup, spec).await?;

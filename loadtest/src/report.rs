@@ -337,6 +337,7 @@ mod tests {
                 variant,
                 rate: 1000.0,
                 number,
+                pending_jobs: false,
             },
             speedup: 180.0,
             acked_heartbeats_per_s: acked,
@@ -360,6 +361,9 @@ mod tests {
             mean_batch: Some(7.5),
             mean_commit_ms: Some(0.5),
             committed_heartbeats: Some(100.0),
+            jobs_delivered: None,
+            jobs_completed: None,
+            latency_p999_ms: None,
             gateway_log: LogSummary::default(),
             wall: Duration::from_secs(30),
         }

@@ -24,6 +24,8 @@ pub const BATCH_SIZE_METRIC: &str = "lockfleet_commit_batch_size";
 pub const COMMIT_DURATION_METRIC: &str = "lockfleet_commit_duration_seconds";
 /// The gateway's counter of committed reports, by `kind`.
 pub const COMMITTED_METRIC: &str = "lockfleet_reports_committed_total";
+/// The gateway's counter of job changes, by `change`.
+pub const JOB_CHANGES_METRIC: &str = "lockfleet_job_changes_total";
 
 /// `serve --commit-max-batch` of the baseline: one report per transaction,
 /// i.e. group commit disabled.
@@ -86,6 +88,9 @@ pub struct Setup {
     pub progress_every: Duration,
     /// No device security on either side (`--insecure`).
     pub insecure: bool,
+    /// A SQLite database with the fleet already imported: SQLite runs copy
+    /// it instead of importing again (a million devices take minutes).
+    pub imported_sqlite: Option<PathBuf>,
     /// Cancelled on Ctrl-C: the run in progress ends early and cleans up.
     pub cancel: CancellationToken,
 }
@@ -99,6 +104,9 @@ pub struct RunSpec {
     pub rate: f64,
     /// Unique per invocation: names the database.
     pub number: u32,
+    /// Before the gateway starts, give every lock one pending job (an
+    /// AlgoPIN deletion), so each heartbeat answer carries one.
+    pub pending_jobs: bool,
 }
 
 /// Latency quantiles of acknowledged heartbeats, milliseconds.
@@ -140,6 +148,11 @@ pub struct RunResult {
     pub mean_commit_ms: Option<f64>,
     /// The gateway's own count of committed heartbeats.
     pub committed_heartbeats: Option<f64>,
+    /// Jobs the gateway handed out in answers, and jobs completed.
+    pub jobs_delivered: Option<f64>,
+    pub jobs_completed: Option<f64>,
+    /// Client-side heartbeat round trip p99.9, milliseconds.
+    pub latency_p999_ms: Option<f64>,
     pub gateway_log: LogSummary,
     pub wall: Duration,
 }
@@ -182,7 +195,21 @@ pub async fn run(setup: &Setup, spec: RunSpec) -> Result<RunResult> {
 
 async fn on_database(setup: &Setup, spec: RunSpec, url: &str) -> Result<RunResult> {
     let started = Instant::now();
-    gateway::import(&setup.gateway_bin, &setup.scratch, &setup.fleet_file, url).await?;
+    match (&setup.imported_sqlite, url.strip_prefix("sqlite://")) {
+        (Some(template), Some(file)) => {
+            std::fs::copy(template, file)
+                .map_err(|e| LoadtestError::io("copy the imported SQLite database", e))?;
+        }
+        _ => gateway::import(&setup.gateway_bin, &setup.scratch, &setup.fleet_file, url).await?,
+    }
+    if spec.pending_jobs {
+        let started = Instant::now();
+        let n = crate::database::seed_pending_jobs(url).await?;
+        eprintln!(
+            "    seeded {n} pending jobs in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     if setup.cancel.is_cancelled() {
         return Err(LoadtestError::Interrupted);
     }
@@ -319,6 +346,17 @@ impl Measured {
                 COMMITTED_METRIC,
                 Some(("kind", "heartbeat")),
             ),
+            jobs_delivered: prom::sum(
+                &self.metrics,
+                JOB_CHANGES_METRIC,
+                Some(("change", "delivered")),
+            ),
+            jobs_completed: prom::sum(
+                &self.metrics,
+                JOB_CHANGES_METRIC,
+                Some(("change", "completed")),
+            ),
+            latency_p999_ms: q(0.999),
             gateway_log,
             wall,
         }
