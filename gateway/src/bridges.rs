@@ -102,23 +102,50 @@ pub enum Signal {
     Refresh,
 }
 
-/// The sending side; cheap to clone. A full channel drops the signal
-/// (counted): the periodic refresh reads the same facts from the database.
+/// The sending side; cheap to clone. It never waits: a bridge's newest
+/// status is kept in a map the task drains (so none is ever lost, however
+/// many bridges reconnect at once), and a full channel drops only results
+/// and refresh requests (counted), whose facts the periodic refresh reads
+/// from the database anyway.
 #[derive(Clone, Debug)]
-pub struct Signals(mpsc::Sender<Signal>);
+pub struct Signals {
+    tx: mpsc::Sender<Signal>,
+    statuses: Arc<std::sync::Mutex<HashMap<String, bool>>>,
+}
 
 impl Signals {
     pub fn send(&self, signal: Signal) {
-        if self.0.try_send(signal).is_err() {
-            metrics::bridge_command_unanswered("signal_dropped");
+        let signal = match signal {
+            Signal::Status { bridge, online } => {
+                self.statuses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(bridge, online);
+                Signal::Refresh
+            }
+            other => other,
+        };
+        if self.tx.try_send(signal).is_err() {
+            metrics::bridge_signal_dropped();
         }
+    }
+
+    /// The statuses reported since the last call, newest per bridge.
+    fn take_statuses(&self) -> HashMap<String, bool> {
+        std::mem::take(&mut *self.statuses.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
 /// A signal channel for [`run`].
 pub fn channel() -> (Signals, mpsc::Receiver<Signal>) {
     let (tx, rx) = mpsc::channel(SIGNAL_CAPACITY);
-    (Signals(tx), rx)
+    (
+        Signals {
+            tx,
+            statuses: Arc::default(),
+        },
+        rx,
+    )
 }
 
 /// What delivery talks to.
@@ -132,6 +159,12 @@ pub struct Deps {
     pub events: mpsc::Sender<Outbound>,
     /// `--insecure-dev`: a bridge without a key gets plain commands.
     pub insecure_dev: bool,
+    /// Take the bridges stored online as online here at start: right with
+    /// an external broker (bridges stay connected to it across our
+    /// restarts); with the embedded brokers they reconnect and say so.
+    pub assume_stored_online: bool,
+    /// The statuses the writer reports (the same [`Signals`] it holds).
+    pub signals: Signals,
 }
 
 /// Deliver until `shutdown`.
@@ -159,8 +192,13 @@ pub async fn run(
         seqs: HashMap::new(),
         refresh_wanted: true,
     };
-    match d.deps.store.load_bridge_status().await {
-        Ok(status) => {
+    let stored = match d.deps.assume_stored_online {
+        true => d.deps.store.load_bridge_status().await.map(Some),
+        false => Ok(None),
+    };
+    match stored {
+        Ok(None) => {}
+        Ok(Some(status)) => {
             let now = crate::ingest::now_ms();
             for (bridge, _) in status.into_iter().filter(|(_, s)| s.online) {
                 d.queue.bridge_online(&bridge, now);
@@ -193,6 +231,9 @@ pub async fn run(
             }
             _ = sleep_for(wait) => {}
         }
+        for (bridge, online) in d.deps.signals.take_statuses() {
+            d.on_signal(Signal::Status { bridge, online });
+        }
         d.poll_timeouts();
         if d.refresh_wanted {
             d.refresh().await;
@@ -215,8 +256,8 @@ struct Delivery {
     queue: BridgeQueue,
     /// Bridges online on this instance.
     online: HashSet<String>,
-    /// The stored job of every queued command.
-    jobs: HashMap<u64, Deliverable>,
+    /// The stored job of every queued command, and the bridge it is queued for.
+    jobs: HashMap<u64, (Deliverable, String)>,
     /// When each in-flight command was last published.
     sent_at: HashMap<u64, Instant>,
     /// Jobs given up: when they may be queued again (Unix ms), and their bridge.
@@ -234,6 +275,10 @@ impl Delivery {
                 let id = BridgeId::new(&bridge);
                 if online {
                     self.queue.bridge_online(&id, now);
+                    // Another instance may have protected commands for it
+                    // meanwhile, with numbers above ours: reserve a fresh
+                    // block, above every earlier one, so ours keep rising.
+                    self.seqs.remove(&bridge);
                     // A reconnect is the moment to try given-up jobs again.
                     self.paused.retain(|_, (_, b)| *b != bridge);
                     self.online.insert(bridge);
@@ -282,6 +327,17 @@ impl Delivery {
                 // Never sent late; the expiry fails it.
                 continue;
             }
+            if self
+                .jobs
+                .get(&id)
+                .is_some_and(|(_, bridge)| *bridge != row.bridge_id)
+            {
+                // Relinked: the lock's commands leave the old bridge's queue.
+                for c in self.queue.unlink_lock(&view.lock_id) {
+                    self.jobs.remove(&c.id);
+                    self.sent_at.remove(&c.id);
+                }
+            }
             if self.paused.contains_key(&id) || !self.online.contains(&row.bridge_id) {
                 continue;
             }
@@ -297,7 +353,7 @@ impl Delivery {
             .jobs
             .iter()
             .filter(|(id, _)| !pending.contains(id))
-            .map(|(id, d)| (*id, d.job.view.lock_id.clone(), d.job.view.attempt))
+            .map(|(id, (d, _))| (*id, d.job.view.lock_id.clone(), d.job.view.attempt))
             .collect();
         for (id, lock, attempt) in gone {
             self.queue.on_result(&lock, id, attempt);
@@ -308,13 +364,14 @@ impl Delivery {
 
     fn enqueue(&mut self, cmd: Command, job: Deliverable) {
         let id = cmd.id;
+        let bridge = cmd.bridge.to_string();
         match self.jobs.get(&id) {
-            Some(queued) if queued.job.view.attempt == cmd.attempt => {
+            Some((queued, _)) if queued.job.view.attempt == cmd.attempt => {
                 // Queued already; keep the newest copy of the row.
-                self.jobs.insert(id, job);
+                self.jobs.insert(id, (job, bridge));
                 return;
             }
-            Some(queued) => {
+            Some((queued, _)) => {
                 // Recreated meanwhile: the old attempt leaves the queue.
                 let (lock, attempt) = (queued.job.view.lock_id.clone(), queued.job.view.attempt);
                 self.queue.on_result(&lock, id, attempt);
@@ -330,16 +387,17 @@ impl Delivery {
                     self.jobs.remove(&c.id);
                     self.sent_at.remove(&c.id);
                 }
-                if self.queue.enqueue(cmd).is_err() {
+                if let Err(e) = self.queue.enqueue(cmd) {
+                    tracing::warn!(error = %e, "bridge command not queued after a relink; the next refresh tries again");
                     return;
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "bridge command not queued");
+                tracing::warn!(error = %e, "bridge command not queued; the next refresh tries again");
                 return;
             }
         }
-        self.jobs.insert(id, job);
+        self.jobs.insert(id, (job, bridge));
     }
 
     fn poll_timeouts(&mut self) {
@@ -372,10 +430,19 @@ impl Delivery {
     }
 
     async fn send(&mut self, t: Transmit, now: u64) {
-        let Some(d) = self.jobs.get(&t.id) else {
+        let Some((d, _)) = self.jobs.get(&t.id) else {
             self.queue.on_result(t.lock.as_str(), t.id, t.attempt);
             return;
         };
+        let ttl = self.config.immediate_ttl.as_millis() as u64;
+        let view = &d.job.view;
+        if view.kind.is_immediate()
+            && dispatcher::jobs::immediate_expired(view.created_at_ms, ttl, now)
+        {
+            // Never sent late: the expiry fails it.
+            self.drop_command(&t);
+            return;
+        }
         let Some(job) = device_job(&self.deps.server_key, d) else {
             // Counted and logged there; the job stays pending for an operator.
             self.queue.on_result(t.lock.as_str(), t.id, t.attempt);
@@ -407,6 +474,12 @@ impl Delivery {
             .await
         {
             Ok(changed) => {
+                if !changed.iter().any(|j| j.view.job_id == t.id) {
+                    // No longer pending for this attempt (done another way,
+                    // deleted, expired on another instance): never sent.
+                    self.drop_command(&t);
+                    return;
+                }
                 for job in &changed {
                     if self
                         .deps
@@ -425,18 +498,25 @@ impl Delivery {
                 return;
             }
         }
-        if self
+        if let Err(e) = self
             .deps
             .client
             .publish(down::bridge_command(t.bridge.as_str()), payload)
             .await
-            .is_err()
         {
             metrics::bridge_command_unanswered("publish_failed");
+            tracing::warn!(error = %e, bridge = %t.bridge, job = t.id, "cannot publish a bridge command; it goes again at its timeout");
             return;
         }
         metrics::bridge_command_sent(t.try_no > 1);
         self.sent_at.insert(t.id, Instant::now());
+    }
+
+    /// Take a command out of the queue for good (its job is not pending).
+    fn drop_command(&mut self, t: &Transmit) {
+        self.queue.on_result(t.lock.as_str(), t.id, t.attempt);
+        self.jobs.remove(&t.id);
+        self.sent_at.remove(&t.id);
     }
 
     /// `cbor` as the protected request to `bridge`, or plain CBOR for a

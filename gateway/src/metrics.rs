@@ -92,6 +92,8 @@ pub const BRIDGE_QUEUE_DEPTH: &str = "lockfleet_bridge_queue_depth";
 pub const BRIDGE_IN_FLIGHT: &str = "lockfleet_bridge_commands_in_flight";
 /// Time from publishing a bridge command to its result.
 pub const BRIDGE_RESULT_LATENCY: &str = "lockfleet_bridge_result_latency_seconds";
+/// Result and refresh signals to bridge delivery dropped on a full channel.
+pub const BRIDGE_SIGNALS_DROPPED: &str = "lockfleet_bridge_signals_dropped_total";
 /// Bridges online as this instance delivers to them.
 pub const BRIDGES_DELIVERING: &str = "lockfleet_bridges_delivering";
 
@@ -252,6 +254,10 @@ fn describe() {
         BRIDGE_RESULT_LATENCY,
         Unit::Seconds,
         "Time from publishing a bridge command to its result"
+    );
+    describe_counter!(
+        BRIDGE_SIGNALS_DROPPED,
+        "Result and refresh signals to bridge delivery dropped on a full channel (the next database read catches up)"
     );
     describe_gauge!(
         BRIDGES_DELIVERING,
@@ -503,6 +509,9 @@ pub fn bridge_queue(queued: usize, in_flight: usize, bridges: usize) {
     gauge!(BRIDGE_QUEUE_DEPTH).set(queued as f64);
     gauge!(BRIDGE_IN_FLIGHT).set(in_flight as f64);
     gauge!(BRIDGES_DELIVERING).set(bridges as f64);
+}
+pub fn bridge_signal_dropped() {
+    counter!(BRIDGE_SIGNALS_DROPPED).increment(1);
 }
 pub fn bridge_result_latency(took: Duration) {
     histogram!(BRIDGE_RESULT_LATENCY).record(took.as_secs_f64());

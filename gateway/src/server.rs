@@ -142,6 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let overdue_events = events_tx.clone();
     let bridge_events = events_tx.clone();
     let (bridge_signals, bridge_signal_rx) = crate::bridges::channel();
+    let bridge_signals_for_task = bridge_signals.clone();
     let writer = Writer::new(store.clone(), events_tx, config.writer)
         .with_jobs(JobDelivery {
             registry: registry.clone(),
@@ -198,6 +199,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             server_key: server_key.clone(),
             events: bridge_events,
             insecure_dev: config.insecure_dev,
+            assume_stored_online: matches!(config.mqtt, crate::config::MqttMode::External { .. }),
+            signals: bridge_signals_for_task,
         },
         bridge_signal_rx,
         intake.clone(),

@@ -199,6 +199,13 @@ async fn on_database(setup: &Setup, spec: RunSpec, url: &str) -> Result<RunResul
         (Some(template), Some(file)) => {
             std::fs::copy(template, file)
                 .map_err(|e| LoadtestError::io("copy the imported SQLite database", e))?;
+            // A write-ahead log not yet checkpointed holds committed rows.
+            let wal = |p: &str| PathBuf::from(format!("{p}-wal"));
+            let template_wal = wal(&template.to_string_lossy());
+            if template_wal.exists() {
+                std::fs::copy(&template_wal, wal(file))
+                    .map_err(|e| LoadtestError::io("copy the imported SQLite log", e))?;
+            }
         }
         _ => gateway::import(&setup.gateway_bin, &setup.scratch, &setup.fleet_file, url).await?,
     }

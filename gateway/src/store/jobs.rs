@@ -1219,7 +1219,11 @@ pub(super) async fn reserve_sender_seqs(
         )
         .await
         .map_err(err)?
-        .unwrap_or(0);
+        .ok_or_else(|| StoreError::Failed {
+            engine,
+            operation: "reserving OSCORE sender sequence numbers",
+            detail: "the reservation returned no limit".into(),
+        })?;
     tx.commit().await.map_err(err)?;
     Ok(limit.max(0) as u64)
 }
@@ -1334,13 +1338,20 @@ pub(super) async fn apply_results(
                 continue;
             }
             ResultEffect::Completed => {
-                tx.execute(
-                    "UPDATE jobs SET state = 'completed', in_flight = FALSE, pin_sealed = NULL, \
-                     version = version + 1, updated_at_ms = $1 WHERE job_id = $2",
-                    &[i(now_ms), i(r.id)],
-                )
-                .await
-                .map_err(err)?;
+                // Guarded: an expiry (which takes no lock row) may have
+                // failed an immediate job since it was read.
+                let n = tx
+                    .execute(
+                        "UPDATE jobs SET state = 'completed', in_flight = FALSE, pin_sealed = NULL, \
+                         version = version + 1, updated_at_ms = $1 WHERE job_id = $2 AND state = 'pending'",
+                        &[i(now_ms), i(r.id)],
+                    )
+                    .await
+                    .map_err(err)?;
+                if n == 0 {
+                    crate::metrics::job_result_ignored("already_final");
+                    continue;
+                }
                 match job.view.kind {
                     JobKind::CreateCustomPin => {
                         tx.execute(
@@ -1388,14 +1399,19 @@ pub(super) async fn apply_results(
                     && job.view.attempt < rules::MAX_ATTEMPT;
                 let sql = if keep {
                     "UPDATE jobs SET state = 'failed', in_flight = FALSE, failure_reason = $1, \
-                     version = version + 1, updated_at_ms = $2 WHERE job_id = $3"
+                     version = version + 1, updated_at_ms = $2 WHERE job_id = $3 AND state = 'pending'"
                 } else {
                     "UPDATE jobs SET state = 'failed', in_flight = FALSE, failure_reason = $1, pin_sealed = NULL, \
-                     version = version + 1, updated_at_ms = $2 WHERE job_id = $3"
+                     version = version + 1, updated_at_ms = $2 WHERE job_id = $3 AND state = 'pending'"
                 };
-                tx.execute(sql, &[t(reason), i(now_ms), i(r.id)])
+                let n = tx
+                    .execute(sql, &[t(reason), i(now_ms), i(r.id)])
                     .await
                     .map_err(err)?;
+                if n == 0 {
+                    crate::metrics::job_result_ignored("already_final");
+                    continue;
+                }
                 if job.view.kind == JobKind::CreateCustomPin {
                     tx.execute(
                         "DELETE FROM pins WHERE lock_id = $1 AND job_id = $2",
