@@ -623,6 +623,25 @@ struct NewJob<'a> {
     activity_min: Option<u16>,
 }
 
+impl<'a> NewJob<'a> {
+    /// A job of `kind` for `lock_id` with nothing else set.
+    fn of(lock_id: &'a str, kind: JobKind) -> Self {
+        NewJob {
+            lock_id,
+            kind,
+            pin_kind: None,
+            pin_name: None,
+            access_id: None,
+            pin_type: None,
+            start_s: None,
+            end_s: None,
+            pin_sealed: None,
+            heartbeat_h: None,
+            activity_min: None,
+        }
+    }
+}
+
 fn lock_of<'a>(
     prepared: &'a Prepared,
     lock_id: &str,
@@ -704,8 +723,6 @@ async fn execute(
                 org,
                 req,
                 NewJob {
-                    lock_id,
-                    kind: JobKind::CreateCustomPin,
                     pin_kind: Some(PinKind::Custom),
                     pin_name: Some(pin_name),
                     access_id: Some(access),
@@ -713,8 +730,7 @@ async fn execute(
                     start_s: Some(*start_s),
                     end_s: *end_s,
                     pin_sealed: Some(sealed.clone()),
-                    heartbeat_h: None,
-                    activity_min: None,
+                    ..NewJob::of(lock_id, JobKind::CreateCustomPin)
                 },
                 now_ms,
             )
@@ -792,17 +808,10 @@ async fn execute(
                 org,
                 req,
                 NewJob {
-                    lock_id,
-                    kind: JobKind::DeletePin,
                     pin_kind: Some(*pin_kind),
                     pin_name: name.as_deref(),
                     access_id: Some(access_id),
-                    pin_type: None,
-                    start_s: None,
-                    end_s: None,
-                    pin_sealed: None,
-                    heartbeat_h: None,
-                    activity_min: None,
+                    ..NewJob::of(lock_id, JobKind::DeletePin)
                 },
                 now_ms,
             )
@@ -838,17 +847,9 @@ async fn execute(
                 org,
                 req,
                 NewJob {
-                    lock_id,
-                    kind: JobKind::SetIntervals,
-                    pin_kind: None,
-                    pin_name: None,
-                    access_id: None,
-                    pin_type: None,
-                    start_s: None,
-                    end_s: None,
-                    pin_sealed: None,
                     heartbeat_h: Some(hb.hours()),
                     activity_min: Some(log.minutes()),
+                    ..NewJob::of(lock_id, JobKind::SetIntervals)
                 },
                 now_ms,
             )
@@ -882,17 +883,7 @@ async fn execute(
                 org,
                 req,
                 NewJob {
-                    lock_id,
-                    kind,
-                    pin_kind: None,
-                    pin_name: None,
-                    access_id: None,
-                    pin_type: None,
-                    start_s: None,
-                    end_s: None,
-                    pin_sealed: None,
-                    heartbeat_h: None,
-                    activity_min: None,
+                    ..NewJob::of(lock_id, kind)
                 },
                 now_ms,
             )
