@@ -107,6 +107,65 @@ pub enum Command {
     RecreateJob { job_id: u64 },
     /// One job.
     GetJob { job_id: u64 },
+    /// Record a user's mobile number (creating the 2FA user). A new number
+    /// is unverified: the user's 2FA access stops until it is verified.
+    SetUserMobile { user_id: String, mobile: String },
+    /// The dashboard verified the user's number (its own SMS check); it
+    /// must be the number on record.
+    VerifyUserMobile { user_id: String, mobile: String },
+    /// Deactivate a user: every 2FA access is revoked at once and open
+    /// challenges end.
+    DeactivateUser { user_id: String },
+    /// Reactivate a user (2FA access must be granted again).
+    ReactivateUser { user_id: String },
+    /// Generate the user's 2FA passcode; the answer shows it once.
+    #[serde(rename = "generate_2fa_passcode")]
+    GenerateTwoFactorPasscode { user_id: String },
+    /// Replace the user's 2FA passcode; the old one stops working.
+    #[serde(rename = "reset_2fa_passcode")]
+    ResetTwoFactorPasscode { user_id: String },
+    /// Give a user 2FA access to a 2FA lock, from `start` to `end`: local
+    /// times in the lock's time zone, `YYYY-MM-DDTHH:MM[:SS]`.
+    #[serde(rename = "grant_2fa")]
+    GrantTwoFactor {
+        lock_id: String,
+        user_id: String,
+        start: String,
+        end: String,
+    },
+    /// Move a grant's end (only the end, only before it passed).
+    #[serde(rename = "edit_2fa_grant")]
+    EditTwoFactorGrant { grant_id: u64, end: String },
+    /// Delete 2FA access at once.
+    #[serde(rename = "revoke_2fa_grant")]
+    RevokeTwoFactorGrant { grant_id: u64 },
+    /// A user's 2FA record.
+    #[serde(rename = "get_2fa_user")]
+    GetTwoFactorUser { user_id: String },
+    /// 2FA grants, newest first, filtered.
+    #[serde(rename = "list_2fa_grants")]
+    ListTwoFactorGrants {
+        #[serde(default)]
+        lock_id: Option<String>,
+        #[serde(default)]
+        user_id: Option<String>,
+        /// At most 100; default 50.
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        before_grant_id: Option<u64>,
+    },
+    /// Locks and users locked out of 2FA now.
+    #[serde(rename = "list_2fa_lockouts")]
+    ListTwoFactorLockouts {},
+    /// End a lock's or a user's 2FA lock-out (exactly one of the two).
+    #[serde(rename = "clear_2fa_lockout")]
+    ClearTwoFactorLockout {
+        #[serde(default)]
+        lock_id: Option<String>,
+        #[serde(default)]
+        user_id: Option<String>,
+    },
     /// Jobs, newest first, filtered.
     ListJobs {
         #[serde(default)]
@@ -139,6 +198,19 @@ impl Command {
             Command::RecreateJob { .. } => "recreate_job",
             Command::GetJob { .. } => "get_job",
             Command::ListJobs { .. } => "list_jobs",
+            Command::SetUserMobile { .. } => "set_user_mobile",
+            Command::VerifyUserMobile { .. } => "verify_user_mobile",
+            Command::DeactivateUser { .. } => "deactivate_user",
+            Command::ReactivateUser { .. } => "reactivate_user",
+            Command::GenerateTwoFactorPasscode { .. } => "generate_2fa_passcode",
+            Command::ResetTwoFactorPasscode { .. } => "reset_2fa_passcode",
+            Command::GrantTwoFactor { .. } => "grant_2fa",
+            Command::EditTwoFactorGrant { .. } => "edit_2fa_grant",
+            Command::RevokeTwoFactorGrant { .. } => "revoke_2fa_grant",
+            Command::GetTwoFactorUser { .. } => "get_2fa_user",
+            Command::ListTwoFactorGrants { .. } => "list_2fa_grants",
+            Command::ListTwoFactorLockouts {} => "list_2fa_lockouts",
+            Command::ClearTwoFactorLockout { .. } => "clear_2fa_lockout",
         }
     }
 
@@ -152,7 +224,20 @@ impl Command {
             | Command::UnlinkBridge { lock_id }
             | Command::Lock { lock_id }
             | Command::Unlock { lock_id }
-            | Command::Sync { lock_id } => Some(lock_id),
+            | Command::Sync { lock_id }
+            | Command::GrantTwoFactor { lock_id, .. } => Some(lock_id),
+            Command::ClearTwoFactorLockout { lock_id, .. } => lock_id.as_deref(),
+            Command::SetUserMobile { .. }
+            | Command::VerifyUserMobile { .. }
+            | Command::DeactivateUser { .. }
+            | Command::ReactivateUser { .. }
+            | Command::GenerateTwoFactorPasscode { .. }
+            | Command::ResetTwoFactorPasscode { .. }
+            | Command::EditTwoFactorGrant { .. }
+            | Command::RevokeTwoFactorGrant { .. }
+            | Command::GetTwoFactorUser { .. }
+            | Command::ListTwoFactorGrants { .. }
+            | Command::ListTwoFactorLockouts {} => None,
             Command::DeleteJob { .. }
             | Command::RecreateJob { .. }
             | Command::GetJob { .. }
@@ -163,7 +248,23 @@ impl Command {
     /// Whether the command changes state (and is remembered under its
     /// idempotency key). Reads are answered afresh every time.
     pub fn writes(&self) -> bool {
-        !matches!(self, Command::GetJob { .. } | Command::ListJobs { .. })
+        !matches!(
+            self,
+            Command::GetJob { .. }
+                | Command::ListJobs { .. }
+                | Command::GetTwoFactorUser { .. }
+                | Command::ListTwoFactorGrants { .. }
+                | Command::ListTwoFactorLockouts {}
+        )
+    }
+
+    /// Whether the answer carries a secret shown once (a new passcode):
+    /// the answer stored under the idempotency key then leaves it out.
+    pub fn reveals_secret(&self) -> bool {
+        matches!(
+            self,
+            Command::GenerateTwoFactorPasscode { .. } | Command::ResetTwoFactorPasscode { .. }
+        )
     }
 }
 
@@ -225,6 +326,80 @@ pub enum CommandResult {
         lock_id: String,
         bridge_id: Option<String>,
     },
+    /// A user's 2FA record after a change, or as asked for.
+    #[serde(rename = "2fa_user")]
+    TwoFactorUser { user: TwoFactorUserView },
+    /// A new passcode. `passcode` is shown in this answer only: a repeated
+    /// request (same idempotency key) gets `null` and `shown_before: true`.
+    #[serde(rename = "2fa_passcode")]
+    TwoFactorPasscode {
+        user_id: String,
+        passcode: Option<String>,
+        shown_before: bool,
+        set_at_ms: u64,
+    },
+    /// A grant after a change, or as asked for.
+    #[serde(rename = "2fa_grant")]
+    TwoFactorGrant { grant: TwoFactorGrantView },
+    /// A page of grants; `next_before` continues the listing.
+    #[serde(rename = "2fa_grants")]
+    TwoFactorGrants {
+        grants: Vec<TwoFactorGrantView>,
+        next_before: Option<u64>,
+    },
+    /// Lock-outs in force.
+    #[serde(rename = "2fa_lockouts")]
+    TwoFactorLockouts { lockouts: Vec<LockoutView> },
+}
+
+/// A 2FA user as the dashboard sees it (the number masked, no passcode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwoFactorUserView {
+    pub user_id: String,
+    /// `+65****4567`.
+    pub mobile_masked: Option<String>,
+    pub mobile_verified: bool,
+    pub active: bool,
+    pub has_passcode: bool,
+    pub passcode_set_at_ms: Option<u64>,
+    /// Set while the user is locked out of 2FA, Unix milliseconds.
+    pub locked_out_until_ms: Option<u64>,
+    pub updated_at_ms: u64,
+}
+
+/// A 2FA grant as the Access list shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwoFactorGrantView {
+    pub grant_id: u64,
+    pub org: String,
+    pub department: Option<String>,
+    pub lock_id: String,
+    pub user_id: String,
+    /// As given, in the lock's time zone.
+    pub start: String,
+    pub end: String,
+    pub time_zone: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// `active`, `scheduled` (not started), `expired` or `revoked`.
+    pub status: String,
+    pub created_by: String,
+    pub created_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+    pub updated_at_ms: u64,
+}
+
+/// A lock-out in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockoutView {
+    /// `lock` or `user`.
+    pub scope: String,
+    /// The lock or user id.
+    pub id: String,
+    /// `wrong_passcodes` or `failed_challenges`.
+    pub reason: String,
+    pub since_ms: u64,
+    pub until_ms: u64,
 }
 
 /// Why a command was refused: the rule it broke, and what to do.

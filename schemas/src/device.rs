@@ -455,6 +455,10 @@ pub enum DecodeError {
     TooManyResults { count: usize, max: usize },
     #[error("job report has no results: send one result per job applied")]
     NoResults,
+    /// A typed passcode or OTP that is not 1 to `max` ASCII digits. The
+    /// message never repeats what was typed.
+    #[error("the typed code must be 1 to {max} digits 0-9: send the digits as a text string")]
+    BadDigits { max: usize },
 }
 
 impl DecodeError {
@@ -469,6 +473,7 @@ impl DecodeError {
             DecodeError::TooManyEvents { .. } => "too_many_events",
             DecodeError::TooManyResults { .. } => "too_many_results",
             DecodeError::NoResults => "no_results",
+            DecodeError::BadDigits { .. } => "bad_digits",
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   `spec/events/*.schema.json`.
 //! * [`topic`]: every MQTT topic, built and parsed in one place. Spec:
 //!   `spec/asyncapi.yaml`.
+//! * [`twofa`]: 2FA unlock: the lock's passcode and OTP entries and their
+//!   answers (CBOR), the 2FA events and the notifier's OTP message (JSON).
 //! * [`security`]: the device security profile: what a device derives from
 //!   its pairing secret (OSCORE ids, MQTT password).
 //! * [`units`]: the domain's small value types (intervals, battery, lock state)
@@ -23,6 +25,7 @@ pub mod fleet;
 pub mod security;
 pub mod spec;
 pub mod topic;
+pub mod twofa;
 pub mod units;
 
 pub use device::{
