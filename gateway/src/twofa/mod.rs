@@ -1,0 +1,5 @@
+//! 2FA unlock at the edge: hashing what the lock sent, handing the OTP to
+//! a notifier, and the notifiers themselves. The rules are
+//! `dispatcher::twofa`; the state is in the store.
+
+pub mod notifier;
