@@ -1086,6 +1086,11 @@ async fn execute(
             };
             Ok(Ok(CommandResult::Jobs { jobs, next_before }))
         }
+        // Interim: the 2FA commands are wired next.
+        _ => Ok(Err(Refusal::BadRequest(format!(
+            "{} is not handled by this server version",
+            req.command.kind()
+        )))),
     }
 }
 
