@@ -102,6 +102,8 @@ pub enum Refusal {
     KeyReused(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error(transparent)]
+    TwoFactor(#[from] crate::twofa::TwoFactorRefusal),
 }
 
 impl Refusal {
@@ -138,6 +140,7 @@ impl Refusal {
             Refusal::LockAlreadyLinked { .. } => "lock_already_linked",
             Refusal::BridgeFull { .. } => "bridge_full",
             Refusal::NotLinked(_) => "not_linked",
+            Refusal::TwoFactor(r) => r.rule(),
             Refusal::KeyReused(_) => "idempotency_key_reused",
             Refusal::BadRequest(_) => "bad_request",
         }

@@ -14,6 +14,8 @@
 //! * [`connectivity`]: whether a bridge's status report changes its
 //!   connectivity, against the stored status.
 //! * [`bridge_queue`]: what each Wi-Fi bridge is sent next, with timeouts and retries.
+//! * [`twofa`]: 2FA access: passcode and OTP decisions, rate limits and
+//!   lock-outs, grant windows in the lock's time zone.
 //!
 //! Time is always passed in; nothing here sleeps, reads a clock or opens a socket.
 
@@ -26,5 +28,6 @@ pub mod presence;
 pub mod registry;
 pub mod schedule;
 pub mod telemetry;
+pub mod twofa;
 
 pub use registry::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, Registry, ReportPath};

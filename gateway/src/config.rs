@@ -101,6 +101,29 @@ pub struct Settings {
     /// password in the environment variable LOCKFLEET_MQTT_BROKER_PASSWORD)
     #[arg(long, env = "LOCKFLEET_MQTT_BROKER_USERNAME")]
     pub mqtt_broker_username: Option<String>,
+    /// Who sends 2FA OTPs: `mqtt` (the dashboard backend, on notify/v1/{org}/sms) or `webhook` (an SMS provider's HTTP API, --sms-webhook-url) [default: mqtt]
+    #[arg(long, env = "LOCKFLEET_NOTIFIER")]
+    pub notifier: Option<String>,
+    /// The SMS provider's endpoint for --notifier webhook (http or https); its
+    /// auth header goes in the environment variable LOCKFLEET_SMS_WEBHOOK_AUTH
+    /// as `Name: value`
+    #[arg(long, env = "LOCKFLEET_SMS_WEBHOOK_URL")]
+    pub sms_webhook_url: Option<String>,
+    /// The OTP text; {otp}, {minutes} and {lock} are filled in [default: "Your iglooworks unlock code is {otp}. It expires in {minutes} minutes. Never share it."]
+    #[arg(long, env = "LOCKFLEET_SMS_TEMPLATE")]
+    pub sms_template: Option<String>,
+    /// Milliseconds one webhook try may take [default: 2000]
+    #[arg(long, env = "LOCKFLEET_SMS_WEBHOOK_TIMEOUT_MS")]
+    pub sms_webhook_timeout_ms: Option<u64>,
+    /// Webhook tries per OTP (with backoff) before the lock is told it failed [default: 3]
+    #[arg(long, env = "LOCKFLEET_SMS_WEBHOOK_TRIES")]
+    pub sms_webhook_tries: Option<u32>,
+    /// Seconds a 2FA OTP works [default: 300]
+    #[arg(long, env = "LOCKFLEET_OTP_TTL_SECS")]
+    pub otp_ttl_secs: Option<u64>,
+    /// Wrong OTPs that end a challenge [default: 3]
+    #[arg(long, env = "LOCKFLEET_OTP_MAX_TRIES")]
+    pub otp_max_tries: Option<u8>,
 }
 
 impl Settings {
@@ -132,6 +155,13 @@ impl Settings {
             mqtt_tls_cert: self.mqtt_tls_cert.or(other.mqtt_tls_cert),
             mqtt_tls_key: self.mqtt_tls_key.or(other.mqtt_tls_key),
             mqtt_broker_username: self.mqtt_broker_username.or(other.mqtt_broker_username),
+            notifier: self.notifier.or(other.notifier),
+            sms_webhook_url: self.sms_webhook_url.or(other.sms_webhook_url),
+            sms_template: self.sms_template.or(other.sms_template),
+            sms_webhook_timeout_ms: self.sms_webhook_timeout_ms.or(other.sms_webhook_timeout_ms),
+            sms_webhook_tries: self.sms_webhook_tries.or(other.sms_webhook_tries),
+            otp_ttl_secs: self.otp_ttl_secs.or(other.otp_ttl_secs),
+            otp_max_tries: self.otp_max_tries.or(other.otp_max_tries),
         }
     }
 }
@@ -274,6 +304,53 @@ pub struct Config {
     pub backend_password: BackendPassword,
     /// TLS on the public MQTT listener.
     pub mqtt_tls: Option<TlsFiles>,
+    /// 2FA: limits and the notifier.
+    pub twofa: TwoFactorConfig,
+}
+
+/// Environment variable holding the SMS webhook's auth header, `Name: value`.
+pub const SMS_AUTH_ENV: &str = "LOCKFLEET_SMS_WEBHOOK_AUTH";
+
+/// 2FA settings.
+#[derive(Debug, Clone)]
+pub struct TwoFactorConfig {
+    pub limits: dispatcher::twofa::Limits,
+    pub notifier: NotifierChoice,
+    /// The OTP text (see [`crate::twofa::notifier::DEFAULT_TEMPLATE`]).
+    pub template: String,
+}
+
+/// Who sends OTPs.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NotifierChoice {
+    Mqtt,
+    Webhook {
+        url: String,
+        /// (name, value); the value is secret.
+        auth_header: Option<(String, zeroize::Zeroizing<String>)>,
+        timeout: Duration,
+        tries: u32,
+    },
+}
+
+impl std::fmt::Debug for NotifierChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotifierChoice::Mqtt => f.write_str("Mqtt"),
+            NotifierChoice::Webhook {
+                url,
+                auth_header,
+                timeout,
+                tries,
+            } => f
+                .debug_struct("Webhook")
+                .field("url", url)
+                .field("auth_header", &auth_header.as_ref().map(|(n, _)| n))
+                .field("timeout", timeout)
+                .field("tries", tries)
+                .finish(),
+        }
+    }
 }
 
 /// Environment variable that may hold the server key itself.
@@ -405,6 +482,7 @@ impl Config {
     }
 
     pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let twofa = twofa_config(&s)?;
         // Infallible: the defaults are valid socket addresses.
         let addr = |d: &str| -> SocketAddr { d.parse().expect("default address parses") };
         let data_dir = s
@@ -529,6 +607,7 @@ impl Config {
             return Err(ConfigError::Invalid(format!("backend_username {backend_username:?} must be 1 to {MAX_CLIENT_ID_LEN} characters of A-Z a-z 0-9 - _ . (it is also the backend's client id)")));
         }
         Ok(Config {
+            twofa,
             coap_listen: s.coap_listen.unwrap_or_else(|| addr(DEFAULT_COAP_LISTEN)),
             mqtt,
             mqtt_shared_group: s.mqtt_shared_group,
@@ -565,6 +644,86 @@ impl Config {
             mqtt_tls,
         })
     }
+}
+
+fn twofa_config(s: &Settings) -> Result<TwoFactorConfig, ConfigError> {
+    let mut limits = dispatcher::twofa::Limits::default();
+    if let Some(secs) = s.otp_ttl_secs {
+        if !(1..=3600).contains(&secs) {
+            return Err(ConfigError::Invalid(format!(
+                "otp_ttl_secs {secs} must be 1 to 3600 seconds"
+            )));
+        }
+        limits.otp_ttl_ms = secs * 1000;
+    }
+    if let Some(tries) = s.otp_max_tries {
+        if !(1..=10).contains(&tries) {
+            return Err(ConfigError::Invalid(format!(
+                "otp_max_tries {tries} must be 1 to 10"
+            )));
+        }
+        limits.otp_max_tries = tries;
+    }
+    let template = s
+        .sms_template
+        .clone()
+        .unwrap_or_else(|| crate::twofa::notifier::DEFAULT_TEMPLATE.to_string());
+    if !template.contains("{otp}") {
+        return Err(ConfigError::Invalid(
+            "sms_template must contain {otp}, where the code goes".into(),
+        ));
+    }
+    let notifier = match s.notifier.as_deref().unwrap_or("mqtt") {
+        "mqtt" => NotifierChoice::Mqtt,
+        "webhook" => {
+            let Some(url) = s.sms_webhook_url.clone() else {
+                return Err(ConfigError::Invalid(
+                    "--notifier webhook needs --sms-webhook-url (the SMS provider's endpoint)"
+                        .into(),
+                ));
+            };
+            let auth_header = match std::env::var(SMS_AUTH_ENV)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+            {
+                None => None,
+                Some(v) => {
+                    let Some((name, value)) = v.split_once(':') else {
+                        return Err(ConfigError::Invalid(format!(
+                            "{SMS_AUTH_ENV} must be `Name: value`, e.g. `Authorization: Bearer ...`"
+                        )));
+                    };
+                    Some((
+                        name.trim().to_string(),
+                        zeroize::Zeroizing::new(value.trim().to_string()),
+                    ))
+                }
+            };
+            let tries = s.sms_webhook_tries.unwrap_or(3);
+            let timeout_ms = s.sms_webhook_timeout_ms.unwrap_or(2000);
+            if tries == 0 || timeout_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "sms_webhook_tries and sms_webhook_timeout_ms must be at least 1".into(),
+                ));
+            }
+            NotifierChoice::Webhook {
+                url,
+                auth_header,
+                timeout: Duration::from_millis(timeout_ms),
+                tries,
+            }
+        }
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "notifier {other:?} is not known: use mqtt or webhook"
+            )))
+        }
+    };
+    Ok(TwoFactorConfig {
+        limits,
+        notifier,
+        template,
+    })
 }
 
 #[cfg(test)]

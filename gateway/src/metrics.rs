@@ -97,6 +97,31 @@ pub const BRIDGE_SIGNALS_DROPPED: &str = "lockfleet_bridge_signals_dropped_total
 /// Bridges online as this instance delivers to them.
 pub const BRIDGES_DELIVERING: &str = "lockfleet_bridges_delivering";
 
+/// Lock 2FA entries decided, by `entry` (passcode, otp), `result` (the
+/// lock's answer: otp_sent, denied, rate_limited, locked_out,
+/// notifier_failed, allowed, wrong_otp, challenge_ended) and `reason`
+/// (wrong_passcode, no_access, not_started, expired, mobile_unverified,
+/// user_deactivated, not_2fa_lock, lock_rate, user_rate, lock, user,
+/// too_many_tries, reused, revoked, unknown, ...).
+pub const TWOFA_ENTRIES: &str = "lockfleet_twofa_entries_total";
+/// 2FA lock-outs in force, by `scope` (lock, user), from the database.
+pub const TWOFA_LOCKOUTS: &str = "lockfleet_twofa_lockouts";
+/// 2FA lock-outs begun or cleared, by `change` (started, cleared).
+pub const TWOFA_LOCKOUT_CHANGES: &str = "lockfleet_twofa_lockout_changes_total";
+/// Seconds from a passcode entry's arrival to its OTP handed to the notifier.
+pub const TWOFA_CHALLENGE_LATENCY: &str = "lockfleet_twofa_challenge_seconds";
+/// Seconds one notifier call took (all tries), by `notifier` (webhook, mqtt).
+pub const TWOFA_NOTIFIER_LATENCY: &str = "lockfleet_twofa_notifier_seconds";
+/// OTPs the notifier could not hand over, by `notifier` and `reason`
+/// (timeout, connect, http_status, unavailable).
+pub const TWOFA_NOTIFIER_FAILURES: &str = "lockfleet_twofa_notifier_failures_total";
+/// Seconds of Argon2id per typed passcode (on the blocking pool).
+pub const TWOFA_PASSCODE_HASH_LATENCY: &str = "lockfleet_twofa_passcode_hash_seconds";
+/// Seconds the writer spent deciding a batch's 2FA entries.
+pub const TWOFA_STEP_LATENCY: &str = "lockfleet_twofa_step_duration_seconds";
+/// 2FA steps that failed (the locks were told to retry).
+pub const TWOFA_STEP_FAILED: &str = "lockfleet_twofa_step_failed_total";
+
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
@@ -134,6 +159,37 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        TWOFA_ENTRIES,
+        "Lock 2FA entries decided, by entry, answer and reason"
+    );
+    describe_gauge!(TWOFA_LOCKOUTS, "2FA lock-outs in force, by scope");
+    describe_counter!(TWOFA_LOCKOUT_CHANGES, "2FA lock-outs begun or cleared");
+    describe_histogram!(
+        TWOFA_CHALLENGE_LATENCY,
+        Unit::Seconds,
+        "Passcode entry arrival to OTP handed to the notifier"
+    );
+    describe_histogram!(
+        TWOFA_NOTIFIER_LATENCY,
+        Unit::Seconds,
+        "One notifier call, all tries included"
+    );
+    describe_counter!(
+        TWOFA_NOTIFIER_FAILURES,
+        "OTPs the notifier could not hand over"
+    );
+    describe_histogram!(
+        TWOFA_PASSCODE_HASH_LATENCY,
+        Unit::Seconds,
+        "Argon2id of one typed passcode"
+    );
+    describe_histogram!(
+        TWOFA_STEP_LATENCY,
+        Unit::Seconds,
+        "Writer time deciding a batch's 2FA entries"
+    );
+    describe_counter!(TWOFA_STEP_FAILED, "2FA steps that failed");
     describe_counter!(
         RECEIVED,
         "Datagrams and MQTT messages received from devices"
@@ -488,6 +544,34 @@ pub fn jobs_per_downlink(n: usize) {
 }
 pub fn job_step(took: Duration) {
     histogram!(JOB_STEP_LATENCY).record(took.as_secs_f64());
+}
+pub fn twofa_entry(entry: &'static str, result: &'static str, reason: &'static str) {
+    counter!(TWOFA_ENTRIES, "entry" => entry, "result" => result, "reason" => reason).increment(1);
+}
+pub fn twofa_lockouts(locks: u64, users: u64) {
+    gauge!(TWOFA_LOCKOUTS, "scope" => "lock").set(locks as f64);
+    gauge!(TWOFA_LOCKOUTS, "scope" => "user").set(users as f64);
+}
+pub fn twofa_lockout_change(change: &'static str) {
+    counter!(TWOFA_LOCKOUT_CHANGES, "change" => change).increment(1);
+}
+pub fn twofa_challenge(took: Duration) {
+    histogram!(TWOFA_CHALLENGE_LATENCY).record(took.as_secs_f64());
+}
+pub fn twofa_notifier(notifier: &'static str, took: Duration, failure: Option<&'static str>) {
+    histogram!(TWOFA_NOTIFIER_LATENCY, "notifier" => notifier).record(took.as_secs_f64());
+    if let Some(reason) = failure {
+        counter!(TWOFA_NOTIFIER_FAILURES, "notifier" => notifier, "reason" => reason).increment(1);
+    }
+}
+pub fn twofa_passcode_hash(took: Duration) {
+    histogram!(TWOFA_PASSCODE_HASH_LATENCY).record(took.as_secs_f64());
+}
+pub fn twofa_step(took: Duration) {
+    histogram!(TWOFA_STEP_LATENCY).record(took.as_secs_f64());
+}
+pub fn twofa_step_failed() {
+    counter!(TWOFA_STEP_FAILED).increment(1);
 }
 pub fn job_step_failed() {
     counter!(JOB_STEP_FAILED).increment(1);

@@ -141,6 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(mqtt::events::EVENT_QUEUE_CAPACITY);
     let overdue_events = events_tx.clone();
     let bridge_events = events_tx.clone();
+    let twofa_events = events_tx.clone();
     let (bridge_signals, bridge_signal_rx) = crate::bridges::channel();
     let bridge_signals_for_task = bridge_signals.clone();
     let writer = Writer::new(store.clone(), events_tx, config.writer)
@@ -148,7 +149,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             registry: registry.clone(),
             server_key: server_key.clone(),
         })
-        .with_bridges(bridge_signals.clone());
+        .with_bridges(bridge_signals.clone())
+        .with_twofa(config.twofa.limits);
     let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(INGEST_QUEUE_CAPACITY);
     let ingest = Ingest::new(registry.clone(), queue_tx);
     let writer = tokio::spawn(writer.run(queue_rx));
@@ -166,13 +168,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(addr = %coap_addr, "CoAP listening (UDP)");
     let mut inputs = Vec::new();
     {
+        let notifier: Arc<dyn crate::twofa::Notifier> = match &config.twofa.notifier {
+            crate::config::NotifierChoice::Mqtt => {
+                Arc::new(crate::twofa::mqtt_notifier::MqttNotifier::new(
+                    backend_mqtt.clone(),
+                    config.twofa.template.clone(),
+                ))
+            }
+            crate::config::NotifierChoice::Webhook { .. } => {
+                anyhow::bail!("--notifier webhook is not available in this build")
+            }
+        };
+        tracing::info!(
+            notifier = notifier.kind(),
+            "2FA OTPs go through the {} notifier",
+            notifier.kind()
+        );
+        let gate = crate::twofa::Gate::new(crate::twofa::GateParts {
+            ingest: ingest.clone(),
+            registry: registry.clone(),
+            server_key: server_key.clone(),
+            notifier,
+            store: store.clone(),
+            events: twofa_events,
+        });
         let (ingest, intake, ring) = (ingest.clone(), intake.clone(), ring.clone());
         let coap_config = coap::CoapConfig {
             insecure_dev: config.insecure_dev,
             ..coap::CoapConfig::default()
         };
         inputs.push(tokio::spawn(async move {
-            if let Err(e) = coap::serve_with(udp, ingest, ring, intake, coap_config).await {
+            if let Err(e) =
+                coap::serve_with_gate(udp, ingest, ring, intake, coap_config, Some(gate)).await
+            {
                 tracing::error!(error = %e, "CoAP endpoint failed");
             }
         }));
@@ -376,6 +404,12 @@ fn spawn_housekeeping(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot count the devices online; the gauges keep their last value")
+                    }
+                }
+                match store.count_twofa_lockouts(crate::ingest::now_ms()).await {
+                    Ok((locks, users)) => metrics::twofa_lockouts(locks, users),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot count the 2FA lock-outs; the gauge keeps its last value")
                     }
                 }
             }

@@ -7,6 +7,9 @@
 //! | --- | --- | --- |
 //! | `/hb` | POST [`Heartbeat`] (CBOR, ct 60) | 2.04 + [`schemas::Downlink`] |
 //! | `/log` | POST [`ActivityLogBatch`] (CBOR, ct 60) | 2.04 + [`schemas::LogAck`] |
+//! | `/jr` | POST [`JobReport`] (CBOR, ct 60) | 2.04 + [`schemas::Downlink`] |
+//! | `/2fa` | POST [`PasscodeEntry`] (CBOR, ct 60) | 2.04 + [`schemas::twofa::TwoFactorAnswer`] |
+//! | `/otp` | POST [`OtpEntry`] (CBOR, ct 60) | 2.04 + [`schemas::twofa::TwoFactorAnswer`] |
 //! | `/.well-known/core` | GET | 2.05 link format (RFC 6690) |
 //!
 //! Every refusal carries a diagnostic payload (RFC 7252 §5.5.2) that says
@@ -15,9 +18,11 @@
 use super::message::read_uint_option;
 use crate::ingest::{IngestError, Outcome, Report, ReportBody};
 use crate::store::ProtectionRefusal;
+use crate::twofa::TwoFactorEntry;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use schemas::device::{DecodeError, UplinkKind, MAX_UPLINK_BYTES};
 use schemas::event::Transport;
+use schemas::twofa::{OtpEntry, PasscodeEntry, TwoFactorAnswer};
 use schemas::{ActivityLogBatch, Heartbeat, JobReport, Uplink};
 
 /// Uri-Path of heartbeats.
@@ -26,6 +31,10 @@ pub const PATH_HEARTBEAT: &str = "hb";
 pub const PATH_LOG: &str = "log";
 /// Uri-Path of job reports.
 pub const PATH_JOB_REPORT: &str = "jr";
+/// Uri-Path of 2FA passcode entries.
+pub const PATH_2FA: &str = "2fa";
+/// Uri-Path of OTP entries.
+pub const PATH_OTP: &str = "otp";
 
 /// Content-Format `text/plain; charset=utf-8` (diagnostic payloads).
 pub const CF_TEXT: u16 = 0;
@@ -38,7 +47,9 @@ pub const CF_CBOR: u16 = 60;
 pub const WELL_KNOWN_CORE: &str = concat!(
     r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p","#,
     r#"</log>;rt="lockfleet.activity-log";ct=60;if="core.p","#,
-    r#"</jr>;rt="lockfleet.job-report";ct=60;if="core.p""#,
+    r#"</jr>;rt="lockfleet.job-report";ct=60;if="core.p","#,
+    r#"</2fa>;rt="lockfleet.2fa-passcode";ct=60;if="core.p","#,
+    r#"</otp>;rt="lockfleet.2fa-otp";ct=60;if="core.p""#,
 );
 
 /// Max-Age of the 5.03 sent while shutting down: long enough for another
@@ -139,6 +150,8 @@ pub enum Action {
     Reply(Reply),
     /// Submit the report, then answer with [`outcome_reply`].
     Submit(Submission),
+    /// Hand the 2FA entry to the gate, then answer with [`twofa_reply`].
+    TwoFactor(TwoFactorEntry),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +159,8 @@ enum Resource {
     Heartbeat,
     Log,
     JobReport,
+    Passcode,
+    Otp,
     WellKnownCore,
 }
 
@@ -155,6 +170,8 @@ impl Resource {
             Resource::Heartbeat => "/hb",
             Resource::Log => "/log",
             Resource::JobReport => "/jr",
+            Resource::Passcode => "/2fa",
+            Resource::Otp => "/otp",
             Resource::WellKnownCore => "/.well-known/core",
         }
     }
@@ -164,14 +181,14 @@ impl Resource {
 /// stamps the report.
 pub fn handle_request(request: &Packet, received_at_ms: u64) -> Action {
     match route(request, received_at_ms) {
-        Ok(submission) => Action::Submit(submission),
+        Ok(action) => action,
         Err(reply) => Action::Reply(reply),
     }
 }
 
-/// `Ok` is a report to submit; `Err` the immediate answer (an error, or the
-/// link-format document).
-fn route(request: &Packet, received_at_ms: u64) -> Result<Submission, Reply> {
+/// `Ok` is a report to submit or a 2FA entry; `Err` the immediate answer
+/// (an error, or the link-format document).
+fn route(request: &Packet, received_at_ms: u64) -> Result<Action, Reply> {
     check_options(request)?;
     let resource = resource(request)?;
     let method = request.header.code;
@@ -189,6 +206,8 @@ fn route(request: &Packet, received_at_ms: u64) -> Result<Submission, Reply> {
     let what = match resource {
         Resource::Heartbeat => "a heartbeat",
         Resource::JobReport => "a job report",
+        Resource::Passcode => "a 2FA passcode entry",
+        Resource::Otp => "an OTP entry",
         _ => "an activity-log batch",
     };
     if method != MessageClass::Request(RequestType::Post) {
@@ -227,6 +246,17 @@ fn route(request: &Packet, received_at_ms: u64) -> Result<Submission, Reply> {
     }
     let bad_request =
         |e: DecodeError| Reply::error(ResponseType::BadRequest, e.reason(), e.to_string());
+    match resource {
+        Resource::Passcode => {
+            let e = PasscodeEntry::decode(payload).map_err(bad_request)?;
+            return Ok(Action::TwoFactor(TwoFactorEntry::Passcode(e)));
+        }
+        Resource::Otp => {
+            let e = OtpEntry::decode(payload).map_err(bad_request)?;
+            return Ok(Action::TwoFactor(TwoFactorEntry::Otp(e)));
+        }
+        _ => {}
+    }
     let (uplink, events) = match resource {
         Resource::Heartbeat => (
             Uplink::Heartbeat(Heartbeat::decode(payload).map_err(bad_request)?),
@@ -242,7 +272,7 @@ fn route(request: &Packet, received_at_ms: u64) -> Result<Submission, Reply> {
             (Uplink::ActivityLog(batch), events)
         }
     };
-    Ok(Submission {
+    Ok(Action::Submit(Submission {
         kind: uplink.kind(),
         events,
         report: Report {
@@ -251,7 +281,7 @@ fn route(request: &Packet, received_at_ms: u64) -> Result<Submission, Reply> {
             bridge: None,
             received_at_ms,
         },
-    })
+    }))
 }
 
 /// RFC 7252 §5.4.1: a critical option we do not understand (or a malformed
@@ -340,6 +370,8 @@ fn resource(request: &Packet) -> Result<Resource, Reply> {
         [b"hb"] => Ok(Resource::Heartbeat),
         [b"log"] => Ok(Resource::Log),
         [b"jr"] => Ok(Resource::JobReport),
+        [b"2fa"] => Ok(Resource::Passcode),
+        [b"otp"] => Ok(Resource::Otp),
         [b".well-known", b"core"] => Ok(Resource::WellKnownCore),
         _ => {
             let mut path: String = segments
@@ -360,7 +392,7 @@ fn resource(request: &Packet) -> Result<Resource, Reply> {
                 ResponseType::NotFound,
                 "unknown_path",
                 format!(
-                    "no resource at {path:?}: POST heartbeats to /{PATH_HEARTBEAT}, activity logs to /{PATH_LOG} and job reports to /{PATH_JOB_REPORT} (GET /.well-known/core lists them)"
+                    "no resource at {path:?}: POST heartbeats to /{PATH_HEARTBEAT}, activity logs to /{PATH_LOG}, job reports to /{PATH_JOB_REPORT}, 2FA passcodes to /{PATH_2FA} and OTPs to /{PATH_OTP} (GET /.well-known/core lists them)"
                 ),
             ))
         }
@@ -414,7 +446,7 @@ pub fn outcome_reply(result: &Result<Outcome, IngestError>) -> Reply {
         Ok(Outcome::ActivityLog { ack }) => Reply::cbor(ResponseType::Changed, schemas::device::encode(ack)),
         // The pipeline answers an uplink with an uplink outcome; this is a
         // bug on our side, said as such.
-        Ok(Outcome::BridgeStatus { .. }) => Reply::error(
+        Ok(Outcome::BridgeStatus { .. } | Outcome::TwoFactor(_)) => Reply::error(
             ResponseType::InternalServerError,
             "internal",
             "the server answered with the wrong kind of outcome: nothing to fix on the lock, report it to the operator",
@@ -451,6 +483,24 @@ pub fn outcome_reply(result: &Result<Outcome, IngestError>) -> Reply {
     }
 }
 
+/// The answer to a 2FA entry: 2.04 with what the lock shows, or the
+/// pipeline's refusal as for any report.
+pub fn twofa_reply(result: &Result<TwoFactorAnswer, IngestError>) -> Reply {
+    match result {
+        Ok(answer) => Reply::cbor(ResponseType::Changed, schemas::device::encode(answer)),
+        Err(e) => outcome_reply(&Err(e.clone())),
+    }
+}
+
+/// The answer to `/2fa` or `/otp` on a server run without 2FA.
+pub fn twofa_unavailable() -> Reply {
+    Reply::error(
+        ResponseType::NotImplemented,
+        "twofa_unavailable",
+        "2FA is not enabled on this server: nothing was stored; ask the operator",
+    )
+}
+
 /// The answer when too many requests are in flight: 5.03 with Max-Age.
 pub fn busy() -> Reply {
     Reply::error(
@@ -467,7 +517,7 @@ pub fn is_duplicate(outcome: &Outcome, events: usize) -> bool {
     match outcome {
         Outcome::Heartbeat { stored, .. } => !stored,
         Outcome::ActivityLog { ack } => ack.stored == 0 && events > 0,
-        Outcome::BridgeStatus { .. } | Outcome::JobReport { .. } => false,
+        Outcome::BridgeStatus { .. } | Outcome::JobReport { .. } | Outcome::TwoFactor(_) => false,
     }
 }
 

@@ -73,7 +73,48 @@ fn reply(request: &Packet) -> Reply {
             "expected an immediate answer, got a submission of {:?}",
             s.kind
         ),
+        Action::TwoFactor(e) => {
+            panic!("expected an immediate answer, got a 2FA {} entry", e.kind())
+        }
     }
+}
+
+#[test]
+fn two_factor_entries_go_to_the_gate_and_bad_digits_are_refused() {
+    use schemas::twofa::{OtpEntry, PasscodeEntry};
+    let mut p = request(
+        RequestType::Post,
+        "2fa",
+        schemas::device::encode(&PasscodeEntry {
+            lock_id: "L1".into(),
+            seq: 4,
+            passcode: "48291637".into(),
+        }),
+    );
+    p.add_option(CoapOption::ContentFormat, vec![60]);
+    match handle_request(&p, 1) {
+        Action::TwoFactor(crate::twofa::TwoFactorEntry::Passcode(e)) => {
+            assert_eq!((e.lock_id.as_str(), e.seq), ("L1", 4))
+        }
+        _ => panic!("a passcode entry goes to the gate"),
+    }
+    let mut p = request(
+        RequestType::Post,
+        "otp",
+        schemas::device::encode(&OtpEntry {
+            lock_id: "L1".into(),
+            seq: 5,
+            challenge: 9,
+            otp: "12a456".into(),
+        }),
+    );
+    p.add_option(CoapOption::ContentFormat, vec![60]);
+    let r = reply(&p);
+    assert_error(&r, ResponseType::BadRequest, "bad_digits", "1 to 16 digits");
+    assert!(
+        !r.text().contains("12a456"),
+        "the typed code is never echoed"
+    );
 }
 
 fn assert_error(r: &Reply, code: ResponseType, reason: &str, text: &str) {

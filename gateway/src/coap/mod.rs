@@ -33,6 +33,9 @@ pub mod server;
 
 pub use exchange::{ExchangeTable, Verdict, EXCHANGE_LIFETIME, MAX_EXCHANGES, NON_LIFETIME};
 pub use handler::{
-    Action, Reply, Submission, PATH_HEARTBEAT, PATH_JOB_REPORT, PATH_LOG, WELL_KNOWN_CORE,
+    Action, Reply, Submission, PATH_2FA, PATH_HEARTBEAT, PATH_JOB_REPORT, PATH_LOG, PATH_OTP,
+    WELL_KNOWN_CORE,
 };
-pub use server::{serve, serve_with, CoapConfig, DRAIN_TIMEOUT, MAX_IN_FLIGHT, RECV_BUFFER_BYTES};
+pub use server::{
+    serve, serve_with, serve_with_gate, CoapConfig, DRAIN_TIMEOUT, MAX_IN_FLIGHT, RECV_BUFFER_BYTES,
+};

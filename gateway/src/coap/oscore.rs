@@ -33,7 +33,7 @@
 //!
 //! This module never touches the socket, the exchange table or the store.
 
-use super::handler::{Reply, PATH_HEARTBEAT, PATH_JOB_REPORT, PATH_LOG};
+use super::handler::{Reply, PATH_2FA, PATH_HEARTBEAT, PATH_JOB_REPORT, PATH_LOG, PATH_OTP};
 use super::message::uint_option;
 use crate::ingest::Protection;
 use crate::keys::{DeviceKey, KeyRing};
@@ -48,6 +48,8 @@ use schemas::security::DEVICE_OSCORE_ID;
 use std::sync::Arc;
 
 /// The diagnostic of an unprotected request to a device resource.
+/// The diagnostic of an unprotected 2FA entry (refused even with `--insecure-dev`).
+pub const UNPROTECTED_2FA_DIAGNOSTIC: &str = "requests to /2fa and /otp carry a passcode or an OTP and must always be OSCORE-protected (RFC 8613) with the lock's key, even with --insecure-dev; see the README's Security section";
 pub const UNPROTECTED_DIAGNOSTIC: &str = "requests to /hb and /log must be OSCORE-protected (RFC 8613) with the device's key; see the README's Security section";
 
 /// A request after this layer.
@@ -213,6 +215,20 @@ pub fn unprotect(ring: &KeyRing, request: Packet, insecure_dev: bool) -> Result<
 /// A request without an OSCORE option: device resources need one unless
 /// `insecure_dev`; discovery and unknown paths are answered as before.
 fn plain(request: Packet, insecure_dev: bool) -> Result<Unwrapped, Reply> {
+    // A passcode or an OTP never travels in the clear, not even in development.
+    let secret_resource = request.get_option(CoapOption::UriPath).is_some_and(|path| {
+        path.len() == 1
+            && path
+                .front()
+                .is_some_and(|p| p == PATH_2FA.as_bytes() || p == PATH_OTP.as_bytes())
+    });
+    if secret_resource {
+        return Err(Reply::error(
+            ResponseType::Unauthorized,
+            "unprotected",
+            UNPROTECTED_2FA_DIAGNOSTIC,
+        ));
+    }
     let device_resource = request.get_option(CoapOption::UriPath).is_some_and(|path| {
         path.len() == 1
             && path.front().is_some_and(|p| {

@@ -12,6 +12,7 @@ use super::oscore::{self, OscoreExchange, Unwrapped};
 use crate::ingest::{self, Ingest};
 use crate::keys::KeyRing;
 use crate::metrics;
+use crate::twofa::{Gate, TwoFactorEntry};
 use bytes::Bytes;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
@@ -92,6 +93,19 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     config: CoapConfig,
 ) -> io::Result<()> {
+    serve_with_gate(socket, ingest, ring, shutdown, config, None).await
+}
+
+/// [`serve_with`], with 2FA entries (`/2fa`, `/otp`) handed to `gate`.
+/// Without a gate they are answered 5.01.
+pub async fn serve_with_gate(
+    socket: UdpSocket,
+    ingest: Ingest,
+    ring: Arc<KeyRing>,
+    shutdown: CancellationToken,
+    config: CoapConfig,
+    gate: Option<Gate>,
+) -> io::Result<()> {
     let endpoint = Arc::new(Endpoint {
         socket,
         ring,
@@ -136,10 +150,24 @@ pub async fn serve_with(
                 match endpoint.on_datagram(Instant::now(), peer, &buf[..len]) {
                     Step::Nothing => {}
                     Step::Send(bytes) => endpoint.send(&bytes, peer).await,
-                    Step::Submit(submission, reply_to, oscore) => match permits.clone().try_acquire_owned() {
+                    Step::Submit(job, reply_to, oscore) => match permits.clone().try_acquire_owned() {
                         Ok(permit) => {
                             let work = Work { endpoint: endpoint.clone(), peer, reply_to, oscore, _permit: permit };
-                            tasks.spawn(work.run(ingest.clone(), *submission, abort.clone()));
+                            match *job {
+                                Job::Report(submission) => {
+                                    tasks.spawn(work.run(ingest.clone(), submission, abort.clone()));
+                                }
+                                Job::TwoFactor(entry, received) => match &gate {
+                                    Some(gate) => {
+                                        tasks.spawn(work.run_twofa(gate.clone(), entry, received, abort.clone()));
+                                    }
+                                    None => {
+                                        let reply = handler::twofa_unavailable();
+                                        let bytes = endpoint.answer(peer, &work.reply_to, &reply);
+                                        endpoint.send(&bytes, peer).await;
+                                    }
+                                },
+                            }
                         }
                         // Unprotected even to a protected request: nothing
                         // was committed, so its nonce must stay unused.
@@ -188,7 +216,14 @@ enum Step {
     Nothing,
     Send(Bytes),
     /// Boxed: a report is far larger than the other variants.
-    Submit(Box<Submission>, ReplyTo, Option<OscoreExchange>),
+    Submit(Box<Job>, ReplyTo, Option<OscoreExchange>),
+}
+
+/// Work for a request task.
+enum Job {
+    Report(Submission),
+    /// A 2FA entry, and when its datagram arrived.
+    TwoFactor(TwoFactorEntry, Instant),
 }
 
 /// State shared by the receive task and the request tasks.
@@ -270,7 +305,11 @@ impl Endpoint {
                     }
                     Action::Submit(submission) => {
                         metrics::decoded("coap", submission.kind.as_str());
-                        Step::Submit(Box::new(submission), reply_to, oscore)
+                        Step::Submit(Box::new(Job::Report(submission)), reply_to, oscore)
+                    }
+                    Action::TwoFactor(entry) => {
+                        metrics::decoded("coap", entry.kind());
+                        Step::Submit(Box::new(Job::TwoFactor(entry, now)), reply_to, oscore)
                     }
                 }
             }
@@ -343,6 +382,41 @@ impl Work {
                 exchange.protect(&reply)
             }
             // Refused, failed or shutting down: unprotected (see `oscore`).
+            _ => reply,
+        };
+        let bytes = self.endpoint.answer(self.peer, &self.reply_to, &reply);
+        unanswered.0 = None;
+        self.endpoint.send(&bytes, self.peer).await;
+    }
+}
+
+impl Work {
+    /// A 2FA entry: the gate commits and decides it (and sends a new OTP),
+    /// then the answer goes back as for a report.
+    async fn run_twofa(
+        mut self,
+        gate: Gate,
+        entry: TwoFactorEntry,
+        received: Instant,
+        abort: CancellationToken,
+    ) {
+        let oscore = self.oscore.take();
+        let protection = oscore.as_ref().map(OscoreExchange::protection);
+        let mut unanswered = Unanswered(Some(&self));
+        let result = tokio::select! {
+            result = gate.handle(entry, protection, ingest::now_ms(), received) => result,
+            _ = abort.cancelled() => return,
+        };
+        if let Err(e) = &result {
+            tracing::debug!(peer = %self.peer, error = %e, "CoAP 2FA entry not accepted");
+        }
+        let reply = handler::twofa_reply(&result);
+        let reply = match (oscore, &result) {
+            // Committed: as for a report, the nonce is used once.
+            (Some(exchange), Ok(_)) => {
+                exchange.accepted();
+                exchange.protect(&reply)
+            }
             _ => reply,
         };
         let bytes = self.endpoint.answer(self.peer, &self.reply_to, &reply);

@@ -45,12 +45,23 @@ pub struct Report {
 #[derive(Debug, Clone)]
 pub enum ReportBody {
     Uplink(Uplink),
+    /// A 2FA passcode or OTP entry from a lock, as the edge hashed it.
+    TwoFactor(TwoFactorReport),
     /// A bridge said it is online or offline (or the broker published its Last Will).
     BridgeStatus {
         bridge: String,
         online: bool,
         cause: ConnectivityCause,
     },
+}
+
+/// A lock's 2FA entry on its way to the writer: never the typed digits,
+/// only what [`crate::twofa::Gate`] derived from them.
+#[derive(Debug, Clone)]
+pub struct TwoFactorReport {
+    pub lock_id: String,
+    pub seq: u32,
+    pub body: crate::store::twofa::EntryBody,
 }
 
 /// What the device is told after its report was handled.
@@ -65,6 +76,8 @@ pub enum Outcome {
     /// A job report: its results were applied; the downlink carries the
     /// lock's next pending jobs.
     JobReport { downlink: Downlink },
+    /// A 2FA entry was decided and recorded.
+    TwoFactor(Box<crate::store::twofa::EntryOutcome>),
 }
 
 /// What the transport verified about a protected report: the device whose
@@ -203,6 +216,9 @@ impl Ingest {
                 };
                 Ok(Subject::Lock(registry.authorise(u.lock_id(), via)?.clone()))
             }
+            ReportBody::TwoFactor(e) => Ok(Subject::Lock(
+                registry.authorise(&e.lock_id, Reporter::Lock)?.clone(),
+            )),
             ReportBody::BridgeStatus { bridge, .. } => {
                 let b = registry
                     .bridge(bridge)
@@ -232,6 +248,7 @@ fn check_speaks_for(report: &Report, protected_by: &DeviceRef) -> Result<(), Ing
     let ok = match (&report.body, &report.bridge, protected_by) {
         (ReportBody::Uplink(u), None, DeviceRef::Lock(l)) => u.lock_id() == l.as_str(),
         (ReportBody::Uplink(_), Some(via), DeviceRef::Bridge(b)) => via == b.as_str(),
+        (ReportBody::TwoFactor(e), None, DeviceRef::Lock(l)) => e.lock_id == l.as_str(),
         (ReportBody::BridgeStatus { bridge, .. }, _, DeviceRef::Bridge(b)) => bridge == b.as_str(),
         _ => false,
     };
@@ -241,6 +258,7 @@ fn check_speaks_for(report: &Report, protected_by: &DeviceRef) -> Result<(), Ing
     let claims = match (&report.body, &report.bridge) {
         (ReportBody::Uplink(u), None) => format!("lock {}", u.lock_id()),
         (ReportBody::Uplink(u), Some(b)) => format!("lock {} via bridge {b}", u.lock_id()),
+        (ReportBody::TwoFactor(e), _) => format!("lock {}", e.lock_id),
         (ReportBody::BridgeStatus { bridge, .. }, _) => format!("bridge {bridge}"),
     };
     Err(IngestError::WrongDevice {

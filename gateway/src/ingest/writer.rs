@@ -77,6 +77,7 @@ pub struct Writer {
     config: WriterConfig,
     jobs: Option<JobDelivery>,
     bridges: Option<crate::bridges::Signals>,
+    twofa: dispatcher::twofa::Limits,
 }
 
 impl Writer {
@@ -87,7 +88,14 @@ impl Writer {
             config,
             jobs: None,
             bridges: None,
+            twofa: dispatcher::twofa::Limits::default(),
         }
+    }
+
+    /// The limits 2FA entries are decided under.
+    pub fn with_twofa(mut self, limits: dispatcher::twofa::Limits) -> Self {
+        self.twofa = limits;
+        self
     }
 
     /// Tell bridge delivery of committed bridge statuses and job results.
@@ -170,6 +178,8 @@ impl Writer {
         // the results of each accepted job report, in queue order.
         let mut wants_jobs: Vec<(usize, String)> = Vec::new();
         let mut job_reports: Vec<(String, Vec<JobResult>)> = Vec::new();
+        // 2FA entries, decided after the commit recorded their protection.
+        let mut twofa: Vec<(Reply, crate::store::twofa::Entry)> = Vec::new();
         for req in requests.drain(..) {
             let r = &req.report;
             let origin = Origin {
@@ -191,7 +201,7 @@ impl Writer {
                     ReportBody::Uplink(Uplink::ActivityLog(b)) => {
                         ev_flags.by_ref().take(b.events.len()).for_each(drop);
                     }
-                    ReportBody::Uplink(Uplink::JobReport(_)) => {}
+                    ReportBody::Uplink(Uplink::JobReport(_)) | ReportBody::TwoFactor(_) => {}
                     ReportBody::BridgeStatus { .. } => {
                         bridge_changes.next();
                     }
@@ -200,6 +210,16 @@ impl Writer {
                 continue;
             }
             let outcome = match (&r.body, &req.subject) {
+                (ReportBody::TwoFactor(entry), Subject::Lock(lock)) => {
+                    twofa.push((
+                        req.reply,
+                        crate::store::twofa::Entry {
+                            lock: lock.clone(),
+                            body: entry.body.clone(),
+                        },
+                    ));
+                    continue;
+                }
                 (ReportBody::Uplink(Uplink::Heartbeat(hb)), Subject::Lock(lock)) => {
                     let stored = hb_flags.next().unwrap_or(false);
                     if stored {
@@ -327,6 +347,35 @@ impl Writer {
                 metrics::job_step(started.elapsed());
             }
         }
+        let mut twofa_answers = Vec::with_capacity(twofa.len());
+        if !twofa.is_empty() {
+            let entries: Vec<_> = twofa.iter().map(|(_, e)| e.clone()).collect();
+            let started = Instant::now();
+            let decided = self
+                .store
+                .apply_twofa_entries(&entries, &self.twofa, crate::ingest::now_ms())
+                .await;
+            metrics::twofa_step(started.elapsed());
+            match decided {
+                Ok(outcomes) if outcomes.len() == twofa.len() => {
+                    for ((reply, _), o) in twofa.into_iter().zip(outcomes) {
+                        outbound.extend(o.events.iter().map(twofa_outbound));
+                        twofa_answers.push((reply, Ok(Outcome::TwoFactor(Box::new(o)))));
+                    }
+                }
+                decided => {
+                    let msg = match decided {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "internal: the store decided another number of 2FA entries".into(),
+                    };
+                    metrics::twofa_step_failed();
+                    tracing::warn!(error = %msg, entries = twofa.len(), "2FA step failed; the locks are told to retry");
+                    for (reply, _) in twofa {
+                        twofa_answers.push((reply, Err(IngestError::Storage(msg.clone()))));
+                    }
+                }
+            }
+        }
         if let Some(signals) = &self.bridges {
             for (lock, results) in job_reports {
                 signals.send(crate::bridges::Signal::Results {
@@ -343,6 +392,9 @@ impl Writer {
         for (reply, outcome) in answers {
             // The requester may have given up (timeout, shutdown); the report is stored regardless.
             let _ = reply.send(Ok(outcome));
+        }
+        for (reply, result) in twofa_answers {
+            let _ = reply.send(result);
         }
     }
 }
@@ -528,6 +580,30 @@ fn downlink_for(lock: &dispatcher::LockRecord, server_time: u64, seq: u32) -> Do
     }
 }
 
+/// A 2FA event for the dashboard: on the lock's topic, or on the user's
+/// for a user's lock-out or its clearing.
+pub fn twofa_outbound(e: &schemas::twofa::TwoFactorEvent) -> Outbound {
+    use schemas::twofa::{lock_event_topic, user_event_topic, TwoFactorOutcome as O};
+    match e.outcome {
+        O::LockoutStarted => metrics::twofa_lockout_change("started"),
+        O::LockoutCleared => metrics::twofa_lockout_change("cleared"),
+        _ => {}
+    }
+    let users_lockout = e.reason.as_deref() == Some("failed_challenges");
+    let topic = match (&e.lock_id, &e.user_id) {
+        (_, Some(user)) if users_lockout => user_event_topic(&e.org, user),
+        (Some(lock), _) => lock_event_topic(&e.org, lock),
+        (None, Some(user)) => user_event_topic(&e.org, user),
+        (None, None) => lock_event_topic(&e.org, "unknown"),
+    };
+    Outbound {
+        topic,
+        // Infallible: a plain struct of strings, numbers and options.
+        payload: serde_json::to_vec(e).expect("event serialises"),
+        kind: "2fa",
+    }
+}
+
 /// A job change for the dashboard.
 pub fn job_outbound(job: &crate::store::jobs::StoredJob, change: JobChange) -> Outbound {
     metrics::job_change(change.as_str());
@@ -558,7 +634,7 @@ fn rows_of(requests: &[WriteRequest]) -> Batch {
                 bridge_id: r.bridge.clone(),
                 received_at_ms: r.received_at_ms,
             }),
-            ReportBody::Uplink(Uplink::JobReport(_)) => {}
+            ReportBody::Uplink(Uplink::JobReport(_)) | ReportBody::TwoFactor(_) => {}
             ReportBody::Uplink(Uplink::ActivityLog(b)) => {
                 rows.events.extend(b.events.iter().map(|e| EventRow {
                     lock_id: b.lock_id.clone(),

@@ -52,6 +52,9 @@ pub enum ServerKeyError {
 pub struct ServerKey {
     cipher: Aes256Gcm,
     id: String,
+    /// HKDF-SHA-256 of the key for 2FA (passcode salts, OTP tags), so the
+    /// wrapping key itself is used for nothing else.
+    twofa: std::sync::Arc<Zeroizing<[u8; 32]>>,
 }
 
 impl fmt::Debug for ServerKey {
@@ -92,7 +95,46 @@ impl ServerKey {
             .to_string();
         // Infallible: the slice is exactly the AES-256 key length.
         let cipher = Aes256Gcm::new_from_slice(key).expect("32-byte key");
-        ServerKey { cipher, id }
+        let mut twofa = Zeroizing::new([0u8; 32]);
+        // Infallible: 32 bytes is far below HKDF-SHA-256's 8160-byte limit.
+        hkdf::Hkdf::<Sha256>::new(None, key)
+            .expand(b"lockfleet 2fa v1", &mut *twofa)
+            .expect("32-byte HKDF output");
+        ServerKey {
+            cipher,
+            id,
+            twofa: std::sync::Arc::new(twofa),
+        }
+    }
+
+    fn twofa_mac(&self, label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        // Infallible: HMAC takes a key of any length.
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(&self.twofa[..]).expect("any key length");
+        mac.update(label);
+        for p in parts {
+            // Length-prefixed, so ("ab","c") and ("a","bc") differ.
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The Argon2id salt of an organisation's 2FA passcodes: fixed per
+    /// organisation (a passcode is looked up by its hash, since the lock
+    /// sends only the digits) and secret (derived from the server key), so
+    /// the stored hashes cannot be attacked without the server key.
+    pub fn passcode_salt(&self, org: &str) -> [u8; 16] {
+        let full = self.twofa_mac(b"passcode salt", &[org.as_bytes()]);
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(&full[..16]);
+        salt
+    }
+
+    /// The keyed hash an OTP is kept as, bound to its challenge.
+    pub fn otp_tag(&self, challenge_id: u64, otp: &str) -> [u8; 32] {
+        self.twofa_mac(b"otp tag", &[&challenge_id.to_be_bytes(), otp.as_bytes()])
     }
 
     /// A new random server key, as hex (for `gateway keys new-server-key`

@@ -10,11 +10,13 @@
 //! transaction and never leave it in any answer or event.
 
 use super::MqttClient;
-use crate::ingest::writer::job_outbound;
+use crate::ingest::writer::{job_outbound, twofa_outbound};
 use crate::keys::ServerKey;
 use crate::metrics;
 use crate::store::jobs::{Answer, Prepared};
+use crate::store::twofa::NewPasscode;
 use crate::store::Store;
+use crate::twofa::gate::{passcode_key, random_digits};
 use dispatcher::jobs::Refusal;
 use dispatcher::Registry;
 use rand::RngCore;
@@ -22,6 +24,7 @@ use schemas::command::{
     default_reply_topic, Command, CommandRequest, CommandResponse, CommandResult, COMMANDS_PREFIX,
     REPLIES_PREFIX,
 };
+use schemas::twofa::PASSCODE_DIGITS;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
@@ -30,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 /// Commands handled at once; more wait in the session's queue. SQLite runs
 /// them one after another anyway; PostgreSQL in parallel, per lock in order.
 pub const MAX_CONCURRENT_COMMANDS: usize = 64;
+/// Passcodes drawn for one generate or reset: the first that no other user
+/// of the organisation has is kept.
+const PASSCODE_CANDIDATES: usize = 3;
 /// Largest command payload we read.
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
@@ -128,7 +134,7 @@ impl Commands {
                 return;
             }
         };
-        let prepared = self.prepare(&request);
+        let prepared = self.prepare(org, &request).await;
         let now_ms = crate::ingest::now_ms();
         let done = match self
             .store
@@ -161,8 +167,13 @@ impl Commands {
         if let (Some(signals), false) = (&self.bridges, done.events.is_empty()) {
             signals.send(crate::bridges::Signal::Refresh);
         }
-        for (job, change) in &done.events {
-            let o = job_outbound(job, *change);
+        let twofa = done.twofa_events.iter().map(twofa_outbound);
+        for o in done
+            .events
+            .iter()
+            .map(|(job, change)| job_outbound(job, *change))
+            .chain(twofa)
+        {
             match self.client.publish(o.topic, o.payload).await {
                 Ok(()) => metrics::published(o.kind),
                 Err(_) => metrics::publish_failed(o.kind),
@@ -184,8 +195,9 @@ impl Commands {
         self.publish_response(reply_to, &response).await;
     }
 
-    /// Look the lock up and seal a Custom PIN before the transaction.
-    fn prepare(&self, request: &CommandRequest) -> Prepared {
+    /// Look the lock up and seal a Custom PIN, or draw a new 2FA passcode
+    /// (and hash it, on the blocking pool), before the transaction.
+    async fn prepare(&self, org: &str, request: &CommandRequest) -> Prepared {
         let lock_id = request.command.lock_id();
         let (lock, bridge) = {
             let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
@@ -211,6 +223,22 @@ impl Commands {
             let access = new_access_id();
             prepared.pin_sealed = Some(self.server_key.seal_pin(lock_id, &access, pin));
             prepared.access_id = Some(access);
+        }
+        if request.command.reveals_secret() {
+            let key = self.server_key.clone();
+            let org = org.to_string();
+            let drawn = tokio::task::spawn_blocking(move || {
+                (0..PASSCODE_CANDIDATES)
+                    .map(|_| {
+                        let digits = random_digits(PASSCODE_DIGITS);
+                        let key = passcode_key(&key, &org, &digits);
+                        NewPasscode { digits, key }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            // A failed draw leaves no candidate; the store then refuses.
+            prepared.passcodes = drawn.unwrap_or_default();
         }
         prepared
     }

@@ -295,7 +295,8 @@ async fn answer(
             device::encode(&downlink)
         }
         Outcome::ActivityLog { ack } => device::encode(&ack),
-        Outcome::BridgeStatus { .. } => return Ok(()),
+        // Never from MQTT: 2FA entries come over CoAP only.
+        Outcome::BridgeStatus { .. } | Outcome::TwoFactor(_) => return Ok(()),
     };
     let Some(ack_topic) = ack else { return Ok(()) };
     let payload = match verified {

@@ -153,7 +153,8 @@ impl TryFrom<JobColumns> for StoredJob {
 
 /// A bind value for [`Tx`].
 #[derive(Clone, Debug)]
-enum Bind {
+pub(super) enum Bind {
+    Bool(bool),
     I64(i64),
     Text(String),
     OptText(Option<String>),
@@ -161,10 +162,10 @@ enum Bind {
     OptBytes(Option<Vec<u8>>),
 }
 
-fn i(v: u64) -> Bind {
+pub(super) fn i(v: u64) -> Bind {
     Bind::I64(v.min(i64::MAX as u64) as i64)
 }
-fn t(v: impl Into<String>) -> Bind {
+pub(super) fn t(v: impl Into<String>) -> Bind {
     Bind::Text(v.into())
 }
 
@@ -173,6 +174,7 @@ macro_rules! bound {
         let mut q = $q;
         for b in $binds {
             q = match b {
+                Bind::Bool(v) => q.bind(*v),
                 Bind::I64(v) => q.bind(*v),
                 Bind::Text(v) => q.bind(v.clone()),
                 Bind::OptText(v) => q.bind(v.clone()),
@@ -191,13 +193,13 @@ fn safe(sql: &str) -> sqlx::AssertSqlSafe<String> {
 }
 
 /// A write transaction on either engine.
-enum Tx {
+pub(super) enum Tx {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
 }
 
 impl Tx {
-    async fn begin(store: &Store) -> Result<Tx, sqlx::Error> {
+    pub(super) async fn begin(store: &Store) -> Result<Tx, sqlx::Error> {
         Ok(match store {
             Store::Sqlite(p) => Tx::Sqlite(p.begin_write().await?),
             Store::Postgres(p) => Tx::Postgres(p.begin_write().await?),
@@ -206,21 +208,21 @@ impl Tx {
 
     /// A transaction for reads (SQLite: a deferred one, so it does not take
     /// the write lock).
-    async fn begin_read(store: &Store) -> Result<Tx, sqlx::Error> {
+    pub(super) async fn begin_read(store: &Store) -> Result<Tx, sqlx::Error> {
         Ok(match store {
             Store::Sqlite(p) => Tx::Sqlite(p.begin().await?),
             Store::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
 
-    async fn commit(self) -> Result<(), sqlx::Error> {
+    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Sqlite(tx) => tx.commit().await,
             Tx::Postgres(tx) => tx.commit().await,
         }
     }
 
-    async fn execute(&mut self, sql: &str, binds: &[Bind]) -> Result<u64, sqlx::Error> {
+    pub(super) async fn execute(&mut self, sql: &str, binds: &[Bind]) -> Result<u64, sqlx::Error> {
         Ok(match self {
             Tx::Sqlite(tx) => bound!(sqlx::query(safe(sql)), binds)
                 .execute(&mut **tx)
@@ -234,7 +236,7 @@ impl Tx {
     }
 
     /// Rows of `sql` as `T`.
-    async fn rows<T>(&mut self, sql: &str, binds: &[Bind]) -> Result<Vec<T>, sqlx::Error>
+    pub(super) async fn rows<T>(&mut self, sql: &str, binds: &[Bind]) -> Result<Vec<T>, sqlx::Error>
     where
         T: Send
             + Unpin
@@ -256,7 +258,11 @@ impl Tx {
     }
 
     /// The one value of `sql`'s first row, if there is a row.
-    async fn scalar<T>(&mut self, sql: &str, binds: &[Bind]) -> Result<Option<T>, sqlx::Error>
+    pub(super) async fn scalar<T>(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+    ) -> Result<Option<T>, sqlx::Error>
     where
         T: Send
             + Unpin
@@ -297,9 +303,13 @@ impl Tx {
         Ok(())
     }
 
+    pub(super) fn is_postgres(&self) -> bool {
+        matches!(self, Tx::Postgres(_))
+    }
+
     /// Serialise the commands and results of one lock across instances
     /// (PostgreSQL row lock; SQLite's write transaction already is).
-    async fn lock_row(&mut self, lock_id: &str) -> Result<(), sqlx::Error> {
+    pub(super) async fn lock_row(&mut self, lock_id: &str) -> Result<(), sqlx::Error> {
         if let Tx::Postgres(_) = self {
             self.execute(
                 "SELECT lock_id FROM locks WHERE lock_id = $1 FOR UPDATE",
@@ -336,6 +346,9 @@ pub struct Prepared {
     pub bridge: Option<std::sync::Arc<dispatcher::BridgeRecord>>,
     pub access_id: Option<String>,
     pub pin_sealed: Option<Vec<u8>>,
+    /// New 2FA passcodes and their keys (generate and reset), in order of
+    /// preference: the first no other user of the organisation has is used.
+    pub passcodes: Vec<super::twofa::NewPasscode>,
 }
 
 /// The body of an answer, as stored under the idempotency key.
@@ -374,6 +387,8 @@ pub struct CommandDone {
     pub replayed: bool,
     /// Committed job changes, for the dashboard.
     pub events: Vec<(StoredJob, JobChange)>,
+    /// Committed 2FA events, for the dashboard.
+    pub twofa_events: Vec<schemas::twofa::TwoFactorEvent>,
     /// The rule a refusal decided now broke (not set for a replayed answer).
     pub refused_rule: Option<&'static str>,
 }
@@ -439,13 +454,25 @@ pub(super) async fn run_command(
                 answer,
                 replayed: true,
                 events: vec![],
+                twofa_events: vec![],
                 refused_rule: None,
             });
         }
     }
     let mut events = Vec::new();
+    let mut twofa_events = Vec::new();
     let mut refused_rule = None;
-    let answer = match execute(&mut tx, org, req, prepared, now_ms, &mut events).await {
+    let executed = if is_twofa(&req.command) {
+        match rules::check_text("requested_by", &req.requested_by) {
+            Err(r) => Ok(Err(r)),
+            Ok(()) => {
+                super::twofa::execute(&mut tx, org, req, prepared, now_ms, &mut twofa_events).await
+            }
+        }
+    } else {
+        execute(&mut tx, org, req, prepared, now_ms, &mut events).await
+    };
+    let answer = match executed {
         Ok(Ok(mut result)) => {
             expect_delivery(&mut tx, &mut events, &mut result, now_ms)
                 .await
@@ -454,13 +481,16 @@ pub(super) async fn run_command(
         }
         Ok(Err(refusal)) => {
             events.clear();
+            twofa_events.clear();
             refused_rule = Some(refusal.rule());
             Answer::refused(&refusal)
         }
         Err(e) => return Err(err(e)),
     };
     if req.command.writes() {
-        let json = serde_json::to_string(&answer).map_err(|e| StoreError::Failed {
+        // A secret shown once is not kept: a repeat gets the answer without it.
+        let kept = redacted(&answer);
+        let json = serde_json::to_string(&kept).map_err(|e| StoreError::Failed {
             engine,
             operation: "storing a command's answer",
             detail: e.to_string(),
@@ -477,8 +507,45 @@ pub(super) async fn run_command(
         answer,
         replayed: false,
         events,
+        twofa_events,
         refused_rule,
     })
+}
+
+/// Whether the command is one of the 2FA commands (`store::twofa`).
+fn is_twofa(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::SetUserMobile { .. }
+            | Command::VerifyUserMobile { .. }
+            | Command::DeactivateUser { .. }
+            | Command::ReactivateUser { .. }
+            | Command::GenerateTwoFactorPasscode { .. }
+            | Command::ResetTwoFactorPasscode { .. }
+            | Command::GrantTwoFactor { .. }
+            | Command::EditTwoFactorGrant { .. }
+            | Command::RevokeTwoFactorGrant { .. }
+            | Command::GetTwoFactorUser { .. }
+            | Command::ListTwoFactorGrants { .. }
+            | Command::ListTwoFactorLockouts {}
+            | Command::ClearTwoFactorLockout { .. }
+    )
+}
+
+/// The answer as kept under the idempotency key: a passcode shown once is
+/// left out.
+fn redacted(answer: &Answer) -> Answer {
+    let mut kept = answer.clone();
+    if let Some(CommandResult::TwoFactorPasscode {
+        passcode,
+        shown_before,
+        ..
+    }) = &mut kept.result
+    {
+        *passcode = None;
+        *shown_before = true;
+    }
+    kept
 }
 
 type Ruled<T> = Result<Result<T, Refusal>, sqlx::Error>;
@@ -642,7 +709,7 @@ impl<'a> NewJob<'a> {
     }
 }
 
-fn lock_of<'a>(
+pub(super) fn lock_of<'a>(
     prepared: &'a Prepared,
     lock_id: &str,
     org: &str,
@@ -1086,9 +1153,9 @@ async fn execute(
             };
             Ok(Ok(CommandResult::Jobs { jobs, next_before }))
         }
-        // Interim: the 2FA commands are wired next.
+        // Dispatched to `store::twofa` by `run_command`.
         _ => Ok(Err(Refusal::BadRequest(format!(
-            "{} is not handled by this server version",
+            "internal: {} is a 2FA command",
             req.command.kind()
         )))),
     }

@@ -29,6 +29,7 @@ pub mod replay;
 mod sqlite;
 #[doc(hidden)]
 pub mod testing;
+pub mod twofa;
 
 pub use common::OverdueClaim;
 pub use dispatcher::connectivity::{BridgeStatus, Change, StatusReport};
@@ -337,6 +338,33 @@ impl Store {
         now_ms: u64,
     ) -> Result<jobs::CommandDone, StoreError> {
         jobs::run_command(self, org, req, prepared, now_ms).await
+    }
+
+    /// Decide a writer batch's 2FA entries in one transaction, in order
+    /// (see [`twofa`]).
+    pub async fn apply_twofa_entries(
+        &self,
+        entries: &[twofa::Entry],
+        limits: &dispatcher::twofa::Limits,
+        now_ms: u64,
+    ) -> Result<Vec<twofa::EntryOutcome>, StoreError> {
+        twofa::apply_entries(self, entries, limits, now_ms).await
+    }
+
+    /// End a challenge whose OTP could not be sent; its event, if it was open.
+    pub async fn twofa_notifier_failed(
+        &self,
+        lock: &dispatcher::LockRecord,
+        challenge_id: u64,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Option<schemas::twofa::TwoFactorEvent>, StoreError> {
+        twofa::notifier_failed(self, lock, challenge_id, reason, now_ms).await
+    }
+
+    /// 2FA lock-outs in force now: (locks, users).
+    pub async fn count_twofa_lockouts(&self, now_ms: u64) -> Result<(u64, u64), StoreError> {
+        twofa::count_lockouts(self, now_ms).await
     }
 
     /// Every pending job of `locks`, per lock in creation order.

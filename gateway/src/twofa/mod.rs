@@ -2,4 +2,9 @@
 //! a notifier, and the notifiers themselves. The rules are
 //! `dispatcher::twofa`; the state is in the store.
 
+pub mod gate;
+pub mod mqtt_notifier;
 pub mod notifier;
+
+pub use gate::{Gate, GateParts, TwoFactorEntry};
+pub use notifier::{Notifier, NotifyError, OtpMessage};

@@ -125,6 +125,9 @@ mod tests {
             "Your iglooworks unlock code is 123456. It expires in 5 minutes. Never share it."
         );
         let dbg = format!("{m:?}");
-        assert!(!dbg.contains("123456") && !dbg.contains("91234567"), "{dbg}");
+        assert!(
+            !dbg.contains("123456") && !dbg.contains("91234567"),
+            "{dbg}"
+        );
     }
 }

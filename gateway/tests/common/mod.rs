@@ -55,6 +55,10 @@ pub struct Options {
     pub bridge_action_ttl_secs: Option<u64>,
     /// `--bridge-timeout-ms` (None: the default).
     pub bridge_timeout_ms: Option<u64>,
+    /// `--otp-ttl-secs` (None: the default).
+    pub otp_ttl_secs: Option<u64>,
+    /// `--notifier webhook --sms-webhook-url` this port on loopback (None: the MQTT notifier).
+    pub sms_webhook_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -64,6 +68,8 @@ impl Default for Options {
             registry_refresh_secs: 1,
             bridge_action_ttl_secs: None,
             bridge_timeout_ms: None,
+            otp_ttl_secs: None,
+            sms_webhook_port: None,
         }
     }
 }
@@ -86,6 +92,12 @@ pub fn config_with(database_url: &str, dir: &std::path::Path, options: Options) 
         backend_password_hash: Some(gateway::store::testing::backend_password_hash()),
         bridge_action_ttl_secs: options.bridge_action_ttl_secs,
         bridge_timeout_ms: options.bridge_timeout_ms,
+        otp_ttl_secs: options.otp_ttl_secs,
+        notifier: options.sms_webhook_port.map(|_| "webhook".to_string()),
+        sms_webhook_url: options
+            .sms_webhook_port
+            .map(|port| format!("http://127.0.0.1:{port}/sms")),
+        sms_webhook_timeout_ms: options.sms_webhook_port.map(|_| 500),
         ..Default::default()
     };
     Config::from_settings(s).unwrap()
