@@ -5,6 +5,7 @@
 pub mod gate;
 pub mod mqtt_notifier;
 pub mod notifier;
+pub mod webhook;
 
 pub use gate::{Gate, GateParts, TwoFactorEntry};
 pub use notifier::{Notifier, NotifyError, OtpMessage};
