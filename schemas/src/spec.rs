@@ -6,14 +6,15 @@
 //! * [`ASYNCAPI_YAML`]: AsyncAPI 3.0 document of every MQTT topic.
 //! * [`EVENT_SCHEMAS`] and [`event_schema_for_topic`]: JSON Schema (draft
 //!   2020-12) of every JSON message the gateway publishes (events, device
-//!   errors, command answers); [`COMMAND_REQUEST_SCHEMA`] of the commands
-//!   it receives.
+//!   errors, command answers, the notifier's OTP messages);
+//!   [`COMMAND_REQUEST_SCHEMA`] of the commands it receives.
 //!
 //! The specs are text only: this crate parses none of them, so it keeps no
 //! validator dependency. `tests/` holds them and the Rust types to each other.
 
 use crate::device::valid_id;
 use crate::topic::EVENTS_PREFIX;
+use crate::twofa::NOTIFY_PREFIX;
 
 /// `spec/device.cddl`: the CBOR device payloads. Its first rule,
 /// `device-payload`, accepts any of them; validate against one payload by
@@ -41,6 +42,12 @@ pub const DEVICE_ERROR_SCHEMA: &str = include_str!("../spec/events/device-error.
 pub const OVERDUE_EVENT_SCHEMA: &str = include_str!("../spec/events/overdue.schema.json");
 /// `events/v1/{org}/lock/{lock}/job`: [`crate::command::JobEvent`].
 pub const JOB_EVENT_SCHEMA: &str = include_str!("../spec/events/job.schema.json");
+/// `events/v1/{org}/lock/{lock}/2fa`, `events/v1/{org}/user/{user}/2fa`:
+/// [`crate::twofa::TwoFactorEvent`].
+pub const TWOFA_EVENT_SCHEMA: &str = include_str!("../spec/events/2fa.schema.json");
+/// `notify/v1/{org}/sms`: [`crate::twofa::OtpNotification`] (carries the OTP).
+pub const OTP_NOTIFICATION_SCHEMA: &str =
+    include_str!("../spec/notify/otp-notification.schema.json");
 /// A command's reply topic (`rsp/v1/...`): [`crate::command::CommandResponse`].
 pub const COMMAND_RESPONSE_SCHEMA: &str =
     include_str!("../spec/events/command-response.schema.json");
@@ -50,7 +57,7 @@ pub const COMMAND_REQUEST_SCHEMA: &str =
 
 /// Every JSON Schema of what the gateway publishes, with its path relative
 /// to `spec/` (as `asyncapi.yaml` refers to it).
-pub const EVENT_SCHEMAS: [(&str, &str); 9] = [
+pub const EVENT_SCHEMAS: [(&str, &str); 11] = [
     ("events/heartbeat.schema.json", HEARTBEAT_EVENT_SCHEMA),
     ("events/activity.schema.json", ACTIVITY_EVENT_SCHEMA),
     ("events/state.schema.json", STATE_EVENT_SCHEMA),
@@ -59,6 +66,11 @@ pub const EVENT_SCHEMAS: [(&str, &str); 9] = [
     ("events/device-error.schema.json", DEVICE_ERROR_SCHEMA),
     ("events/job.schema.json", JOB_EVENT_SCHEMA),
     ("events/overdue.schema.json", OVERDUE_EVENT_SCHEMA),
+    ("events/2fa.schema.json", TWOFA_EVENT_SCHEMA),
+    (
+        "notify/otp-notification.schema.json",
+        OTP_NOTIFICATION_SCHEMA,
+    ),
     (
         "events/command-response.schema.json",
         COMMAND_RESPONSE_SCHEMA,
@@ -66,8 +78,10 @@ pub const EVENT_SCHEMAS: [(&str, &str); 9] = [
 ];
 
 /// The JSON Schema of what the gateway publishes on `topic`: a dashboard
-/// event topic (`events/v1/{org}/lock/{lock}/heartbeat`, ...) or a device
-/// error topic (`lk/{lock}/err`, `br/{bridge}/err`). `None` for any other
+/// event topic (`events/v1/{org}/lock/{lock}/heartbeat`, ...,
+/// `events/v1/{org}/user/{user}/2fa`), a device error topic
+/// (`lk/{lock}/err`, `br/{bridge}/err`), a command reply topic (`rsp/v1/...`)
+/// or the notifier topic (`notify/v1/{org}/sms`). `None` for any other
 /// topic, including device topics that carry CBOR and topics whose ids are
 /// not valid (see [`valid_id`]).
 pub fn event_schema_for_topic(topic: &str) -> Option<&'static str> {
@@ -78,6 +92,11 @@ pub fn event_schema_for_topic(topic: &str) -> Option<&'static str> {
     if let Some(rest) = topic.strip_prefix(crate::command::REPLIES_PREFIX) {
         let ok = !rest.is_empty() && !rest.contains(['+', '#']);
         return ok.then_some(COMMAND_RESPONSE_SCHEMA);
+    }
+    if let Some(rest) = topic.strip_prefix(NOTIFY_PREFIX) {
+        // valid_id refuses '/', so this is exactly one org level.
+        let org = rest.strip_prefix('/')?.strip_suffix("/sms")?;
+        return valid_id(org).then_some(OTP_NOTIFICATION_SCHEMA);
     }
     let rest = topic.strip_prefix(EVENTS_PREFIX)?.strip_prefix('/')?;
     let parts: Vec<&str> = rest.split('/').collect();
@@ -90,10 +109,12 @@ pub fn event_schema_for_topic(topic: &str) -> Option<&'static str> {
                 "battery-low" => BATTERY_LOW_EVENT_SCHEMA,
                 "job" => JOB_EVENT_SCHEMA,
                 "overdue" => OVERDUE_EVENT_SCHEMA,
+                "2fa" => TWOFA_EVENT_SCHEMA,
                 _ => return None,
             };
             (*org, *lock, schema)
         }
+        [org, "user", user, "2fa"] => (*org, *user, TWOFA_EVENT_SCHEMA),
         [org, "bridge", bridge, "connectivity"] => (*org, *bridge, CONNECTIVITY_EVENT_SCHEMA),
         _ => return None,
     };
@@ -121,6 +142,22 @@ mod tests {
     }
 
     #[test]
+    fn maps_2fa_and_notifier_topics() {
+        assert_eq!(
+            event_schema_for_topic("events/v1/acme/lock/L1/2fa"),
+            Some(TWOFA_EVENT_SCHEMA)
+        );
+        assert_eq!(
+            event_schema_for_topic("events/v1/acme/user/u-1/2fa"),
+            Some(TWOFA_EVENT_SCHEMA)
+        );
+        assert_eq!(
+            event_schema_for_topic("notify/v1/acme/sms"),
+            Some(OTP_NOTIFICATION_SCHEMA)
+        );
+    }
+
+    #[test]
     fn refuses_cbor_unknown_and_bad_id_topics() {
         for t in [
             "lk/L1/up/hb",
@@ -132,6 +169,15 @@ mod tests {
             "events/v1//lock/L1/state",
             "events/v2/acme/lock/L1/state",
             "events/v1/acme/bridge/B1/heartbeat",
+            "events/v1/acme/user/u1/heartbeat",
+            "events/v1/acme/user/u 1/2fa",
+            "events/v1/acme/bridge/B1/2fa",
+            "notify/v1/acme/email",
+            "notify/v1/acme/sms/x",
+            "notify/v1/+/sms",
+            "notify/v1//sms",
+            "notify/v1acme/sms",
+            "notify/v2/acme/sms",
             "lk/+/err",
             "xx/L1/err",
             "",

@@ -1,7 +1,11 @@
-//! `spec/asyncapi.yaml` against `src/topic.rs` and the other specs:
+//! `spec/asyncapi.yaml` against `src/topic.rs`, `src/twofa.rs` and the other
+//! specs:
 //!
 //! * every topic the Rust code builds or parses matches exactly one channel
 //!   address, and every channel address is built or parsed by the code;
+//! * the CoAP-only payloads (2FA) are messages of no channel, each named in
+//!   the CoAP table of the info description; the OTP's topic is outside
+//!   every subscription but the dashboard backend's own;
 //! * `receive` operations are exactly the channels the gateway subscribes to
 //!   (`DEVICE_FILTERS`), `send` operations the ones it publishes;
 //! * every operation is QoS 1; every `$ref` resolves (JSON pointers inside
@@ -14,12 +18,14 @@ mod common;
 use common::spec_dir;
 use schemas::spec::{event_schema_for_topic, ASYNCAPI_YAML, DEVICE_CDDL, EVENT_SCHEMAS};
 use schemas::topic::{self, down, events, DeviceTopic};
+use schemas::twofa;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
 const LOCK: &str = "L000123";
 const BRIDGE: &str = "B000007";
 const ORG: &str = "acme";
+const USER: &str = "u-4711";
 
 fn doc() -> Value {
     serde_norway::from_str(ASYNCAPI_YAML).expect("asyncapi.yaml is YAML")
@@ -40,6 +46,7 @@ fn instantiate(address: &str) -> String {
         .replace("{lock}", LOCK)
         .replace("{bridge}", BRIDGE)
         .replace("{org}", ORG)
+        .replace("{user}", USER)
 }
 
 /// True when `topic` matches `address`, a `{param}` standing for one
@@ -90,6 +97,9 @@ fn code_topics() -> Vec<(String, &'static str)> {
         events::battery_low(ORG, LOCK),
         events::overdue(ORG, LOCK),
         events::bridge_connectivity(ORG, BRIDGE),
+        twofa::lock_event_topic(ORG, LOCK),
+        twofa::user_event_topic(ORG, USER),
+        twofa::sms_topic(ORG),
     ]
     .into_iter()
     .map(|t| (t, "send"))
@@ -136,6 +146,9 @@ fn the_document_is_asyncapi_3() {
         "send",
         "POST /hb",
         "POST /log",
+        "POST /jr",
+        "POST /2fa",
+        "POST /otp",
         "Content-Format 60",
         "2.04",
         "4.00",
@@ -369,4 +382,109 @@ fn every_message_has_a_content_type_and_the_matching_spec() {
             }
         }
     }
+}
+
+/// The names of every message under `components.messages` that no channel
+/// carries.
+fn messages_of_no_channel(d: &Value) -> Vec<String> {
+    let mut used = Vec::new();
+    collect_refs(&d["channels"], &mut used);
+    d["components"]["messages"]
+        .as_object()
+        .expect("components.messages")
+        .keys()
+        .filter(|name| !used.contains(&format!("#/components/messages/{name}")))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn coap_only_payloads_are_messages_named_in_the_coap_table() {
+    let d = doc();
+    let info = d["info"]["description"].as_str().unwrap();
+    let mut rules = Vec::new();
+    for name in messages_of_no_channel(&d) {
+        let m = &d["components"]["messages"][&name];
+        assert_eq!(
+            m["contentType"], "application/cbor",
+            "{name}: only CoAP payloads lack a channel"
+        );
+        let rule = m["x-cddl-rule"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no x-cddl-rule"));
+        assert!(
+            DEVICE_CDDL
+                .lines()
+                .any(|l| l.starts_with(&format!("{rule} ="))),
+            "{name}: device.cddl has no rule {rule}"
+        );
+        assert!(
+            info.contains(&format!("`{rule}`")),
+            "{name}: {rule} is not in the CoAP table"
+        );
+        rules.push(rule.to_string());
+    }
+    rules.sort();
+    assert_eq!(rules, ["otp-entry", "passcode-entry", "two-factor-answer"]);
+}
+
+#[test]
+fn every_device_payload_rule_is_named_by_a_message() {
+    let d = doc();
+    let named: BTreeSet<&str> = d["components"]["messages"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|m| m["x-cddl-rule"].as_str())
+        .collect();
+    let root = DEVICE_CDDL
+        .lines()
+        .skip_while(|l| !l.starts_with("device-payload ="))
+        .take_while(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let payloads: BTreeSet<&str> = root
+        .trim_start_matches("device-payload =")
+        .split('/')
+        .map(str::trim)
+        .collect();
+    for kind in common::PayloadKind::ALL {
+        assert!(
+            payloads.contains(kind.cddl_rule()),
+            "device-payload lacks {kind:?}"
+        );
+    }
+    let missing: Vec<_> = payloads.difference(&named).collect();
+    assert!(missing.is_empty(), "payloads no message names: {missing:?}");
+}
+
+#[test]
+fn otps_stay_out_of_every_subscription_but_the_dashboard_backends() {
+    let sms = twofa::sms_topic(ORG);
+    assert!(
+        !filter_matches(topic::EVENTS_FILTER, &sms),
+        "an event subscriber would get OTPs"
+    );
+    assert!(!filter_matches(
+        &format!("{}/{ORG}/#", topic::EVENTS_PREFIX),
+        &sms
+    ));
+    for f in topic::DEVICE_FILTERS
+        .iter()
+        .chain([&schemas::command::COMMANDS_FILTER])
+    {
+        assert!(!filter_matches(f, &sms), "{f} matches {sms}");
+    }
+    // The 2FA events are ordinary events: the events subscription gets them.
+    for t in [
+        twofa::lock_event_topic(ORG, LOCK),
+        twofa::user_event_topic(ORG, USER),
+    ] {
+        assert!(filter_matches(topic::EVENTS_FILTER, &t), "{t}");
+    }
+    let d = doc();
+    let description = d["channels"]["otpNotification"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(description.contains("dashboard backend") && description.contains("OTP"));
 }

@@ -53,6 +53,28 @@ fn every_payload_kind_has_enough_examples() {
 }
 
 #[test]
+fn no_2fa_refusal_repeats_what_was_typed() {
+    // The message goes back to the lock and into logs; the digits are secret.
+    for hex in invalid_examples() {
+        let kind = PayloadKind::from_directive(hex.directive("decode-as"));
+        if !matches!(kind, PayloadKind::PasscodeEntry | PayloadKind::OtpEntry) {
+            continue;
+        }
+        let err = kind.decode_and_reencode(&hex.bytes).unwrap_err();
+        let item = cbor_diag::parse_bytes(&hex.bytes).unwrap();
+        let cbor_diag::DataItem::Map { data, .. } = item else {
+            unreachable!("an entry is a map")
+        };
+        let typed = data.last().expect("the typed key is the last").1.to_diag();
+        let typed = typed.trim_matches('"');
+        if !typed.is_empty() {
+            let message = err.to_string();
+            assert!(!message.contains(typed), "{}: {message}", hex.name());
+        }
+    }
+}
+
+#[test]
 fn every_diag_is_the_same_item_as_its_hex() {
     let hexes: Vec<String> = files_with_ext(&examples_dir(), "hex")
         .iter()
@@ -130,6 +152,11 @@ fn the_invalid_examples_cover_the_required_faults() {
         "heartbeat-missing-seq",
         "heartbeat-trailing-bytes",
         "heartbeat-lock-id-slash",
+        "passcode-entry-letters",
+        "passcode-entry-17-digits",
+        "passcode-entry-no-digits",
+        "otp-entry-otp-as-number",
+        "2fa-answer-unknown-result",
     ] {
         assert!(
             names.iter().any(|n| n == needed),

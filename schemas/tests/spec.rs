@@ -9,8 +9,11 @@
 mod common;
 
 use schemas::event::DeviceError;
-use schemas::spec::{event_schema_for_topic, ASYNCAPI_YAML, DEVICE_CDDL, EVENT_SCHEMAS};
+use schemas::spec::{
+    event_schema_for_topic, ASYNCAPI_YAML, COMMAND_REQUEST_SCHEMA, DEVICE_CDDL, EVENT_SCHEMAS,
+};
 use schemas::topic::{down, events, DeviceTopic};
+use schemas::twofa::{self, OtpNotification, TwoFactorEvent, TwoFactorOutcome};
 use serde_json::Value;
 
 fn title(schema: &str) -> String {
@@ -40,6 +43,9 @@ fn every_json_topic_maps_to_the_schema_of_what_is_published_there() {
             "CommandResponse",
         ),
         ("rsp/v1/acme/dash-1".to_string(), "CommandResponse"),
+        (twofa::lock_event_topic("acme", "L1"), "TwoFactorEvent"),
+        (twofa::user_event_topic("acme", "u-1"), "TwoFactorEvent"),
+        (twofa::sms_topic("acme"), "OtpNotification"),
     ];
     for (topic, want) in cases {
         let schema = event_schema_for_topic(&topic).unwrap_or_else(|| panic!("{topic}: none"));
@@ -57,6 +63,9 @@ fn cbor_topics_have_no_json_schema() {
         down::bridge_status("B1"),
         "lk/L1/up/hb".to_string(),
         "br/B1/up/log".to_string(),
+        // 2FA entries travel over CoAP only; there is no MQTT topic for them.
+        "lk/L1/up/2fa".to_string(),
+        "lk/L1/up/otp".to_string(),
     ] {
         assert_eq!(event_schema_for_topic(&topic), None, "{topic}");
     }
@@ -74,6 +83,49 @@ fn a_published_message_validates_as_the_gateway_will_check_it() {
     let schema: Value = serde_json::from_str(event_schema_for_topic(&topic).unwrap()).unwrap();
     let validator = jsonschema::draft202012::new(&schema).unwrap();
     assert!(validator.is_valid(&message));
+}
+
+fn validates_on(topic: &str, message: &Value) -> bool {
+    let schema = event_schema_for_topic(topic).unwrap_or_else(|| panic!("{topic}: no schema"));
+    let schema: Value = serde_json::from_str(schema).unwrap();
+    jsonschema::draft202012::new(&schema)
+        .unwrap()
+        .is_valid(message)
+}
+
+#[test]
+fn published_2fa_messages_validate_as_the_gateway_will_check_them() {
+    let event = TwoFactorEvent {
+        event_id: "2fa:17".into(),
+        org: "acme".into(),
+        outcome: TwoFactorOutcome::LockoutStarted,
+        reason: Some("failed_challenges".into()),
+        lock_id: None,
+        user_id: Some("u-1".into()),
+        department: None,
+        grant_id: None,
+        challenge_id: None,
+        tries_left: None,
+        lockout_until_ms: Some(1_790_001_800_000),
+        at_ms: 1_790_000_900_000,
+    };
+    let json = serde_json::to_value(&event).unwrap();
+    assert!(validates_on(&twofa::user_event_topic("acme", "u-1"), &json));
+    assert!(validates_on(&twofa::lock_event_topic("acme", "L1"), &json));
+    let notification = OtpNotification {
+        notification_id: "90210".into(),
+        org: "acme".into(),
+        user_id: "u-1".into(),
+        lock_id: "L1".into(),
+        mobile: "+6591234567".into(),
+        otp: "042917".into(),
+        message: "Your code is 042917".into(),
+        expires_at_ms: 1_790_000_400_000,
+    };
+    let json = serde_json::to_value(&notification).unwrap();
+    assert!(validates_on(&twofa::sms_topic("acme"), &json));
+    // Not an event: the notification does not pass as one, nor the reverse.
+    assert!(!validates_on(&twofa::lock_event_topic("acme", "L1"), &json));
 }
 
 #[test]
@@ -97,4 +149,8 @@ fn the_compiled_in_specs_are_the_files() {
     for (file, text) in EVENT_SCHEMAS {
         assert_eq!(common::read(&dir.join(file)), text, "{file}");
     }
+    assert_eq!(
+        common::read(&dir.join("commands/command-request.schema.json")),
+        COMMAND_REQUEST_SCHEMA
+    );
 }

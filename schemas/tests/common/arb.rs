@@ -4,10 +4,13 @@
 //!
 //! The `ALL_*` lists are paired with exhaustive matches, so adding a variant
 //! to a Rust enum fails to compile here until the list (and so the tests
-//! that walk it) includes it.
+//! that walk it) includes it. The 2FA payloads and events are in
+//! `arb/twofa.rs`, the dashboard's commands and their 2FA answers in
+//! `arb/commands.rs`.
 
 use proptest::prelude::*;
 use proptest::sample::select;
+use schemas::command::{JobState, PinKind};
 use schemas::event::{
     self, ActivityEntry, ActivityEventBatch, BatteryLowEvent, BridgeConnectivityEvent,
     ConnectivityCause, DeviceError, HeartbeatEvent, StateChangedEvent, Transport,
@@ -15,7 +18,7 @@ use schemas::event::{
 use schemas::{
     ActivityEvent, ActivityKind, ActivityLogBatch, ActivityLogInterval, Battery, BatteryLevel,
     ChannelInfo, DoorState, Downlink, Heartbeat, HeartbeatInterval, LockModel, LockState, LogAck,
-    SignalQuality,
+    PinType, SignalQuality,
 };
 
 macro_rules! all_variants {
@@ -43,10 +46,23 @@ all_variants!(ALL_TRANSPORTS: Transport = [Transport::Coap, Transport::Mqtt, Tra
 all_variants!(ALL_CAUSES: ConnectivityCause = [
     ConnectivityCause::Connected, ConnectivityCause::Disconnected, ConnectivityCause::LastWill,
 ]);
+all_variants!(ALL_PIN_TYPES: PinType = [PinType::OneTime, PinType::Duration, PinType::Permanent]);
+all_variants!(ALL_PIN_KINDS: PinKind = [PinKind::Custom, PinKind::Algo]);
+all_variants!(ALL_JOB_STATES: JobState = [
+    JobState::Pending, JobState::Completed, JobState::Failed, JobState::Deleted,
+]);
 all_variants!(ALL_MODELS: LockModel = [
     LockModel::Inb1, LockModel::Inb1TwoFactor, LockModel::Sp2e, LockModel::Sp2,
     LockModel::Keybox3, LockModel::Deadbolt2e, LockModel::Padlock2,
 ]);
+
+mod commands;
+mod twofa;
+// Each test binary uses a subset of them.
+#[allow(unused_imports)]
+pub use commands::*;
+#[allow(unused_imports)]
+pub use twofa::*;
 
 /// Every activity-log interval the guide allows, in minutes.
 pub fn all_activity_minutes() -> Vec<u16> {
@@ -344,8 +360,10 @@ pub fn device_topic() -> impl Strategy<Value = String> {
         select(vec![
             "lk/{}/up/hb",
             "lk/{}/up/log",
+            "lk/{}/up/jr",
             "br/{}/up/hb",
             "br/{}/up/log",
+            "br/{}/up/jr",
             "br/{}/status",
         ]),
     )

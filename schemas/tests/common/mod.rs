@@ -6,6 +6,7 @@
 pub mod arb;
 
 use schemas::device::{encode, DecodeError};
+use schemas::twofa::{OtpEntry, PasscodeEntry, TwoFactorAnswer};
 use schemas::{ActivityLogBatch, Downlink, Heartbeat, LogAck};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -98,7 +99,7 @@ pub fn read_hex(path: &Path) -> HexFile {
     }
 }
 
-/// The five device payloads, with their decoder and CDDL rule.
+/// The device payloads that have examples, with their decoder and CDDL rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PayloadKind {
     Heartbeat,
@@ -106,15 +107,21 @@ pub enum PayloadKind {
     JobReport,
     Downlink,
     LogAck,
+    PasscodeEntry,
+    OtpEntry,
+    TwoFactorAnswer,
 }
 
 impl PayloadKind {
-    pub const ALL: [PayloadKind; 5] = [
+    pub const ALL: [PayloadKind; 8] = [
         PayloadKind::Heartbeat,
         PayloadKind::ActivityLog,
         PayloadKind::JobReport,
         PayloadKind::Downlink,
         PayloadKind::LogAck,
+        PayloadKind::PasscodeEntry,
+        PayloadKind::OtpEntry,
+        PayloadKind::TwoFactorAnswer,
     ];
 
     /// The rule in `device.cddl`.
@@ -125,6 +132,9 @@ impl PayloadKind {
             PayloadKind::JobReport => "job-report",
             PayloadKind::Downlink => "downlink",
             PayloadKind::LogAck => "log-ack",
+            PayloadKind::PasscodeEntry => "passcode-entry",
+            PayloadKind::OtpEntry => "otp-entry",
+            PayloadKind::TwoFactorAnswer => "two-factor-answer",
         }
     }
 
@@ -136,6 +146,11 @@ impl PayloadKind {
             PayloadKind::JobReport => "job-report",
             PayloadKind::Downlink => "downlink",
             PayloadKind::LogAck => "log-ack",
+            PayloadKind::PasscodeEntry => "passcode-entry",
+            PayloadKind::OtpEntry => "otp-entry",
+            // As the decoder names it in its errors (a CDDL name cannot
+            // start with a digit).
+            PayloadKind::TwoFactorAnswer => "2fa-answer",
         }
     }
 
@@ -162,6 +177,9 @@ impl PayloadKind {
             PayloadKind::JobReport => encode(&schemas::JobReport::decode(bytes)?),
             PayloadKind::Downlink => encode(&Downlink::decode(bytes)?),
             PayloadKind::LogAck => encode(&LogAck::decode(bytes)?),
+            PayloadKind::PasscodeEntry => encode(&PasscodeEntry::decode(bytes)?),
+            PayloadKind::OtpEntry => encode(&OtpEntry::decode(bytes)?),
+            PayloadKind::TwoFactorAnswer => encode(&TwoFactorAnswer::decode(bytes)?),
         })
     }
 }
