@@ -175,8 +175,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                     config.twofa.template.clone(),
                 ))
             }
-            crate::config::NotifierChoice::Webhook { .. } => {
-                anyhow::bail!("--notifier webhook is not available in this build")
+            crate::config::NotifierChoice::Webhook {
+                url,
+                auth_header,
+                timeout,
+                tries,
+            } => {
+                let mut c = crate::twofa::webhook::WebhookConfig::new(url.clone());
+                c.auth_header = auth_header.clone();
+                c.template = config.twofa.template.clone();
+                c.timeout = *timeout;
+                c.tries = *tries;
+                Arc::new(
+                    crate::twofa::webhook::WebhookNotifier::new(c)
+                        .context("setting up the SMS webhook notifier")?,
+                )
             }
         };
         tracing::info!(

@@ -627,3 +627,65 @@ async fn two_factor_end_to_end_sqlite() {
 async fn two_factor_end_to_end_postgres() {
     two_factor_end_to_end(Engine::Postgres).await;
 }
+
+/// The webhook notifier pointed at a provider that is down: the lock hears
+/// `notifier_failed` with when to retry, the challenge ends (its OTP was
+/// never sent), the dashboard sees it, and the failure is counted.
+async fn notifier_down(engine: Engine) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let h = Harness::start_with(
+        engine,
+        &fleet(),
+        Options {
+            sms_webhook_port: Some(port),
+            ..Options::default()
+        },
+    )
+    .await;
+    let dash = Dashboard::subscribe(
+        h.server.mqtt_addr,
+        &["rsp/v1/#", "events/v1/#", "notify/v1/#"],
+    )
+    .await;
+    let mut run = Run {
+        dash,
+        keys: 0,
+        secrets: Vec::new(),
+    };
+    let dee = run.user("dee", "+6591230004").await;
+    run.grant("dee", "T1", -60, 3600).await;
+    let mut t1 = Keypad::new(h.server.coap_addr, "T1").await;
+    let a = t1.passcode(&dee).await;
+    assert_eq!(a.result, TwoFactorResult::NotifierFailed, "{a:?}");
+    assert_eq!((a.challenge, a.retry_after_s), (None, Some(30)));
+    run.wait_event("T1", "notifier_failed", "connect").await;
+    assert_eq!(
+        h.metric(
+            "lockfleet_twofa_notifier_failures_total{notifier=\"webhook\",reason=\"connect\"}"
+        )
+        .await,
+        1.0
+    );
+    // Nothing went out on the MQTT notifier either.
+    assert!(run
+        .dash
+        .snapshot()
+        .iter()
+        .all(|(t, _)| !t.starts_with("notify/")));
+    run.dash.assert_all_valid();
+    run.dash.close().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifier_down_sqlite() {
+    notifier_down(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifier_down_postgres() {
+    notifier_down(Engine::Postgres).await;
+}

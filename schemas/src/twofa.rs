@@ -250,7 +250,8 @@ pub enum TwoFactorOutcome {
     /// A wrong OTP with tries left.
     WrongOtp,
     /// A challenge ended without an unlock (`reason`: `too_many_tries`,
-    /// `expired`, `reused`, `revoked`, `superseded`, `unknown`).
+    /// `expired`, `reused`, `revoked`, `superseded`, `notifier_failed`,
+    /// `unknown`).
     ChallengeEnded,
     /// A lock-out began (`lockout_until_ms`; `reason`: `wrong_passcodes`
     /// for a lock, `failed_challenges` for a user).

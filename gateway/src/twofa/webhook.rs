@@ -32,13 +32,14 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(200);
 const JITTER_DIVISOR: u32 = 5;
 
 const HINT_AUTH: &str =
-    "the provider refused the credential: check --sms-webhook-auth-header (name and value)";
+    "the provider refused the credential: check LOCKFLEET_SMS_WEBHOOK_AUTH (`Name: value`)";
 const HINT_NOT_FOUND: &str = "the provider has no such endpoint: check --sms-webhook-url";
 const HINT_REDIRECT: &str =
     "the provider redirects (not followed, so the credential stays put): set --sms-webhook-url to the final URL";
 const HINT_TRANSIENT: &str =
     "the provider is failing or rate-limiting the gateway; it was retried with backoff: check its status page and the account's sending limits";
-const HINT_REJECTED: &str = "the provider rejected the request: check --sms-webhook-url and --sms-webhook-template against its API";
+const HINT_REJECTED: &str =
+    "the provider rejected the request: check --sms-webhook-url and --sms-template against its API";
 
 /// Where and how to send; [`WebhookConfig::new`] fills in the defaults.
 #[derive(Clone)]
@@ -155,15 +156,15 @@ pub enum WebhookConfigError {
     UrlScheme(String),
     #[error("--sms-webhook-url has no host: give the provider's full endpoint, e.g. https://sms.example.com/v1/messages")]
     UrlHost,
-    #[error("--sms-webhook-auth-header has a name that is not an HTTP header name: give the name alone (e.g. Authorization or X-Api-Key) and the credential as the value")]
+    #[error("LOCKFLEET_SMS_WEBHOOK_AUTH has a name that is not an HTTP header name: give the name alone (e.g. Authorization or X-Api-Key) and the credential as the value")]
     HeaderName,
-    #[error("--sms-webhook-auth-header has an empty value or one that is not a valid HTTP header value (a line break?): give the credential on one line")]
+    #[error("LOCKFLEET_SMS_WEBHOOK_AUTH has an empty value or one that is not a valid HTTP header value (a line break?): give the credential on one line")]
     HeaderValue,
-    #[error("--sms-webhook-template has no {{otp}}: the text must carry the code, e.g. \"Your unlock code is {{otp}}\"")]
+    #[error("--sms-template has no {{otp}}: the text must carry the code, e.g. \"Your unlock code is {{otp}}\"")]
     TemplateWithoutOtp,
     #[error("--sms-webhook-tries is 0: give 1 or more (1 means no retry)")]
     NoTries,
-    #[error("--sms-webhook-timeout is 0: give how long one try may take, e.g. 2s")]
+    #[error("--sms-webhook-timeout-ms is 0: give how long one try may take, e.g. 2000")]
     NoTimeout,
     #[error("the HTTPS client could not be set up ({0}): check the system's CA certificates")]
     Client(String),

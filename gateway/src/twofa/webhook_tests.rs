@@ -294,7 +294,7 @@ async fn does_not_retry_401_or_403_and_points_at_the_auth_header() {
             "{err:?}"
         );
         assert!(
-            err.to_string().contains("check --sms-webhook-auth-header"),
+            err.to_string().contains("check LOCKFLEET_SMS_WEBHOOK_AUTH"),
             "{err}"
         );
         provider.requests(1).await;
@@ -584,7 +584,7 @@ fn check_says_what_is_wrong() {
     );
     assert_eq!(
         WebhookConfigError::TemplateWithoutOtp.to_string(),
-        "--sms-webhook-template has no {otp}: the text must carry the code, e.g. \"Your unlock code is {otp}\""
+        "--sms-template has no {otp}: the text must carry the code, e.g. \"Your unlock code is {otp}\""
     );
 }
 

@@ -34,6 +34,7 @@ pub fn twofa_reasons(outcome: TwoFactorOutcome) -> Option<&'static [&'static str
             "reused",
             "revoked",
             "superseded",
+            "notifier_failed",
             "unknown",
         ]),
         TwoFactorOutcome::LockoutStarted => Some(&["wrong_passcodes", "failed_challenges"]),
