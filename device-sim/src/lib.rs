@@ -25,6 +25,8 @@
 //!   [`control`]: reaching one lock of a running simulation
 //!   ([`run::RunHandle::lock`]): heartbeat now, enter a PIN, hard reset;
 //!   or one bridge ([`run::RunHandle::bridge`]): offline, online, status.
+//! * [`phone`]: the SMS inbox of 2FA people's phones, an HTTP server the
+//!   gateway's SMS webhook posts OTPs to.
 
 pub mod activity;
 pub mod bridge;
@@ -43,6 +45,7 @@ pub mod mqtt_fleet;
 pub mod mqtt_lock;
 pub mod net;
 pub mod persist;
+pub mod phone;
 pub mod pins;
 pub mod run;
 pub mod security;
@@ -57,4 +60,5 @@ pub use latency::AckLatency;
 pub use ledger::{AckedReport, PendingReport};
 pub use lock::{Counters, Reporting};
 pub use persist::StateOptions;
+pub use phone::{InboxMode, ReceivedOtp, ReceivedSms, SmsInbox};
 pub use run::{run, start, RunHandle, RunReport, SimConfig};

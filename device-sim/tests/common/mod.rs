@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use device_sim::fleet::{generate, Fleet, FleetSpec, MasterSecret};
 use lockfleet_oscore::{
