@@ -15,7 +15,9 @@
 //!
 //! The task also takes commands for its locks ([`crate::control`]) between
 //! network events, and tells the waiters of a heartbeat on demand what
-//! became of the lock's reports.
+//! became of the lock's reports. A 2FA entry typed at a lock's keypad goes
+//! as its own exchange, before the lock's queued reports, and its answer
+//! goes back to the caller (`coap_socket_twofa`).
 
 use crate::clock::SimClock;
 use crate::coap_client::{
@@ -23,7 +25,7 @@ use crate::coap_client::{
 };
 use crate::control::{self, Command, Waiters};
 use crate::ledger::Ledger;
-use crate::lock::{Answer, Lock, Outgoing};
+use crate::lock::{Answer, Lock, TwoFactorStep};
 use crate::net::{Fate, Impairment};
 use crate::persist::LiveCounters;
 use crate::run::{Phase, Shared, DRAIN_RETRY_DELAY};
@@ -64,12 +66,20 @@ pub fn uri_path(kind: UplinkKind) -> &'static str {
     }
 }
 
+/// What an exchange carries.
+#[derive(Clone, Copy, Debug)]
+enum Sent {
+    Report(UplinkKind),
+    /// A 2FA entry ([`crate::lock::Lock::type_2fa`]).
+    TwoFactor(TwoFactorStep),
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Tag {
     /// Index into this socket's locks.
     lock: usize,
     seq: u32,
-    kind: UplinkKind,
+    sent: Sent,
     /// When the exchange started (its first transmission goes out in the
     /// same loop iteration), for the round-trip time.
     started: Instant,
@@ -227,6 +237,8 @@ impl SocketTask {
             self.flush().await;
         }
         self.stats.in_flight_add(-(self.client.len() as i64));
+        let open_2fa = self.locks.iter().filter(|l| l.twofa_in_flight()).count();
+        self.stats.twofa_in_flight_add(-(open_2fa as i64));
         for lock in &self.locks {
             self.ledger.record_pending(lock);
             self.ledger.record_counters(lock);
@@ -298,11 +310,13 @@ impl SocketTask {
     fn on_events(&mut self, now: Instant) {
         while let Some(event) = self.client.poll_event() {
             self.stats.in_flight_add(-1);
-            let lock = match &event {
-                Event::Response { tag, .. } | Event::Reset { tag } | Event::GaveUp { tag } => {
-                    tag.lock
-                }
+            let tag = match &event {
+                Event::Response { tag, .. } | Event::Reset { tag } | Event::GaveUp { tag } => *tag,
             };
+            if let Sent::TwoFactor(_) = tag.sent {
+                self.stats.twofa_in_flight_add(-1);
+            }
+            let lock = tag.lock;
             match event {
                 Event::Response {
                     tag,
@@ -310,24 +324,40 @@ impl SocketTask {
                     payload,
                     max_age,
                     oscore,
-                } => match self.open(tag.lock, code, payload, max_age, oscore) {
-                    Some(answered) => self.on_answer(tag, answered, now),
-                    None => {
-                        self.stats.error("oscore_response");
-                        self.retry_later(tag, now);
+                } => {
+                    let answered = self.open(tag.lock, code, payload, max_age, oscore);
+                    match (tag.sent, answered) {
+                        (Sent::Report(kind), Some(answered)) => {
+                            self.on_answer(tag, kind, answered, now)
+                        }
+                        (Sent::Report(kind), None) => {
+                            self.stats.error("oscore_response");
+                            self.retry_later(tag, kind, now);
+                        }
+                        (Sent::TwoFactor(step), answered) => {
+                            self.on_2fa_answer(tag, step, answered, now)
+                        }
                     }
-                },
+                }
                 Event::Reset { tag } => {
                     self.requests[tag.lock] = None;
-                    if self.locks[tag.lock].on_refused(tag.seq).is_some() {
-                        self.stats.rejected("rst");
+                    match tag.sent {
+                        Sent::Report(kind) => {
+                            if self.locks[tag.lock].on_refused(tag.seq).is_some() {
+                                self.stats.rejected("rst");
+                            }
+                            self.waiters.on_refused(tag.lock, kind, tag.seq, "rst");
+                        }
+                        Sent::TwoFactor(step) => self.refuse_2fa(tag, step, "rst", Vec::new()),
                     }
-                    self.waiters.on_refused(tag.lock, tag.kind, tag.seq, "rst");
                 }
                 Event::GaveUp { tag } => {
                     self.requests[tag.lock] = None;
                     self.stats.gave_up();
-                    self.retry_later(tag, now);
+                    match tag.sent {
+                        Sent::Report(kind) => self.retry_later(tag, kind, now),
+                        Sent::TwoFactor(step) => self.fail_2fa(tag.lock, tag.seq, step, "gave_up"),
+                    }
                 }
             }
             // The lock's exchange ended: it may send its next report.
@@ -385,15 +415,15 @@ impl SocketTask {
 
     /// The report stays queued and goes again at the lock's next wake (soon,
     /// while draining), as after an exchange that got no answer.
-    fn retry_later(&mut self, tag: Tag, now: Instant) {
+    fn retry_later(&mut self, tag: Tag, kind: UplinkKind, now: Instant) {
         self.locks[tag.lock].on_gave_up(tag.seq);
-        self.waiters.on_gave_up(tag.lock, tag.kind, tag.seq);
+        self.waiters.on_gave_up(tag.lock, kind, tag.seq);
         if self.phase == Phase::Draining {
             self.wakes.set_earlier(tag.lock, now + DRAIN_RETRY_DELAY);
         }
     }
 
-    fn on_answer(&mut self, tag: Tag, answer: Answered, now: Instant) {
+    fn on_answer(&mut self, tag: Tag, kind: UplinkKind, answer: Answered, now: Instant) {
         let Answered {
             code,
             payload,
@@ -403,8 +433,8 @@ impl SocketTask {
             code if code.is_success() => {
                 self.ledger
                     .latency
-                    .record(tag.kind, now.saturating_duration_since(tag.started));
-                let answer = Answer::decode(tag.kind, &payload);
+                    .record(kind, now.saturating_duration_since(tag.started));
+                let answer = Answer::decode(kind, &payload);
                 match answer.seq() {
                     None => self.stats.error("undecodable_answer"),
                     Some(seq) if seq != tag.seq => self.stats.error("seq_mismatch"),
@@ -441,7 +471,7 @@ impl SocketTask {
                     self.stats.rejected(&code.to_string());
                 }
                 self.waiters
-                    .on_refused(tag.lock, tag.kind, tag.seq, &code.to_string());
+                    .on_refused(tag.lock, kind, tag.seq, &code.to_string());
             }
         }
     }
@@ -461,18 +491,23 @@ impl SocketTask {
         }
     }
 
-    /// Starts the lock's next exchange if it is awake and idle (NSTART 1).
+    /// Starts the lock's next exchange if it is idle (NSTART 1): a 2FA
+    /// entry typed at its keypad first, else a report if it is awake.
     fn pump(&mut self, i: usize, now: Instant) {
+        if let Some(out) = self.locks[i].poll_send_2fa() {
+            self.start_2fa(i, out, now);
+            return;
+        }
         let Some(out) = self.locks[i].poll_send() else {
             return;
         };
         let tag = Tag {
             lock: i,
             seq: out.seq,
-            kind: out.kind,
+            sent: Sent::Report(out.kind),
             started: now,
         };
-        let started = self.start_exchange(i, tag, &out, now);
+        let started = self.start_exchange(i, tag, uri_path(out.kind), &out.payload, now);
         if started.is_err() {
             self.requests[i] = None;
         }
@@ -516,28 +551,29 @@ impl SocketTask {
         }
     }
 
-    /// Starts the exchange of `out`: a plain POST, or in a secure run an
-    /// OSCORE request under the lock's next sender sequence number (stored
-    /// in the live counters at once, so the next save covers it).
+    /// Starts the exchange of `POST /{path}` with `payload`: a plain POST,
+    /// or in a secure run an OSCORE request under the lock's next sender
+    /// sequence number (stored in the live counters at once, so the next
+    /// save covers it).
     fn start_exchange(
         &mut self,
         i: usize,
         tag: Tag,
-        out: &Outgoing,
+        path: &str,
+        payload: &[u8],
         now: Instant,
     ) -> Result<u16, NotStarted> {
-        let path = uri_path(out.kind);
         let Some(keys) = &self.keys else {
             return self
                 .client
-                .start(now, tag, path, &out.payload, &mut self.rng)
+                .start(now, tag, path, payload, &mut self.rng)
                 .map_err(NotStarted::Start);
         };
         let lock = &mut self.locks[i];
         let seq = lock.take_oscore_seq().ok_or(NotStarted::Exhausted)?;
         self.counters.store(lock.index(), lock.counters());
         let (protected, request) = keys[i]
-            .protect_coap(seq, path, &out.payload)
+            .protect_coap(seq, path, payload)
             .map_err(NotStarted::Protect)?;
         self.requests[i] = Some(request);
         self.client
@@ -571,6 +607,9 @@ impl SocketTask {
         }
     }
 }
+
+#[path = "coap_socket_twofa.rs"]
+mod twofa;
 
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(at) = deadline {

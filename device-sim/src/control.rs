@@ -1,6 +1,7 @@
 //! Reaching one lock of a running simulation from outside: make it send a
 //! heartbeat now and wait until the conversation about its jobs is over,
-//! type a PIN at its keypad, hard reset it, look at its state. Reaching one
+//! type a PIN at its keypad, type a 2FA passcode or OTP at an INB1-2FA lock
+//! and get the gateway's answer, hard reset it, look at its state. Reaching one
 //! bridge: take it offline and back ([`BridgeHandle`]), look at what it did
 //! with the gateway's commands. For tests (a gateway's integration tests
 //! drive one simulated lock step by step) and operators.
@@ -13,12 +14,14 @@
 //! and tell the waiters what happened to the lock's reports.
 
 use crate::clock::SimClock;
-use crate::lock::{Counters, Lock, Report, WakeOutcome};
+use crate::lock::{Counters, Lock, Report, TwoFactorRefusal, TwoFactorStep, WakeOutcome};
 use schemas::device::{JobReport, JobResult, UplinkKind};
+use schemas::twofa::TwoFactorAnswer;
 use schemas::{ActivityLogInterval, DoorState, HeartbeatInterval, LockState};
 use std::collections::HashMap;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
 
 /// Commands queued for one task before senders wait (backpressure). Commands
 /// come from tests and operators, a handful at a time.
@@ -42,6 +45,33 @@ pub enum ControlError {
         kind: &'static str,
         seq: u32,
         code: String,
+    },
+    #[error("lock {lock} takes no 2FA entries: it is a {model} on {transport}, and only INB1-2FA locks on CoAP do")]
+    NotTwoFactor {
+        lock: String,
+        model: &'static str,
+        transport: &'static str,
+    },
+    #[error("the lock's keypad is busy: another 2FA entry waits for its answer")]
+    KeypadBusy,
+    /// The gateway answered a `/2fa` or `/otp` request with a 4.xx or 5.xx
+    /// (or RST: code `rst`); `diagnostic` is its diagnostic payload.
+    #[error("the gateway refused the /{path} request {seq}: {code} {diagnostic:?}")]
+    TwoFactorRefused {
+        path: &'static str,
+        seq: u32,
+        code: String,
+        diagnostic: String,
+    },
+    /// A `/2fa` or `/otp` request got no answer the lock can use; `reason`:
+    /// `gave_up` (retransmissions exhausted), `unverified_answer`,
+    /// `undecodable_answer`, `seq_mismatch`, `unsendable`, `no_message_id`,
+    /// `oscore_exhausted`. Entries are not retried: the person types again.
+    #[error("the /{path} request {seq} failed: {reason}")]
+    TwoFactorFailed {
+        path: &'static str,
+        seq: u32,
+        reason: &'static str,
     },
 }
 
@@ -213,6 +243,88 @@ impl LockHandle {
         })
         .await?;
         rx.await.map_err(|_| ControlError::Ended)
+    }
+
+    /// Types `passcode` as a 2FA passcode at the keypad of an INB1-2FA lock
+    /// on CoAP ([`Lock::type_2fa`]): the lock sends `POST /2fa` (OSCORE,
+    /// under its next uplink seq and sender sequence number, both kept in
+    /// the state file), retransmitted as any request, and returns the
+    /// gateway's verified answer. Other locks: [`ControlError::NotTwoFactor`];
+    /// an entry already waiting: [`ControlError::KeypadBusy`]; a 4.xx/5.xx:
+    /// [`ControlError::TwoFactorRefused`]; no usable answer:
+    /// [`ControlError::TwoFactorFailed`]. The digits go as given.
+    ///
+    /// A gateway integration test unlocks an INB1-2FA lock like this:
+    ///
+    /// ```no_run
+    /// # async fn example(coap_port: u16) -> anyhow::Result<()> {
+    /// use device_sim::fleet::{generate, FleetSpec};
+    /// use device_sim::phone::SmsInbox;
+    /// use device_sim::run::{self, SimConfig};
+    /// use device_sim::Reporting;
+    /// use schemas::twofa::TwoFactorResult;
+    /// use schemas::{LockModel, LockState};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// // The phones first: the gateway's SMS webhook needs the inbox's URL.
+    /// let inbox = SmsInbox::start("127.0.0.1:0".parse()?).await?;
+    /// let mut fleet = generate(&FleetSpec { locks: 1, bridges: 0, orgs: 1, mqtt_share: 0.0, seed: 1 })?;
+    /// fleet.locks[0].model = LockModel::Inb1TwoFactor;
+    /// // ... start the gateway with its SMS webhook at inbox.url(); register
+    /// // `fleet`, a user with mobile +6591234567 (verified), 2FA passcode
+    /// // 48291637 and a grant at the lock ...
+    /// let config = SimConfig { coap_port, reporting: Reporting::OnDemand, ..SimConfig::default() };
+    /// let sim = run::start(config, fleet.clone()).await?;
+    /// let lock = sim.lock(&fleet.locks[0].id).expect("the lock is in the run");
+    ///
+    /// let typed = Instant::now();
+    /// let sent = lock.enter_2fa_passcode("48291637").await?;
+    /// assert_eq!(sent.result, TwoFactorResult::OtpSent);
+    /// let challenge = sent.challenge.expect("otp_sent names its challenge");
+    /// let sms = inbox
+    ///     .wait_challenge_otp("+6591234567", challenge, typed, Duration::from_secs(10))
+    ///     .await
+    ///     .expect("the OTP reached the phone");
+    /// let opened = lock.enter_otp(challenge, &sms.otp).await?;
+    /// assert_eq!(opened.result, TwoFactorResult::Allowed);
+    /// assert_eq!(lock.status().await?.lock_state, LockState::Unlocked);
+    /// lock.heartbeat_now().await?; // uploads the unlocked_2fa event
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn enter_2fa_passcode(
+        &self,
+        passcode: &str,
+    ) -> Result<TwoFactorAnswer, ControlError> {
+        self.two_factor(TwoFactorStep::Passcode, passcode).await
+    }
+
+    /// Types `otp` as the OTP of `challenge` (from the `/2fa` answer): the
+    /// lock sends `POST /otp` as [`LockHandle::enter_2fa_passcode`] sends
+    /// `/2fa`. On [`TwoFactorResult::Allowed`](schemas::twofa::TwoFactorResult)
+    /// the lock opens and logs `unlocked_2fa` (actor `2fa-{challenge}`),
+    /// which its next activity upload carries.
+    pub async fn enter_otp(
+        &self,
+        challenge: u64,
+        otp: &str,
+    ) -> Result<TwoFactorAnswer, ControlError> {
+        self.two_factor(TwoFactorStep::Otp { challenge }, otp).await
+    }
+
+    async fn two_factor(
+        &self,
+        step: TwoFactorStep,
+        digits: &str,
+    ) -> Result<TwoFactorAnswer, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Action::TwoFactor {
+            step,
+            digits: Zeroizing::new(digits.to_string()),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ControlError::Ended)?
     }
 
     /// Hard resets the lock now ([`Lock::hard_reset`]); returns the reset
@@ -422,8 +534,15 @@ pub(crate) enum Action {
         at_s: Option<u64>,
         reply: oneshot::Sender<u64>,
     },
+    TwoFactor {
+        step: TwoFactorStep,
+        digits: Zeroizing<String>,
+        reply: TwoFactorReply,
+    },
     Inspect(Inspector),
 }
+
+type TwoFactorReply = oneshot::Sender<Result<TwoFactorAnswer, ControlError>>;
 
 /// A new command channel for one task.
 pub(crate) fn channel() -> (mpsc::Sender<Command>, mpsc::Receiver<Command>) {
@@ -491,6 +610,30 @@ pub(crate) fn execute(
                 ..WakeOutcome::default()
             }
         }
+        Action::TwoFactor {
+            step,
+            digits,
+            reply,
+        } => {
+            if !running {
+                let _ = reply.send(Err(ControlError::NotRunning));
+                return WakeOutcome::default();
+            }
+            match lock.type_2fa(step, &digits) {
+                Ok(seq) => waiters.wait_2fa(slot, seq, reply),
+                Err(TwoFactorRefusal::Busy) => {
+                    let _ = reply.send(Err(ControlError::KeypadBusy));
+                }
+                Err(TwoFactorRefusal::NotTwoFactor { model, transport }) => {
+                    let _ = reply.send(Err(ControlError::NotTwoFactor {
+                        lock: lock.id().to_string(),
+                        model: model.as_str(),
+                        transport: transport.as_str(),
+                    }));
+                }
+            }
+            WakeOutcome::default()
+        }
         Action::Inspect(f) => {
             f(lock, now, clock);
             WakeOutcome::default()
@@ -510,6 +653,9 @@ struct Waiter {
 #[derive(Default)]
 pub(crate) struct Waiters {
     by_slot: HashMap<usize, Vec<Waiter>>,
+    /// The 2FA entry of each slot's lock awaiting its answer (one at most:
+    /// [`Lock::type_2fa`]), with its seq.
+    twofa: HashMap<usize, (u32, TwoFactorReply)>,
 }
 
 impl Waiters {
@@ -524,6 +670,19 @@ impl Waiters {
             job_reports: Vec::new(),
             reply,
         });
+    }
+
+    fn wait_2fa(&mut self, slot: usize, seq: u32, reply: TwoFactorReply) {
+        self.twofa.insert(slot, (seq, reply));
+    }
+
+    /// The 2FA entry `seq` of the lock in `slot` ended with `result`.
+    pub fn on_2fa(&mut self, slot: usize, seq: u32, result: Result<TwoFactorAnswer, ControlError>) {
+        if self.twofa.get(&slot).is_some_and(|(s, _)| *s == seq) {
+            if let Some((_, reply)) = self.twofa.remove(&slot) {
+                let _ = reply.send(result);
+            }
+        }
     }
 
     /// A report of the lock in `slot` was acknowledged.

@@ -6,6 +6,10 @@
 //!
 //! Recording is one histogram increment (hdrhistogram; it allocates only
 //! when a value beyond the largest seen so far makes it grow).
+//!
+//! [`TwoFactorLatency`] times the legs of 2FA unlocks the same way: each
+//! request's round trip, and the OTP's way from the `/2fa` request to the
+//! phone's inbox ([`crate::phone`]).
 
 use hdrhistogram::Histogram;
 use schemas::device::UplinkKind;
@@ -57,8 +61,7 @@ fn new_histogram() -> Histogram<u64> {
 impl AckLatency {
     /// Records one answered exchange of a `kind` report that took `rtt`.
     pub fn record(&mut self, kind: UplinkKind, rtt: Duration) {
-        let us =
-            u64::try_from(rtt.as_micros()).map_or(MAX_RECORDED_US, |us| us.min(MAX_RECORDED_US));
+        let us = micros(rtt);
         // `record` grows the histogram to fit (`saturating_record` would clamp
         // to its current range instead); growing fails only where usize
         // cannot index the counts, far beyond MAX_RECORDED_US.
@@ -103,6 +106,108 @@ impl AckLatency {
     }
 }
 
+/// A timed leg of a 2FA unlock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TwoFactorLeg {
+    /// `POST /2fa`: first transmission to the answer that ended it.
+    PasscodeAnswer,
+    /// From the passcode typed (its request sent at once unless the lock's
+    /// previous exchange was still open) to the OTP arriving in the inbox.
+    OtpDelivery,
+    /// `POST /otp`: first transmission to the answer that ended it.
+    OtpAnswer,
+}
+
+impl TwoFactorLeg {
+    pub const ALL: [TwoFactorLeg; 3] = [
+        TwoFactorLeg::PasscodeAnswer,
+        TwoFactorLeg::OtpDelivery,
+        TwoFactorLeg::OtpAnswer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TwoFactorLeg::PasscodeAnswer => "/2fa answer",
+            TwoFactorLeg::OtpDelivery => "OTP delivery",
+            TwoFactorLeg::OtpAnswer => "/otp answer",
+        }
+    }
+}
+
+/// 2FA latencies in microseconds, one histogram per [`TwoFactorLeg`].
+#[derive(Clone, Debug)]
+pub struct TwoFactorLatency {
+    passcode_answer: Histogram<u64>,
+    otp_delivery: Histogram<u64>,
+    otp_answer: Histogram<u64>,
+}
+
+impl Default for TwoFactorLatency {
+    fn default() -> Self {
+        TwoFactorLatency {
+            passcode_answer: new_histogram(),
+            otp_delivery: new_histogram(),
+            otp_answer: new_histogram(),
+        }
+    }
+}
+
+impl PartialEq for TwoFactorLatency {
+    fn eq(&self, other: &Self) -> bool {
+        TwoFactorLeg::ALL
+            .iter()
+            .all(|l| self.histogram(*l) == other.histogram(*l))
+    }
+}
+
+impl Eq for TwoFactorLatency {}
+
+impl TwoFactorLatency {
+    /// Records one `leg` that took `d`.
+    pub fn record(&mut self, leg: TwoFactorLeg, d: Duration) {
+        // As in AckLatency::record: growing cannot fail within the bound.
+        let _ = self.histogram_mut(leg).record(micros(d));
+    }
+
+    /// Adds everything `other` recorded.
+    pub fn merge(&mut self, other: &TwoFactorLatency) {
+        for leg in TwoFactorLeg::ALL {
+            let _ = self.histogram_mut(leg).add(other.histogram(leg));
+        }
+    }
+
+    /// The `leg` times, in microseconds.
+    pub fn histogram(&self, leg: TwoFactorLeg) -> &Histogram<u64> {
+        match leg {
+            TwoFactorLeg::PasscodeAnswer => &self.passcode_answer,
+            TwoFactorLeg::OtpDelivery => &self.otp_delivery,
+            TwoFactorLeg::OtpAnswer => &self.otp_answer,
+        }
+    }
+
+    fn histogram_mut(&mut self, leg: TwoFactorLeg) -> &mut Histogram<u64> {
+        match leg {
+            TwoFactorLeg::PasscodeAnswer => &mut self.passcode_answer,
+            TwoFactorLeg::OtpDelivery => &mut self.otp_delivery,
+            TwoFactorLeg::OtpAnswer => &mut self.otp_answer,
+        }
+    }
+
+    pub fn count(&self, leg: TwoFactorLeg) -> u64 {
+        self.histogram(leg).len()
+    }
+
+    /// The `q` quantile (0.0..=1.0) of `leg`; `None` when none was recorded.
+    pub fn quantile(&self, leg: TwoFactorLeg, q: f64) -> Option<Duration> {
+        let h = self.histogram(leg);
+        (!h.is_empty()).then(|| Duration::from_micros(h.value_at_quantile(q)))
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).map_or(MAX_RECORDED_US, |us| us.min(MAX_RECORDED_US))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +244,21 @@ mod tests {
         let max = a.quantile(UplinkKind::Heartbeat, 1.0).unwrap();
         assert!(max >= Duration::from_millis(9) && max < Duration::from_micros(9_010));
         assert_ne!(a, AckLatency::default());
+    }
+
+    #[test]
+    fn two_factor_legs_are_kept_apart_and_merge() {
+        let mut a = TwoFactorLatency::default();
+        a.record(TwoFactorLeg::OtpDelivery, Duration::from_millis(800));
+        let mut b = TwoFactorLatency::default();
+        b.record(TwoFactorLeg::OtpAnswer, Duration::from_millis(30));
+        b.record(TwoFactorLeg::OtpDelivery, Duration::from_secs(7200));
+        a.merge(&b);
+        assert_eq!(a.count(TwoFactorLeg::OtpDelivery), 2);
+        assert_eq!(a.count(TwoFactorLeg::OtpAnswer), 1);
+        assert_eq!(a.quantile(TwoFactorLeg::PasscodeAnswer, 0.5), None);
+        // Beyond the bound counts as the bound.
+        let max = a.quantile(TwoFactorLeg::OtpDelivery, 1.0).unwrap();
+        assert!(max.abs_diff(Duration::from_micros(MAX_RECORDED_US)) < Duration::from_secs(4));
     }
 }

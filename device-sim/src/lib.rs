@@ -23,8 +23,9 @@
 //!   (verify, replay window, Bluetooth delay), sans I/O.
 //! * [`run`](mod@run): a whole run ([`run::SimConfig`] in, [`run::RunReport`] out);
 //!   [`control`]: reaching one lock of a running simulation
-//!   ([`run::RunHandle::lock`]): heartbeat now, enter a PIN, hard reset;
-//!   or one bridge ([`run::RunHandle::bridge`]): offline, online, status.
+//!   ([`run::RunHandle::lock`]): heartbeat now, enter a PIN, enter a 2FA
+//!   passcode or OTP, hard reset; or one bridge ([`run::RunHandle::bridge`]):
+//!   offline, online, status.
 //! * [`phone`]: the SMS inbox of 2FA people's phones, an HTTP server the
 //!   gateway's SMS webhook posts OTPs to.
 
@@ -56,9 +57,10 @@ pub mod timers;
 pub use bridge_relay::BleDelay;
 pub use control::{BridgeHandle, BridgeStatus, ControlError, Conversation, LockHandle, LockStatus};
 pub use fleet::{Fleet, FleetSpec};
-pub use latency::AckLatency;
+pub use latency::{AckLatency, TwoFactorLatency, TwoFactorLeg};
 pub use ledger::{AckedReport, PendingReport};
 pub use lock::{Counters, Reporting};
 pub use persist::StateOptions;
 pub use phone::{InboxMode, ReceivedOtp, ReceivedSms, SmsInbox};
 pub use run::{run, start, RunHandle, RunReport, SimConfig};
+pub use stats::TwoFactorCounts;

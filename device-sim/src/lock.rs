@@ -21,7 +21,9 @@
 //!
 //! Outside the schedule, [`Lock::heartbeat_now`] reports at once (a test or
 //! an operator pressing the lock's button), [`Lock::enter_pin`] is someone
-//! at the keypad, [`Lock::hard_reset`] someone holding the reset button and
+//! at the keypad, [`Lock::type_2fa`] someone typing a 2FA passcode or OTP
+//! at an INB1-2FA lock (a request of its own, sent before the outbox:
+//! `lock_twofa`), [`Lock::hard_reset`] someone holding the reset button and
 //! [`Lock::apply_bridge_job`] a bridge carrying out a gateway's command over
 //! Bluetooth.
 //!
@@ -253,6 +255,8 @@ pub struct Lock {
     /// When the last downlink came and the server time it carried: the
     /// lock's [`Lock::wall_clock`].
     server_clock: Option<(Instant, u64)>,
+    /// The 2FA entry typed at the keypad, waiting to go or in flight.
+    twofa: Option<lock_twofa::PendingEntry>,
 }
 
 impl Lock {
@@ -324,6 +328,7 @@ impl Lock {
             memory: JobMemory::default(),
             memory_changed: false,
             server_clock: None,
+            twofa: None,
             rng,
         }
     }
@@ -490,7 +495,7 @@ impl Lock {
 
     /// The next report to send, if the lock is awake and nothing is in flight.
     pub fn poll_send(&mut self) -> Option<Outgoing> {
-        if !self.awake || self.in_flight.is_some() {
+        if !self.awake || self.in_flight.is_some() || self.twofa_in_flight() {
             return None;
         }
         let Some(report) = self.outbox.front_mut() else {
@@ -767,6 +772,12 @@ fn next_after(last: Instant, every: Duration, now: Instant) -> Instant {
 #[path = "lock_jobs.rs"]
 mod lock_jobs;
 pub use lock_jobs::BridgeJobApplied;
+
+#[path = "lock_twofa.rs"]
+mod lock_twofa;
+pub use lock_twofa::{
+    unlock_actor, TwoFactorOutgoing, TwoFactorRefusal, TwoFactorStep, PATH_OTP, PATH_PASSCODE,
+};
 
 #[cfg(test)]
 #[path = "lock_tests.rs"]

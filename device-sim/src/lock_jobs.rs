@@ -262,7 +262,7 @@ impl Lock {
     }
 
     /// Appends one event to the log awaiting upload.
-    fn record_event(&mut self, kind: ActivityKind, actor: Option<String>, time: u64) {
+    pub(super) fn record_event(&mut self, kind: ActivityKind, actor: Option<String>, time: u64) {
         let seq = self.next_event_seq;
         self.next_event_seq = seq.wrapping_add(1).max(1);
         self.pending.push_back(ActivityEvent {

@@ -12,7 +12,7 @@ use device_sim::net::NetFaults;
 use device_sim::persist::StateOptions;
 use device_sim::run::{self, RunReport, SimConfig};
 use device_sim::state;
-use device_sim::BleDelay;
+use device_sim::{BleDelay, TwoFactorLeg};
 use schemas::device::UplinkKind;
 use std::io::Write;
 use std::path::PathBuf;
@@ -275,6 +275,23 @@ fn print_summary(report: &RunReport) {
                 "CoAP round trip of {} {} exchanges: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 l.count(kind),
                 kind.as_str(),
+                ms(0.5),
+                ms(0.99),
+                ms(1.0)
+            );
+        }
+    }
+    if !s.twofa.is_empty() {
+        eprintln!("{}", s.twofa);
+    }
+    for leg in TwoFactorLeg::ALL {
+        let l = &report.twofa_latency;
+        let ms = |q: f64| l.quantile(leg, q).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        if l.count(leg) > 0 {
+            eprintln!(
+                "2FA {} ({}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                leg.as_str(),
+                l.count(leg),
                 ms(0.5),
                 ms(0.99),
                 ms(1.0)

@@ -35,7 +35,7 @@ use crate::coap_client::TransmissionParams;
 use crate::coap_socket::SocketTask;
 use crate::control::{BridgeControl, BridgeHandle, Command, LockHandle};
 use crate::fleet::Fleet;
-use crate::latency::AckLatency;
+use crate::latency::{AckLatency, TwoFactorLatency};
 use crate::ledger::{AckedReport, Ledger, PendingReport};
 use crate::lock::{Counters, Lock, Reporting};
 use crate::mqtt_fleet::{MqttBridge, MqttFleet, MqttLock, MqttSecurity, MqttTarget};
@@ -215,6 +215,9 @@ pub struct RunReport {
     /// Round-trip times of the answered CoAP exchanges (first transmission
     /// to answer, retransmission waits included), by report kind.
     pub ack_latency: AckLatency,
+    /// 2FA: the round trips of `/2fa` and `/otp` requests and the OTPs'
+    /// way to the inbox (the counts are in [`StatsSnapshot::twofa`]).
+    pub twofa_latency: TwoFactorLatency,
 }
 
 impl RunReport {
@@ -628,12 +631,17 @@ impl Coordinator {
             }
         }
 
-        // Draining.
-        if !config.drain_timeout.is_zero() && stats.outstanding() > 0 {
-            tracing::info!(outstanding = stats.outstanding(), "draining outboxes");
+        // Draining: reports to settle, and 2FA entries a person waits on.
+        let unsettled = || stats.outstanding() > 0 || stats.twofa_in_flight() > 0;
+        if !config.drain_timeout.is_zero() && unsettled() {
+            tracing::info!(
+                outstanding = stats.outstanding(),
+                twofa_in_flight = stats.twofa_in_flight(),
+                "draining outboxes"
+            );
             let _ = phase.send(Phase::Draining);
             let drain_end = Instant::now() + config.drain_timeout;
-            while stats.outstanding() > 0 && Instant::now() < drain_end {
+            while unsettled() && Instant::now() < drain_end {
                 tokio::select! {
                     _ = tick(&mut progress), if progress.is_some() => eprintln!("{}", stats.snapshot(elapsed())),
                     _ = poll.tick() => {}
@@ -671,6 +679,7 @@ impl Coordinator {
             unacknowledged: ledger.pending,
             counters: ids.into_iter().zip(end).collect(),
             ack_latency: ledger.latency,
+            twofa_latency: stats.twofa_latency(),
         })
     }
 }

@@ -3,11 +3,40 @@
 //! format. Owns no ledger: tasks keep their acknowledged reports and hand
 //! them over at the end.
 
+use crate::latency::{TwoFactorLatency, TwoFactorLeg};
 use dashmap::DashMap;
+use schemas::twofa::TwoFactorResult;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// Every [`TwoFactorResult`], in the order their counters are kept.
+const TWO_FACTOR_RESULTS: [TwoFactorResult; 8] = [
+    TwoFactorResult::OtpSent,
+    TwoFactorResult::Denied,
+    TwoFactorResult::RateLimited,
+    TwoFactorResult::LockedOut,
+    TwoFactorResult::NotifierFailed,
+    TwoFactorResult::Allowed,
+    TwoFactorResult::WrongOtp,
+    TwoFactorResult::ChallengeEnded,
+];
+
+/// 2FA counters: the answers locks got, and the visits of the run's people.
+#[derive(Debug, Default)]
+struct TwoFactorStats {
+    results: [AtomicU64; TWO_FACTOR_RESULTS.len()],
+    failed: AtomicU64,
+    in_flight: AtomicI64,
+    visits: AtomicU64,
+    opened: AtomicU64,
+    otp_never_arrived: AtomicU64,
+    /// A few records per unlock: a mutex held for one histogram increment,
+    /// never across an await.
+    latency: Mutex<TwoFactorLatency>,
+}
 
 /// Counters of one run. Create with [`Stats::new`], share as `Arc<Stats>`.
 #[derive(Debug)]
@@ -33,6 +62,7 @@ pub struct Stats {
     bridge_commands_applied: AtomicU64,
     errors: DashMap<String, u64>,
     acked_per_lock: Vec<AtomicU32>,
+    twofa: TwoFactorStats,
 }
 
 impl Stats {
@@ -60,6 +90,7 @@ impl Stats {
             bridge_commands_applied: AtomicU64::new(0),
             errors: DashMap::new(),
             acked_per_lock: (0..locks).map(|_| AtomicU32::new(0)).collect(),
+            twofa: TwoFactorStats::default(),
         }
     }
 
@@ -159,6 +190,51 @@ impl Stats {
     pub fn bridge_command_applied(&self) {
         self.bridge_commands_applied.fetch_add(1, Relaxed);
     }
+    /// A lock got `result` for a `/2fa` or `/otp` request.
+    pub fn twofa_answer(&self, result: TwoFactorResult) {
+        if let Some(i) = TWO_FACTOR_RESULTS.iter().position(|r| *r == result) {
+            self.twofa.results[i].fetch_add(1, Relaxed);
+        }
+    }
+    /// A `/2fa` or `/otp` request got no answer to use (refused, gave up,
+    /// ...); `reason` is counted as the error `2fa:{reason}`.
+    pub fn twofa_failed(&self, reason: &str) {
+        self.twofa.failed.fetch_add(1, Relaxed);
+        self.error(&format!("2fa:{reason}"));
+    }
+    /// 2FA exchanges started (+1) or ended (-1).
+    pub fn twofa_in_flight_add(&self, delta: i64) {
+        self.twofa.in_flight.fetch_add(delta, Relaxed);
+    }
+    /// 2FA exchanges awaiting an answer now: a drain waits for them, as
+    /// someone stands at the lock.
+    pub fn twofa_in_flight(&self) -> u64 {
+        self.twofa.in_flight.load(Relaxed).max(0) as u64
+    }
+    /// A person began a 2FA visit at a lock.
+    pub fn twofa_visit(&self) {
+        self.twofa.visits.fetch_add(1, Relaxed);
+    }
+    /// A person's visit ended with the lock open.
+    pub fn twofa_opened(&self) {
+        self.twofa.opened.fetch_add(1, Relaxed);
+    }
+    /// A person waited for an OTP that never came.
+    pub fn twofa_otp_never_arrived(&self) {
+        self.twofa.otp_never_arrived.fetch_add(1, Relaxed);
+    }
+    /// Records one 2FA `leg` that took `d`.
+    pub fn twofa_latency_record(&self, leg: TwoFactorLeg, d: Duration) {
+        // A poisoned lock only means a panic elsewhere mid-increment: the
+        // histogram is still usable.
+        let mut latency = self.twofa.latency.lock().unwrap_or_else(|e| e.into_inner());
+        latency.record(leg, d);
+    }
+    /// The 2FA latencies so far (a copy).
+    pub fn twofa_latency(&self) -> TwoFactorLatency {
+        let latency = self.twofa.latency.lock().unwrap_or_else(|e| e.into_inner());
+        latency.clone()
+    }
     pub fn locks_done(&self) -> u64 {
         self.locks_done.load(Relaxed)
     }
@@ -217,7 +293,62 @@ impl Stats {
                 .iter()
                 .map(|e| (e.key().clone(), *e.value()))
                 .collect(),
+            twofa: TwoFactorCounts {
+                results: TWO_FACTOR_RESULTS
+                    .iter()
+                    .zip(&self.twofa.results)
+                    .map(|(r, n)| (r.as_str(), n.load(Relaxed)))
+                    .filter(|(_, n)| *n > 0)
+                    .collect(),
+                failed: self.twofa.failed.load(Relaxed),
+                visits: self.twofa.visits.load(Relaxed),
+                opened: self.twofa.opened.load(Relaxed),
+                otp_never_arrived: self.twofa.otp_never_arrived.load(Relaxed),
+            },
         }
+    }
+}
+
+/// 2FA at one moment: what the locks' `/2fa` and `/otp` requests got, and
+/// what the people who typed went through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TwoFactorCounts {
+    /// Answers by [`TwoFactorResult::as_str`] (only results seen).
+    pub results: BTreeMap<&'static str, u64>,
+    /// Requests without an answer to use: refused (4.xx, 5.xx, RST) or
+    /// failed (no answer, not verifying); by reason in the errors as `2fa:...`.
+    pub failed: u64,
+    /// Visits people began.
+    pub visits: u64,
+    /// Visits that ended with the lock open.
+    pub opened: u64,
+    /// Visits whose OTP never reached the inbox in time.
+    pub otp_never_arrived: u64,
+}
+
+impl TwoFactorCounts {
+    /// Answers with `result`.
+    pub fn result(&self, result: TwoFactorResult) -> u64 {
+        self.results.get(result.as_str()).copied().unwrap_or(0)
+    }
+
+    /// True when no 2FA happened.
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty() && self.failed == 0 && self.visits == 0
+    }
+}
+
+impl fmt::Display for TwoFactorCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "2fa visits {} opened {} otp-never-arrived {} failed {}",
+            self.visits, self.opened, self.otp_never_arrived, self.failed
+        )?;
+        for (result, n) in &self.results {
+            write!(f, " {result}={n}")?;
+        }
+        Ok(())
     }
 }
 
@@ -259,8 +390,10 @@ pub struct StatsSnapshot {
     pub bridge_commands_refused: u64,
     /// Commands carried out at a linked lock (repeats not counted).
     pub bridge_commands_applied: u64,
-    /// Errors by code (`4.00`, `5.03`, `rst`, `mqtt:<reason>`, `io`, ...).
+    /// Errors by code (`4.00`, `5.03`, `rst`, `mqtt:<reason>`, `io`,
+    /// `2fa:<reason>`, ...).
     pub errors: BTreeMap<String, u64>,
+    pub twofa: TwoFactorCounts,
 }
 
 impl fmt::Display for StatsSnapshot {
@@ -300,6 +433,9 @@ impl fmt::Display for StatsSnapshot {
                 self.bridge_commands_refused
             )?;
         }
+        if !self.twofa.is_empty() {
+            write!(f, " {}", self.twofa)?;
+        }
         if self.errors.is_empty() {
             write!(f, " errors 0")
         } else {
@@ -334,5 +470,31 @@ mod tests {
             line.contains("acked 2") && line.contains("4.00=1"),
             "{line}"
         );
+        assert!(!line.contains("2fa"), "{line}");
+    }
+
+    #[test]
+    fn two_factor_answers_count_by_result_and_failures_by_reason() {
+        let s = Stats::new(1);
+        s.twofa_visit();
+        s.twofa_answer(TwoFactorResult::OtpSent);
+        s.twofa_answer(TwoFactorResult::WrongOtp);
+        s.twofa_answer(TwoFactorResult::Allowed);
+        s.twofa_opened();
+        s.twofa_failed("gave_up");
+        s.twofa_latency_record(TwoFactorLeg::OtpDelivery, Duration::from_millis(5));
+        let snap = s.snapshot(Duration::from_secs(1));
+        let t = &snap.twofa;
+        assert_eq!(t.result(TwoFactorResult::Allowed), 1);
+        assert_eq!(t.result(TwoFactorResult::Denied), 0);
+        assert_eq!((t.visits, t.opened, t.failed), (1, 1, 1));
+        assert_eq!(snap.errors.get("2fa:gave_up"), Some(&1));
+        assert_eq!(s.outstanding(), 0, "2FA requests are not reports");
+        let line = snap.to_string();
+        assert!(
+            line.contains("2fa visits 1 opened 1") && line.contains("wrong_otp=1"),
+            "{line}"
+        );
+        assert_eq!(s.twofa_latency().count(TwoFactorLeg::OtpDelivery), 1);
     }
 }

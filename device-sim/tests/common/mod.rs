@@ -3,7 +3,8 @@
 //! gateway, OSCORE included (server role, contexts from the fleet's pairing
 //! secrets, a replay window per lock), delivers each lock's pending jobs in
 //! the answers to its heartbeats and job reports (`/jr`) until their results
-//! come back, and helpers to build small fleets.
+//! come back, plays the gateway's 2FA (`/2fa`, `/otp`, the SMS webhook to
+//! an inbox) when told to, and helpers to build small fleets.
 
 #![allow(dead_code)]
 
@@ -17,6 +18,8 @@ use lockfleet_oscore::{
 };
 use schemas::device::{encode, DeviceJob, JobAction, JobOutcome, JobReport, JobResult};
 use schemas::security::{DEVICE_OSCORE_ID, SERVER_OSCORE_ID};
+use schemas::twofa::{OtpEntry, PasscodeEntry, TwoFactorAnswer, TwoFactorResult};
+use schemas::LockModel;
 use schemas::{
     ActivityKind, ActivityLogBatch, ActivityLogInterval, Downlink, Heartbeat, HeartbeatInterval,
     LogAck,
@@ -41,6 +44,46 @@ pub fn coap_fleet(locks: usize, seed: u64) -> Fleet {
         seed,
     })
     .unwrap()
+}
+
+/// A fleet of `locks` INB1-2FA locks, all on CoAP.
+pub fn twofa_fleet(locks: usize, seed: u64) -> Fleet {
+    let mut fleet = coap_fleet(locks, seed);
+    for lock in &mut fleet.locks {
+        lock.model = LockModel::Inb1TwoFactor;
+    }
+    fleet
+}
+
+/// A person the 2FA stand-in knows.
+#[derive(Clone, Debug)]
+pub struct TwoFactorUser {
+    pub user_id: String,
+    pub mobile: String,
+    pub passcode: String,
+    /// Where they have access.
+    pub locks: Vec<String>,
+}
+
+/// The gateway's 2FA as the test server plays it: a passcode of a user with
+/// access at the lock gets `otp_sent` and an SMS to the inbox at `webhook`;
+/// `tries` wrong OTPs end the challenge.
+#[derive(Clone, Debug)]
+pub struct TwoFactorGateway {
+    pub users: Vec<TwoFactorUser>,
+    /// The SMS inbox the webhook posts to (`None`: no SMS goes out).
+    pub webhook: Option<SocketAddr>,
+    pub tries: u8,
+}
+
+/// A challenge the 2FA stand-in made.
+#[derive(Clone, Debug)]
+pub struct Challenge {
+    pub lock: String,
+    pub user: String,
+    pub otp: String,
+    pub tries_left: u8,
+    pub open: bool,
 }
 
 /// The gateway's end of a device's OSCORE context (`id_context` is
@@ -100,6 +143,8 @@ pub struct Behaviour {
     /// Most jobs one downlink carries (`more` says if others wait); `None`:
     /// every pending job.
     pub jobs_per_downlink: Option<usize>,
+    /// Answer `/2fa` and `/otp` (`None`: 4.04 as an older gateway does).
+    pub twofa: Option<TwoFactorGateway>,
 }
 
 /// What the test server saw and stored.
@@ -142,6 +187,10 @@ pub struct Seen {
     /// reported (or `Behaviour::heartbeat_interval`), then those of a
     /// set_intervals job it completed.
     pub intervals: HashMap<String, (HeartbeatInterval, ActivityLogInterval)>,
+    /// The 2FA challenges made, by id.
+    pub challenges: HashMap<u64, Challenge>,
+    /// Every 2FA request answered 2.04: (path, lock, seq, result), in order.
+    pub twofa: Vec<(String, String, u32, TwoFactorResult)>,
 }
 
 impl Seen {
@@ -174,6 +223,65 @@ impl Seen {
             more: take < pending,
             next_heartbeat_at: None,
         }
+    }
+}
+
+impl Seen {
+    /// `/2fa`: a challenge and its SMS for a user with access, else `denied`.
+    fn passcode(&mut self, e: &PasscodeEntry, gw: &TwoFactorGateway) -> TwoFactorAnswer {
+        let mut a = TwoFactorAnswer::new(e.seq, TwoFactorResult::Denied, unix_now());
+        let user = gw
+            .users
+            .iter()
+            .find(|u| u.passcode == e.passcode && u.locks.contains(&e.lock_id));
+        if let Some(u) = user {
+            let id = 1000 + self.challenges.len() as u64;
+            let otp = format!("{:06}", rand::random_range(0..1_000_000));
+            if let Some(addr) = gw.webhook {
+                let body = http::sms_body(&u.mobile, &otp, id);
+                tokio::spawn(async move { http::post(addr, "/sms", &body).await });
+            }
+            self.challenges.insert(
+                id,
+                Challenge {
+                    lock: e.lock_id.clone(),
+                    user: u.user_id.clone(),
+                    otp,
+                    tries_left: gw.tries,
+                    open: true,
+                },
+            );
+            a.result = TwoFactorResult::OtpSent;
+            a.challenge = Some(id);
+            a.expires_at = Some(unix_now() + 300);
+        }
+        self.twofa
+            .push(("2fa".into(), e.lock_id.clone(), e.seq, a.result));
+        a
+    }
+
+    /// `/otp`: `allowed` for the challenge's OTP at its lock, `wrong_otp`
+    /// while tries remain, else `challenge_ended`.
+    fn otp(&mut self, e: &OtpEntry) -> TwoFactorAnswer {
+        let mut a = TwoFactorAnswer::new(e.seq, TwoFactorResult::ChallengeEnded, unix_now());
+        if let Some(c) = self.challenges.get_mut(&e.challenge) {
+            if c.open && c.lock == e.lock_id {
+                if c.otp == e.otp {
+                    c.open = false;
+                    a.result = TwoFactorResult::Allowed;
+                } else {
+                    c.tries_left = c.tries_left.saturating_sub(1);
+                    c.open = c.tries_left > 0;
+                    if c.open {
+                        a.result = TwoFactorResult::WrongOtp;
+                        a.tries_left = Some(c.tries_left);
+                    }
+                }
+            }
+        }
+        self.twofa
+            .push(("otp".into(), e.lock_id.clone(), e.seq, a.result));
+        a
     }
 }
 
@@ -404,6 +512,8 @@ fn payload_lock(path: &str, payload: &[u8]) -> Option<String> {
         "hb" => Heartbeat::decode(payload).ok().map(|h| h.lock_id),
         "log" => ActivityLogBatch::decode(payload).ok().map(|b| b.lock_id),
         "jr" => JobReport::decode(payload).ok().map(|r| r.lock_id),
+        "2fa" => PasscodeEntry::decode(payload).ok().map(|e| e.lock_id),
+        "otp" => OtpEntry::decode(payload).ok().map(|e| e.lock_id),
         _ => None,
     }
 }
@@ -515,6 +625,22 @@ fn answer(
                 seq: b.seq,
             };
             (ResponseType::Changed, encode(&ack))
+        }
+        "2fa" | "otp" if behaviour.twofa.is_some() => {
+            let decoded = match path {
+                "2fa" => PasscodeEntry::decode(payload).map(|e| {
+                    // Checked by the guard.
+                    seen.passcode(&e, behaviour.twofa.as_ref().unwrap())
+                }),
+                _ => OtpEntry::decode(payload).map(|e| seen.otp(&e)),
+            };
+            match decoded {
+                Ok(a) => (ResponseType::Changed, encode(&a)),
+                Err(e) => (
+                    ResponseType::BadRequest,
+                    format!("malformed {path} entry: {}", e.reason()).into_bytes(),
+                ),
+            }
         }
         _ => (ResponseType::NotFound, b"no such path".to_vec()),
     };
