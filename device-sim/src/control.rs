@@ -292,6 +292,10 @@ impl LockHandle {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// With [`crate::run::SimConfig::twofa`] (the same inbox as
+    /// [`crate::twofa::InboxSource::Given`]) the run's people do this on
+    /// their own, and [`crate::run::RunHandle::person`] makes one visit now.
     pub async fn enter_2fa_passcode(
         &self,
         passcode: &str,

@@ -26,8 +26,9 @@
 //!   ([`run::RunHandle::lock`]): heartbeat now, enter a PIN, enter a 2FA
 //!   passcode or OTP, hard reset; or one bridge ([`run::RunHandle::bridge`]):
 //!   offline, online, status.
-//! * [`phone`]: the SMS inbox of 2FA people's phones, an HTTP server the
-//!   gateway's SMS webhook posts OTPs to.
+//! * [`twofa`] and [`phone`]: 2FA people visiting INB1-2FA locks (when,
+//!   where, what they type: sans I/O) and the SMS inbox of their phones, an
+//!   HTTP server the gateway's SMS webhook posts OTPs to.
 
 pub mod activity;
 pub mod bridge;
@@ -53,6 +54,7 @@ pub mod security;
 pub mod state;
 pub mod stats;
 pub mod timers;
+pub mod twofa;
 
 pub use bridge_relay::BleDelay;
 pub use control::{BridgeHandle, BridgeStatus, ControlError, Conversation, LockHandle, LockStatus};
@@ -64,3 +66,6 @@ pub use persist::StateOptions;
 pub use phone::{InboxMode, ReceivedOtp, ReceivedSms, SmsInbox};
 pub use run::{run, start, RunHandle, RunReport, SimConfig};
 pub use stats::TwoFactorCounts;
+pub use twofa::{
+    InboxSource, PersonHandle, TwoFactorPerson, TwoFactorSim, VisitEnd, VisitPlan, VisitReport,
+};

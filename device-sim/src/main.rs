@@ -3,7 +3,8 @@
 //! file (`fleet.csv.state`) and leaves it current for the next run. Devices
 //! speak the security profile (OSCORE, MQTT logins) with the pairing secrets
 //! of the fleet file unless `--insecure` says the gateway runs with
-//! `--insecure-dev`.
+//! `--insecure-dev`. With `--twofa-people`, 2FA people visit their INB1-2FA
+//! locks and read their OTPs from an SMS inbox on `--sms-listen`.
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -12,9 +13,11 @@ use device_sim::net::NetFaults;
 use device_sim::persist::StateOptions;
 use device_sim::run::{self, RunReport, SimConfig};
 use device_sim::state;
+use device_sim::twofa::{self, InboxSource, TwoFactorSim};
 use device_sim::{BleDelay, TwoFactorLeg};
 use schemas::device::UplinkKind;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +41,7 @@ enum Command {
     /// secret per device: keep it as secret as the devices' keys.
     Fleet(FleetArgs),
     /// Make a fleet live against a gateway.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args)]
@@ -137,6 +140,28 @@ struct RunArgs {
     /// milliseconds (real time), drawn per command from the run's seed.
     #[arg(long, value_name = "MIN..MAX", default_value = "200..1500", value_parser = BleDelay::parse_ms)]
     ble_delay_ms: BleDelay,
+    /// 2FA people who visit their INB1-2FA (CoAP) locks: CSV with the header
+    /// `user_id,mobile,passcode,locks`, locks separated by `;`. It holds
+    /// their passcodes: keep it as secret as the fleet file.
+    #[arg(long, value_name = "FILE", requires = "sms_listen")]
+    twofa_people: Option<PathBuf>,
+    /// Where the people's SMS inbox listens (e.g. 127.0.0.1:8025); point
+    /// the gateway's SMS webhook at http://ADDR/sms.
+    #[arg(long, value_name = "ADDR", requires = "twofa_people")]
+    sms_listen: Option<SocketAddr>,
+    /// Mean time between two visits of one 2FA person (simulated, sped up
+    /// like the intervals).
+    #[arg(long, value_parser = parse_duration, default_value = "8h")]
+    twofa_interval: Duration,
+    /// Chance (0 to 1) that a 2FA visit starts with a wrong passcode.
+    #[arg(long, default_value_t = twofa::DEFAULT_P_WRONG)]
+    twofa_wrong_passcode: f64,
+    /// Chance (0 to 1) that a 2FA visit types a wrong OTP before the right one.
+    #[arg(long, default_value_t = twofa::DEFAULT_P_WRONG)]
+    twofa_wrong_otp: f64,
+    /// How long a 2FA person waits for the OTP to reach their phone (real time).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    otp_timeout: Duration,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -154,7 +179,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fleet(args) => write_fleet(args),
         Command::Run(args) => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
-            rt.block_on(run_fleet(args))
+            rt.block_on(run_fleet(*args))
         }
     }
 }
@@ -190,6 +215,17 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
     let state_path = args
         .state
         .unwrap_or_else(|| state::default_path(&args.fleet));
+    let twofa = match (&args.twofa_people, args.sms_listen) {
+        (Some(path), Some(addr)) => Some(TwoFactorSim {
+            people: twofa::read_people(path)?,
+            mean_interval: Some(args.twofa_interval),
+            p_wrong_passcode: args.twofa_wrong_passcode,
+            p_wrong_otp: args.twofa_wrong_otp,
+            otp_timeout: args.otp_timeout,
+            inbox: InboxSource::Listen(addr),
+        }),
+        _ => None,
+    };
     let config = SimConfig {
         gateway: args.gateway,
         coap_port: args.coap_port,
@@ -213,6 +249,7 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
         hard_reset_chance: args.hard_reset_chance,
         power_on_together: args.power_on_together,
         ble_delay: args.ble_delay_ms,
+        twofa,
         ..SimConfig::default()
     };
     if args.insecure {
@@ -232,6 +269,12 @@ async fn run_fleet(args: RunArgs) -> anyhow::Result<()> {
     let handle = run::start(config, fleet).await?;
     if let Some(origin) = handle.state_origin() {
         eprintln!("{origin}");
+    }
+    if let Some(inbox) = handle.sms_inbox() {
+        eprintln!(
+            "SMS inbox listening: point the gateway's SMS webhook at {}",
+            inbox.url()
+        );
     }
     let report = handle.finish().await?;
     print_summary(&report);
@@ -375,6 +418,33 @@ mod tests {
             (Duration::from_millis(10), Duration::from_millis(50))
         );
         assert!(run(&["--ble-delay-ms", "50..10"]).is_err());
+    }
+
+    #[test]
+    fn twofa_people_and_the_sms_inbox_go_together() {
+        let run = |extra: &[&str]| {
+            let args = ["device-sim", "run", "--fleet", "f.csv"];
+            match Cli::try_parse_from(args.iter().chain(extra)).map(|c| c.command) {
+                Ok(Command::Run(r)) => Ok(r),
+                Ok(_) => unreachable!("a run command"),
+                Err(e) => Err(e),
+            }
+        };
+        let r = run(&[
+            "--twofa-people",
+            "people.csv",
+            "--sms-listen",
+            "127.0.0.1:8025",
+            "--twofa-interval",
+            "2h",
+        ])
+        .unwrap();
+        assert_eq!(r.sms_listen, Some(([127, 0, 0, 1], 8025).into()));
+        assert_eq!(r.twofa_interval, Duration::from_secs(7200));
+        assert_eq!(r.otp_timeout, Duration::from_secs(30));
+        assert!(run(&["--twofa-people", "people.csv"]).is_err());
+        assert!(run(&["--sms-listen", "127.0.0.1:8025"]).is_err());
+        assert!(run(&[]).unwrap().twofa_people.is_none());
     }
 
     #[test]

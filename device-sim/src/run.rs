@@ -28,6 +28,12 @@
 //! after a Bluetooth delay ([`SimConfig::ble_delay`]).
 //! With [`SimConfig::reporting`] set to [`Reporting::OnDemand`] locks report
 //! only when told, so a test steps them.
+//!
+//! [`SimConfig::twofa`] adds 2FA people ([`crate::twofa`]): one task makes
+//! them visit their INB1-2FA locks at random times, typing passcodes and the
+//! OTPs their phones get in the run's [`SmsInbox`] ([`RunHandle::sms_inbox`],
+//! the URL to give the gateway's SMS webhook); [`RunHandle::person`] makes
+//! one visit now.
 
 use crate::bridge_relay::{BleDelay, Relay};
 use crate::clock::SimClock;
@@ -42,8 +48,12 @@ use crate::mqtt_fleet::{MqttBridge, MqttFleet, MqttLock, MqttSecurity, MqttTarge
 use crate::mqtt_lock::{self, route_for, Route};
 use crate::net::{Impairment, NetFaults};
 use crate::persist::{self, LiveCounters, Origin, Persister, StateError, StateOptions};
+use crate::phone::SmsInbox;
 use crate::security::DeviceKeys;
 use crate::stats::{Stats, StatsSnapshot};
+use crate::twofa::{
+    Member, PeopleTask, Person, PersonHandle, TwoFactorError, TwoFactorPerson, TwoFactorSim,
+};
 use schemas::event::Transport;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -136,6 +146,10 @@ pub struct SimConfig {
     /// gateway's commands at a lock, drawn per command (real time, not
     /// sped up); default 200 ms to 1.5 s.
     pub ble_delay: BleDelay,
+    /// 2FA people visiting the run's INB1-2FA locks, and their phones'
+    /// SMS inbox; `None` (the default): no 2FA but what a test types
+    /// through [`LockHandle::enter_2fa_passcode`].
+    pub twofa: Option<TwoFactorSim>,
 }
 
 impl Default for SimConfig {
@@ -163,6 +177,7 @@ impl Default for SimConfig {
             visits_per_hour: None,
             power_on_together: false,
             ble_delay: BleDelay::DEFAULT,
+            twofa: None,
         }
     }
 }
@@ -198,6 +213,8 @@ pub enum RunError {
         device: String,
         source: lockfleet_oscore::Error,
     },
+    #[error(transparent)]
+    TwoFactor(#[from] TwoFactorError),
 }
 
 /// What a run did.
@@ -259,6 +276,15 @@ pub struct RunHandle {
     controls: Vec<mpsc::Sender<Command>>,
     /// The bridges of the run and their task's command channel.
     bridges: HashMap<String, mpsc::Sender<BridgeControl>>,
+    /// The 2FA people and their inbox, with [`SimConfig::twofa`].
+    twofa: Option<TwoFactorRun>,
+}
+
+/// The 2FA part of a running simulation.
+struct TwoFactorRun {
+    people: Vec<Arc<TwoFactorPerson>>,
+    inbox: SmsInbox,
+    otp_timeout: Duration,
 }
 
 impl RunHandle {
@@ -296,6 +322,28 @@ impl RunHandle {
     pub fn bridge(&self, id: &str) -> Option<BridgeHandle> {
         let task = self.bridges.get(id)?;
         Some(BridgeHandle::new(id.to_string(), task.clone()))
+    }
+
+    /// The SMS inbox of the run's 2FA people ([`SimConfig::twofa`]): give
+    /// its [`SmsInbox::url`] to the gateway's SMS webhook; read OTPs from
+    /// it. `None` without `twofa`.
+    pub fn sms_inbox(&self) -> Option<&SmsInbox> {
+        self.twofa.as_ref().map(|t| &t.inbox)
+    }
+
+    /// A handle on 2FA person `user_id` of [`SimConfig::twofa`], to make
+    /// them visit a lock now; `None` if the run has no such person. With a
+    /// `mean_interval` the run's people also come on their own: a visit at
+    /// a lock where one of them is typing finds the keypad busy.
+    pub fn person(&self, user_id: &str) -> Option<PersonHandle> {
+        let t = self.twofa.as_ref()?;
+        let person = t.people.iter().find(|p| p.user_id == user_id)?;
+        Some(PersonHandle::new(
+            person.clone(),
+            t.inbox.clone(),
+            t.otp_timeout,
+            self.stats.clone(),
+        ))
     }
 
     /// Waits until every lock has had at least `k` reports acknowledged;
@@ -359,6 +407,9 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
     {
         return Err(RunError::Visits(v));
     }
+    if let Some(twofa) = &config.twofa {
+        twofa.check(&fleet)?;
+    }
     // The run's devices: locks in fleet order, then bridges.
     let ids: Vec<String> = fleet
         .locks
@@ -379,6 +430,12 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
                 .collect();
             (None, start, None)
         }
+    };
+    // Started before any task, so a run whose inbox cannot listen never
+    // sends a report.
+    let inbox = match &config.twofa {
+        Some(twofa) => Some(twofa.open_inbox().await?),
+        None => None,
     };
     let clock = SimClock::starting_now(config.speedup);
     let stats = Arc::new(Stats::new(fleet.locks.len()));
@@ -533,6 +590,22 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
         tasks.spawn(fleet_task.run(phase_rx.clone()));
     }
 
+    let twofa = match (config.twofa.as_ref(), inbox) {
+        (Some(sim), Some(inbox)) => {
+            let run = TwoFactorRun {
+                people: sim.people.iter().cloned().map(Arc::new).collect(),
+                inbox,
+                otp_timeout: sim.otp_timeout,
+            };
+            if sim.mean_interval.is_some() && !run.people.is_empty() {
+                let task = people_task(sim, &run, &addresses, &controls, &shared, config.seed);
+                tasks.spawn(task.run(phase_rx.clone()));
+            }
+            Some(run)
+        }
+        _ => None,
+    };
+
     let cancel = config.cancel.clone();
     let coordinator = Coordinator {
         config,
@@ -552,7 +625,52 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
         addresses,
         controls,
         bridges: bridge_controls,
+        twofa,
     })
+}
+
+/// The task of the run's 2FA people, each with a handle on every lock they
+/// go to (all CoAP locks of the run: [`TwoFactorSim::check`]).
+fn people_task(
+    sim: &TwoFactorSim,
+    run: &TwoFactorRun,
+    addresses: &HashMap<String, (usize, Option<usize>)>,
+    controls: &[mpsc::Sender<Command>],
+    shared: &Shared,
+    seed: u64,
+) -> PeopleTask {
+    let now = Instant::now();
+    let members = run
+        .people
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let locks = spec
+                .locks
+                .iter()
+                .filter_map(|id| {
+                    let &(task, slot) = addresses.get(id)?;
+                    let handle = LockHandle::new(id.clone(), slot, controls[task].clone());
+                    Some((id.clone(), handle))
+                })
+                .collect();
+            // Seeded like the locks, apart from them: a run's seed gives the
+            // same visits.
+            let person_seed = seed ^ 0x2FA ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            Member {
+                spec: spec.clone(),
+                person: Person::new(person_seed, sim.knobs(), now, &shared.clock),
+                locks,
+            }
+        })
+        .collect();
+    PeopleTask {
+        members,
+        inbox: run.inbox.clone(),
+        otp_timeout: sim.otp_timeout,
+        stats: shared.stats.clone(),
+        clock: shared.clock,
+    }
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, RunError> {

@@ -310,7 +310,7 @@ impl Stats {
 }
 
 /// 2FA at one moment: what the locks' `/2fa` and `/otp` requests got, and
-/// what the people who typed went through.
+/// what the run's people ([`crate::twofa`]) went through.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TwoFactorCounts {
     /// Answers by [`TwoFactorResult::as_str`] (only results seen).

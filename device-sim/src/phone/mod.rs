@@ -9,7 +9,7 @@
 //! answer late, or hang up without answering, as a provider in trouble does.
 //!
 //! `sms` reads the webhook body (sans I/O); `server` is the hyper server.
-//! Neither touches a lock: whoever types at the lock connects the two.
+//! Neither touches a lock: people ([`crate::twofa`]) connect the two.
 //! OTPs and message texts are secrets: kept wiped-on-drop, never shown by
 //! `Debug`, never logged.
 
