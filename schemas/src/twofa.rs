@@ -235,7 +235,8 @@ impl TwoFactorAnswer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TwoFactorOutcome {
-    /// A challenge was created and its OTP handed to the notifier.
+    /// A challenge was created and its OTP goes to the notifier; if that
+    /// fails, a `notifier_failed` event for the same challenge follows.
     ChallengeSent,
     /// A passcode was not accepted (`reason` says why).
     Denied,
