@@ -341,7 +341,7 @@ async fn well_known_core_lists_the_resources() {
     assert_eq!(uint_option(&ans, CoapOption::ContentFormat), Some(40));
     assert_eq!(
         text(&ans),
-        r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p",</log>;rt="lockfleet.activity-log";ct=60;if="core.p",</jr>;rt="lockfleet.job-report";ct=60;if="core.p""#
+        r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p",</log>;rt="lockfleet.activity-log";ct=60;if="core.p",</jr>;rt="lockfleet.job-report";ct=60;if="core.p",</2fa>;rt="lockfleet.2fa-passcode";ct=60;if="core.p",</otp>;rt="lockfleet.2fa-otp";ct=60;if="core.p""#
     );
     server.stop().await;
 }

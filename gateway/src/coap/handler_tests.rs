@@ -110,7 +110,12 @@ fn two_factor_entries_go_to_the_gate_and_bad_digits_are_refused() {
     );
     p.add_option(CoapOption::ContentFormat, vec![60]);
     let r = reply(&p);
-    assert_error(&r, ResponseType::BadRequest, "bad_digits", "1 to 16 digits");
+    assert_error(
+        &r,
+        ResponseType::BadRequest,
+        "bad_digits",
+        "the typed code must be 1 to 16 digits 0-9: send the digits as a text string",
+    );
     assert!(
         !r.text().contains("12a456"),
         "the typed code is never echoed"
@@ -158,7 +163,7 @@ fn well_known_core_lists_every_resource() {
     assert_eq!(r.refused, None);
     assert_eq!(
         r.text(),
-        r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p",</log>;rt="lockfleet.activity-log";ct=60;if="core.p",</jr>;rt="lockfleet.job-report";ct=60;if="core.p""#
+        r#"</hb>;rt="lockfleet.heartbeat";ct=60;if="core.p",</log>;rt="lockfleet.activity-log";ct=60;if="core.p",</jr>;rt="lockfleet.job-report";ct=60;if="core.p",</2fa>;rt="lockfleet.2fa-passcode";ct=60;if="core.p",</otp>;rt="lockfleet.2fa-otp";ct=60;if="core.p""#
     );
 }
 
@@ -168,7 +173,7 @@ fn unknown_path_is_4_04() {
         &reply(&request(RequestType::Post, "heartbeat", vec![])),
         ResponseType::NotFound,
         "unknown_path",
-        r#"no resource at "/heartbeat": POST heartbeats to /hb, activity logs to /log and job reports to /jr (GET /.well-known/core lists them)"#,
+        r#"no resource at "/heartbeat": POST heartbeats to /hb, activity logs to /log, job reports to /jr, 2FA passcodes to /2fa and OTPs to /otp (GET /.well-known/core lists them)"#,
     );
     let root = reply(&request(RequestType::Get, "", vec![]));
     assert!(
