@@ -629,7 +629,8 @@ async fn purge_deletes_only_old_rows_and_respects_max_rows(url: String) {
         Purged {
             heartbeats: 4,
             activity_events: 4,
-            bridge_connectivity: 4
+            bridge_connectivity: 4,
+            ..Purged::default()
         }
     );
     let p = store.purge_before(6500, 4).await.unwrap();

@@ -608,7 +608,7 @@ pub(super) async fn load_bridge_status(
 
 /// Retention statements, one per table: delete at most `$2` rows received
 /// before `$1`, found through the table's time index.
-const PURGE: [(&str, &str); 3] = [
+const PURGE: [(&str, &str); 5] = [
     (
         "heartbeats",
         "DELETE FROM heartbeats WHERE (lock_id, seq) IN \
@@ -624,6 +624,16 @@ const PURGE: [(&str, &str); 3] = [
         "DELETE FROM bridge_connectivity WHERE id IN \
          (SELECT id FROM bridge_connectivity WHERE at_ms < $1 LIMIT $2)",
     ),
+    (
+        "tfa_log",
+        "DELETE FROM tfa_log WHERE seq IN (SELECT seq FROM tfa_log WHERE at_ms < $1 LIMIT $2)",
+    ),
+    (
+        // A challenge is over long before: its OTP worked for minutes.
+        "tfa_challenges",
+        "DELETE FROM tfa_challenges WHERE challenge_id IN \
+         (SELECT challenge_id FROM tfa_challenges WHERE expires_at_ms < $1 LIMIT $2)",
+    ),
 ];
 
 pub(super) async fn purge_before(
@@ -632,7 +642,7 @@ pub(super) async fn purge_before(
     max_rows: u64,
 ) -> Result<Purged, StoreError> {
     let cutoff = int(cutoff_ms);
-    let mut deleted = [0u64; 3];
+    let mut deleted = [0u64; 5];
     for ((_, sql), total) in PURGE.iter().zip(&mut deleted) {
         // Each DELETE is its own short transaction (autocommit).
         while *total < max_rows {
@@ -656,6 +666,8 @@ pub(super) async fn purge_before(
         heartbeats: deleted[0],
         activity_events: deleted[1],
         bridge_connectivity: deleted[2],
+        twofa_log: deleted[3],
+        twofa_challenges: deleted[4],
     })
 }
 

@@ -196,6 +196,10 @@ pub struct Purged {
     pub heartbeats: u64,
     pub activity_events: u64,
     pub bridge_connectivity: u64,
+    /// 2FA activity-log rows (`tfa_log`).
+    pub twofa_log: u64,
+    /// 2FA challenges whose OTP expired before the cutoff.
+    pub twofa_challenges: u64,
 }
 
 impl Purged {
@@ -204,6 +208,8 @@ impl Purged {
         crate::metrics::retention_deleted("heartbeats", self.heartbeats);
         crate::metrics::retention_deleted("activity_events", self.activity_events);
         crate::metrics::retention_deleted("bridge_connectivity", self.bridge_connectivity);
+        crate::metrics::retention_deleted("tfa_log", self.twofa_log);
+        crate::metrics::retention_deleted("tfa_challenges", self.twofa_challenges);
     }
 }
 
