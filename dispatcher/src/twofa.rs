@@ -46,8 +46,10 @@ pub struct Limits {
     pub lock_failures: Lockout,
     /// Challenges (OTPs sent) per user (default 5 in 15 minutes).
     pub user_challenges: Rate,
-    /// Failed challenges (out of tries) before the user locks out (default
-    /// 3 in an hour lock them out for an hour).
+    /// Wrong OTPs before the user locks out, whichever challenges they were
+    /// typed for (default 9, three challenges' worth, in an hour lock them
+    /// out for an hour). Counted per OTP, so starting a new challenge after
+    /// each wrong guess gains nothing.
     pub user_failures: Lockout,
 }
 
@@ -70,7 +72,7 @@ impl Default for Limits {
                 window_ms: 15 * MINUTE_MS,
             },
             user_failures: Lockout {
-                max: 3,
+                max: 9,
                 window_ms: 60 * MINUTE_MS,
                 lock_ms: 60 * MINUTE_MS,
             },
@@ -261,10 +263,11 @@ fn refuse(
 
 /// Decide a passcode entry at `now_ms`.
 ///
-/// Every refusal that could come from someone trying passcodes (no such
-/// passcode, no access at this lock, a deactivated user) is answered
-/// `denied` alike and counts toward the lock's lock-out; the event names
-/// the reason for the dashboard only.
+/// Every refusal of a passcode (no such passcode, no access at this lock,
+/// outside the window, number not verified, a deactivated user) is
+/// answered `denied` alike and counts toward the lock's lock-out, so
+/// neither the answer nor the lock-out tells a guesser anything; the event
+/// names the reason for the dashboard only.
 pub fn decide_passcode(
     facts: &PasscodeFacts,
     limits: &Limits,
@@ -321,15 +324,16 @@ pub fn decide_passcode(
         } else {
             "expired"
         };
-        return (refuse(R::Denied, O::Denied, reason, None), effects);
+        // Counted like a wrong passcode: otherwise a guesser could tell a
+        // valid passcode by the lock-out it does not cause.
+        let d = lock_failure(&mut effects, reason);
+        return (d, effects);
     };
     let mobile = match (&user.mobile, user.mobile_verified) {
         (Some(m), true) => m.clone(),
         _ => {
-            return (
-                refuse(R::Denied, O::Denied, "mobile_unverified", None),
-                effects,
-            )
+            let d = lock_failure(&mut effects, "mobile_unverified");
+            return (d, effects);
         }
     };
     if let Some(until) = facts.user_failures.locked(now_ms) {
@@ -441,6 +445,18 @@ pub enum OtpDecision {
 }
 
 impl OtpDecision {
+    /// Whether the entry counts toward the user's lock-out: every wrong OTP.
+    pub fn counts_against_user(&self) -> bool {
+        matches!(
+            self,
+            OtpDecision::Wrong { .. }
+                | OtpDecision::End {
+                    user_failure: true,
+                    ..
+                }
+        )
+    }
+
     /// The lock's answer.
     pub fn answer(&self) -> TwoFactorResult {
         match self {

@@ -113,7 +113,13 @@ fn every_denial_looks_the_same_to_the_lock() {
         "not_2fa_lock",
     ));
     for (f, reason) in cases {
-        let (d, _) = decide_passcode(&f, &limits, NOW);
+        let (d, e) = decide_passcode(&f, &limits, NOW);
+        // Every refused passcode counts toward the lock's lock-out alike.
+        let counted = e
+            .writes
+            .iter()
+            .any(|(k, _)| *k == CounterKind::LockFailures);
+        assert_eq!(counted, reason != "not_2fa_lock", "{reason}");
         let r = refused(&d);
         assert_eq!(r.answer, TwoFactorResult::Denied, "{reason}");
         assert_eq!(r.outcome, TwoFactorOutcome::Denied, "{reason}");
@@ -278,6 +284,15 @@ fn three_wrong_otps_end_the_challenge_and_count_against_the_user() {
             user_failure: true
         }
     );
+}
+
+#[test]
+fn every_wrong_otp_counts_against_the_user() {
+    let l = Limits::default();
+    assert!(decide_otp(Some(&open(0)), false, &l, NOW).counts_against_user());
+    assert!(decide_otp(Some(&open(2)), false, &l, NOW).counts_against_user());
+    assert!(!decide_otp(Some(&open(0)), true, &l, NOW).counts_against_user());
+    assert!(!decide_otp(None, false, &l, NOW).counts_against_user());
 }
 
 #[test]

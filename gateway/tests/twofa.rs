@@ -77,6 +77,7 @@ fn fleet() -> ParsedFleet {
             lock("T1", LockModel::Inb1TwoFactor),
             lock("T2", LockModel::Inb1TwoFactor),
             lock("T3", LockModel::Inb1TwoFactor),
+            lock("T4", LockModel::Inb1TwoFactor),
             lock("P1", LockModel::Inb1),
         ],
         ..ParsedFleet::default()
@@ -475,9 +476,10 @@ async fn two_factor_end_to_end(engine: Engine) {
     assert!(a.retry_after_s.unwrap() > 60, "{a:?}");
     run.wait_event("T3", "rate_limited", "user_rate").await;
 
-    // The lock's lock-out: five wrong passcodes (one above, four here)
-    // lock T1's 2FA; the dashboard sees it and clears it.
-    for _ in 0..4 {
+    // The lock's lock-out: five refused passcodes (the wrong one and the
+    // expired grant above, three here) lock T1's 2FA; the dashboard sees
+    // it and clears it.
+    for _ in 0..3 {
         let a = t1.passcode("00000000").await;
         assert_eq!(a.result, TwoFactorResult::Denied);
     }
@@ -494,7 +496,17 @@ async fn two_factor_end_to_end(engine: Engine) {
         (Some("lock"), Some("T1"))
     );
     let a = run
-        .cmd(None, json!({"type": "clear_2fa_lockout", "lock_id": "T1"}))
+        .cmd(
+            Some("d2"),
+            json!({"type": "clear_2fa_lockout", "lock_id": "T1"}),
+        )
+        .await;
+    assert_eq!(refused(&a), "department_does_not_hold_lock");
+    let a = run
+        .cmd(
+            Some("d1"),
+            json!({"type": "clear_2fa_lockout", "lock_id": "T1"}),
+        )
         .await;
     assert_eq!(ok(&a)["lockouts"], json!([]));
     run.wait_event("T1", "lockout_cleared", "wrong_passcodes")
@@ -531,6 +543,44 @@ async fn two_factor_end_to_end(engine: Engine) {
     let otp = run.otp_for(a.challenge.unwrap()).await;
     let a = t2.otp(a.challenge.unwrap(), &otp).await;
     assert_eq!(a.result, TwoFactorResult::Allowed);
+
+    // Nine wrong OTPs, over three challenges, lock the user out (a new
+    // challenge after each wrong guess gains nothing); the dashboard sees
+    // and clears it.
+    let fay = run.user("fay", "+6591230006").await;
+    run.grant("fay", "T4", -60, 3600).await;
+    let mut t4 = Keypad::new(h.server.coap_addr, "T4").await;
+    for round in 0..3 {
+        let a = t4.passcode(&fay).await;
+        assert_eq!(a.result, TwoFactorResult::OtpSent, "round {round}");
+        let challenge = a.challenge.unwrap();
+        let otp = run.otp_for(challenge).await;
+        for _ in 0..3 {
+            t4.otp(challenge, &wrong(&otp)).await;
+        }
+    }
+    let a = t4.passcode(&fay).await;
+    assert_eq!(a.result, TwoFactorResult::LockedOut, "{a:?}");
+    assert!(a.retry_after_s.unwrap() > 3000);
+    run.dash
+        .wait_for(5, "fay's lock-out on her topic", |m| {
+            m.iter()
+                .any(|(t, _)| t == &format!("events/v1/{ORG}/user/fay/2fa"))
+        })
+        .await;
+    let a = run.cmd(None, json!({"type": "list_2fa_lockouts"})).await;
+    assert_eq!(ok(&a)["lockouts"][0]["id"], "fay", "{a}");
+    let a = run
+        .cmd(None, json!({"type": "get_2fa_user", "user_id": "fay"}))
+        .await;
+    assert!(ok(&a)["user"]["locked_out_until_ms"].as_u64().is_some());
+    let a = run
+        .cmd(None, json!({"type": "clear_2fa_lockout", "user_id": "fay"}))
+        .await;
+    assert_eq!(ok(&a)["lockouts"], json!([]));
+    let a = t4.passcode(&fay).await;
+    assert_eq!(a.result, TwoFactorResult::OtpSent);
+    run.otp_for(a.challenge.unwrap()).await;
 
     // A repeated passcode command (same key) does not show it again.
     let again = run
@@ -574,7 +624,7 @@ async fn two_factor_end_to_end(engine: Engine) {
         .await
             >= 2.0
     );
-    assert!(h.metric("lockfleet_twofa_entries_total{entry=\"passcode\",result=\"denied\",reason=\"wrong_passcode\"}").await >= 6.0);
+    assert!(h.metric("lockfleet_twofa_entries_total{entry=\"passcode\",result=\"denied\",reason=\"wrong_passcode\"}").await >= 5.0);
 
     // Every published message matches its schema; no secret anywhere but
     // in the passcode answers (shown once) and the notifier's topic.

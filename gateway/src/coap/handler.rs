@@ -462,6 +462,9 @@ pub fn outcome_reply(result: &Result<Outcome, IngestError>) -> Reply {
         Err(e @ IngestError::WrongDevice { .. }) => {
             Reply::error(ResponseType::Forbidden, e.reason(), e.to_string())
         }
+        Err(e @ IngestError::Unprotected { .. }) => {
+            Reply::error(ResponseType::Unauthorized, e.reason(), e.to_string())
+        }
         // RFC 8613 §8.2: a replay, or a key that is no longer the device's,
         // is answered 4.01 (unprotected, see `oscore`).
         Err(IngestError::Protection(r @ (ProtectionRefusal::KeyRevoked | ProtectionRefusal::Replay { .. }))) => {

@@ -105,6 +105,9 @@ pub enum IngestError {
     /// The commit refused the protection: key revoked or sequence replayed.
     #[error(transparent)]
     Protection(#[from] ProtectionRefusal),
+    /// A 2FA entry that did not arrive OSCORE-protected.
+    #[error("2FA entries from lock {lock} carry a passcode or an OTP and must be OSCORE-protected with the lock's key; nothing was stored")]
+    Unprotected { lock: String },
     #[error("the server is shutting down: retry in a few seconds")]
     ShuttingDown,
     #[error("storage failed, nothing was stored: retry later ({0})")]
@@ -117,6 +120,7 @@ impl IngestError {
         match self {
             IngestError::Refused(r) => r.reason(),
             IngestError::WrongDevice { .. } => "device_mismatch",
+            IngestError::Unprotected { .. } => "unprotected",
             IngestError::Protection(r) => r.reason(),
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Storage(_) => "storage",
@@ -188,6 +192,13 @@ impl Ingest {
     ) -> Result<Pending, IngestError> {
         if let Some(p) = &protection {
             check_speaks_for(&report, &p.device)?;
+        }
+        // A passcode or an OTP is taken only from a lock that proved who it
+        // is, whichever transport brought it.
+        if let (ReportBody::TwoFactor(e), None) = (&report.body, &protection) {
+            return Err(IngestError::Unprotected {
+                lock: e.lock_id.clone(),
+            });
         }
         let subject = self.authorise(&report)?;
         let (reply, answer) = oneshot::channel();

@@ -351,10 +351,20 @@ impl Writer {
         if !twofa.is_empty() {
             let entries: Vec<_> = twofa.iter().map(|(_, e)| e.clone()).collect();
             let started = Instant::now();
-            let decided = self
+            let mut decided = self
                 .store
                 .apply_twofa_entries(&entries, &self.twofa, crate::ingest::now_ms())
                 .await;
+            // Once more on a failure (a deadlock between instances on
+            // PostgreSQL, say): the step is one transaction, so nothing of
+            // the first try is left.
+            if let Err(e) = &decided {
+                tracing::debug!(error = %e, "2FA step failed; trying once more");
+                decided = self
+                    .store
+                    .apply_twofa_entries(&entries, &self.twofa, crate::ingest::now_ms())
+                    .await;
+            }
             metrics::twofa_step(started.elapsed());
             match decided {
                 Ok(outcomes) if outcomes.len() == twofa.len() => {

@@ -283,6 +283,18 @@ async fn user(tx: &mut Tx, org: &str, user_id: &str) -> Result<Option<UserRow>, 
         .next())
 }
 
+/// The user's row, without taking its lock again.
+async fn user_read(tx: &mut Tx, org: &str, user_id: &str) -> Result<Option<UserRow>, sqlx::Error> {
+    Ok(tx
+        .rows::<UserRow>(
+            &format!("SELECT {USER_COLUMNS} FROM tfa_users WHERE org = $1 AND user_id = $2"),
+            &[t(org), t(user_id)],
+        )
+        .await?
+        .into_iter()
+        .next())
+}
+
 async fn user_view(
     tx: &mut Tx,
     org: &str,
@@ -745,8 +757,23 @@ pub(super) async fn execute(
         })),
         Command::ClearTwoFactorLockout { lock_id, user_id } => {
             let (kind, subject) = match (lock_id, user_id) {
-                (Some(l), None) => (CounterKind::LockFailures, l),
-                (None, Some(u)) => (CounterKind::UserFailures, u),
+                (Some(l), None) => {
+                    // A lock's lock-out is its department's business.
+                    let lock = match super::jobs::lock_of(prepared, l, org) {
+                        Ok(lock) => lock,
+                        Err(r) => return Ok(Err(r)),
+                    };
+                    if let Err(r) = check_department(lock, dept) {
+                        return Ok(Err(r));
+                    }
+                    tx.lock_row(l).await?;
+                    (CounterKind::LockFailures, l)
+                }
+                (None, Some(u)) => {
+                    // Serialised with the user's OTP entries, which count failures.
+                    user(tx, org, u).await?;
+                    (CounterKind::UserFailures, u)
+                }
                 _ => return refused(TwoFactorRefusal::LockoutTarget),
             };
             let c = counter(tx, org, kind, subject).await?;
@@ -926,8 +953,24 @@ async fn passcode(
             &[t(org), Bind::OptBytes(Some(passcode_key.to_vec()))],
         )
         .await?;
-    let user_id = found.clone().unwrap_or_default();
-    let row = user(tx, org, &user_id).await?;
+    let mut user_id = found.clone().unwrap_or_default();
+    let mut row = user(tx, org, &user_id).await?;
+    // With the user's row locked (PostgreSQL), the passcode must still be
+    // theirs: a reset that committed meanwhile has made it nobody's.
+    let mut found = found;
+    if found.is_some() {
+        let still = tx
+            .scalar::<String>(
+                "SELECT user_id FROM tfa_users WHERE org = $1 AND user_id = $2 AND passcode_key = $3",
+                &[t(org), t(&user_id), Bind::OptBytes(Some(passcode_key.to_vec()))],
+            )
+            .await?;
+        if still.is_none() {
+            found = None;
+            user_id.clear();
+            row = None;
+        }
+    }
     let grants = tx
         .rows::<GrantRow>(
             &format!(
@@ -1067,19 +1110,33 @@ async fn otp(
 ) -> Result<EntryOutcome, sqlx::Error> {
     let org = lock.org.as_str();
     let lock_id = lock.id.as_str();
-    let row = tx
-        .rows::<ChallengeRow>(
-            "SELECT user_id, grant_id, department, expires_at_ms, tries, state, otp_tag FROM tfa_challenges \
-             WHERE challenge_id = $1 AND org = $2 AND lock_id = $3",
-            &[i(challenge_id), t(org), t(lock_id)],
-        )
+    const CHALLENGE: &str =
+        "SELECT user_id, grant_id, department, expires_at_ms, tries, state, otp_tag \
+         FROM tfa_challenges WHERE challenge_id = $1 AND org = $2 AND lock_id = $3";
+    let binds = [i(challenge_id), t(org), t(lock_id)];
+    let mut row = tx
+        .rows::<ChallengeRow>(CHALLENGE, &binds)
         .await?
         .into_iter()
         .next();
     let mut facts = None;
     let mut matches = false;
+    if let Some(c) = row.take() {
+        // The user's row first (the order the commands take), then the
+        // challenge read again under its own lock (PostgreSQL): a revoke,
+        // reset or deactivation that committed meanwhile is seen.
+        user(tx, org, &c.user_id).await?;
+        row = if tx.is_postgres() {
+            tx.rows::<ChallengeRow>(&format!("{CHALLENGE} FOR UPDATE"), &binds)
+                .await?
+                .into_iter()
+                .next()
+        } else {
+            Some(c)
+        };
+    }
     if let Some(c) = &row {
-        let user = user(tx, org, &c.user_id).await?;
+        let user = user_read(tx, org, &c.user_id).await?;
         let grant_holds = tx
             .scalar::<i64>(
                 "SELECT grant_id FROM tfa_grants WHERE grant_id = $1 AND revoked_at_ms IS NULL \
@@ -1110,19 +1167,37 @@ async fn otp(
     let mut outcome;
     match &decision {
         OtpDecision::Allow => {
-            tx.execute(
-                "UPDATE tfa_challenges SET state = 'allowed', ended_at_ms = $1 WHERE challenge_id = $2",
-                &[i(now_ms), i(challenge_id)],
-            )
-            .await?;
-            outcome = EntryOutcome::new(TwoFactorResult::Allowed, "allowed");
-            outcome
-                .events
-                .push(log(tx, TwoFactorOutcome::Allowed, base.clone(), now_ms).await?);
+            // Only an open challenge opens the lock, whatever was read.
+            let n = tx
+                .execute(
+                    "UPDATE tfa_challenges SET state = 'allowed', ended_at_ms = $1 \
+                     WHERE challenge_id = $2 AND state = 'open'",
+                    &[i(now_ms), i(challenge_id)],
+                )
+                .await?;
+            if n == 1 {
+                outcome = EntryOutcome::new(TwoFactorResult::Allowed, "allowed");
+                outcome
+                    .events
+                    .push(log(tx, TwoFactorOutcome::Allowed, base.clone(), now_ms).await?);
+            } else {
+                outcome = EntryOutcome::new(TwoFactorResult::ChallengeEnded, "revoked");
+                let ev = log(
+                    tx,
+                    TwoFactorOutcome::ChallengeEnded,
+                    Log {
+                        reason: Some("revoked".into()),
+                        ..base.clone()
+                    },
+                    now_ms,
+                )
+                .await?;
+                outcome.events.push(ev);
+            }
         }
         OtpDecision::Wrong { tries, tries_left } => {
             tx.execute(
-                "UPDATE tfa_challenges SET tries = $1 WHERE challenge_id = $2",
+                "UPDATE tfa_challenges SET tries = $1 WHERE challenge_id = $2 AND state = 'open'",
                 &[i(u64::from(*tries)), i(challenge_id)],
             )
             .await?;
@@ -1145,12 +1220,18 @@ async fn otp(
             reason,
             new_state,
             tries,
-            user_failure,
+            user_failure: _,
         } => {
             if let Some(state) = new_state {
                 tx.execute(
-                    "UPDATE tfa_challenges SET state = $1, tries = $2, ended_at_ms = $3 WHERE challenge_id = $4",
-                    &[t(state.as_str()), i(u64::from(*tries)), i(now_ms), i(challenge_id)],
+                    "UPDATE tfa_challenges SET state = $1, tries = $2, ended_at_ms = $3 \
+                     WHERE challenge_id = $4 AND state = 'open'",
+                    &[
+                        t(state.as_str()),
+                        i(u64::from(*tries)),
+                        i(now_ms),
+                        i(challenge_id),
+                    ],
                 )
                 .await?;
             }
@@ -1166,28 +1247,38 @@ async fn otp(
             )
             .await?;
             outcome.events.push(ev);
-            if let (true, Some(c)) = (*user_failure, &row) {
-                let before = counter(tx, org, CounterKind::UserFailures, &c.user_id).await?;
-                let (after, started) = before.fail(now_ms, limits.user_failures);
-                put_counter(tx, org, CounterKind::UserFailures, &c.user_id, after).await?;
-                if let Some(until) = started {
-                    let ev = log(
-                        tx,
-                        TwoFactorOutcome::LockoutStarted,
-                        Log {
-                            org: org.to_string(),
-                            reason: Some("failed_challenges".into()),
-                            user_id: Some(c.user_id.clone()),
-                            lock_id: Some(lock_id.to_string()),
-                            lockout_until_ms: Some(until),
-                            ..Log::default()
-                        },
-                        now_ms,
-                    )
-                    .await?;
-                    outcome.events.push(ev);
-                }
-            }
+        }
+    }
+    // Every wrong OTP counts toward the user's lock-out, whichever
+    // challenge it was typed for; a lock-out ends their open challenges.
+    if let (true, Some(c)) = (decision.counts_against_user(), &row) {
+        let before = counter(tx, org, CounterKind::UserFailures, &c.user_id).await?;
+        let (after, started) = before.fail(now_ms, limits.user_failures);
+        put_counter(tx, org, CounterKind::UserFailures, &c.user_id, after).await?;
+        if let Some(until) = started {
+            end_open_challenges(
+                tx,
+                ChallengeState::Revoked,
+                "org = $3 AND user_id = $4",
+                &[t(org), t(&c.user_id)],
+                now_ms,
+            )
+            .await?;
+            let ev = log(
+                tx,
+                TwoFactorOutcome::LockoutStarted,
+                Log {
+                    org: org.to_string(),
+                    reason: Some("failed_challenges".into()),
+                    user_id: Some(c.user_id.clone()),
+                    lock_id: Some(lock_id.to_string()),
+                    lockout_until_ms: Some(until),
+                    ..Log::default()
+                },
+                now_ms,
+            )
+            .await?;
+            outcome.events.push(ev);
         }
     }
     Ok(outcome)

@@ -138,8 +138,9 @@ impl Gate {
             .lock(entry.lock_id())
             .cloned();
         let (report, otp) = match entry {
-            TwoFactorEntry::Passcode(e) => {
-                let digits = Zeroizing::new(e.passcode.clone());
+            TwoFactorEntry::Passcode(mut e) => {
+                // Moved, not copied: the only copy is wiped on drop.
+                let digits = Zeroizing::new(std::mem::take(&mut e.passcode));
                 let org = lock.as_ref().map_or("", |l| l.org.as_str()).to_string();
                 // An unknown lock is refused by the pipeline; no hash for it.
                 let passcode_key = if lock.is_some() {
@@ -157,8 +158,8 @@ impl Gate {
                 };
                 (report(&e.lock_id, e.seq, body, received_at_ms), Some(otp))
             }
-            TwoFactorEntry::Otp(e) => {
-                let typed = Zeroizing::new(e.otp.clone());
+            TwoFactorEntry::Otp(mut e) => {
+                let typed = Zeroizing::new(std::mem::take(&mut e.otp));
                 let otp_tag = self.parts.server_key.otp_tag(e.challenge, &typed);
                 let body = EntryBody::Otp {
                     challenge_id: e.challenge,
