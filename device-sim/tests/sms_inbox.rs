@@ -25,7 +25,7 @@ async fn an_sms_is_accepted_recorded_and_its_otp_handed_to_the_waiter_of_that_nu
         let inbox = inbox.clone();
         tokio::spawn(async move { inbox.wait_otp("+6591234567", before, PATIENCE).await })
     };
-    // Another number's SMS wakes the waiter but is not its OTP.
+    // Another number's SMS is not its OTP (and does not even wake it).
     let (status, _) = post(
         inbox.addr(),
         SMS_PATH,
@@ -90,6 +90,58 @@ async fn an_sms_is_accepted_recorded_and_its_otp_handed_to_the_waiter_of_that_nu
         .wait_challenge_otp("+6591234567", 8, before, Duration::ZERO)
         .await
         .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_phones_waiting_at_once_each_get_their_own_otp_and_a_number_keeps_its_newest() {
+    let inbox = inbox().await;
+    let before = Instant::now();
+    let phones = 300u64;
+    let mobile = |n: u64| format!("+659{:07}", n);
+    let waiters: Vec<_> = (0..phones)
+        .map(|n| {
+            let inbox = inbox.clone();
+            tokio::spawn(async move {
+                inbox
+                    .wait_challenge_otp(&mobile(n), 1000 + n, before, PATIENCE)
+                    .await
+            })
+        })
+        .collect();
+    // In reverse order, so no waiter is served by the order of arrival.
+    for n in (0..phones).rev() {
+        let otp = format!("{:06}", 100_000 + n);
+        let (status, _) = post(
+            inbox.addr(),
+            SMS_PATH,
+            &sms_body(&mobile(n), &otp, 1000 + n),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    for (n, w) in (0..phones).zip(waiters) {
+        let otp = w.await.unwrap().expect("each phone got its OTP");
+        assert_eq!(otp.to, mobile(n));
+        assert_eq!(otp.challenge(), Some(1000 + n));
+        assert_eq!(otp.otp.as_str(), format!("{:06}", 100_000 + n));
+    }
+    // One number flooded: its newest OTPs are kept, the oldest forgotten.
+    let kept = device_sim::phone::MAX_KEPT_PER_NUMBER as u64;
+    for c in 0..kept + 4 {
+        post(
+            inbox.addr(),
+            SMS_PATH,
+            &sms_body("+6590000001", "222222", c),
+        )
+        .await
+        .unwrap();
+    }
+    let find = |c: u64| inbox.wait_challenge_otp("+6590000001", c, before, Duration::ZERO);
+    assert!(find(0).await.is_none(), "the oldest is forgotten");
+    assert!(find(kept + 3).await.is_some(), "the newest is kept");
+    assert!(find(4).await.is_some(), "the last {kept} are kept");
+    assert_eq!(inbox.requests().len() as u64, phones + kept + 4);
 }
 
 #[tokio::test]

@@ -19,12 +19,12 @@ mod sms;
 pub use sms::{extract_otp, parse_webhook, reference_challenge, SmsWebhook, WebhookError};
 
 use schemas::twofa::mask_mobile;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
@@ -39,6 +39,11 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// unlocks a second stays within it for hours; a waiter looks at recent
 /// requests only.
 pub const MAX_RECORDED: usize = 65_536;
+
+/// Delivered OTPs kept per number for waiters: a person waits for the
+/// newest, so a handful covers a number whose SMS come faster than its
+/// owner types them.
+pub const MAX_KEPT_PER_NUMBER: usize = 16;
 
 /// Connections served at once (mini-redis `MAX_CONNECTIONS`): a gateway
 /// keeps a small pool; more wait to be accepted.
@@ -180,8 +185,6 @@ impl fmt::Debug for ReceivedOtp {
 /// What the server and the inbox's handles share.
 struct Shared {
     state: Mutex<State>,
-    /// Bumped after every change of `state`: waiters watch it.
-    changed: watch::Sender<u64>,
 }
 
 struct State {
@@ -189,6 +192,31 @@ struct State {
     /// (record id, request), oldest first.
     records: VecDeque<(u64, ReceivedSms)>,
     next_id: u64,
+    /// Each number's phone: its delivered OTPs and who waits for them. A
+    /// waiter looks at its own number only and is woken by a delivery to it
+    /// only, so a load test's thousands of phones cost one lookup per SMS,
+    /// not a scan of every request per waiter per SMS.
+    phones: HashMap<String, Phone>,
+}
+
+#[derive(Default)]
+struct Phone {
+    /// (record id, OTP), oldest first, at most [`MAX_KEPT_PER_NUMBER`].
+    delivered: VecDeque<(u64, ReceivedOtp)>,
+    /// Woken at every delivery to this number.
+    arrived: Arc<Notify>,
+}
+
+impl Phone {
+    fn deliver(&mut self, id: u64, otp: ReceivedOtp) {
+        // In arrival order: a delayed answer may deliver after a later one.
+        let at = self.delivered.partition_point(|(i, _)| *i < id);
+        self.delivered.insert(at, (id, otp));
+        if self.delivered.len() > MAX_KEPT_PER_NUMBER {
+            self.delivered.pop_front();
+        }
+        self.arrived.notify_waiters();
+    }
 }
 
 impl Shared {
@@ -204,29 +232,49 @@ impl Shared {
 
     /// Records `sms`; returns its id.
     fn record(&self, sms: ReceivedSms) -> u64 {
-        let id = {
-            let mut state = self.state();
-            let id = state.next_id;
-            state.next_id += 1;
-            if state.records.len() >= MAX_RECORDED {
-                state.records.pop_front();
-            }
-            state.records.push_back((id, sms));
-            id
-        };
-        self.changed.send_modify(|n| *n += 1);
+        let mut state = self.state();
+        let id = state.next_id;
+        state.next_id += 1;
+        if state.records.len() >= MAX_RECORDED {
+            state.records.pop_front();
+        }
+        state.records.push_back((id, sms));
         id
     }
 
-    /// Sets the status answered to request `id`.
+    /// Sets the status answered to request `id`; a 2xx delivers its OTP.
     fn answered(&self, id: u64, status: u16) {
-        {
-            let mut state = self.state();
-            if let Some((_, sms)) = state.records.iter_mut().rev().find(|(i, _)| *i == id) {
-                sms.status = Some(status);
-            }
+        let mut state = self.state();
+        let Some((_, sms)) = state.records.iter_mut().rev().find(|(i, _)| *i == id) else {
+            return;
+        };
+        sms.status = Some(status);
+        if let Some(otp) = sms.delivered_otp() {
+            state
+                .phones
+                .entry(otp.to.clone())
+                .or_default()
+                .deliver(id, otp);
         }
-        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// The first OTP delivered to a number that `wanted` accepts, arrived
+    /// at or after `after`, and what a delivery to `mobile` wakes.
+    fn find(
+        &self,
+        mobile: &str,
+        wanted: &impl Fn(&ReceivedOtp) -> bool,
+        after: Instant,
+    ) -> (Option<ReceivedOtp>, Arc<Notify>) {
+        let mut state = self.state();
+        let phone = state.phones.entry(mobile.to_string()).or_default();
+        let found = phone
+            .delivered
+            .iter()
+            .map(|(_, o)| o)
+            .find(|o| o.at >= after && wanted(o))
+            .cloned();
+        (found, phone.arrived.clone())
     }
 }
 
@@ -282,8 +330,8 @@ impl SmsInbox {
                 mode: InboxMode::Up,
                 records: VecDeque::new(),
                 next_id: 0,
+                phones: HashMap::new(),
             }),
-            changed: watch::Sender::new(0),
         });
         let stop = CancellationToken::new();
         tokio::spawn(server::serve(listener, shared.clone(), stop.clone()));
@@ -327,7 +375,7 @@ impl SmsInbox {
         after: Instant,
         timeout: Duration,
     ) -> Option<ReceivedOtp> {
-        self.wait_for(|o| o.to == mobile, after, timeout).await
+        self.wait_for(mobile, |_| true, after, timeout).await
     }
 
     /// As [`SmsInbox::wait_otp`], for the OTP of `challenge` only (the
@@ -341,39 +389,34 @@ impl SmsInbox {
         after: Instant,
         timeout: Duration,
     ) -> Option<ReceivedOtp> {
-        let wanted =
-            |o: &ReceivedOtp| o.to == mobile && o.challenge().is_none_or(|c| c == challenge);
-        self.wait_for(wanted, after, timeout).await
+        let wanted = |o: &ReceivedOtp| o.challenge().is_none_or(|c| c == challenge);
+        self.wait_for(mobile, wanted, after, timeout).await
     }
 
     async fn wait_for(
         &self,
+        mobile: &str,
         wanted: impl Fn(&ReceivedOtp) -> bool,
         after: Instant,
         timeout: Duration,
     ) -> Option<ReceivedOtp> {
         let deadline = tokio::time::Instant::now() + timeout;
-        // Subscribed before looking, so a change in between wakes us.
-        let mut changed = self.shared.changed.subscribe();
         loop {
-            if let Some(otp) = self.find(&wanted, after) {
+            let (found, arrived) = self.shared.find(mobile, &wanted, after);
+            if found.is_some() {
+                return found;
+            }
+            // Registered before looking again, so a delivery in between
+            // wakes us (Notify::notify_waiters wakes only enabled waiters).
+            let notified = arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let (Some(otp), _) = self.shared.find(mobile, &wanted, after) {
                 return Some(otp);
             }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => {}
-                // Timed out, or the server is gone.
-                _ => return None,
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
             }
         }
-    }
-
-    fn find(&self, wanted: &impl Fn(&ReceivedOtp) -> bool, after: Instant) -> Option<ReceivedOtp> {
-        let state = self.shared.state();
-        state
-            .records
-            .iter()
-            .filter(|(_, r)| r.at >= after)
-            .filter_map(|(_, r)| r.delivered_otp())
-            .find(|o| wanted(o))
     }
 }
