@@ -82,6 +82,10 @@ pub enum Command {
     /// Heartbeat answer latency with one pending job per lock (a million by
     /// default) beside the same fleet with none, runs alternating, medians
     HeartbeatJobs(crate::hbjobs::HeartbeatJobsArgs),
+    /// 2FA unlocks: challenge latency (lock request to notifier call) at
+    /// 1 000 challenges/s and OTP verification throughput, beside heartbeats
+    /// on the same locks and gateway, runs repeated, medians reported
+    Twofa(crate::twofa::TwoFactorArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,7 +300,10 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Ingest(a) => a,
-            Command::Jobs(_) | Command::Wakeup(_) | Command::HeartbeatJobs(_) => {
+            Command::Jobs(_)
+            | Command::Wakeup(_)
+            | Command::HeartbeatJobs(_)
+            | Command::Twofa(_) => {
                 unreachable!("parsed `ingest`")
             }
         }

@@ -237,6 +237,33 @@ pub async fn seed_pending_jobs(url: &str) -> Result<u64> {
     }
 }
 
+/// The one `BIGINT` (or `INTEGER`) value `sql` selects from the database
+/// at `url`: the after-run checks (`SELECT count(*) ...`).
+pub async fn scalar(url: &str, sql: &'static str) -> Result<i64> {
+    let failed = |e: sqlx::Error| LoadtestError::Database {
+        url: redact(url),
+        statement: sql.to_string(),
+        detail: e.to_string(),
+    };
+    if is_postgres_url(url) {
+        let mut conn = PgConnection::connect(url).await.map_err(failed)?;
+        let value: i64 = sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(failed)?;
+        let _ = conn.close().await;
+        Ok(value)
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.map_err(failed)?;
+        let value: i64 = sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(failed)?;
+        let _ = conn.close().await;
+        Ok(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

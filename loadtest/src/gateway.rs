@@ -54,7 +54,8 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
         }
     };
     if path.is_file() {
-        Ok(path)
+        // Absolute, as the gateway is started in a run directory.
+        Ok(std::fs::canonicalize(&path).unwrap_or(path))
     } else {
         Err(LoadtestError::GatewayMissing { path })
     }

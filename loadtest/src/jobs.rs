@@ -11,15 +11,14 @@
 //! reported.
 
 use crate::cli::parse_duration;
+use crate::dashboard::{request, Dashboard, ANSWER_TIMEOUT};
 use crate::database::{self, Engine, FreshDatabase, DEFAULT_POSTGRES_URL};
 use crate::error::{LoadtestError, Result};
 use crate::gateway::{self, Gateway};
 use crate::workload;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Options of `loadtest jobs`.
 #[derive(clap::Args, Debug, Clone)]
@@ -136,42 +135,7 @@ async fn drive(
     mode: Mode,
     job_ids: &[(String, Option<String>, u64)],
 ) -> Result<(Phase, Vec<(String, Option<String>, u64)>)> {
-    let client_id = format!("dashboard-loadtest-{}", std::process::id());
-    let mut opts = MqttOptions::new(client_id, mqtt.ip().to_string(), mqtt.port());
-    opts.set_credentials("dashboard", password);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    opts.set_inflight(u16::try_from(args.window.min(1000)).unwrap_or(1000).max(10));
-    let (client, mut eventloop) = AsyncClient::new(opts, args.window * 2 + 16);
-    let (answers_tx, mut answers) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let poller = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.subscribe("rsp/v1/#", QoS::AtLeastOnce).await;
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = answers_tx.send(p.payload.to_vec());
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(20), ready)
-        .await
-        .map_err(|_| LoadtestError::Fleet("the dashboard session did not come up".into()))?
-        .map_err(|_| LoadtestError::Fleet("the dashboard session ended".into()))?;
+    let mut dashboard = Dashboard::connect(mqtt, password, args.window).await?;
     let started = Instant::now();
     let mut sent: HashMap<String, Instant> = HashMap::new();
     let mut latencies_us: Vec<u64> = Vec::new();
@@ -200,40 +164,31 @@ async fn drive(
                 (o.clone(), d.clone())
             }
         };
-        let body = serde_json::json!({
-            "correlation_id": corr, "idempotency_key": format!("lt-{}-{n}", std::process::id()),
-            "reply_to": format!("rsp/v1/{org}/loadtest"), "requested_by": "loadtest",
-            "department": dept, "command": command,
-        });
-        (corr, format!("cmd/v1/{org}"), body.to_string().into_bytes())
+        let key = format!("lt-{}-{n}", std::process::id());
+        let body = request(&corr, &key, &org, dept.as_deref(), command);
+        (corr, org, body)
     };
     if mode == Mode::Read && job_ids.is_empty() {
-        poller.abort();
+        dashboard.close().await;
         return Ok((Phase::default(), created));
     }
     let deadline = started + args.duration;
     loop {
         while sent.len() < args.window && Instant::now() < deadline {
-            let (corr, topic, body) = send(next);
+            let (corr, org, body) = send(next);
             next += 1;
-            client
-                .publish(topic, QoS::AtLeastOnce, false, body)
-                .await
-                .map_err(|e| LoadtestError::Fleet(format!("publishing a command: {e}")))?;
+            dashboard.publish(&org, &body).await?;
             sent.insert(corr, Instant::now());
         }
         if sent.is_empty() {
             break;
         }
-        let Ok(Some(payload)) = tokio::time::timeout(Duration::from_secs(30), answers.recv()).await
-        else {
+        let Some(v) = dashboard.answer(ANSWER_TIMEOUT).await else {
             return Err(LoadtestError::Fleet(format!(
-                "{} commands were not answered within 30 s",
-                sent.len()
+                "{} commands were not answered within {} s",
+                sent.len(),
+                ANSWER_TIMEOUT.as_secs()
             )));
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) else {
-            continue;
         };
         let Some(at) = v["correlation_id"].as_str().and_then(|c| sent.remove(c)) else {
             continue;
@@ -257,8 +212,7 @@ async fn drive(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    poller.abort();
-    let _ = client.disconnect().await;
+    dashboard.close().await;
     latencies_us.sort_unstable();
     let q = |p: f64| {
         latencies_us

@@ -34,6 +34,7 @@
 //! `--find-max` gives the highest rate sustained instead.
 
 pub mod cli;
+pub mod dashboard;
 pub mod database;
 pub mod error;
 pub mod gateway;
@@ -47,6 +48,7 @@ pub mod prom;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod twofa;
 pub mod wakeup;
 pub mod workload;
 

@@ -41,6 +41,13 @@ async fn main() -> anyhow::Result<()> {
             };
             print!("{report}");
         }
+        Command::Twofa(args) => {
+            let report = tokio::select! {
+                report = loadtest::twofa::run(&args, command_line.clone()) => report?,
+                _ = abandon.cancelled() => anyhow::bail!("quit at once: the gateway was killed"),
+            };
+            print!("{report}");
+        }
         Command::Jobs(args) => {
             let report = tokio::select! {
                 report = loadtest::jobs::run(&args, command_line) => report?,
