@@ -7,35 +7,20 @@
 //! built by `cargo build` / `cargo nextest run --workspace`; when only this
 //! crate was built, the test fails saying to run `cargo build -p gateway`.
 
-use std::path::PathBuf;
+mod common;
+
+use common::run_loadtest;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The whole invocation: two runs of 2 s each plus imports, start-ups,
 /// drains and stops. Normally ~10 s; generous for a loaded 2-core machine.
 const INVOCATION_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// `gateway` in the directory Cargo put this crate's binary in.
-fn gateway_bin() -> PathBuf {
-    let loadtest = PathBuf::from(env!("CARGO_BIN_EXE_loadtest"));
-    let dir = loadtest
-        .parent()
-        .expect("a binary lives in a directory")
-        .to_path_buf();
-    let gateway = dir.join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        gateway.is_file(),
-        "{} is missing: run `cargo build -p gateway` first (cargo nextest run --workspace builds it)",
-        gateway.display()
-    );
-    gateway
-}
-
 #[test]
 fn a_tiny_sqlite_invocation_reports_baseline_and_group_commit() {
-    let gateway = gateway_bin();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args([
+    let out = run_loadtest(
+        &[
             "ingest",
             "--engine",
             "sqlite",
@@ -49,31 +34,9 @@ fn a_tiny_sqlite_invocation_reports_baseline_and_group_commit() {
             "2s",
             "--progress-every",
             "1s",
-            // FOR NOW: the gateway binary does not speak OSCORE yet, so both
-            // sides run without device security (gateway --insecure-dev).
-            // Drop this once the gateway enforces OSCORE: the default is the
-            // secure protocol.
-            "--insecure",
-            "--gateway-bin",
-        ])
-        .arg(&gateway)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the loadtest binary starts");
-    let started = Instant::now();
-    while child.try_wait().expect("waiting for loadtest").is_none() {
-        if started.elapsed() > INVOCATION_TIMEOUT {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("loadtest output");
-            panic!(
-                "loadtest did not finish within {INVOCATION_TIMEOUT:?}:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("loadtest output");
+        ],
+        INVOCATION_TIMEOUT,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
