@@ -167,6 +167,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let coap_addr = udp.local_addr()?;
     tracing::info!(addr = %coap_addr, "CoAP listening (UDP)");
     let mut inputs = Vec::new();
+    // Passcode hashing, shared by the 2FA gate and the command API.
+    let hasher = crate::twofa::gate::PasscodeHasher::new(server_key.clone());
     {
         let notifier: Arc<dyn crate::twofa::Notifier> = match &config.twofa.notifier {
             crate::config::NotifierChoice::Mqtt => {
@@ -202,6 +204,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             registry: registry.clone(),
             server_key: server_key.clone(),
             notifier,
+            hasher: hasher.clone(),
             store: store.clone(),
             events: twofa_events,
         });
@@ -225,6 +228,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             registry: registry.clone(),
             server_key: server_key.clone(),
             client: backend_mqtt.clone(),
+            hasher,
             bridges: Some(bridge_signals),
         },
         intake.clone(),

@@ -16,7 +16,7 @@ use crate::metrics;
 use crate::store::jobs::{Answer, Prepared};
 use crate::store::twofa::NewPasscode;
 use crate::store::Store;
-use crate::twofa::gate::{passcode_key, random_digits};
+use crate::twofa::gate::{passcode_key, random_digits, PasscodeHasher};
 use dispatcher::jobs::Refusal;
 use dispatcher::Registry;
 use rand::RngCore;
@@ -46,6 +46,8 @@ pub struct Commands {
     pub registry: Arc<RwLock<Registry>>,
     pub server_key: ServerKey,
     pub client: MqttClient,
+    /// Draws passcodes (shared with the 2FA gate: one hash per core at a time).
+    pub hasher: PasscodeHasher,
     /// Tells bridge delivery that jobs changed.
     pub bridges: Option<crate::bridges::Signals>,
 }
@@ -225,18 +227,19 @@ impl Commands {
             prepared.access_id = Some(access);
         }
         if request.command.reveals_secret() {
-            let key = self.server_key.clone();
             let org = org.to_string();
-            let drawn = tokio::task::spawn_blocking(move || {
-                (0..PASSCODE_CANDIDATES)
-                    .map(|_| {
-                        let digits = random_digits(PASSCODE_DIGITS);
-                        let key = passcode_key(&key, &org, &digits);
-                        NewPasscode { digits, key }
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await;
+            let drawn = self
+                .hasher
+                .run(move |key| {
+                    (0..PASSCODE_CANDIDATES)
+                        .map(|_| {
+                            let digits = random_digits(PASSCODE_DIGITS);
+                            let key = passcode_key(key, &org, &digits);
+                            NewPasscode { digits, key }
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await;
             // A failed draw leaves no candidate; the store then refuses.
             prepared.passcodes = drawn.unwrap_or_default();
         }
