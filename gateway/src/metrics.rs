@@ -122,11 +122,43 @@ pub const TWOFA_STEP_LATENCY: &str = "lockfleet_twofa_step_duration_seconds";
 /// 2FA steps that failed (the locks were told to retry).
 pub const TWOFA_STEP_FAILED: &str = "lockfleet_twofa_step_failed_total";
 
+/// Locks whose newest heartbeat reports a low battery, from the database.
+pub const LOCKS_LOW_BATTERY: &str = "lockfleet_locks_low_battery";
+/// Pending jobs by `age` since creation ([`PENDING_AGES`]), from the database.
+pub const JOBS_PENDING: &str = "lockfleet_jobs_pending";
+/// Age of the oldest pending job (0 when none), from the database.
+pub const JOBS_OLDEST_PENDING_AGE: &str = "lockfleet_jobs_oldest_pending_age_seconds";
+/// Seconds from a job's creation (a recreated job's: its recreation) to its
+/// completion, by `route` (heartbeat, bridge: how it last reached the lock).
+pub const JOB_COMPLETION_LATENCY: &str = "lockfleet_job_completion_seconds";
+/// Bridge connectivity changes committed, by `change` (online, offline) and
+/// `cause` (connected, disconnected, last_will).
+pub const BRIDGE_CONNECTIVITY_CHANGES: &str = "lockfleet_bridge_connectivity_changes_total";
+
+/// The `age` label of [`JOBS_PENDING`]: a pending job younger than the
+/// bound (milliseconds) falls in its bucket; older than the last, `over_1d`.
+/// A lock hears its jobs at its heartbeat (at most 24 h apart), so a job
+/// older than a day is one its lock has not picked up when it should have.
+pub const PENDING_AGES: [(u64, &str); 4] = [
+    (60_000, "under_1m"),
+    (600_000, "1m_to_10m"),
+    (3_600_000, "10m_to_1h"),
+    (86_400_000, "1h_to_1d"),
+];
+/// The `age` label of pending jobs older than every bound of [`PENDING_AGES`].
+pub const PENDING_AGE_OLDEST: &str = "over_1d";
+
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 const BATCH_BUCKETS: [f64; 12] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
+/// Creation to completion: seconds through a bridge, up to a day (and
+/// more for a lock that was away) at a heartbeat.
+const JOB_COMPLETION_BUCKETS: [f64; 16] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0,
+    86400.0, 172800.0,
 ];
 
 /// Install the global recorder. Call once per process; later calls return a
@@ -141,6 +173,13 @@ pub fn install() -> PrometheusHandle {
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(JOBS_PER_DOWNLINK.into()), &BATCH_BUCKETS)
             })
+            // A full name wins over the `_seconds` suffix.
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(JOB_COMPLETION_LATENCY.into()),
+                    &JOB_COMPLETION_BUCKETS,
+                )
+            })
             // Infallible: the bucket lists above are non-empty constants.
             .expect("bucket lists are non-empty")
     };
@@ -151,6 +190,7 @@ pub fn install() -> PrometheusHandle {
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_ok() {
                 describe();
+                register_known_series();
             }
             handle
         })
@@ -319,9 +359,111 @@ fn describe() {
         BRIDGES_DELIVERING,
         "Bridges this instance knows online and delivers commands to"
     );
+    describe_gauge!(
+        LOCKS_LOW_BATTERY,
+        "Locks whose newest heartbeat reports a low battery"
+    );
+    describe_gauge!(
+        JOBS_PENDING,
+        "Pending jobs by age since creation (under_1m, 1m_to_10m, 10m_to_1h, 1h_to_1d, over_1d)"
+    );
+    describe_gauge!(
+        JOBS_OLDEST_PENDING_AGE,
+        Unit::Seconds,
+        "Age of the oldest pending job (0 when none)"
+    );
+    describe_histogram!(
+        JOB_COMPLETION_LATENCY,
+        Unit::Seconds,
+        "Time from a job's creation (or recreation) to its completion, by the route that delivered it"
+    );
+    describe_counter!(
+        BRIDGE_CONNECTIVITY_CHANGES,
+        "Bridge connectivity changes committed, by change (online, offline) and cause"
+    );
     describe_coap();
     describe_oscore();
     describe_front();
+}
+
+/// Create the series whose label values are known in advance at zero, so
+/// that the first increment is a visible change to `rate()` and
+/// `increase()` (a series born at 1 looks constant) and alerts on them
+/// evaluate from the start rather than on "no data".
+fn register_known_series() {
+    for name in [
+        COAP_RETRANSMISSIONS,
+        ACTIVITY_COMMITTED,
+        COMMIT_FAILED,
+        JOB_STEP_FAILED,
+        TWOFA_STEP_FAILED,
+        BRIDGE_SIGNALS_DROPPED,
+        COAP_EXCHANGES_EVICTED,
+    ] {
+        counter!(name).absolute(0);
+    }
+    let labelled: [(&'static str, &'static str, &[&'static str]); 9] = [
+        (RECEIVED, "transport", &["coap", "mqtt"]),
+        (OSCORE_VERIFIED, "transport", &["coap", "mqtt"]),
+        (OSCORE_UNPROTECTED_ACCEPTED, "transport", &["coap", "mqtt"]),
+        (
+            COMMITTED,
+            "kind",
+            &["heartbeat", "activity_log", "job_report", "bridge_status"],
+        ),
+        (
+            JOB_CHANGES,
+            "change",
+            &[
+                "created",
+                "delivered",
+                "completed",
+                "failed",
+                "deleted",
+                "recreated",
+            ],
+        ),
+        (OVERDUE_CHANGES, "change", &["overdue", "returned"]),
+        (TWOFA_LOCKOUT_CHANGES, "change", &["started", "cleared"]),
+        (BRIDGE_COMMANDS_SENT, "try", &["first", "retry"]),
+        (KEYRING_LOADS, "outcome", &["ok", "failed"]),
+    ];
+    for (name, label, values) in labelled {
+        for &value in values {
+            counter!(name, label => value).absolute(0);
+        }
+    }
+    gauge!(FRONT_CONNECTIONS).increment(0.0);
+    for (change, cause) in [
+        ("online", "connected"),
+        ("offline", "disconnected"),
+        ("offline", "last_will"),
+    ] {
+        counter!(BRIDGE_CONNECTIVITY_CHANGES, "change" => change, "cause" => cause).absolute(0);
+    }
+    for name in [
+        ACK_LATENCY,
+        COMMIT_LATENCY,
+        BATCH_SIZE,
+        COMMAND_LATENCY,
+        JOB_STEP_LATENCY,
+        JOBS_PER_DOWNLINK,
+        BRIDGE_RESULT_LATENCY,
+        TWOFA_CHALLENGE_LATENCY,
+        TWOFA_PASSCODE_HASH_LATENCY,
+        TWOFA_STEP_LATENCY,
+        KEYRING_LOAD_DURATION,
+    ] {
+        // Registering the handle is enough: the exporter renders it with
+        // empty buckets.
+        let _ = histogram!(name);
+    }
+    for route in ["heartbeat", "bridge"] {
+        let _ = histogram!(JOB_COMPLETION_LATENCY, "route" => route);
+    }
+    for outcome in ["ok", "refused"] {
+        let _ = histogram!(FRONT_AUTH_LATENCY, "outcome" => outcome);
+    }
 }
 
 pub fn received(transport: &'static str) {
@@ -599,4 +741,35 @@ pub fn bridge_signal_dropped() {
 }
 pub fn bridge_result_latency(took: Duration) {
     histogram!(BRIDGE_RESULT_LATENCY).record(took.as_secs_f64());
+}
+
+pub fn locks_low_battery(n: u64) {
+    gauge!(LOCKS_LOW_BATTERY).set(n as f64);
+}
+/// `counts[i]` pending jobs in the `i`-th age of [`PENDING_AGES`], the last
+/// one older than all of them; `oldest` the oldest one's age.
+pub fn jobs_pending(counts: &[u64; PENDING_AGES.len() + 1], oldest: Duration) {
+    let labels = PENDING_AGES
+        .iter()
+        .map(|(_, label)| *label)
+        .chain([PENDING_AGE_OLDEST]);
+    for (label, n) in labels.zip(counts) {
+        gauge!(JOBS_PENDING, "age" => label).set(*n as f64);
+    }
+    gauge!(JOBS_OLDEST_PENDING_AGE).set(oldest.as_secs_f64());
+}
+/// A job completed `took` after its creation, last delivered by `route`
+/// (`heartbeat`, `bridge`; anything else is `other`).
+pub fn job_completed(route: Option<&str>, took: Duration) {
+    let route = match route {
+        Some("heartbeat") => "heartbeat",
+        Some("bridge") => "bridge",
+        _ => "other",
+    };
+    histogram!(JOB_COMPLETION_LATENCY, "route" => route).record(took.as_secs_f64());
+}
+/// `cause`: `connected`, `disconnected` or `last_will`.
+pub fn bridge_connectivity_change(online: bool, cause: &'static str) {
+    let change = if online { "online" } else { "offline" };
+    counter!(BRIDGE_CONNECTIVITY_CHANGES, "change" => change, "cause" => cause).increment(1);
 }

@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 pub const INGEST_QUEUE_CAPACITY: usize = 4_096;
 /// Rows retention deletes per table per pass, so a pass never holds a long lock.
 pub const RETENTION_CHUNK: u64 = 10_000;
-/// How often the online-device gauges are counted in the database. Two
-/// index range scans; a Prometheus scrape every 15-60 s needs no more.
+/// How often the gauges kept in the database are counted (devices online,
+/// 2FA lock-outs, low-battery locks, pending jobs by age). Index range
+/// scans each; a Prometheus scrape every 15-60 s needs no more.
 pub const ONLINE_REFRESH: Duration = Duration::from_secs(15);
 /// How often retention runs.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(600);
@@ -429,6 +430,13 @@ fn spawn_housekeeping(
                         tracing::warn!(error = %e, "cannot count the 2FA lock-outs; the gauge keeps its last value")
                     }
                 }
+                match store.count_low_battery().await {
+                    Ok(n) => metrics::locks_low_battery(n),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot count the locks with a low battery; the gauge keeps its last value")
+                    }
+                }
+                record_pending_jobs(&store).await;
             }
         });
     }
@@ -443,6 +451,21 @@ fn spawn_housekeeping(
             }
         }
     });
+}
+
+/// Count the pending jobs by age into their gauges.
+async fn record_pending_jobs(store: &Store) {
+    let now = crate::ingest::now_ms();
+    let ages = metrics::PENDING_AGES.map(|(ms, _)| ms);
+    match store.pending_ages(now, ages).await {
+        Ok(p) => {
+            let oldest = p.oldest_issued_ms.map_or(0, |t| now.saturating_sub(t));
+            metrics::jobs_pending(&p.by_age(), Duration::from_millis(oldest));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the pending jobs; the gauges keep their last values")
+        }
+    }
 }
 
 /// How often an instance looks for locks that became overdue or came back.

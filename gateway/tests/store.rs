@@ -58,6 +58,7 @@ on_both_engines!(
     concurrent_commits_of_one_bridge_keep_its_history_alternating,
     locks_before_is_each_lock_s_stored_state_before_the_batch,
     online_locks_and_bridges_are_counted_in_the_database,
+    low_battery_locks_and_pending_jobs_by_age_are_counted_in_the_database,
     keys_are_stored_wrapped_and_open_to_the_server_key_only,
     a_new_device_without_a_secret_is_refused_and_nothing_is_registered,
     a_different_secret_rotates_the_key_and_the_same_secret_keeps_it,
@@ -602,6 +603,64 @@ async fn online_locks_and_bridges_are_counted_in_the_database(url: String) {
         "the 1 h lock is overdue at its deadline"
     );
     assert_eq!(count(until("L2", 24)).await.locks, 0);
+    store.close().await;
+}
+
+/// The clock of the pending-jobs rows below, Unix milliseconds.
+const JOBS_NOW_MS: u64 = 1_000_000_000;
+
+async fn low_battery_locks_and_pending_jobs_by_age_are_counted_in_the_database(url: String) {
+    let store = open(&url).await;
+    gateway::store::testing::register(&store, &fleet()).await;
+    assert_eq!(store.count_low_battery().await.unwrap(), 0);
+    // L1 low by level, L2 low by percent (below 30), L3 at 30: not low.
+    let mut rows = vec![
+        heartbeat_row("L1", 1),
+        heartbeat_row("L2", 1),
+        heartbeat_row("L3", 1),
+    ];
+    rows[0].hb.battery = Battery::Level(BatteryLevel::Low);
+    rows[1].hb.battery = Battery::Percent(29);
+    rows[2].hb.battery = Battery::Percent(30);
+    let batch = Batch {
+        heartbeats: rows,
+        ..Batch::default()
+    };
+    store.commit(&batch).await.unwrap();
+    assert_eq!(store.count_low_battery().await.unwrap(), 2);
+    // L1's newer heartbeat is high: one low lock left.
+    let mut again = heartbeat_row("L1", 2);
+    again.hb.battery = Battery::Level(BatteryLevel::High);
+    let batch = Batch {
+        heartbeats: vec![again],
+        ..Batch::default()
+    };
+    store.commit(&batch).await.unwrap();
+    assert_eq!(store.count_low_battery().await.unwrap(), 1);
+
+    let ages = [60_000, 600_000, 3_600_000, 86_400_000];
+    let none = store.pending_ages(JOBS_NOW_MS, ages).await.unwrap();
+    assert_eq!(none.total, 0);
+    assert_eq!(none.oldest_issued_ms, None);
+    // Pending jobs issued 30 s, 5 min, 30 min, 2 h and 2 days before
+    // JOBS_NOW_MS, and a completed one (not counted).
+    execute(
+        &store,
+        "INSERT INTO jobs (org, lock_id, kind, state, attempt, created_at_ms, created_by, \
+         description, issued_at_ms, version, updated_at_ms) VALUES \
+         ('org-1', 'L1', 'create_custom_pin', 'pending', 1, 1, 't', 'd', 999970000, 1, 1), \
+         ('org-1', 'L1', 'create_custom_pin', 'pending', 1, 1, 't', 'd', 999700000, 1, 1), \
+         ('org-1', 'L1', 'create_custom_pin', 'pending', 1, 1, 't', 'd', 998200000, 1, 1), \
+         ('org-1', 'L1', 'create_custom_pin', 'pending', 2, 1, 't', 'd', 992800000, 1, 1), \
+         ('org-1', 'L1', 'create_custom_pin', 'pending', 1, 1, 't', 'd', 827200000, 1, 1), \
+         ('org-1', 'L1', 'create_custom_pin', 'completed', 1, 1, 't', 'd', 100, 1, 1)",
+    )
+    .await;
+    let p = store.pending_ages(JOBS_NOW_MS, ages).await.unwrap();
+    assert_eq!(p.total, 5);
+    assert_eq!(p.younger, [1, 2, 3, 4]);
+    assert_eq!(p.oldest_issued_ms, Some(827_200_000));
+    assert_eq!(p.by_age(), [1, 1, 1, 1, 1]);
     store.close().await;
 }
 

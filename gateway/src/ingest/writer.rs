@@ -304,6 +304,7 @@ impl Writer {
                     }
                     if let Some(c) = change {
                         metrics::committed("bridge_status", 1);
+                        metrics::bridge_connectivity_change(c.online, cause_label(c.cause));
                         let event = BridgeConnectivityEvent {
                             event_id: ev::event_id("connectivity", bridge, c.at_ms),
                             org: rec.org.to_string(),
@@ -614,9 +615,27 @@ pub fn twofa_outbound(e: &schemas::twofa::TwoFactorEvent) -> Outbound {
     }
 }
 
+/// The `cause` label of a bridge connectivity change.
+fn cause_label(cause: schemas::event::ConnectivityCause) -> &'static str {
+    use schemas::event::ConnectivityCause as C;
+    match cause {
+        C::Connected => "connected",
+        C::Disconnected => "disconnected",
+        C::LastWill => "last_will",
+    }
+}
+
 /// A job change for the dashboard.
 pub fn job_outbound(job: &crate::store::jobs::StoredJob, change: JobChange) -> Outbound {
     metrics::job_change(change.as_str());
+    if change == JobChange::Completed {
+        // From this attempt's issue: a recreated job's clock starts again.
+        let took = job.view.updated_at_ms.saturating_sub(job.issued_at_ms);
+        metrics::job_completed(
+            job.view.last_sync_by.as_deref(),
+            std::time::Duration::from_millis(took),
+        );
+    }
     let event = job.event(change);
     Outbound {
         topic: job_event_topic(&job.view.org, &job.view.lock_id),

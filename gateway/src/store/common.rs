@@ -406,6 +406,24 @@ pub(super) async fn count_online(
     })
 }
 
+/// Locks with a low battery: `schemas::Battery::is_low` in SQL. The
+/// predicate is word for word the one of the partial index
+/// `lock_state_battery_low` (migration 0008), so that counting reads the
+/// index only; a test holds the two and `LOW_BATTERY_PERCENT` together.
+pub(crate) const COUNT_LOW_BATTERY: &str =
+    "SELECT count(*) FROM lock_state WHERE battery_percent < 30 OR battery_level = 'low'";
+
+/// Locks whose newest heartbeat reports a low battery.
+pub(super) async fn count_low_battery(store: &Store) -> Result<u64, StoreError> {
+    on_pool!(store, |pool, engine| {
+        let n: i64 = sqlx::query_scalar(COUNT_LOW_BATTERY)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(engine, "counting locks with a low battery", e))?;
+        Ok(n.max(0) as u64)
+    })
+}
+
 /// A lock whose overdue state an instance just claimed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverdueClaim {
@@ -714,4 +732,25 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_low_battery_count_is_the_schemas_rule_and_the_indexes_predicate() {
+        let predicate = format!(
+            "battery_percent < {} OR battery_level = 'low'",
+            schemas::units::LOW_BATTERY_PERCENT
+        );
+        assert!(super::COUNT_LOW_BATTERY.ends_with(&format!("WHERE {predicate}")));
+        for migration in [
+            include_str!("../../migrations/sqlite/0008_gauges.sql"),
+            include_str!("../../migrations/postgres/0008_gauges.sql"),
+        ] {
+            assert!(
+                migration.contains(&format!("ON lock_state (lock_id) WHERE {predicate};")),
+                "{migration}"
+            );
+        }
+    }
 }

@@ -1291,6 +1291,71 @@ pub(super) async fn reserve_sender_seqs(
     Ok(limit.max(0) as u64)
 }
 
+/// Pending jobs counted by how long they have waited since issue
+/// (creation, or recreation), for the gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingAges {
+    /// Every pending job.
+    pub total: u64,
+    /// `younger[i]`: those issued less than the `i`-th age ago.
+    pub younger: [u64; 4],
+    /// When the oldest pending job was issued, Unix milliseconds.
+    pub oldest_issued_ms: Option<u64>,
+}
+
+impl PendingAges {
+    /// Each age bucket's own count: `[i]` those younger than the `i`-th age
+    /// and not younger than the one before; the last, older than every age.
+    pub fn by_age(&self) -> [u64; 5] {
+        let mut counts = [0; 5];
+        let mut below = 0;
+        for (i, &n) in self.younger.iter().enumerate() {
+            // A job cannot be younger than a smaller age and not a larger
+            // one; saturating only guards a corrupt row's negative count.
+            counts[i] = n.saturating_sub(below);
+            below = n;
+        }
+        counts[4] = self.total.saturating_sub(below);
+        counts
+    }
+}
+
+/// One statement (one snapshot), over the partial index
+/// `jobs_pending_issued` only: `$1..$4` are the cut-off times.
+const PENDING_AGES_SQL: &str = "SELECT count(*), min(issued_at_ms), \
+     COALESCE(sum(CASE WHEN issued_at_ms > $1 THEN 1 ELSE 0 END), 0), \
+     COALESCE(sum(CASE WHEN issued_at_ms > $2 THEN 1 ELSE 0 END), 0), \
+     COALESCE(sum(CASE WHEN issued_at_ms > $3 THEN 1 ELSE 0 END), 0), \
+     COALESCE(sum(CASE WHEN issued_at_ms > $4 THEN 1 ELSE 0 END), 0) \
+     FROM jobs WHERE state = 'pending'";
+
+/// Pending jobs by age at `now_ms`; `ages_ms` the bucket bounds, ascending.
+pub(super) async fn pending_ages(
+    store: &Store,
+    now_ms: u64,
+    ages_ms: [u64; 4],
+) -> Result<PendingAges, StoreError> {
+    use super::{POSTGRES, SQLITE};
+    type Row = (i64, Option<i64>, i64, i64, i64, i64);
+    let cutoff = |age: u64| now_ms.saturating_sub(age).min(i64::MAX as u64) as i64;
+    super::common::on_pool!(store, |pool, engine| {
+        let row: Row = sqlx::query_as(PENDING_AGES_SQL)
+            .bind(cutoff(ages_ms[0]))
+            .bind(cutoff(ages_ms[1]))
+            .bind(cutoff(ages_ms[2]))
+            .bind(cutoff(ages_ms[3]))
+            .fetch_one(pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(engine, "counting pending jobs by age", e))?;
+        let n = |v: i64| v.max(0) as u64;
+        Ok(PendingAges {
+            total: n(row.0),
+            younger: [n(row.2), n(row.3), n(row.4), n(row.5)],
+            oldest_issued_ms: row.1.map(n),
+        })
+    })
+}
+
 /// Every pending job of `locks`, per lock in creation order.
 pub(super) async fn pending_for(
     store: &Store,
@@ -1496,4 +1561,20 @@ pub(super) async fn apply_results(
     }
     tx.commit().await.map_err(err)?;
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PendingAges;
+
+    #[test]
+    fn pending_ages_become_one_count_per_bucket() {
+        let p = PendingAges {
+            total: 20,
+            younger: [2, 5, 5, 11],
+            oldest_issued_ms: Some(1),
+        };
+        assert_eq!(p.by_age(), [2, 3, 0, 6, 9]);
+        assert_eq!(PendingAges::default().by_age(), [0; 5]);
+    }
 }

@@ -447,6 +447,21 @@ impl Store {
         common::count_overdue(self).await
     }
 
+    /// Locks whose newest heartbeat reports a low battery.
+    pub async fn count_low_battery(&self) -> Result<u64, StoreError> {
+        common::count_low_battery(self).await
+    }
+
+    /// Pending jobs at `now_ms`, and how many of them were issued less than
+    /// each of `ages_ms` ago.
+    pub async fn pending_ages(
+        &self,
+        now_ms: u64,
+        ages_ms: [u64; 4],
+    ) -> Result<jobs::PendingAges, StoreError> {
+        jobs::pending_ages(self, now_ms, ages_ms).await
+    }
+
     /// Every readable stored OSCORE replay window, for the key ring's fast
     /// path after a start (the commit reads the windows itself).
     pub async fn load_replay_windows(&self) -> Result<Vec<StoredWindow>, StoreError> {
