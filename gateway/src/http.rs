@@ -29,6 +29,8 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(s): State<HttpState>) -> String {
+    // Process and runtime gauges as of this scrape.
+    crate::process::sample();
     s.metrics.render()
 }
 

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod mqtt;
+pub mod process;
 pub mod server;
 pub mod store;
 pub mod twofa;

@@ -384,6 +384,7 @@ fn describe() {
     describe_coap();
     describe_oscore();
     describe_front();
+    describe_process();
 }
 
 /// Create the series whose label values are known in advance at zero, so
@@ -772,4 +773,92 @@ pub fn job_completed(route: Option<&str>, took: Duration) {
 pub fn bridge_connectivity_change(online: bool, cause: &'static str) {
     let change = if online { "online" } else { "offline" };
     counter!(BRIDGE_CONNECTIVITY_CHANGES, "change" => change, "cause" => cause).increment(1);
+}
+
+/// What the process uses, sampled by [`crate::process`] at each scrape:
+/// CPU time (user and system) since start. A total that only grows, but
+/// exported as a gauge: the `metrics` crate's counters hold whole numbers,
+/// and `rate()` needs the fractions.
+pub const PROCESS_CPU: &str = "lockfleet_process_cpu_seconds_total";
+/// Resident memory.
+pub const PROCESS_RESIDENT_MEMORY: &str = "lockfleet_process_resident_memory_bytes";
+/// Virtual memory.
+pub const PROCESS_VIRTUAL_MEMORY: &str = "lockfleet_process_virtual_memory_bytes";
+/// Open file descriptors (sockets included: each MQTT client holds two).
+pub const PROCESS_OPEN_FDS: &str = "lockfleet_process_open_fds";
+/// The soft limit on open file descriptors.
+pub const PROCESS_MAX_FDS: &str = "lockfleet_process_max_fds";
+/// OS threads (tokio workers, the blocking pool, the embedded brokers' own).
+pub const PROCESS_THREADS: &str = "lockfleet_process_threads";
+/// Start time, Unix seconds.
+pub const PROCESS_START_TIME: &str = "lockfleet_process_start_time_seconds";
+/// Tokio worker threads of the main runtime.
+pub const TOKIO_WORKERS: &str = "lockfleet_tokio_workers";
+/// Tasks alive on the main runtime (spawned and not yet finished).
+pub const TOKIO_ALIVE_TASKS: &str = "lockfleet_tokio_alive_tasks";
+/// Tasks waiting in the main runtime's global (injection) queue.
+pub const TOKIO_GLOBAL_QUEUE_DEPTH: &str = "lockfleet_tokio_global_queue_depth";
+/// Time the main runtime's workers spent busy, summed over workers (a
+/// growing total exported as a gauge, like [`PROCESS_CPU`]).
+pub const TOKIO_BUSY: &str = "lockfleet_tokio_busy_seconds_total";
+
+/// Help texts of the process and runtime metrics.
+fn describe_process() {
+    use metrics::{describe_gauge, Unit};
+    describe_gauge!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time (user and system) the process used since it started"
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY,
+        Unit::Bytes,
+        "Resident memory of the process"
+    );
+    describe_gauge!(
+        PROCESS_VIRTUAL_MEMORY,
+        Unit::Bytes,
+        "Virtual memory of the process"
+    );
+    describe_gauge!(PROCESS_OPEN_FDS, "Open file descriptors (sockets included)");
+    describe_gauge!(PROCESS_MAX_FDS, "Soft limit on open file descriptors");
+    describe_gauge!(PROCESS_THREADS, "OS threads of the process");
+    describe_gauge!(
+        PROCESS_START_TIME,
+        Unit::Seconds,
+        "Start time of the process, Unix seconds"
+    );
+    describe_gauge!(TOKIO_WORKERS, "Worker threads of the main tokio runtime");
+    describe_gauge!(
+        TOKIO_ALIVE_TASKS,
+        "Tasks alive on the main tokio runtime (spawned, not finished)"
+    );
+    describe_gauge!(
+        TOKIO_GLOBAL_QUEUE_DEPTH,
+        "Tasks waiting in the main tokio runtime's global queue"
+    );
+    describe_gauge!(
+        TOKIO_BUSY,
+        Unit::Seconds,
+        "Time the main tokio runtime's workers spent busy, summed over workers"
+    );
+}
+pub fn process(p: &crate::process::ProcessSample) {
+    gauge!(PROCESS_CPU).set(p.cpu_seconds);
+    gauge!(PROCESS_RESIDENT_MEMORY).set(p.resident_bytes as f64);
+    gauge!(PROCESS_VIRTUAL_MEMORY).set(p.virtual_bytes as f64);
+    gauge!(PROCESS_OPEN_FDS).set(p.open_fds as f64);
+    if let Some(max) = p.max_fds {
+        gauge!(PROCESS_MAX_FDS).set(max as f64);
+    }
+    gauge!(PROCESS_THREADS).set(p.threads as f64);
+    if let Some(start) = p.start_time_seconds {
+        gauge!(PROCESS_START_TIME).set(start);
+    }
+}
+pub fn tokio_runtime(workers: usize, alive_tasks: usize, global_queue: usize, busy: Duration) {
+    gauge!(TOKIO_WORKERS).set(workers as f64);
+    gauge!(TOKIO_ALIVE_TASKS).set(alive_tasks as f64);
+    gauge!(TOKIO_GLOBAL_QUEUE_DEPTH).set(global_queue as f64);
+    gauge!(TOKIO_BUSY).set(busy.as_secs_f64());
 }
