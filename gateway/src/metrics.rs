@@ -403,7 +403,7 @@ fn register_known_series() {
     ] {
         counter!(name).absolute(0);
     }
-    let labelled: [(&'static str, &'static str, &[&'static str]); 9] = [
+    let labelled: [(&'static str, &'static str, &[&'static str]); 14] = [
         (RECEIVED, "transport", &["coap", "mqtt"]),
         (OSCORE_VERIFIED, "transport", &["coap", "mqtt"]),
         (OSCORE_UNPROTECTED_ACCEPTED, "transport", &["coap", "mqtt"]),
@@ -428,6 +428,35 @@ fn register_known_series() {
         (TWOFA_LOCKOUT_CHANGES, "change", &["started", "cleared"]),
         (BRIDGE_COMMANDS_SENT, "try", &["first", "retry"]),
         (KEYRING_LOADS, "outcome", &["ok", "failed"]),
+        (COAP_DUPLICATES_IGNORED, "reason", &["in_progress", "non"]),
+        (
+            BRIDGE_COMMANDS_UNANSWERED,
+            "outcome",
+            &["gave_up", "publish_failed", "unprotectable"],
+        ),
+        (
+            JOB_RESULTS_IGNORED,
+            "reason",
+            &["unknown_job", "already_final", "other_attempt"],
+        ),
+        (FRONT_AUTHENTICATED, "kind", &["lock", "bridge", "backend"]),
+        (
+            PUBLISH_FAILED,
+            "kind",
+            &[
+                "heartbeat",
+                "activity",
+                "state",
+                "battery_low",
+                "connectivity",
+                "overdue",
+                "job",
+                "2fa",
+                "command_response",
+                "device_ack",
+                "device_error",
+            ],
+        ),
     ];
     for (name, label, values) in labelled {
         for &value in values {
@@ -435,6 +464,11 @@ fn register_known_series() {
         }
     }
     gauge!(FRONT_CONNECTIONS).increment(0.0);
+    for transport in ["coap", "mqtt"] {
+        for kind in ["heartbeat", "activity_log"] {
+            counter!(DUPLICATES, "transport" => transport, "kind" => kind).absolute(0);
+        }
+    }
     for (change, cause) in [
         ("online", "connected"),
         ("offline", "disconnected"),
@@ -527,6 +561,12 @@ pub fn mqtt_connections(broker: &'static str, n: usize) {
 pub fn broker_publishes(broker: &'static str, routed: u64, failed: u64) {
     counter!(BROKER_PUBLISHES, "broker" => broker, "outcome" => "routed").increment(routed);
     counter!(BROKER_PUBLISHES, "broker" => broker, "outcome" => "failed").increment(failed);
+}
+/// An embedded broker started: its alert counters exist from now on.
+pub fn broker_started(broker: &'static str) {
+    for kind in ["cursor_jump", "bad_publish"] {
+        counter!(BROKER_ALERTS, "broker" => broker, "kind" => kind).increment(0);
+    }
 }
 pub fn broker_alert(broker: &'static str, kind: &'static str) {
     counter!(BROKER_ALERTS, "broker" => broker, "kind" => kind).increment(1);
@@ -705,6 +745,15 @@ pub fn twofa_notifier(notifier: &'static str, took: Duration, failure: Option<&'
     histogram!(TWOFA_NOTIFIER_LATENCY, "notifier" => notifier).record(took.as_secs_f64());
     if let Some(reason) = failure {
         counter!(TWOFA_NOTIFIER_FAILURES, "notifier" => notifier, "reason" => reason).increment(1);
+    }
+}
+/// The 2FA notifier `notifier` is in use: its call time and failure
+/// series exist from now on, so the first call and the first failure are
+/// changes `rate()` sees.
+pub fn twofa_notifier_ready(notifier: &'static str, reasons: &[&'static str]) {
+    let _ = histogram!(TWOFA_NOTIFIER_LATENCY, "notifier" => notifier);
+    for &reason in reasons {
+        counter!(TWOFA_NOTIFIER_FAILURES, "notifier" => notifier, "reason" => reason).increment(0);
     }
 }
 pub fn twofa_passcode_hash(took: Duration) {

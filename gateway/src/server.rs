@@ -200,6 +200,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "2FA OTPs go through the {} notifier",
             notifier.kind()
         );
+        metrics::twofa_notifier_ready(notifier.kind(), &crate::twofa::NotifyError::REASONS);
         let gate = crate::twofa::Gate::new(crate::twofa::GateParts {
             ingest: ingest.clone(),
             registry: registry.clone(),

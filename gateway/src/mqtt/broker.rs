@@ -193,6 +193,7 @@ async fn export_meters(name: &'static str, link: rumqttd::meters::MetersLink) {
 /// The router's alerts: `cursor_jump` means a subscriber fell behind by more
 /// than the retained segments and lost messages.
 async fn export_alerts(name: &'static str, link: rumqttd::alerts::AlertsLink) {
+    crate::metrics::broker_started(name);
     while let Ok(alerts) = link.next().await {
         for alert in alerts {
             // rumqttd does not export the kind's type, only its name.

@@ -77,6 +77,9 @@ pub enum NotifyError {
 }
 
 impl NotifyError {
+    /// Every value of [`NotifyError::reason`].
+    pub const REASONS: [&'static str; 4] = ["timeout", "connect", "http_status", "unavailable"];
+
     /// Stable label for the failure metric.
     pub fn reason(&self) -> &'static str {
         match self {
