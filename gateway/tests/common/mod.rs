@@ -5,6 +5,8 @@
 //! the device's test secret from `gateway::store::testing::secret_for`).
 #![allow(dead_code)]
 
+pub mod process;
+
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType};
 use dispatcher::keys::{DeviceRef, MasterSecret};
 use gateway::config::{Config, Settings};
