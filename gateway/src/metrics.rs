@@ -911,3 +911,86 @@ pub fn tokio_runtime(workers: usize, alive_tasks: usize, global_queue: usize, bu
     gauge!(TOKIO_GLOBAL_QUEUE_DEPTH).set(global_queue as f64);
     gauge!(TOKIO_BUSY).set(busy.as_secs_f64());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `f` records, as Prometheus text, on a recorder of its own.
+    fn rendered(f: impl FnOnce()) -> String {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(JOB_COMPLETION_LATENCY.into()),
+                &JOB_COMPLETION_BUCKETS,
+            )
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, f);
+        handle.render()
+    }
+
+    #[test]
+    fn pending_jobs_get_one_series_per_age_and_the_oldest_age() {
+        let text = rendered(|| jobs_pending(&[1, 2, 3, 4, 5], Duration::from_secs(90_000)));
+        for (age, n) in [
+            ("under_1m", 1),
+            ("1m_to_10m", 2),
+            ("10m_to_1h", 3),
+            ("1h_to_1d", 4),
+            ("over_1d", 5),
+        ] {
+            assert!(
+                text.contains(&format!("{JOBS_PENDING}{{age=\"{age}\"}} {n}\n")),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains(&format!("{JOBS_OLDEST_PENDING_AGE} 90000\n")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn job_completions_are_labelled_by_a_known_route_only() {
+        let text = rendered(|| {
+            job_completed(Some("bridge"), Duration::from_secs(3));
+            job_completed(Some("heartbeat"), Duration::from_secs(7200));
+            job_completed(Some("carrier pigeon"), Duration::from_secs(1));
+            job_completed(None, Duration::from_secs(1));
+        });
+        let count = |route: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "{JOB_COMPLETION_LATENCY}_count{{route=\"{route}\"}} "
+                    ))
+                })
+                .map(str::to_string)
+        };
+        assert_eq!(count("bridge").as_deref(), Some("1"));
+        assert_eq!(count("heartbeat").as_deref(), Some("1"));
+        assert_eq!(count("other").as_deref(), Some("2"));
+        // Two hours falls in the 7 200 s bucket, not the default 2.5 s top.
+        assert!(
+            text.contains(&format!(
+                "{JOB_COMPLETION_LATENCY}_bucket{{route=\"heartbeat\",le=\"7200\"}} 1"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bridge_connectivity_changes_say_which_way_and_why() {
+        let text = rendered(|| {
+            bridge_connectivity_change(false, "last_will");
+            bridge_connectivity_change(true, "connected");
+        });
+        assert!(text.contains(&format!(
+            "{BRIDGE_CONNECTIVITY_CHANGES}{{change=\"offline\",cause=\"last_will\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "{BRIDGE_CONNECTIVITY_CHANGES}{{change=\"online\",cause=\"connected\"}} 1"
+        )));
+    }
+}
