@@ -191,6 +191,9 @@ pub struct RunFigures {
     /// Gateway CPU per operation in phases 1 and 2, milliseconds.
     pub cpu_ms_per_heartbeat: f64,
     pub cpu_ms_per_unlock: f64,
+    /// The same for this process: the simulated locks, phones and dashboard.
+    pub sim_cpu_ms_per_heartbeat: f64,
+    pub sim_cpu_ms_per_unlock: f64,
     pub gateway_rss_mib: f64,
     /// The gateway's own mean Argon2id time per passcode, milliseconds.
     pub mean_hash_ms: Option<f64>,
@@ -449,10 +452,11 @@ async fn phases(
     let ticks = procfs::clock_ticks();
     let pid = gw.pid().to_string();
     let cpu = || procfs::read(&pid, ticks).map(|u| u.cpu);
+    let sim_cpu = || procfs::read("self", ticks).map(|u| u.cpu);
     let n = people.len() as u64;
     let mut f = RunFigures::default();
 
-    let before = cpu()?;
+    let (before, sim_before) = (cpu()?, sim_cpu()?);
     f.baseline = open_loop(
         "baseline: heartbeats",
         args.rate,
@@ -465,8 +469,10 @@ async fn phases(
     )
     .await;
     f.cpu_ms_per_heartbeat = per_op_ms(cpu()?.saturating_sub(before), f.baseline.started);
+    f.sim_cpu_ms_per_heartbeat =
+        per_op_ms(sim_cpu()?.saturating_sub(sim_before), f.baseline.started);
 
-    let before = cpu()?;
+    let (before, sim_before) = (cpu()?, sim_cpu()?);
     f.challenges = open_loop(
         "2FA unlocks",
         args.rate,
@@ -479,6 +485,8 @@ async fn phases(
     )
     .await;
     f.cpu_ms_per_unlock = per_op_ms(cpu()?.saturating_sub(before), f.challenges.started);
+    f.sim_cpu_ms_per_unlock =
+        per_op_ms(sim_cpu()?.saturating_sub(sim_before), f.challenges.started);
 
     f.heartbeat_throughput = closed_loop(
         "heartbeat throughput",
@@ -549,7 +557,15 @@ fn per_op_ms(cpu: Duration, ops: u64) -> f64 {
 fn control_failure(e: &ControlError) -> &'static str {
     match e {
         ControlError::GaveUp { .. } => "gave_up",
-        ControlError::Refused { .. } | ControlError::TwoFactorRefused { .. } => "refused",
+        ControlError::Refused { code, .. } | ControlError::TwoFactorRefused { code, .. } => {
+            match code.as_str() {
+                "5.03" => "refused_5.03_busy",
+                "4.01" => "refused_4.01_unauthorized",
+                "4.00" => "refused_4.00_bad_request",
+                "5.00" => "refused_5.00_internal",
+                _ => "refused_other",
+            }
+        }
         ControlError::KeypadBusy => "keypad_busy",
         ControlError::Ended | ControlError::NotRunning => "simulator_ended",
         _ => "lock_error",

@@ -198,6 +198,12 @@ pub fn markdown(
     );
     let _ = writeln!(
         out,
+        "| load generator CPU per heartbeat / per unlock, ms | {} / {} |",
+        fmt(med(&|r| Some(r.sim_cpu_ms_per_heartbeat)), 3),
+        fmt(med(&|r| Some(r.sim_cpu_ms_per_unlock)), 3)
+    );
+    let _ = writeln!(
+        out,
         "| of which Argon2id per passcode (gateway's mean), ms | {} |",
         fmt(med(&|r| r.mean_hash_ms), 3)
     );
