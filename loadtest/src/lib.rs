@@ -42,6 +42,7 @@ pub mod hbjobs;
 pub mod http;
 pub mod jobs;
 pub mod machine;
+pub mod memory;
 pub mod plan;
 pub mod procfs;
 pub mod prom;

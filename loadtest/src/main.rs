@@ -48,6 +48,13 @@ async fn main() -> anyhow::Result<()> {
             };
             print!("{report}");
         }
+        Command::Memory(args) => {
+            let report = tokio::select! {
+                report = loadtest::memory::run(&args, command_line.clone(), cancel.clone()) => report?,
+                _ = abandon.cancelled() => anyhow::bail!("quit at once: the gateway was killed"),
+            };
+            print!("{report}");
+        }
         Command::Jobs(args) => {
             let report = tokio::select! {
                 report = loadtest::jobs::run(&args, command_line) => report?,

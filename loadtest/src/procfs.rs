@@ -72,8 +72,14 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
 
 /// The `VmHWM:` value of `/proc/PID/status`, in KiB.
 pub fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status_kib(status, "VmHWM")
+}
+
+/// The value of the `name:` line of `/proc/PID/status` (`VmRSS`, `VmHWM`,
+/// ...), in KiB.
+pub fn status_kib(status: &str, name: &str) -> Option<u64> {
     status.lines().find_map(|l| {
-        let rest = l.strip_prefix("VmHWM:")?;
+        let rest = l.strip_prefix(name)?.strip_prefix(':')?;
         let mut parts = rest.split_whitespace();
         let value: u64 = parts.next()?.parse().ok()?;
         match parts.next() {
@@ -102,6 +108,8 @@ mod tests {
             "Name:\tgateway\nVmPeak:\t  900000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t 40000 kB\n";
         assert_eq!(vm_hwm_kib(status), Some(51_200));
         assert_eq!(vm_hwm_kib("Name:\tkthreadd\n"), None);
+        assert_eq!(status_kib(status, "VmRSS"), Some(40_000));
+        assert_eq!(status_kib(status, "VmHW"), None);
     }
 
     #[test]
