@@ -331,7 +331,7 @@ pub fn validate(
                 bluetooth_id: row.bluetooth_id.clone(),
                 org: OrgId::new(&row.org),
                 departments: depts,
-                time_zone: row.time_zone.clone(),
+                time_zone: row.time_zone.as_str().into(),
                 heartbeat_interval: hb,
                 activity_log_interval: log,
                 bridge: bridge.map(|b| BridgeId::new(&b)),

@@ -30,4 +30,6 @@ pub mod schedule;
 pub mod telemetry;
 pub mod twofa;
 
-pub use registry::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, Registry, ReportPath};
+pub use registry::{
+    BridgeId, BridgeRecord, Interner, LockId, LockRecord, OrgId, Registry, ReportPath,
+};

@@ -685,7 +685,7 @@ pub fn check_end_ahead(
     if end_ms <= now_ms {
         return Err(TwoFactorRefusal::EndInPast {
             end: end.to_string(),
-            zone: lock.time_zone.clone(),
+            zone: lock.time_zone.to_string(),
         });
     }
     Ok(())

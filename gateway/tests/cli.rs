@@ -694,8 +694,8 @@ async fn devices_import_registers_a_generated_fleet_and_rejects_a_bad_file_with_
         "the new lock was registered"
     );
     assert_eq!(
-        registry.lock(&changed_id).expect("registered").time_zone,
-        original_zone,
+        &*registry.lock(&changed_id).expect("registered").time_zone,
+        original_zone.as_str(),
         "a valid row of the refused file changed a registered lock"
     );
 }

@@ -63,6 +63,7 @@ on_both_engines!(
     a_new_device_without_a_secret_is_refused_and_nothing_is_registered,
     a_different_secret_rotates_the_key_and_the_same_secret_keeps_it,
     rotation_and_deregistration_replace_and_remove_keys,
+    keys_load_a_page_at_a_time_in_order_each_with_its_window,
     purge_deletes_only_old_rows_and_respects_max_rows,
     failed_commit_stores_nothing,
     batch_larger_than_one_statement_is_stored_whole,
@@ -1013,6 +1014,60 @@ async fn a_different_secret_rotates_the_key_and_the_same_secret_keeps_it(url: St
         .unwrap();
     assert_eq!(k.generation, 2);
     assert_eq!(server_key().unwrap(&l1, 2, &k.wrapped).unwrap(), fresh);
+    store.close().await;
+}
+
+async fn keys_load_a_page_at_a_time_in_order_each_with_its_window(url: String) {
+    use dispatcher::keys::DeviceRef;
+    let store = open(&url).await;
+    gateway::store::testing::register(&store, &fleet()).await;
+    execute(
+        &store,
+        "INSERT INTO oscore_replay (device_kind, device_id, generation, highest, window_bits) \
+         VALUES ('lock', 'L2', 1, 40, 1)",
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut after: Option<DeviceRef> = None;
+    let mut pages = 0;
+    loop {
+        let page = store.load_keys_page(after.as_ref(), 2).await.unwrap();
+        pages += 1;
+        assert!(page.len() <= 2, "a page holds at most its limit");
+        after = page.last().map(|(k, _)| k.device.clone());
+        let full = page.len() == 2;
+        seen.extend(page);
+        if !full {
+            break;
+        }
+    }
+    // 2 bridges and 3 locks: pages of 2, 2 and 1, in (kind, id) order.
+    assert_eq!(pages, 3);
+    let order: Vec<String> = seen
+        .iter()
+        .map(|(k, _)| format!("{}/{}", k.device.kind(), k.device.id()))
+        .collect();
+    assert_eq!(
+        order,
+        ["bridge/B1", "bridge/B2", "lock/L1", "lock/L2", "lock/L3"]
+    );
+    let everything = store.load_keys().await.unwrap();
+    for (key, window) in &seen {
+        let whole = everything.iter().find(|k| k.device == key.device).unwrap();
+        assert_eq!(
+            (key.generation, &key.wrapped),
+            (whole.generation, &whole.wrapped)
+        );
+        match key.device.id() {
+            "L2" => {
+                let (generation, w) = window.expect("L2's stored window comes with its key");
+                assert_eq!((generation, w.highest()), (1, Some(40)));
+                assert!(w.check(40).is_err(), "40 was accepted: a replay");
+                assert!(w.check(41).is_ok());
+            }
+            _ => assert!(window.is_none(), "{}: no stored window", key.device.id()),
+        }
+    }
     store.close().await;
 }
 

@@ -36,7 +36,7 @@
 
 use crate::keys::{ServerKey, ServerKeyError};
 use crate::metrics;
-use crate::store::keys::StoredKey;
+use crate::store::keys::{KeyWithWindow, StoredKey};
 use crate::store::{KeyStamp, Store, StoreError, StoredWindow};
 use dispatcher::keys::DeviceRef;
 use lockfleet_oscore::{Params, Replay, ReplayWindow, SecurityContext};
@@ -249,36 +249,44 @@ impl KeyRing {
         server_key: &ServerKey,
     ) -> Result<LoadReport, StoreError> {
         let started = Instant::now();
-        let loaded = async {
-            let keys = store.load_keys().await?;
-            let windows = store.load_replay_windows().await?;
-            Ok::<_, StoreError>((keys, windows))
+        match self.build_paged(store, server_key).await {
+            Ok((map, report)) => {
+                self.swap(map);
+                metrics::keyring_loaded(started.elapsed(), report.contexts, report.unusable);
+                Ok(report)
+            }
+            Err(e) => {
+                metrics::keyring_load_failed();
+                Err(e)
+            }
         }
-        .await;
-        let (keys, windows) = match loaded {
-            Ok(l) => l,
-            Err(e) => {
-                metrics::keyring_load_failed();
-                return Err(e);
+    }
+
+    /// The new map, read a page of [`KEY_PAGE_ROWS`] keys (with their
+    /// windows) at a time and derived on the blocking pool as each arrives.
+    async fn build_paged(
+        &self,
+        store: &Store,
+        server_key: &ServerKey,
+    ) -> Result<(Map, LoadReport), StoreError> {
+        let mut builder = Builder::new(self.snapshot(), server_key.clone());
+        let mut after: Option<DeviceRef> = None;
+        loop {
+            let page = store.load_keys_page(after.as_ref(), KEY_PAGE_ROWS).await?;
+            let full = page.len() == KEY_PAGE_ROWS;
+            after = page.last().map(|(key, _)| key.device.clone());
+            // Unwrapping and deriving is CPU work: ~2 µs a key, seconds for
+            // a million at start.
+            builder = tokio::task::spawn_blocking(move || {
+                builder.add(page);
+                builder
+            })
+            .await
+            .map_err(|e| StoreError::Key(format!("building the key ring failed: {e}")))?;
+            if !full {
+                return Ok(builder.finish());
             }
-        };
-        let (current, server_key) = (self.snapshot(), server_key.clone());
-        // Unwrapping and deriving is CPU work: ~2 µs a key, seconds for a
-        // million at start.
-        let built =
-            tokio::task::spawn_blocking(move || build(&current, keys, windows, &server_key)).await;
-        let (map, report) = match built {
-            Ok(b) => b,
-            Err(e) => {
-                metrics::keyring_load_failed();
-                return Err(StoreError::Key(format!(
-                    "building the key ring failed: {e}"
-                )));
-            }
-        };
-        self.swap(map);
-        metrics::keyring_loaded(started.elapsed(), report.contexts, report.unusable);
-        Ok(report)
+        }
     }
 
     /// Replace the ring's contents with `keys` (for tests and tools: no
@@ -305,49 +313,91 @@ impl KeyRing {
     }
 }
 
+/// Stored keys read per page while (re)loading the ring.
+const KEY_PAGE_ROWS: usize = 10_000;
+
 /// The new map: entries whose stored key is unchanged are kept, the rest
 /// derived from `keys` (with their stored window, if it is of that key).
 fn build(
-    current: &Map,
+    current: &Arc<Map>,
     keys: Vec<StoredKey>,
     windows: Vec<StoredWindow>,
     server_key: &ServerKey,
 ) -> (Map, LoadReport) {
     let mut windows: HashMap<DeviceRef, StoredWindow> =
         windows.into_iter().map(|w| (w.device.clone(), w)).collect();
-    let mut report = LoadReport::default();
-    let mut map = Map::with_capacity(keys.len());
-    for stored in keys {
-        let unchanged = current.get(&stored.device).filter(|k| {
-            k.stamp.generation == stored.generation
-                && k.stamp.wrap_nonce[..] == stored.wrapped.nonce
-        });
-        if let Some(kept) = unchanged {
-            map.insert(stored.device.clone(), kept.clone());
-            report.kept += 1;
-            continue;
-        }
+    let mut builder = Builder::new(current.clone(), server_key.clone());
+    builder.add(keys.into_iter().map(|stored| {
         let window = windows
             .remove(&stored.device)
-            .filter(|w| w.generation == stored.generation)
-            .map_or_else(ReplayWindow::new, |w| w.window);
-        match DeviceKey::derive(&stored, server_key, window) {
-            Ok(key) => {
-                map.insert(stored.device, Arc::new(key));
-                report.derived += 1;
+            .map(|w| (w.generation, w.window));
+        (stored, window)
+    }));
+    builder.finish()
+}
+
+/// Builds a new map from stored keys given in any number of parts.
+struct Builder {
+    current: Arc<Map>,
+    server_key: ServerKey,
+    map: Map,
+    report: LoadReport,
+}
+
+impl Builder {
+    fn new(current: Arc<Map>, server_key: ServerKey) -> Builder {
+        Builder {
+            map: Map::with_capacity(current.len()),
+            current,
+            server_key,
+            report: LoadReport::default(),
+        }
+    }
+
+    /// Keeps or derives each key; a window of another generation is
+    /// ignored (the key was rotated since).
+    fn add(&mut self, keys: impl IntoIterator<Item = KeyWithWindow>) {
+        for (stored, window) in keys {
+            let unchanged = self.current.get(&stored.device).filter(|k| {
+                k.stamp.generation == stored.generation
+                    && k.stamp.wrap_nonce[..] == stored.wrapped.nonce
+            });
+            if let Some(kept) = unchanged {
+                self.map.insert(stored.device.clone(), kept.clone());
+                self.report.kept += 1;
+                continue;
             }
-            Err(e) => {
-                report.unusable += 1;
-                if let Unusable::WrongServerKey(why) = &e {
-                    report.wrong_server_key.get_or_insert_with(|| why.clone());
+            let window = window
+                .filter(|(generation, _)| *generation == stored.generation)
+                .map_or_else(ReplayWindow::new, |(_, w)| w);
+            match DeviceKey::derive(&stored, &self.server_key, window) {
+                Ok(key) => {
+                    self.map.insert(stored.device, Arc::new(key));
+                    self.report.derived += 1;
                 }
-                report.first_error.get_or_insert(e);
+                Err(e) => {
+                    self.report.unusable += 1;
+                    if let Unusable::WrongServerKey(why) = &e {
+                        self.report
+                            .wrong_server_key
+                            .get_or_insert_with(|| why.clone());
+                    }
+                    self.report.first_error.get_or_insert(e);
+                }
             }
         }
     }
-    report.removed = current.keys().filter(|d| !map.contains_key(*d)).count();
-    report.contexts = map.len();
-    (map, report)
+
+    fn finish(mut self) -> (Map, LoadReport) {
+        let map = &self.map;
+        self.report.removed = self
+            .current
+            .keys()
+            .filter(|d| !map.contains_key(*d))
+            .count();
+        self.report.contexts = self.map.len();
+        (self.map, self.report)
+    }
 }
 
 #[cfg(test)]

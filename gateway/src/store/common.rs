@@ -8,7 +8,7 @@ use super::{Audit, ImportSummary, Purged, Store, StoreError, POSTGRES, SQLITE};
 use crate::keys::ServerKey;
 use dispatcher::import::ParsedFleet;
 use dispatcher::telemetry::LatestState;
-use dispatcher::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, Registry, ReportPath};
+use dispatcher::{BridgeId, BridgeRecord, Interner, LockId, LockRecord, Registry, ReportPath};
 use schemas::{ActivityLogInterval, Battery, HeartbeatInterval, LockModel};
 use sqlx::{Postgres, QueryBuilder, Sqlite, Transaction};
 use std::collections::HashMap;
@@ -221,6 +221,9 @@ type LockColumns = (
 pub(super) async fn load_registry(store: &Store) -> Result<Registry, StoreError> {
     let mut bridges = Vec::new();
     let mut locks = Vec::new();
+    // Organisation ids and time zones repeat across the fleet: one shared
+    // copy each (see `Interner`).
+    let mut shared = Interner::default();
     on_pool!(store, |pool, engine| {
         let err = |e| StoreError::from_sqlx(engine, "loading the registry", e);
         let mut after = String::new();
@@ -238,7 +241,7 @@ pub(super) async fn load_registry(store: &Store) -> Result<Registry, StoreError>
             let full = page.len() as i64 == LOAD_PAGE_ROWS;
             bridges.extend(page.into_iter().map(|(id, org)| BridgeRecord {
                 id: BridgeId::new(&id),
-                org: OrgId::new(&org),
+                org: shared.org(&org),
             }));
             if !full {
                 break;
@@ -259,7 +262,7 @@ pub(super) async fn load_registry(store: &Store) -> Result<Registry, StoreError>
             after = last.0.clone();
             let full = page.len() as i64 == LOAD_PAGE_ROWS;
             for cols in page {
-                locks.push(lock_record(cols)?);
+                locks.push(lock_record(cols, &mut shared)?);
             }
             if !full {
                 break;
@@ -269,7 +272,7 @@ pub(super) async fn load_registry(store: &Store) -> Result<Registry, StoreError>
     Ok(Registry::new(locks, bridges))
 }
 
-fn lock_record(c: LockColumns) -> Result<LockRecord, StoreError> {
+fn lock_record(c: LockColumns, shared: &mut Interner) -> Result<LockRecord, StoreError> {
     let (id, model, imei, bluetooth_id, org, departments, time_zone, hb, log, bridge, transport) =
         c;
     let bad = |detail: String| StoreError::corrupt("locks", &id, detail);
@@ -291,13 +294,13 @@ fn lock_record(c: LockColumns) -> Result<LockRecord, StoreError> {
         model,
         imei,
         bluetooth_id,
-        org: OrgId::new(&org),
+        org: shared.org(&org),
         departments: departments
             .split(';')
             .filter(|d| !d.is_empty())
             .map(String::from)
             .collect(),
-        time_zone,
+        time_zone: shared.get(&time_zone),
         heartbeat_interval: hb,
         activity_log_interval: log,
         bridge: bridge.as_deref().map(BridgeId::new),

@@ -183,6 +183,72 @@ pub(crate) async fn load_keys(store: &Store) -> Result<Vec<StoredKey>, StoreErro
     rows.into_iter().map(stored_key).collect()
 }
 
+/// One page of [`load_keys_page`]: a stored key and, if the device has one,
+/// its stored replay window as (key generation, window).
+pub type KeyWithWindow = (StoredKey, Option<(u32, lockfleet_oscore::ReplayWindow)>);
+
+/// Up to `limit` stored keys after `after` in (kind, id) order, each with
+/// its stored replay window: the key ring loads a million devices a page at
+/// a time, so what start-up holds besides the ring is one page, not every
+/// row at once (whose freed blocks would stay resident between the ring's).
+/// A window that cannot be read is left out, as in [`load_windows`].
+///
+/// [`load_windows`]: super::replay::load_windows
+pub(crate) async fn load_keys_page(
+    store: &Store,
+    after: Option<&DeviceRef>,
+    limit: usize,
+) -> Result<Vec<KeyWithWindow>, StoreError> {
+    let (after_kind, after_id) = after.map_or(("", ""), |d| (d.kind(), d.id()));
+    let rows: Vec<PagedKeyColumns> = on_pool!(store, |pool, engine| {
+        sqlx::query_as(
+            "SELECT k.device_kind, k.device_id, k.generation, k.kek_id, k.nonce, k.wrapped_secret, \
+             k.mqtt_password_hash, w.generation, w.highest, w.window_bits \
+             FROM device_keys k LEFT JOIN oscore_replay w \
+             ON w.device_kind = k.device_kind AND w.device_id = k.device_id \
+             WHERE k.device_kind > $1 OR (k.device_kind = $1 AND k.device_id > $2) \
+             ORDER BY k.device_kind, k.device_id LIMIT $3",
+        )
+        .bind(after_kind)
+        .bind(after_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx(engine, "loading device keys", e))?
+    });
+    rows.into_iter()
+        .map(
+            |(kind, id, generation, kek_id, nonce, ciphertext, hash, wg, wh, wb)| {
+                let key = stored_key((kind, id, generation, kek_id, nonce, ciphertext, hash))?;
+                let window = match (wg, wh, wb) {
+                    (Some(g), Some(h), Some(b)) => {
+                        u32::try_from(g)
+                            .ok()
+                            .zip(u64::try_from(h).ok().and_then(|h| {
+                                lockfleet_oscore::ReplayWindow::from_parts(Some(h), b as u64).ok()
+                            }))
+                    }
+                    _ => None,
+                };
+                Ok((key, window))
+            },
+        )
+        .collect()
+}
+
+type PagedKeyColumns = (
+    String,
+    String,
+    i64,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
 /// Write `$row` (a [`KeyRow`]) over the device's current key inside `$tx`;
 /// the old key's OSCORE replay state belongs to the old context and goes.
 /// A macro so that one text serves both engines' concrete transaction types.
@@ -358,5 +424,15 @@ impl Store {
     /// Every stored key (wrapped), for the key ring.
     pub async fn load_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         load_keys(self).await
+    }
+
+    /// Up to `limit` stored keys after `after`, with their replay windows
+    /// (see [`load_keys_page`]).
+    pub async fn load_keys_page(
+        &self,
+        after: Option<&DeviceRef>,
+        limit: usize,
+    ) -> Result<Vec<KeyWithWindow>, StoreError> {
+        load_keys_page(self, after, limit).await
     }
 }

@@ -634,7 +634,7 @@ pub(super) async fn execute(
                         t(user_id),
                         t(start),
                         t(end),
-                        t(&lock.time_zone),
+                        t(&*lock.time_zone),
                         i(start_ms),
                         i(end_ms),
                         t(&req.requested_by),
