@@ -22,7 +22,8 @@
 //! * [`run`]: one measured run; [`plan`]: their order (and `--find-max`);
 //! * [`procfs`], [`prom`], [`stats`]: CPU and memory from `/proc`, the
 //!   gateway's `/metrics`, and the arithmetic (steady window, medians);
-//! * [`report`] and [`machine`]: the Markdown for BENCHMARKS.md.
+//! * [`report`] and [`machine`]: the Markdown for BENCHMARKS.md;
+//! * [`timeline`]: each run second by second.
 //!
 //! ## The default offered rate
 //!
@@ -48,6 +49,7 @@ pub mod prom;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod timeline;
 pub mod twofa;
 pub mod wakeup;
 pub mod workload;
