@@ -431,9 +431,8 @@ impl SocketTask {
         } = answer;
         match code {
             code if code.is_success() => {
-                self.ledger
-                    .latency
-                    .record(kind, now.saturating_duration_since(tag.started));
+                let rtt = now.saturating_duration_since(tag.started);
+                self.ledger.latency.record(kind, rtt);
                 let answer = Answer::decode(kind, &payload);
                 match answer.seq() {
                     None => self.stats.error("undecodable_answer"),
@@ -447,7 +446,7 @@ impl SocketTask {
                     self.stats.acked(lock.index());
                     self.waiters.on_acked(tag.lock, &report);
                     let after = now.saturating_duration_since(self.clock.start());
-                    self.ledger.record_ack(lock, report, after);
+                    self.ledger.record_ack(lock, report, after, Some(rtt));
                 }
                 self.rearm(tag.lock);
             }

@@ -26,6 +26,12 @@ pub struct AckedReport {
     pub attempts: u32,
     /// When the acknowledgement arrived, from the start of the run.
     pub acked_after: Duration,
+    /// The round trip of the exchange that acknowledged it, first
+    /// transmission to answer, as recorded in [`Ledger::latency`]; `None`
+    /// where the transport is not timed (MQTT). With `acked_after` it gives
+    /// latency percentiles over any interval of the run, after the run and
+    /// without a lock on the answer path.
+    pub rtt: Option<Duration>,
 }
 
 /// A report still waiting for its acknowledgement when the run ended.
@@ -52,7 +58,15 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn record_ack(&mut self, lock: &Lock, report: Report, acked_after: Duration) {
+    /// Records `report` as acknowledged `acked_after` the start of the run
+    /// by an exchange that took `rtt` (`None`: not timed).
+    pub fn record_ack(
+        &mut self,
+        lock: &Lock,
+        report: Report,
+        acked_after: Duration,
+        rtt: Option<Duration>,
+    ) {
         self.acked.push(AckedReport {
             lock_id: lock.id().to_string(),
             transport: lock.transport(),
@@ -61,6 +75,7 @@ impl Ledger {
             event_seqs: report.event_seqs,
             attempts: report.attempts,
             acked_after,
+            rtt,
         });
     }
 

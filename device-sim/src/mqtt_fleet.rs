@@ -505,7 +505,7 @@ impl MqttFleet {
             self.stats.acked(slot.lock.index());
             self.waiters.on_acked(i, &report);
             let after = now.saturating_duration_since(self.clock.start());
-            self.ledger.record_ack(&slot.lock, report, after);
+            self.ledger.record_ack(&slot.lock, report, after, None);
         }
         self.pump(i, now);
         self.rearm(i);

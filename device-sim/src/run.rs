@@ -300,6 +300,13 @@ impl RunHandle {
             .snapshot(Instant::now().saturating_duration_since(self.clock.start()))
     }
 
+    /// When the run started: the origin of [`AckedReport::acked_after`] and
+    /// of [`RunHandle::snapshot`]'s elapsed time, so a caller sampling the
+    /// counters can line its samples up with the ledger.
+    pub fn started_at(&self) -> Instant {
+        self.clock.start()
+    }
+
     /// The live counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats

@@ -100,6 +100,27 @@ async fn ack_latency_times_every_answered_exchange_from_its_first_transmission()
     // The dropped first datagram was answered only after its retransmission.
     assert!(slowest.unwrap() >= ack_timeout, "{slowest:?}");
     assert!(fastest.unwrap() < ack_timeout, "{fastest:?}");
+    // Each acknowledged report carries its exchange's round trip, the same
+    // times the histograms hold, and it ended before the acknowledgement.
+    let rtts: Vec<Duration> = report
+        .acknowledged
+        .iter()
+        .map(|r| r.rtt.expect("a CoAP exchange is timed"))
+        .collect();
+    assert_eq!(rtts.len(), 3);
+    let max = *rtts.iter().max().unwrap();
+    assert!(max >= ack_timeout, "{rtts:?}");
+    assert!(
+        max.abs_diff(slowest.unwrap()) <= Duration::from_millis(1),
+        "{max:?} against the histogram's {slowest:?}"
+    );
+    assert!(
+        rtts.iter().filter(|r| **r < ack_timeout).count() == 2,
+        "{rtts:?}"
+    );
+    for r in &report.acknowledged {
+        assert!(r.rtt.unwrap() <= r.acked_after, "{r:?}");
+    }
 }
 
 #[tokio::test]

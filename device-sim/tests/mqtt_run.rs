@@ -432,6 +432,7 @@ async fn mqtt_locks_and_bridges_get_every_report_acknowledged_and_bridges_say_go
     let delivered = seen.lock().unwrap().delivered.clone();
     for r in &report.acknowledged {
         assert!(delivered.contains(&(r.lock_id.clone(), r.seq)));
+        assert_eq!(r.rtt, None, "MQTT reports are not timed");
     }
 
     // Every device logged in as itself; nothing else tried.

@@ -153,6 +153,17 @@ pub struct IngestArgs {
     /// Comparing the two measures the cost of OSCORE
     #[arg(long)]
     pub insecure: bool,
+    /// Also write the whole result as JSON to PATH: settings, machine, every
+    /// run's figures and second-by-second time line, the medians and ratios
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Also draw a PNG chart to PATH: acknowledged heartbeats per second and
+    /// heartbeat latency p50/p99 over time, one line per run
+    #[arg(long, value_name = "PATH")]
+    pub chart: Option<PathBuf>,
+    /// TrueType font of the chart's text (Debian: fonts-dejavu-core)
+    #[arg(long, value_name = "PATH", default_value = crate::chart::DEFAULT_FONT)]
+    pub chart_font: PathBuf,
 }
 
 /// Validated settings of an `ingest` invocation.
@@ -174,6 +185,11 @@ pub struct Settings {
     pub progress_every: Duration,
     /// `--insecure`: no OSCORE, gateway with `--insecure-dev`.
     pub insecure: bool,
+    /// `--json`: where the JSON report goes.
+    pub json: Option<PathBuf>,
+    /// `--chart`: where the PNG chart goes, and `--chart-font`.
+    pub chart: Option<PathBuf>,
+    pub chart_font: PathBuf,
 }
 
 impl IngestArgs {
@@ -210,6 +226,11 @@ impl IngestArgs {
                 self.find_max_factor
             ));
         }
+        for (option, path) in [("--json", &self.json), ("--chart", &self.chart)] {
+            if let Some(path) = path {
+                check_output(option, path)?;
+            }
+        }
         let engines = match self.engine {
             EngineChoice::Sqlite => vec![Engine::Sqlite],
             EngineChoice::Postgres => vec![Engine::Postgres],
@@ -236,6 +257,9 @@ impl IngestArgs {
             find_max: self.find_max.then_some(self.find_max_factor),
             progress_every: self.progress_every,
             insecure: self.insecure,
+            json: self.json.clone(),
+            chart: self.chart.clone(),
+            chart_font: self.chart_font.clone(),
         })
     }
 }
@@ -249,6 +273,27 @@ impl Settings {
     /// The first `--find-max` step.
     pub fn find_max_start(&self) -> f64 {
         self.rate.unwrap_or(DEFAULT_FIND_MAX_START)
+    }
+}
+
+/// Fails when `path`, an output file of `option`, could not be written at
+/// the end of the invocation because its directory does not exist (or is a
+/// directory itself): checked before the runs, not after them.
+pub fn check_output(option: &str, path: &std::path::Path) -> Result<()> {
+    let bad = |why: String| {
+        Err(LoadtestError::InvalidOption(format!(
+            "{option} {}: {why}",
+            path.display()
+        )))
+    };
+    if path.is_dir() {
+        return bad("is a directory; give a file name".into());
+    }
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => {
+            bad(format!("the directory {} does not exist", dir.display()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -342,6 +387,13 @@ mod tests {
         assert_eq!(s.find_max, None);
         assert!(!s.insecure, "device security is the default");
         assert!(args(&["--insecure"]).validate().unwrap().insecure);
+        assert_eq!((s.json.as_deref(), s.chart.as_deref()), (None, None));
+        assert_eq!(s.chart_font, PathBuf::from(crate::chart::DEFAULT_FONT));
+        let s = args(&["--json", "r.json", "--chart", "r.png"])
+            .validate()
+            .unwrap();
+        assert_eq!(s.json, Some(PathBuf::from("r.json")));
+        assert_eq!(s.chart, Some(PathBuf::from("r.png")));
         let s = args(&["--engine", "both", "--find-max"])
             .validate()
             .unwrap();
@@ -354,7 +406,9 @@ mod tests {
 
     #[test]
     fn bad_options_are_named() {
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 8] = [
+            (&["--json", "/nonexistent/dir/r.json"], "--json"),
+            (&["--chart", "/"], "--chart"),
             (&["--rate", "0"], "--rate"),
             (&["--runs", "0"], "--runs"),
             (&["--warmup-share", "0.95"], "--warmup-share"),

@@ -85,6 +85,16 @@ pub enum LoadtestError {
 
     #[error("interrupted (Ctrl-C); the run's database and gateway were cleaned up")]
     Interrupted,
+
+    #[error(
+        "cannot use {} as the chart's font: {detail}. Install it with \
+         `apt-get install fonts-dejavu-core`, or pass --chart-font PATH to a TrueType font",
+        path.display()
+    )]
+    ChartFont { path: PathBuf, detail: String },
+
+    #[error("cannot draw the chart {}: {detail}", path.display())]
+    Chart { path: PathBuf, detail: String },
 }
 
 impl LoadtestError {

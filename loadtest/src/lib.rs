@@ -22,7 +22,9 @@
 //! * [`run`]: one measured run; [`plan`]: their order (and `--find-max`);
 //! * [`procfs`], [`prom`], [`stats`]: CPU and memory from `/proc`, the
 //!   gateway's `/metrics`, and the arithmetic (steady window, medians);
-//! * [`report`] and [`machine`]: the Markdown for BENCHMARKS.md.
+//! * [`report`] and [`machine`]: the Markdown for BENCHMARKS.md;
+//! * [`timeline`]: each run second by second; [`json`] (`--json`) and
+//!   [`chart`] (`--chart`, a PNG): the files written beside the Markdown.
 //!
 //! ## The default offered rate
 //!
@@ -33,6 +35,7 @@
 //! far beyond capacity: see the crate's README.md for the probes behind it.
 //! `--find-max` gives the highest rate sustained instead.
 
+pub mod chart;
 pub mod cli;
 pub mod dashboard;
 pub mod database;
@@ -41,6 +44,7 @@ pub mod gateway;
 pub mod hbjobs;
 pub mod http;
 pub mod jobs;
+pub mod json;
 pub mod machine;
 pub mod memory;
 pub mod plan;
@@ -49,6 +53,7 @@ pub mod prom;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod timeline;
 pub mod twofa;
 pub mod wakeup;
 pub mod workload;
@@ -60,7 +65,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs `loadtest ingest` and returns the Markdown report. Progress goes to
-/// stderr as it happens. `cancel` ends the run in progress early (Ctrl-C);
+/// stderr as it happens, and so do the paths of the JSON report and the
+/// chart when `--json` and `--chart` ask for them. `cancel` ends the run in progress early (Ctrl-C);
 /// the result is then [`LoadtestError::Interrupted`].
 pub async fn ingest(
     args: &IngestArgs,
@@ -68,6 +74,11 @@ pub async fn ingest(
     cancel: CancellationToken,
 ) -> Result<String> {
     let settings = args.validate()?;
+    if settings.chart.is_some() {
+        // Before any run: a missing font found after an hour of runs would
+        // lose the chart.
+        chart::load_font(&settings.chart_font)?;
+    }
     let gateway_bin = gateway::locate(settings.gateway_bin.as_deref())?;
     let scratch = tempfile::Builder::new()
         .prefix("loadtest_")
@@ -147,5 +158,56 @@ pub async fn ingest(
         insecure: settings.insecure,
     };
     let _ = scratch.close();
+    if let Some(path) = &settings.json {
+        json::write(path, &json::IngestJson::new(&settings, &ctx, &results))?;
+        eprintln!("JSON report: {}", path.display());
+    }
+    if let Some(path) = &settings.chart {
+        chart::render(&ingest_chart(&ctx, &results), path, &settings.chart_font)?;
+        eprintln!("chart: {}", path.display());
+    }
     Ok(report::markdown(&ctx, &results))
+}
+
+/// The chart of an `ingest` invocation: acknowledged heartbeats per second
+/// and heartbeat latency, one line per run.
+fn ingest_chart(ctx: &report::Context, results: &[run::RunResult]) -> chart::Chart {
+    let mut rates: Vec<f64> = results.iter().map(|r| r.spec.rate).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    let mut engines: Vec<Engine> = results.iter().map(|r| r.spec.engine).collect();
+    engines.sort();
+    engines.dedup();
+    let engines: Vec<&str> = engines.iter().map(|e| e.as_str()).collect();
+    let offered = match rates.as_slice() {
+        [rate] => format!(" · offered {rate:.0} heartbeats/s"),
+        _ => String::new(),
+    };
+    let series = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut label = format!("#{} {} · {}", i + 1, r.spec.engine, r.spec.variant);
+            if rates.len() > 1 {
+                label.push_str(&format!(" · {:.0}/s", r.spec.rate));
+            }
+            chart::Series::from_timeline(label, &r.timeline, |p| p.acked_heartbeats_per_s)
+        })
+        .collect();
+    chart::Chart {
+        title: format!(
+            "loadtest ingest · {} · {} locks{offered} · {:.0} s per run · {}",
+            engines.join(" + "),
+            ctx.locks,
+            ctx.duration.as_secs_f64(),
+            if ctx.insecure {
+                "unprotected"
+            } else {
+                "OSCORE"
+            },
+        ),
+        acked_axis: "acknowledged heartbeats/s".into(),
+        latency_axis: "heartbeat round trip, ms".into(),
+        series,
+    }
 }

@@ -2,7 +2,7 @@
 //! CPU model, kernel, memory, and the exact command line.
 
 /// What the report says about the machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     pub cores: usize,
     pub cpu_model: String,

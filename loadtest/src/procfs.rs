@@ -1,6 +1,6 @@
 //! A process's resource use as Linux reports it in `/proc`: CPU time
-//! (`/proc/PID/stat` utime + stime) and peak resident memory
-//! (`/proc/PID/status` VmHWM). The parsers are pure; the readers are thin.
+//! (`/proc/PID/stat` utime + stime), peak and current resident memory
+//! (`/proc/PID/status` VmHWM and VmRSS). The parsers are pure; the readers are thin.
 
 use crate::error::{LoadtestError, Result};
 use std::time::Duration;
@@ -17,6 +17,8 @@ pub struct Usage {
     pub cpu: Duration,
     /// Peak resident set size (VmHWM), bytes.
     pub peak_rss_bytes: u64,
+    /// Resident set size now (VmRSS), bytes.
+    pub rss_bytes: u64,
 }
 
 /// Clock ticks per second of `/proc/PID/stat` times.
@@ -41,13 +43,16 @@ pub fn read(pid: &str, ticks_per_sec: u64) -> Result<Usage> {
     })?;
     let status_path = format!("/proc/{pid}/status");
     let status = read_text(&status_path)?;
-    let kib = vm_hwm_kib(&status).ok_or_else(|| LoadtestError::Proc {
-        path: status_path,
-        detail: "no VmHWM line".into(),
-    })?;
+    let missing = |line: &str| LoadtestError::Proc {
+        path: status_path.clone(),
+        detail: format!("no {line} line"),
+    };
+    let kib = vm_hwm_kib(&status).ok_or_else(|| missing("VmHWM"))?;
+    let rss_kib = vm_rss_kib(&status).ok_or_else(|| missing("VmRSS"))?;
     Ok(Usage {
         cpu: Duration::from_secs_f64(ticks as f64 / ticks_per_sec.max(1) as f64),
         peak_rss_bytes: kib * 1024,
+        rss_bytes: rss_kib * 1024,
     })
 }
 
@@ -73,6 +78,11 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
 /// The `VmHWM:` value of `/proc/PID/status`, in KiB.
 pub fn vm_hwm_kib(status: &str) -> Option<u64> {
     status_kib(status, "VmHWM")
+}
+
+/// The `VmRSS:` value of `/proc/PID/status`, in KiB.
+pub fn vm_rss_kib(status: &str) -> Option<u64> {
+    status_kib(status, "VmRSS")
 }
 
 /// The value of the `name:` line of `/proc/PID/status` (`VmRSS`, `VmHWM`,
@@ -107,14 +117,16 @@ mod tests {
         let status =
             "Name:\tgateway\nVmPeak:\t  900000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t 40000 kB\n";
         assert_eq!(vm_hwm_kib(status), Some(51_200));
+        assert_eq!(vm_rss_kib(status), Some(40_000));
         assert_eq!(vm_hwm_kib("Name:\tkthreadd\n"), None);
         assert_eq!(status_kib(status, "VmRSS"), Some(40_000));
         assert_eq!(status_kib(status, "VmHW"), None);
+        assert_eq!(vm_rss_kib("VmRSS:\t 12 MB\n"), None, "only kB is known");
     }
 
     #[test]
     fn this_process_can_be_read() {
         let u = read("self", clock_ticks()).unwrap();
-        assert!(u.peak_rss_bytes > 0);
+        assert!(u.rss_bytes > 0 && u.peak_rss_bytes >= u.rss_bytes, "{u:?}");
     }
 }

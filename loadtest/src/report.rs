@@ -366,6 +366,7 @@ mod tests {
             latency_p999_ms: None,
             gateway_log: LogSummary::default(),
             wall: Duration::from_secs(30),
+            timeline: crate::timeline::TimeLine::default(),
         }
     }
 

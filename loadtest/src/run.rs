@@ -8,6 +8,7 @@ use crate::database::{Engine, FreshDatabase};
 use crate::error::{LoadtestError, Result};
 use crate::gateway::{self, Gateway, LogSummary};
 use crate::stats::Window;
+use crate::timeline::{Recorder, Sample, TimeLine, SAMPLE_EVERY};
 use crate::{http, procfs, prom, workload};
 use device_sim::fleet::Fleet;
 use device_sim::run::SimConfig;
@@ -155,6 +156,8 @@ pub struct RunResult {
     pub latency_p999_ms: Option<f64>,
     pub gateway_log: LogSummary,
     pub wall: Duration,
+    /// Second by second: offered, acknowledged, latency, gateway CPU and RSS.
+    pub timeline: TimeLine,
 }
 
 impl RunResult {
@@ -243,6 +246,7 @@ struct Measured {
     gateway_cpu: Duration,
     sim_cpu: Duration,
     metrics: String,
+    timeline: TimeLine,
 }
 
 async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
@@ -273,6 +277,21 @@ async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
     let handle = device_sim::run::start(config, setup.fleet.clone()).await?;
     let stats = handle.stats().clone();
     let begun = Instant::now();
+    // The time line's clock is the simulator's, the origin of the ledger's
+    // acknowledgement times.
+    let sim_started = handle.started_at();
+    let sample = || -> Result<Sample> {
+        let gateway = procfs::read(&pid, setup.clock_ticks)?;
+        Ok(Sample::of(
+            &stats.snapshot(sim_started.elapsed()),
+            Some(gateway),
+        ))
+    };
+    let mut timeline = Recorder::new(sample()?);
+    let mut sampling =
+        tokio::time::interval_at(tokio::time::Instant::now() + SAMPLE_EVERY, SAMPLE_EVERY);
+    // After a stall, one interval as long as the stall, not a burst of short ones.
+    sampling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let finish = handle.finish();
     tokio::pin!(finish);
     let mut progress = tokio::time::interval_at(
@@ -283,6 +302,7 @@ async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
     let report = loop {
         tokio::select! {
             r = &mut finish => break r?,
+            _ = sampling.tick() => timeline.record(sample()?),
             _ = progress.tick() => {
                 let s = stats.snapshot(begun.elapsed());
                 let per_s = (s.acked - last_acked) as f64 / setup.progress_every.as_secs_f64();
@@ -296,6 +316,8 @@ async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
             }
         }
     };
+    timeline.record(sample()?);
+    let timeline = timeline.finish(&report.acknowledged);
     let (_, metrics) = http::get(gw.listeners.http, "/metrics").await?;
     let gw_after = procfs::read(&pid, setup.clock_ticks)?;
     let sim_after = procfs::read("self", setup.clock_ticks)?;
@@ -307,6 +329,7 @@ async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
         gateway_cpu: gw_after.cpu.saturating_sub(gw_before.cpu),
         sim_cpu: sim_after.cpu.saturating_sub(sim_before.cpu),
         metrics,
+        timeline,
     })
 }
 
@@ -366,6 +389,7 @@ impl Measured {
             latency_p999_ms: q(0.999),
             gateway_log,
             wall,
+            timeline: self.timeline,
         }
     }
 }

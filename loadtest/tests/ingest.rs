@@ -1,6 +1,7 @@
 //! `loadtest ingest` end to end, as a user runs it: the real binary drives a
 //! real gateway process (SQLite) through one baseline and one candidate run
-//! of a tiny fleet, and prints a report with both and their ratio.
+//! of a tiny fleet, and prints a report with both and their ratio, and
+//! writes the JSON report and the PNG chart asked for.
 //!
 //! The gateway binary is the one Cargo built for this workspace in the same
 //! profile (`target/<profile>/gateway`, beside this crate's binaries). It is
@@ -19,6 +20,9 @@ const INVOCATION_TIMEOUT: Duration = Duration::from_secs(240);
 
 #[test]
 fn a_tiny_sqlite_invocation_reports_baseline_and_group_commit() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let json_path = dir.path().join("result.json");
+    let chart_path = dir.path().join("result.png");
     let out = run_loadtest(
         &[
             "ingest",
@@ -34,6 +38,10 @@ fn a_tiny_sqlite_invocation_reports_baseline_and_group_commit() {
             "2s",
             "--progress-every",
             "1s",
+            "--json",
+            json_path.to_str().expect("a UTF-8 temporary path"),
+            "--chart",
+            chart_path.to_str().expect("a UTF-8 temporary path"),
         ],
         INVOCATION_TIMEOUT,
     );
@@ -82,6 +90,49 @@ fn a_tiny_sqlite_invocation_reports_baseline_and_group_commit() {
     }
     let baseline_batch = rows[0].split('|').map(str::trim).nth(9);
     assert_eq!(baseline_batch, Some("1.0"), "{}", rows[0]);
+
+    // The files asked for, named on stderr.
+    assert!(
+        stderr.contains(&format!("JSON report: {}", json_path.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("chart: {}", chart_path.display())),
+        "{stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("the JSON report"))
+            .expect("the JSON report parses");
+    assert_eq!(json["schema_version"], 1, "{json}");
+    assert_eq!(json["settings"]["locks"], 50, "{json}");
+    let runs = json["runs"].as_array().expect("runs");
+    let configs: Vec<&str> = runs.iter().filter_map(|r| r["config"].as_str()).collect();
+    assert_eq!(configs, ["baseline", "candidate"], "{json}");
+    for run in runs {
+        // A 2 s run sampled every second, its drain after it.
+        let timeline = run["timeline"].as_array().expect("a time line");
+        assert!(timeline.len() >= 2, "{run}");
+        let acked: f64 = timeline
+            .iter()
+            .filter_map(|p| p["acked_heartbeats_per_s"].as_f64())
+            .sum();
+        assert!(acked > 0.0, "{run}");
+        assert!(
+            timeline
+                .iter()
+                .all(|p| p["gateway_rss_mib"].as_f64() > Some(0.0)),
+            "{run}"
+        );
+        assert!(
+            timeline
+                .iter()
+                .any(|p| p["latency_p50_ms"].as_f64() > Some(0.0)),
+            "{run}"
+        );
+    }
+    assert_eq!(json["ratios"][0]["config"], "candidate", "{json}");
+    let png = std::fs::read(&chart_path).expect("the chart");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
 }
 
 #[test]
