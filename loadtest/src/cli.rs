@@ -68,8 +68,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Acknowledged heartbeats per second: group commit (the default) against
-    /// a baseline with group commit disabled (`serve --commit-max-batch 1`),
-    /// runs interleaved, medians reported
+    /// a baseline with group commit disabled (`serve --commit-max-batch 1`)
+    /// and against libcoap's coap-server (the raw CoAP ceiling), runs
+    /// interleaved, medians reported
     Ingest(IngestArgs),
     /// Durable job creations per second through the dashboard's MQTT
     /// command API, beside get_job reads on the same path, runs repeated,
@@ -149,6 +150,11 @@ pub struct IngestArgs {
     /// Comparing the two measures the cost of OSCORE
     #[arg(long)]
     pub insecure: bool,
+    /// Skip the raw CoAP baseline: libcoap's coap-server (Debian libcoap3-bin)
+    /// under the same simulator, fleet, requests and offered rate, every
+    /// answer counted (it answers with 4.xx), no database
+    #[arg(long)]
+    pub no_libcoap: bool,
 }
 
 /// Validated settings of an `ingest` invocation.
@@ -170,6 +176,8 @@ pub struct Settings {
     pub progress_every: Duration,
     /// `--insecure`: no OSCORE, gateway with `--insecure-dev`.
     pub insecure: bool,
+    /// Measure libcoap's coap-server too (not `--no-libcoap`).
+    pub libcoap: bool,
 }
 
 impl IngestArgs {
@@ -232,6 +240,7 @@ impl IngestArgs {
             find_max: self.find_max.then_some(self.find_max_factor),
             progress_every: self.progress_every,
             insecure: self.insecure,
+            libcoap: !self.no_libcoap,
         })
     }
 }
@@ -342,6 +351,8 @@ mod tests {
         assert_eq!(s.duration, Duration::from_secs(20));
         assert_eq!(s.find_max, None);
         assert!(!s.insecure, "device security is the default");
+        assert!(s.libcoap, "the libcoap baseline is on by default");
+        assert!(!args(&["--no-libcoap"]).validate().unwrap().libcoap);
         assert!(args(&["--insecure"]).validate().unwrap().insecure);
         let s = args(&["--engine", "both", "--find-max"])
             .validate()
