@@ -13,6 +13,13 @@
 //! had come; OSCORE errors the gateway sends unprotected (4.00, 4.01, 4.02)
 //! are refusals, counted by code like any other.
 //!
+//! Every answer to a report's exchange, whatever its code (an RST too), is
+//! also counted and timed as a round trip ([`Stats::answered`],
+//! [`Ledger::answered`]) before the lock acts on it: a refusal settles the
+//! report and the lock carries on with its schedule, so a server that
+//! answers everything with 4.xx (a raw CoAP baseline) is still measured
+//! by the same locks at the same offered rate.
+//!
 //! The task also takes commands for its locks ([`crate::control`]) between
 //! network events, and tells the waiters of a heartbeat on demand what
 //! became of the lock's reports. A 2FA entry typed at a lock's keypad goes
@@ -315,6 +322,16 @@ impl SocketTask {
             };
             if let Sent::TwoFactor(_) = tag.sent {
                 self.stats.twofa_in_flight_add(-1);
+            }
+            if let (Sent::Report(kind), Event::Response { .. } | Event::Reset { .. }) =
+                (tag.sent, &event)
+            {
+                self.stats.answered();
+                self.ledger.record_answer(
+                    kind,
+                    now.saturating_duration_since(self.clock.start()),
+                    now.saturating_duration_since(tag.started),
+                );
             }
             let lock = tag.lock;
             match event {

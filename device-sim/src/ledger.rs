@@ -1,6 +1,10 @@
 //! The record of what the server acknowledged (and what it never did), so a
 //! test can check that the database holds every acknowledged report exactly
 //! once, and where each lock's counters ended (what the state file keeps).
+//! It also keeps when each CoAP exchange got an answer, whatever its code:
+//! the request/response rate of a server that answers without storing
+//! anything (a raw CoAP baseline such as libcoap's `coap-server`, which
+//! answers the locks' requests with 4.xx) counts from those.
 //! Each task keeps its own [`Ledger`]; the run merges them at the end.
 
 use crate::latency::AckLatency;
@@ -44,6 +48,17 @@ pub struct PendingReport {
     pub event_seqs: Range<u32>,
 }
 
+/// A CoAP exchange of a report that the server answered, with any code
+/// (2.xx, 4.xx, 5.xx, an answer that does not verify) or an RST: one
+/// request/response round trip. An exchange that got no answer (it gave
+/// up) is not one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnsweredExchange {
+    pub kind: UplinkKind,
+    /// When the answer arrived, from the start of the run.
+    pub answered_after: Duration,
+}
+
 /// Acknowledged and still-pending reports, the locks' final counters, and
 /// the round-trip times of answered exchanges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,9 +67,15 @@ pub struct Ledger {
     pub pending: Vec<PendingReport>,
     /// (lock index in the fleet, its counters when its task stopped).
     pub counters: Vec<(usize, Counters)>,
-    /// Answered CoAP exchanges, first transmission to answer (MQTT reports
-    /// are not timed).
+    /// Acknowledged CoAP exchanges (2.xx), first transmission to answer
+    /// (MQTT reports are not timed).
     pub latency: AckLatency,
+    /// Every answered CoAP exchange of a report, whatever the answer, in the
+    /// order answered (per task).
+    pub answered: Vec<AnsweredExchange>,
+    /// Their round trips, first transmission to answer: a superset of
+    /// `latency`.
+    pub answer_latency: AckLatency,
 }
 
 impl Ledger {
@@ -79,6 +100,17 @@ impl Ledger {
         });
     }
 
+    /// Records that the server answered an exchange of a `kind` report,
+    /// `answered_after` the start of the run, `rtt` after its first
+    /// transmission.
+    pub fn record_answer(&mut self, kind: UplinkKind, answered_after: Duration, rtt: Duration) {
+        self.answered.push(AnsweredExchange {
+            kind,
+            answered_after,
+        });
+        self.answer_latency.record(kind, rtt);
+    }
+
     /// Records where `lock`'s counters ended.
     pub fn record_counters(&mut self, lock: &Lock) {
         self.counters.push((lock.index(), lock.counters()));
@@ -100,5 +132,49 @@ impl Ledger {
         self.pending.extend(other.pending);
         self.counters.extend(other.counters);
         self.latency.merge(&other.latency);
+        self.answered.extend(other.answered);
+        self.answer_latency.merge(&other.answer_latency);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_kept_with_their_time_and_merged_with_their_round_trips() {
+        let ms = Duration::from_millis;
+        let mut a = Ledger::default();
+        a.record_answer(UplinkKind::Heartbeat, ms(1500), ms(3));
+        let mut b = Ledger::default();
+        b.record_answer(UplinkKind::ActivityLog, ms(1600), ms(7));
+        b.record_answer(UplinkKind::Heartbeat, ms(2500), ms(5));
+        a.merge(b);
+        assert_eq!(
+            a.answered,
+            vec![
+                AnsweredExchange {
+                    kind: UplinkKind::Heartbeat,
+                    answered_after: ms(1500)
+                },
+                AnsweredExchange {
+                    kind: UplinkKind::ActivityLog,
+                    answered_after: ms(1600)
+                },
+                AnsweredExchange {
+                    kind: UplinkKind::Heartbeat,
+                    answered_after: ms(2500)
+                },
+            ]
+        );
+        let l = &a.answer_latency;
+        assert_eq!(l.count(UplinkKind::Heartbeat), 2);
+        assert_eq!(l.count(UplinkKind::ActivityLog), 1);
+        // The slowest heartbeat is the 5 ms one (within the histogram's 0.1 %).
+        let slowest = l.quantile(UplinkKind::Heartbeat, 1.0).unwrap();
+        assert!(slowest >= ms(5) && slowest < ms(6), "{slowest:?}");
+        // Answers are not acknowledgements.
+        assert!(a.acked.is_empty());
+        assert_eq!(a.latency.count(UplinkKind::Heartbeat), 0);
     }
 }

@@ -60,7 +60,7 @@ pub use bridge_relay::BleDelay;
 pub use control::{BridgeHandle, BridgeStatus, ControlError, Conversation, LockHandle, LockStatus};
 pub use fleet::{Fleet, FleetSpec};
 pub use latency::{AckLatency, TwoFactorLatency, TwoFactorLeg};
-pub use ledger::{AckedReport, PendingReport};
+pub use ledger::{AckedReport, AnsweredExchange, PendingReport};
 pub use lock::{Counters, Reporting};
 pub use persist::StateOptions;
 pub use phone::{InboxMode, ReceivedOtp, ReceivedSms, SmsInbox};

@@ -42,7 +42,7 @@ use crate::coap_socket::SocketTask;
 use crate::control::{BridgeControl, BridgeHandle, Command, LockHandle};
 use crate::fleet::Fleet;
 use crate::latency::{AckLatency, TwoFactorLatency};
-use crate::ledger::{AckedReport, Ledger, PendingReport};
+use crate::ledger::{AckedReport, AnsweredExchange, Ledger, PendingReport};
 use crate::lock::{Counters, Lock, Reporting};
 use crate::mqtt_fleet::{MqttBridge, MqttFleet, MqttLock, MqttSecurity, MqttTarget};
 use crate::mqtt_lock::{self, route_for, Route};
@@ -232,6 +232,13 @@ pub struct RunReport {
     /// Round-trip times of the answered CoAP exchanges (first transmission
     /// to answer, retransmission waits included), by report kind.
     pub ack_latency: AckLatency,
+    /// Every CoAP exchange of a report the server answered, whatever the
+    /// answer (2.xx, 4.xx, 5.xx, RST), with when: the raw request/response
+    /// rate, acknowledged or not.
+    pub answered: Vec<AnsweredExchange>,
+    /// Round-trip times of those exchanges, by report kind (a superset of
+    /// `ack_latency`).
+    pub answer_latency: AckLatency,
     /// 2FA: the round trips of `/2fa` and `/otp` requests and the OTPs'
     /// way to the inbox (the counts are in [`StatsSnapshot::twofa`]).
     pub twofa_latency: TwoFactorLatency,
@@ -804,6 +811,8 @@ impl Coordinator {
             unacknowledged: ledger.pending,
             counters: ids.into_iter().zip(end).collect(),
             ack_latency: ledger.latency,
+            answered: ledger.answered,
+            answer_latency: ledger.answer_latency,
             twofa_latency: stats.twofa_latency(),
         })
     }

@@ -46,6 +46,7 @@ pub struct Stats {
     resent: AtomicU64,
     retransmitted: AtomicU64,
     acked: AtomicU64,
+    answered: AtomicU64,
     rejected: AtomicU64,
     gave_up: AtomicU64,
     abandoned: AtomicU64,
@@ -74,6 +75,7 @@ impl Stats {
             resent: AtomicU64::new(0),
             retransmitted: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             gave_up: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
@@ -128,6 +130,12 @@ impl Stats {
         if let Some(c) = self.acked_per_lock.get(lock_index) {
             c.fetch_add(1, Relaxed);
         }
+    }
+    /// The server answered a CoAP exchange of a report, with any code or an
+    /// RST (acknowledged, refused, 5.03, not verifying alike): one
+    /// request/response round trip.
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Relaxed);
     }
     /// The server refused a report (4.xx/5.xx, RST, MQTT error topic); it is
     /// not retried. `code` is e.g. `4.00`, `rst`, `mqtt:bad_payload`.
@@ -275,6 +283,7 @@ impl Stats {
             resent: self.resent.load(Relaxed),
             retransmitted: self.retransmitted.load(Relaxed),
             acked: self.acked.load(Relaxed),
+            answered: self.answered.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             gave_up: self.gave_up.load(Relaxed),
             abandoned: self.abandoned.load(Relaxed),
@@ -365,6 +374,9 @@ pub struct StatsSnapshot {
     /// Retransmissions of the same message (CoAP) or resends after an ack timeout (MQTT).
     pub retransmitted: u64,
     pub acked: u64,
+    /// CoAP exchanges of reports the server answered, whatever the answer
+    /// (see [`Stats::answered`]).
+    pub answered: u64,
     /// Reports the server refused (see `errors`), not retried.
     pub rejected: u64,
     /// Exchanges that exhausted their retransmissions.
@@ -460,11 +472,15 @@ mod tests {
         s.acked(1);
         s.rejected("4.00");
         s.abandoned(1);
-        assert_eq!(s.outstanding(), 1);
+        for _ in 0..3 {
+            s.answered();
+        }
+        assert_eq!(s.outstanding(), 1, "answers settle nothing by themselves");
         assert_eq!(s.acked_of(1), 1);
         assert_eq!(s.min_acked_per_lock(), 1);
         let snap = s.snapshot(Duration::from_secs(3));
         assert_eq!(snap.errors.get("4.00"), Some(&1));
+        assert_eq!((snap.acked, snap.answered, snap.rejected), (2, 3, 1));
         let line = snap.to_string();
         assert!(
             line.contains("acked 2") && line.contains("4.00=1"),

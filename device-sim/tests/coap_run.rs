@@ -211,6 +211,29 @@ async fn refused_reports_are_counted_by_code_and_not_retried() {
     let seen = server.seen.lock().unwrap();
     let log_posts = seen.datagrams.iter().filter(|d| d.2 == "log").count() as u64;
     assert_eq!(log_posts, refused);
+
+    // A refusal is still an answer: every exchange counts as a round trip,
+    // acknowledged or refused, and is timed as one.
+    let s = &report.stats;
+    assert_eq!(s.answered, s.acked + refused, "{s}");
+    assert_eq!(report.answered.len() as u64, s.answered);
+    let answered = |kind| report.answered.iter().filter(|a| a.kind == kind).count() as u64;
+    assert_eq!(answered(UplinkKind::ActivityLog), refused);
+    assert_eq!(answered(UplinkKind::Heartbeat), s.acked);
+    let l = &report.answer_latency;
+    assert_eq!(l.count(UplinkKind::ActivityLog), refused);
+    assert_eq!(l.count(UplinkKind::Heartbeat), s.acked);
+    assert_eq!(
+        report.ack_latency.count(UplinkKind::ActivityLog),
+        0,
+        "a refusal is not an acknowledgement"
+    );
+    // Each answer is timed from the start of the run, at most as late as
+    // the run's end.
+    assert!(report
+        .answered
+        .iter()
+        .all(|a| !a.answered_after.is_zero() && a.answered_after <= s.elapsed));
 }
 
 /// RFC 7252 §5.9.3: a 5.03 means "not now". The lock keeps the report and
@@ -245,6 +268,9 @@ async fn a_busy_gateway_s_5_03_is_retried_after_max_age_and_nothing_is_lost() {
     );
     assert_eq!(report.acknowledged.len(), 4);
     assert_eq!(server.seen.lock().unwrap().busy, 4);
+    // Four 5.03 answers and four 2.04: eight round trips.
+    assert_eq!(report.stats.answered, 8, "{}", report.stats);
+    assert_eq!(report.answered.len(), 8);
 }
 
 #[tokio::test]
@@ -425,6 +451,15 @@ async fn a_gateway_with_other_keys_refuses_every_report_and_none_is_retried() {
     );
     assert_eq!(s.rejected, 6, "{s}");
     assert_eq!(s.errors.get("4.00"), Some(&6), "decryption failed: {s}");
+    // What a raw CoAP server that refuses everything looks like: every
+    // exchange answered and timed, none acknowledged, and the locks kept
+    // to their schedule (3 reports each).
+    assert_eq!(s.answered, 6, "{s}");
+    assert_eq!(report.answered.len(), 6);
+    let kinds = [UplinkKind::Heartbeat, UplinkKind::ActivityLog];
+    let timed: u64 = kinds.iter().map(|k| report.answer_latency.count(*k)).sum();
+    let acked: u64 = kinds.iter().map(|k| report.ack_latency.count(*k)).sum();
+    assert_eq!((timed, acked), (6, 0));
     let seen = server.seen.lock().unwrap();
     assert_eq!(seen.datagrams.len(), 6, "not retried");
     assert_eq!(seen.security_refusals.get("decrypt_failed"), Some(&6));

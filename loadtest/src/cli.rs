@@ -68,8 +68,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Acknowledged heartbeats per second: group commit (the default) against
-    /// a baseline with group commit disabled (`serve --commit-max-batch 1`),
-    /// runs interleaved, medians reported
+    /// a baseline with group commit disabled (`serve --commit-max-batch 1`)
+    /// and against libcoap's coap-server (the raw CoAP ceiling), runs
+    /// interleaved, medians reported
     Ingest(IngestArgs),
     /// Durable job creations per second through the dashboard's MQTT
     /// command API, beside get_job reads on the same path, runs repeated,
@@ -164,6 +165,11 @@ pub struct IngestArgs {
     /// TrueType font of the chart's text (Debian: fonts-dejavu-core)
     #[arg(long, value_name = "PATH", default_value = crate::chart::DEFAULT_FONT)]
     pub chart_font: PathBuf,
+    /// Skip the raw CoAP baseline: libcoap's coap-server (Debian libcoap3-bin)
+    /// under the same simulator, fleet, requests and offered rate, every
+    /// answer counted (it answers with 4.xx), no database
+    #[arg(long)]
+    pub no_libcoap: bool,
 }
 
 /// Validated settings of an `ingest` invocation.
@@ -190,6 +196,8 @@ pub struct Settings {
     /// `--chart`: where the PNG chart goes, and `--chart-font`.
     pub chart: Option<PathBuf>,
     pub chart_font: PathBuf,
+    /// Measure libcoap's coap-server too (not `--no-libcoap`).
+    pub libcoap: bool,
 }
 
 impl IngestArgs {
@@ -260,6 +268,7 @@ impl IngestArgs {
             json: self.json.clone(),
             chart: self.chart.clone(),
             chart_font: self.chart_font.clone(),
+            libcoap: !self.no_libcoap,
         })
     }
 }
@@ -386,6 +395,8 @@ mod tests {
         assert_eq!(s.duration, Duration::from_secs(20));
         assert_eq!(s.find_max, None);
         assert!(!s.insecure, "device security is the default");
+        assert!(s.libcoap, "the libcoap baseline is on by default");
+        assert!(!args(&["--no-libcoap"]).validate().unwrap().libcoap);
         assert!(args(&["--insecure"]).validate().unwrap().insecure);
         assert_eq!((s.json.as_deref(), s.chart.as_deref()), (None, None));
         assert_eq!(s.chart_font, PathBuf::from(crate::chart::DEFAULT_FONT));

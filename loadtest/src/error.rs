@@ -83,7 +83,32 @@ pub enum LoadtestError {
     #[error("cannot read {path}: {detail}")]
     Proc { path: String, detail: String },
 
-    #[error("interrupted (Ctrl-C); the run's database and gateway were cleaned up")]
+    #[error(
+        "no libcoap server binary on PATH (looked for {searched}): install Debian's \
+         libcoap3-bin (`apt-get install libcoap3-bin`) for the raw CoAP baseline, \
+         or pass --no-libcoap to measure without it"
+    )]
+    LibcoapMissing { searched: String },
+
+    #[error("cannot start libcoap's server {}: {source}", path.display())]
+    LibcoapSpawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error(
+        "libcoap's coap-server did not {what}; is the machine overloaded? \
+         (--no-libcoap skips the baseline.) Its last output:\n{log}"
+    )]
+    LibcoapStart { what: String, log: String },
+
+    #[error("libcoap's coap-server exited during start-up ({status}); its last output:\n{log}")]
+    LibcoapExited { status: String, log: String },
+
+    #[error("libcoap's coap-server did not stop cleanly after SIGTERM ({status}); its last output:\n{log}")]
+    LibcoapStop { status: String, log: String },
+
+    #[error("interrupted (Ctrl-C); the run's database and server were cleaned up")]
     Interrupted,
 
     #[error(

@@ -123,6 +123,7 @@ pub async fn run(
     };
     let setup = run::Setup {
         gateway_bin,
+        coap_server_bin: None,
         scratch: scratch.path().to_path_buf(),
         fleet,
         fleet_file,

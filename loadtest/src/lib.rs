@@ -9,9 +9,11 @@
 //! `gateway serve` on ephemeral ports, and runs the simulator in this
 //! process at the speed-up that offers the requested rate. Every request is
 //! OSCORE-protected unless `--insecure` runs both sides without security. The baseline is the same gateway with group commit
-//! disabled (`--commit-max-batch 1`); baseline and candidate runs alternate
-//! so that drift on a shared machine hits both, and the report gives the
-//! median of each figure.
+//! disabled (`--commit-max-batch 1`); the ceiling is libcoap's
+//! `coap-server` driven by the same simulator at the same rate (answers of
+//! any code counted, no database; `--no-libcoap` skips it). The runs of the
+//! three alternate so that drift on a shared machine hits all alike, and
+//! the report gives the median of each figure and the ratios.
 //!
 //! Modules, in the order a run uses them:
 //! * [`cli`]: options, defaults and their validation;
@@ -19,6 +21,7 @@
 //! * [`database`]: a fresh database per run, removed afterwards;
 //! * [`gateway`]: the gateway process (import, serve, listen addresses from
 //!   its log, `/readyz`, SIGTERM) and [`http`] for its endpoints;
+//! * [`libcoap`]: libcoap's `coap-server` process, the raw CoAP baseline;
 //! * [`run`]: one measured run; [`plan`]: their order (and `--find-max`);
 //! * [`procfs`], [`prom`], [`stats`]: CPU and memory from `/proc`, the
 //!   gateway's `/metrics`, and the arithmetic (steady window, medians);
@@ -45,6 +48,7 @@ pub mod hbjobs;
 pub mod http;
 pub mod jobs;
 pub mod json;
+pub mod libcoap;
 pub mod machine;
 pub mod memory;
 pub mod plan;
@@ -80,6 +84,9 @@ pub async fn ingest(
         chart::load_font(&settings.chart_font)?;
     }
     let gateway_bin = gateway::locate(settings.gateway_bin.as_deref())?;
+    // Before anything else: a missing baseline fails before any run.
+    let coap_server_bin = settings.libcoap.then(libcoap::locate).transpose()?;
+    let libcoap_version = coap_server_bin.as_deref().and_then(libcoap::version);
     let scratch = tempfile::Builder::new()
         .prefix("loadtest_")
         .tempdir()
@@ -106,6 +113,13 @@ pub async fn ingest(
             "OSCORE-protected requests"
         },
     );
+    if let Some(bin) = &coap_server_bin {
+        eprintln!(
+            "  raw CoAP baseline: {} (libcoap {}), same simulator and rate, no database",
+            bin.display(),
+            libcoap_version.as_deref().unwrap_or("version unknown"),
+        );
+    }
     for &engine in &settings.engines {
         let rate = match settings.find_max {
             Some(_) => settings.find_max_start(),
@@ -122,6 +136,7 @@ pub async fn ingest(
     }
     let setup = run::Setup {
         gateway_bin,
+        coap_server_bin: coap_server_bin.clone(),
         scratch: scratch.path().to_path_buf(),
         fleet,
         fleet_file,
@@ -140,10 +155,19 @@ pub async fn ingest(
     let machine = machine::Machine::detect();
     let results = match settings.find_max {
         Some(factor) => {
-            plan::find_max(&setup, &settings.engines, settings.find_max_start(), factor).await?
+            plan::find_max(
+                &setup,
+                &settings.engines,
+                settings.find_max_start(),
+                factor,
+                settings.libcoap,
+            )
+            .await?
         }
         None => {
-            let specs = plan::schedule(&settings.engines, settings.runs, |e| settings.rate_for(e));
+            let specs = plan::schedule(&settings.engines, settings.runs, settings.libcoap, |e| {
+                settings.rate_for(e)
+            });
             plan::fixed(&setup, &specs).await?
         }
     };
@@ -156,6 +180,13 @@ pub async fn ingest(
         warmup_share: settings.warmup_share,
         find_max: settings.find_max.is_some(),
         insecure: settings.insecure,
+        libcoap: coap_server_bin.map(|bin| report::LibcoapInfo {
+            binary: bin.file_name().map_or_else(
+                || bin.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            version: libcoap_version,
+        }),
     };
     let _ = scratch.close();
     if let Some(path) = &settings.json {
@@ -191,7 +222,15 @@ fn ingest_chart(ctx: &report::Context, results: &[run::RunResult]) -> chart::Cha
             if rates.len() > 1 {
                 label.push_str(&format!(" · {:.0}/s", r.spec.rate));
             }
-            chart::Series::from_timeline(label, &r.timeline, |p| p.acked_heartbeats_per_s)
+            // libcoap acknowledges nothing: its line is what it answered.
+            let libcoap = r.spec.variant == run::Variant::Libcoap;
+            chart::Series::from_timeline(label, &r.timeline, move |p| {
+                if libcoap {
+                    p.answered_heartbeats_per_s
+                } else {
+                    p.acked_heartbeats_per_s
+                }
+            })
         })
         .collect();
     chart::Chart {
@@ -206,7 +245,7 @@ fn ingest_chart(ctx: &report::Context, results: &[run::RunResult]) -> chart::Cha
                 "OSCORE"
             },
         ),
-        acked_axis: "acknowledged heartbeats/s".into(),
+        acked_axis: "acknowledged heartbeats/s (libcoap: answered)".into(),
         latency_axis: "heartbeat round trip, ms".into(),
         series,
     }

@@ -1,8 +1,13 @@
-//! The order of runs. Baseline and candidate alternate (A B A B ...) within
-//! each engine, so drift on a shared machine (another tenant, thermal
-//! limits, the page cache filling) hits both configurations alike.
-//! `--find-max` steps the offered rate up, both configurations at each
-//! step, until neither sustains it.
+//! The order of runs. Baseline, candidate and libcoap alternate (A B C A B
+//! C ...) within each engine, so drift on a shared machine (another tenant,
+//! thermal limits, the page cache filling) hits every configuration alike.
+//! libcoap has no database, yet it runs in each engine's rotation, at that
+//! engine's offered rate: its ratio to the candidate is then taken under the
+//! same load and the same drift.
+//! `--find-max` steps the offered rate up, every configuration still
+//! sustaining at each step, until none does. libcoap steps with the first
+//! engine only: the steps are the same for every engine and its ceiling does
+//! not depend on one, and it needs the most steps.
 
 use crate::database::Engine;
 use crate::error::Result;
@@ -13,14 +18,28 @@ use crate::run::{self, RunResult, RunSpec, Setup, Variant};
 /// machine sustains).
 pub const MAX_FIND_MAX_STEPS: u32 = 20;
 
+/// The configurations of an invocation, in the order they alternate.
+pub fn variants(libcoap: bool) -> Vec<Variant> {
+    let mut v = vec![Variant::Baseline, Variant::Candidate];
+    if libcoap {
+        v.push(Variant::Libcoap);
+    }
+    v
+}
+
 /// Runs of a fixed-rate invocation, in order; `rate` gives each engine's
-/// offered heartbeats per second.
-pub fn schedule(engines: &[Engine], runs: u32, rate: impl Fn(Engine) -> f64) -> Vec<RunSpec> {
+/// offered heartbeats per second; `libcoap` adds its runs to the rotation.
+pub fn schedule(
+    engines: &[Engine],
+    runs: u32,
+    libcoap: bool,
+    rate: impl Fn(Engine) -> f64,
+) -> Vec<RunSpec> {
     let mut out = Vec::new();
     for &engine in engines {
         let rate = rate(engine);
         for _ in 0..runs {
-            for variant in [Variant::Baseline, Variant::Candidate] {
+            for variant in variants(libcoap) {
                 out.push(RunSpec {
                     engine,
                     variant,
@@ -61,19 +80,26 @@ pub async fn fixed(setup: &Setup, specs: &[RunSpec]) -> Result<Vec<RunResult>> {
     Ok(results)
 }
 
+/// The configurations `--find-max` steps for the `nth` engine (0 first):
+/// libcoap only with the first.
+pub fn find_max_variants(nth: usize, libcoap: bool) -> Vec<Variant> {
+    variants(libcoap && nth == 0)
+}
+
 /// `--find-max`: per engine, from `start` up by `factor`, one run of each
-/// configuration still sustaining; stops when neither sustains a step.
+/// configuration still sustaining; stops when none sustains a step.
 /// Returns every run done.
 pub async fn find_max(
     setup: &Setup,
     engines: &[Engine],
     start: f64,
     factor: f64,
+    libcoap: bool,
 ) -> Result<Vec<RunResult>> {
     let mut results = Vec::new();
     let mut number = 0;
-    for &engine in engines {
-        let mut alive = vec![Variant::Baseline, Variant::Candidate];
+    for (nth, &engine) in engines.iter().enumerate() {
+        let mut alive = find_max_variants(nth, libcoap);
         for step in 0..MAX_FIND_MAX_STEPS {
             let rate = step_rate(start, factor, step);
             let mut still = Vec::new();
@@ -106,10 +132,28 @@ pub async fn find_max(
 }
 
 fn print_result(r: &RunResult) {
-    let lat = r
-        .latency_ms
-        .map(|q| format!("p50 {:.1} ms p99 {:.1} ms", q.p50, q.p99))
-        .unwrap_or_else(|| "no latency".into());
+    let lat = |q: Option<crate::run::Quantiles>| {
+        q.map(|q| format!("p50 {:.1} ms p99 {:.1} ms", q.p50, q.p99))
+            .unwrap_or_else(|| "no latency".into())
+    };
+    if r.spec.variant == Variant::Libcoap {
+        eprintln!(
+            "  => answered {:.0} heartbeats/s + {:.0} logs/s (any code), {}, coap-server CPU {:.1} s, \
+             RSS {:.1} MiB, simulator CPU {:.1} s ({}), unanswered {} ({:.0} s)",
+            r.answered_heartbeats_per_s,
+            r.answered_logs_per_s,
+            lat(r.answer_latency_ms),
+            r.gateway_cpu_s,
+            r.gateway_rss_mib,
+            r.sim_cpu_s,
+            r.sim_cores()
+                .map_or_else(|| "-".into(), |c| format!("{c:.2} cores")),
+            r.unacknowledged,
+            r.wall.as_secs_f64(),
+        );
+        return;
+    }
+    let lat = lat(r.latency_ms);
     eprintln!(
         "  => acked {:.0} heartbeats/s + {:.0} logs/s, {lat}, gateway CPU {:.1} s, \
          RSS {:.0} MiB, mean batch {}, errors {}, unacknowledged {} ({:.0} s)",
@@ -132,7 +176,7 @@ mod tests {
 
     #[test]
     fn baseline_and_candidate_alternate_within_each_engine() {
-        let s = schedule(&[Engine::Sqlite, Engine::Postgres], 3, |e| match e {
+        let s = schedule(&[Engine::Sqlite, Engine::Postgres], 3, false, |e| match e {
             Engine::Sqlite => 100.0,
             Engine::Postgres => 200.0,
         });
@@ -159,6 +203,45 @@ mod tests {
         assert!(s[..6].iter().all(|r| r.rate == 100.0) && s[6..].iter().all(|r| r.rate == 200.0));
         let numbers: Vec<u32> = s.iter().map(|r| r.number).collect();
         assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn libcoap_joins_the_rotation_of_every_engine_at_its_rate() {
+        let s = schedule(&[Engine::Sqlite, Engine::Postgres], 2, true, |e| match e {
+            Engine::Sqlite => 100.0,
+            Engine::Postgres => 200.0,
+        });
+        use Variant::*;
+        let order: Vec<Variant> = s.iter().map(|r| r.variant).collect();
+        let abc = [Baseline, Candidate, Libcoap];
+        assert_eq!(order, abc.repeat(4));
+        let libcoap: Vec<(Engine, f64)> = s
+            .iter()
+            .filter(|r| r.variant == Libcoap)
+            .map(|r| (r.engine, r.rate))
+            .collect();
+        assert_eq!(
+            libcoap,
+            vec![
+                (Engine::Sqlite, 100.0),
+                (Engine::Sqlite, 100.0),
+                (Engine::Postgres, 200.0),
+                (Engine::Postgres, 200.0)
+            ]
+        );
+        let numbers: Vec<u32> = s.iter().map(|r| r.number).collect();
+        assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn find_max_steps_libcoap_with_the_first_engine_only() {
+        use Variant::*;
+        assert_eq!(
+            find_max_variants(0, true),
+            vec![Baseline, Candidate, Libcoap]
+        );
+        assert_eq!(find_max_variants(1, true), vec![Baseline, Candidate]);
+        assert_eq!(find_max_variants(0, false), vec![Baseline, Candidate]);
     }
 
     #[test]

@@ -3,18 +3,25 @@
 //! duration (and drained), the figures read from the simulator's report,
 //! the gateway's `/metrics` and `/proc`, and everything stopped and removed
 //! again, on error too.
+//!
+//! A [`Variant::Libcoap`] run drives the same simulator, fleet and requests
+//! at the same rate against libcoap's `coap-server` instead ([`libcoap`]):
+//! no database, no import, no `/metrics`; its figures are the answers,
+//! whatever their code, and the server's CPU and memory from `/proc`.
 
 use crate::database::{Engine, FreshDatabase};
 use crate::error::{LoadtestError, Result};
 use crate::gateway::{self, Gateway, LogSummary};
+use crate::libcoap::CoapServer;
 use crate::stats::Window;
 use crate::timeline::{Recorder, Sample, TimeLine, SAMPLE_EVERY};
-use crate::{http, procfs, prom, workload};
+use crate::{http, libcoap, procfs, prom, workload};
 use device_sim::fleet::Fleet;
 use device_sim::run::SimConfig;
 use schemas::device::UplinkKind;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -37,24 +44,26 @@ pub const INSECURE_SERVE_FLAG: &str = "--insecure-dev";
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The gateway configuration a run measures.
+/// The server configuration a run measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Variant {
     /// Group commit disabled (`--commit-max-batch 1`).
     Baseline,
     /// The gateway as shipped (group commit with its default batch limit).
     Candidate,
+    /// Not the gateway: libcoap's `coap-server`, the raw CoAP ceiling.
+    Libcoap,
 }
 
 impl Variant {
-    /// Extra `serve` flags.
+    /// Extra `serve` flags (none for libcoap, which is not the gateway).
     pub fn serve_args(self) -> Vec<String> {
         match self {
             Variant::Baseline => vec![
                 "--commit-max-batch".to_string(),
                 BASELINE_MAX_BATCH.to_string(),
             ],
-            Variant::Candidate => Vec::new(),
+            Variant::Candidate | Variant::Libcoap => Vec::new(),
         }
     }
 
@@ -62,6 +71,7 @@ impl Variant {
         match self {
             Variant::Baseline => "baseline: --commit-max-batch 1",
             Variant::Candidate => "group commit (defaults)",
+            Variant::Libcoap => "libcoap coap-server (raw CoAP, no database)",
         }
     }
 }
@@ -75,6 +85,8 @@ impl fmt::Display for Variant {
 /// What every run of an invocation shares.
 pub struct Setup {
     pub gateway_bin: PathBuf,
+    /// libcoap's server, for [`Variant::Libcoap`] runs ([`libcoap::locate`]).
+    pub coap_server_bin: Option<PathBuf>,
     /// Scratch directory: fleet file, SQLite databases, the gateway's cwd.
     pub scratch: PathBuf,
     pub fleet: Fleet,
@@ -110,7 +122,7 @@ pub struct RunSpec {
     pub pending_jobs: bool,
 }
 
-/// Latency quantiles of acknowledged heartbeats, milliseconds.
+/// Latency quantiles of heartbeat exchanges, milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Quantiles {
     pub p50: f64,
@@ -129,8 +141,16 @@ pub struct RunResult {
     pub acked_logs_per_s: f64,
     pub acked_heartbeats: u64,
     pub acked_logs: u64,
-    /// Client-side round trip of heartbeat exchanges, whole run.
+    /// Client-side round trip of acknowledged heartbeat exchanges, whole run.
     pub latency_ms: Option<Quantiles>,
+    /// Heartbeat exchanges answered per second in the steady window, with
+    /// any code (acknowledged, refused, 5.03): the request/response rate.
+    /// The headline figure of a libcoap run, which acknowledges nothing.
+    pub answered_heartbeats_per_s: f64,
+    /// Activity-log exchanges answered per second, likewise.
+    pub answered_logs_per_s: f64,
+    /// Client-side round trip of heartbeat exchanges answered with any code.
+    pub answer_latency_ms: Option<Quantiles>,
     pub retransmitted: u64,
     pub gave_up: u64,
     /// Reports the gateway refused (4.xx/5.xx), included in `errors`.
@@ -139,12 +159,16 @@ pub struct RunResult {
     pub abandoned: u64,
     pub errors: BTreeMap<String, u64>,
     pub unacknowledged: usize,
-    /// Gateway CPU from ready to just before SIGTERM (the load and the drain).
+    /// Server (the gateway, or coap-server in a libcoap run) CPU from ready
+    /// to just before SIGTERM (the load and the drain).
     pub gateway_cpu_s: f64,
-    /// Gateway peak RSS (VmHWM) over its life.
+    /// Server peak RSS (VmHWM) over its life.
     pub gateway_rss_mib: f64,
     /// This process (the simulator) over the same interval.
     pub sim_cpu_s: f64,
+    /// How long the simulator ran (the load and the drain): `sim_cpu_s`
+    /// over it is how many cores the generator kept busy.
+    pub driven: Duration,
     pub mean_batch: Option<f64>,
     pub mean_commit_ms: Option<f64>,
     /// The gateway's own count of committed heartbeats.
@@ -154,6 +178,7 @@ pub struct RunResult {
     pub jobs_completed: Option<f64>,
     /// Client-side heartbeat round trip p99.9, milliseconds.
     pub latency_p999_ms: Option<f64>,
+    /// What the server (gateway or coap-server) logged.
     pub gateway_log: LogSummary,
     pub wall: Duration,
     /// Second by second: offered, acknowledged, latency, gateway CPU and RSS.
@@ -165,16 +190,33 @@ impl RunResult {
         self.errors.values().sum()
     }
 
+    /// Heartbeats per second the configuration served: acknowledged by the
+    /// gateway, answered (with its 4.xx) by libcoap.
+    pub fn served_heartbeats_per_s(&self) -> f64 {
+        match self.spec.variant {
+            Variant::Baseline | Variant::Candidate => self.acked_heartbeats_per_s,
+            Variant::Libcoap => self.answered_heartbeats_per_s,
+        }
+    }
+
     /// At least [`crate::cli::SUSTAINED_SHARE`] of the offered heartbeats were
-    /// acknowledged in the steady window, and nothing was left unacknowledged.
+    /// served in the steady window, and nothing was left unsettled.
     pub fn sustained(&self) -> bool {
         self.unacknowledged == 0
-            && self.acked_heartbeats_per_s >= crate::cli::SUSTAINED_SHARE * self.spec.rate
+            && self.served_heartbeats_per_s() >= crate::cli::SUSTAINED_SHARE * self.spec.rate
+    }
+
+    /// Cores the simulator kept busy on average while it ran.
+    pub fn sim_cores(&self) -> Option<f64> {
+        crate::stats::ratio(self.sim_cpu_s, self.driven.as_secs_f64())
     }
 }
 
 /// Does one run; the database is removed afterwards whatever happened.
 pub async fn run(setup: &Setup, spec: RunSpec) -> Result<RunResult> {
+    if spec.variant == Variant::Libcoap {
+        return on_libcoap(setup, spec).await;
+    }
     let db = FreshDatabase::create(
         spec.engine,
         &setup.scratch,
@@ -228,8 +270,14 @@ async fn on_database(setup: &Setup, spec: RunSpec, url: &str) -> Result<RunResul
         serve_args.push(INSECURE_SERVE_FLAG.to_string());
     }
     let gw = Gateway::start(&setup.gateway_bin, &setup.scratch, url, &serve_args).await?;
+    let target = Target {
+        coap: gw.listeners.coap,
+        mqtt_port: Some(gw.listeners.mqtt.port()),
+        pid: gw.pid(),
+        metrics: Some(gw.listeners.http),
+    };
     // On error `gw` is dropped, which kills the process.
-    let measured = drive(setup, spec, &gw).await?;
+    let measured = drive(setup, spec, &target).await?;
     let log = gw.stop().await?;
     if setup.cancel.is_cancelled() {
         return Err(LoadtestError::Interrupted);
@@ -237,7 +285,46 @@ async fn on_database(setup: &Setup, spec: RunSpec, url: &str) -> Result<RunResul
     Ok(measured.finish(spec, log, started.elapsed()))
 }
 
-/// What [`drive`] measured before the gateway is stopped.
+/// A libcoap run: coap-server on a free port, the simulator against it, no
+/// database and no `/metrics`.
+async fn on_libcoap(setup: &Setup, spec: RunSpec) -> Result<RunResult> {
+    let started = Instant::now();
+    let bin = setup
+        .coap_server_bin
+        .as_deref()
+        .ok_or_else(|| LoadtestError::LibcoapMissing {
+            searched: libcoap::BINARIES.join(", "),
+        })?;
+    if setup.cancel.is_cancelled() {
+        return Err(LoadtestError::Interrupted);
+    }
+    let server = CoapServer::start(bin, &setup.scratch).await?;
+    let target = Target {
+        coap: server.addr,
+        mqtt_port: None,
+        pid: server.pid(),
+        metrics: None,
+    };
+    // On error `server` is dropped, which kills the process.
+    let measured = drive(setup, spec, &target).await?;
+    let log = server.stop().await?;
+    if setup.cancel.is_cancelled() {
+        return Err(LoadtestError::Interrupted);
+    }
+    Ok(measured.finish(spec, log, started.elapsed()))
+}
+
+/// The server a run drives.
+struct Target {
+    coap: SocketAddr,
+    /// The gateway's MQTT port (a CoAP fleet never connects to it).
+    mqtt_port: Option<u16>,
+    pid: u32,
+    /// The gateway's metrics endpoint; libcoap has none.
+    metrics: Option<SocketAddr>,
+}
+
+/// What [`drive`] measured before the server is stopped.
 struct Measured {
     speedup: f64,
     report: device_sim::RunReport,
@@ -245,23 +332,25 @@ struct Measured {
     gateway: procfs::Usage,
     gateway_cpu: Duration,
     sim_cpu: Duration,
+    driven: Duration,
+    /// The gateway's `/metrics` text; empty for libcoap.
     metrics: String,
     timeline: TimeLine,
 }
 
-async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
+async fn drive(setup: &Setup, spec: RunSpec, target: &Target) -> Result<Measured> {
     let heartbeat = Duration::from_secs(workload::shortest_heartbeat().as_secs());
     let speedup =
         workload::speedup(spec.rate, setup.fleet.locks.len(), heartbeat).ok_or_else(|| {
             LoadtestError::InvalidOption(format!("no speed-up gives {} heartbeats/s", spec.rate))
         })?;
-    let pid = gw.pid().to_string();
+    let pid = target.pid.to_string();
     let gw_before = procfs::read(&pid, setup.clock_ticks)?;
     let sim_before = procfs::read("self", setup.clock_ticks)?;
     let config = SimConfig {
-        gateway: gw.listeners.coap.ip().to_string(),
-        coap_port: gw.listeners.coap.port(),
-        mqtt_port: gw.listeners.mqtt.port(),
+        gateway: target.coap.ip().to_string(),
+        coap_port: target.coap.port(),
+        mqtt_port: target.mqtt_port.unwrap_or(SimConfig::default().mqtt_port),
         speedup,
         duration: Some(setup.duration),
         drain_timeout: setup.drain_timeout,
@@ -270,7 +359,8 @@ async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
         progress: None,
         cancel: setup.cancel.child_token(),
         state: None,
-        // The fleet's pairing secrets, imported into the gateway above.
+        // The fleet's pairing secrets, imported into the gateway above
+        // (libcoap has none: it refuses the protected requests with 4.02).
         security: !setup.insecure,
         ..SimConfig::default()
     };
@@ -298,27 +388,35 @@ async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
         tokio::time::Instant::now() + setup.progress_every,
         setup.progress_every,
     );
-    let mut last_acked = 0;
+    let (mut last_acked, mut last_answered) = (0, 0);
+    let every = setup.progress_every.as_secs_f64();
     let report = loop {
         tokio::select! {
             r = &mut finish => break r?,
             _ = sampling.tick() => timeline.record(sample()?),
             _ = progress.tick() => {
                 let s = stats.snapshot(begun.elapsed());
-                let per_s = (s.acked - last_acked) as f64 / setup.progress_every.as_secs_f64();
-                last_acked = s.acked;
+                let acked_per_s = (s.acked - last_acked) as f64 / every;
+                let answered_per_s = (s.answered - last_answered) as f64 / every;
+                (last_acked, last_answered) = (s.acked, s.answered);
                 let phase = if s.elapsed > setup.duration { "draining" } else { "running" };
                 eprintln!(
-                    "    [{:>5.1}s] {phase}: acked {} ({per_s:.0} reports/s) retx {} in-flight {} outstanding {} errors {}",
-                    s.elapsed.as_secs_f64(), s.acked, s.retransmitted, s.in_flight, s.outstanding,
+                    "    [{:>5.1}s] {phase}: acked {} ({acked_per_s:.0} reports/s) answered {} ({answered_per_s:.0}/s) retx {} in-flight {} outstanding {} errors {}",
+                    s.elapsed.as_secs_f64(), s.acked, s.answered, s.retransmitted, s.in_flight, s.outstanding,
                     s.errors.values().sum::<u64>(),
                 );
             }
         }
     };
     timeline.record(sample()?);
-    let timeline = timeline.finish(&report.acknowledged);
-    let (_, metrics) = http::get(gw.listeners.http, "/metrics").await?;
+    let timeline = timeline
+        .finish(&report.acknowledged)
+        .with_answered(&report.answered);
+    let driven = begun.elapsed();
+    let metrics = match target.metrics {
+        Some(http_addr) => http::get(http_addr, "/metrics").await?.1,
+        None => String::new(),
+    };
     let gw_after = procfs::read(&pid, setup.clock_ticks)?;
     let sim_after = procfs::read("self", setup.clock_ticks)?;
     Ok(Measured {
@@ -328,6 +426,7 @@ async fn drive(setup: &Setup, spec: RunSpec, gw: &Gateway) -> Result<Measured> {
         gateway: gw_after,
         gateway_cpu: gw_after.cpu.saturating_sub(gw_before.cpu),
         sim_cpu: sim_after.cpu.saturating_sub(sim_before.cpu),
+        driven,
         metrics,
         timeline,
     })
@@ -342,14 +441,19 @@ impl Measured {
                 .filter(move |a| a.kind == kind)
                 .map(|a| a.acked_after)
         };
-        let lat = &r.ack_latency;
-        let q = |p: f64| {
+        let q = |lat: &device_sim::latency::AckLatency, p: f64| {
             lat.quantile(UplinkKind::Heartbeat, p)
                 .map(|d| d.as_secs_f64() * 1000.0)
         };
-        let latency_ms = match (q(0.5), q(0.95), q(0.99)) {
+        let quantiles = |lat| match (q(lat, 0.5), q(lat, 0.95), q(lat, 0.99)) {
             (Some(p50), Some(p95), Some(p99)) => Some(Quantiles { p50, p95, p99 }),
             _ => None,
+        };
+        let answered = |kind: UplinkKind| {
+            r.answered
+                .iter()
+                .filter(move |a| a.kind == kind)
+                .map(|a| a.answered_after)
         };
         RunResult {
             spec,
@@ -358,7 +462,10 @@ impl Measured {
             acked_logs_per_s: self.window.rate(times(UplinkKind::ActivityLog)),
             acked_heartbeats: times(UplinkKind::Heartbeat).count() as u64,
             acked_logs: times(UplinkKind::ActivityLog).count() as u64,
-            latency_ms,
+            latency_ms: quantiles(&r.ack_latency),
+            answered_heartbeats_per_s: self.window.rate(answered(UplinkKind::Heartbeat)),
+            answered_logs_per_s: self.window.rate(answered(UplinkKind::ActivityLog)),
+            answer_latency_ms: quantiles(&r.answer_latency),
             retransmitted: r.stats.retransmitted,
             gave_up: r.stats.gave_up,
             rejected: r.stats.rejected,
@@ -368,6 +475,7 @@ impl Measured {
             gateway_cpu_s: self.gateway_cpu.as_secs_f64(),
             gateway_rss_mib: self.gateway.peak_rss_bytes as f64 / MIB,
             sim_cpu_s: self.sim_cpu.as_secs_f64(),
+            driven: self.driven,
             mean_batch: prom::histogram_mean(&self.metrics, BATCH_SIZE_METRIC),
             mean_commit_ms: prom::histogram_mean(&self.metrics, COMMIT_DURATION_METRIC)
                 .map(|s| s * 1000.0),
@@ -386,7 +494,7 @@ impl Measured {
                 JOB_CHANGES_METRIC,
                 Some(("change", "completed")),
             ),
-            latency_p999_ms: q(0.999),
+            latency_p999_ms: q(&r.ack_latency, 0.999),
             gateway_log,
             wall,
             timeline: self.timeline,

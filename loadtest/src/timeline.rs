@@ -16,7 +16,7 @@
 //! figures of the report come from an HDR histogram at 0.1 % resolution.
 
 use crate::procfs::Usage;
-use device_sim::ledger::AckedReport;
+use device_sim::ledger::{AckedReport, AnsweredExchange};
 use device_sim::stats::StatsSnapshot;
 use schemas::device::UplinkKind;
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,10 @@ pub struct Point {
     pub offered_per_s: f64,
     pub acked_heartbeats_per_s: f64,
     pub acked_logs_per_s: f64,
+    /// Heartbeat exchanges answered with any code (what a libcoap run
+    /// serves; for the gateway, acknowledged plus refused).
+    #[serde(default)]
+    pub answered_heartbeats_per_s: f64,
     pub retransmitted_per_s: f64,
     pub errors_per_s: f64,
     /// Round trip of the heartbeat exchanges acknowledged in the interval,
@@ -196,6 +200,32 @@ impl Recorder {
             p.latency_p99_ms = nearest_rank(&mut rtts[i], 0.99).map(ms);
         }
         TimeLine { points }
+    }
+}
+
+impl TimeLine {
+    /// Counts the heartbeat exchanges of `answered` (answered with any
+    /// code) into the points' intervals, as [`Recorder::finish`] counts the
+    /// acknowledged ones.
+    pub fn with_answered<'a>(
+        mut self,
+        answered: impl IntoIterator<Item = &'a AnsweredExchange>,
+    ) -> TimeLine {
+        let Some(last) = self.points.len().checked_sub(1) else {
+            return self;
+        };
+        let ends: Vec<f64> = self.points.iter().map(|p| p.t_s).collect();
+        let mut counts = vec![0u64; self.points.len()];
+        for a in answered {
+            if a.kind == UplinkKind::Heartbeat {
+                let at = a.answered_after.as_secs_f64();
+                counts[ends.partition_point(|end| *end <= at).min(last)] += 1;
+            }
+        }
+        for (p, n) in self.points.iter_mut().zip(counts) {
+            p.answered_heartbeats_per_s = n as f64 / p.interval_s;
+        }
+        self
     }
 }
 
@@ -351,6 +381,42 @@ mod tests {
             (p[2].latency_p50_ms, p[2].latency_p99_ms),
             (Some(30.0), Some(50.0))
         );
+    }
+
+    #[test]
+    fn answered_heartbeats_fall_in_the_interval_of_their_answer() {
+        let t = TimeLine {
+            points: vec![
+                Point {
+                    t_s: 1.0,
+                    interval_s: 1.0,
+                    ..Point::default()
+                },
+                Point {
+                    t_s: 1.5,
+                    interval_s: 0.5,
+                    ..Point::default()
+                },
+            ],
+        };
+        let answered = |kind, at| AnsweredExchange {
+            kind,
+            answered_after: s(at),
+        };
+        let t = t.with_answered(&[
+            answered(UplinkKind::Heartbeat, 0.2),
+            answered(UplinkKind::Heartbeat, 1.0),
+            answered(UplinkKind::ActivityLog, 1.1),
+            // After the last sample (the drain's tail): the last interval.
+            answered(UplinkKind::Heartbeat, 2.0),
+        ]);
+        let per_s: Vec<f64> = t
+            .points
+            .iter()
+            .map(|p| p.answered_heartbeats_per_s)
+            .collect();
+        assert_eq!(per_s, [1.0, 4.0]);
+        assert!(TimeLine::default().with_answered(&[]).points.is_empty());
     }
 
     #[test]
