@@ -8,7 +8,7 @@ use crate::lock::{Counters, Lock, Report};
 use schemas::device::UplinkKind;
 use schemas::event::Transport;
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One report the server acknowledged. Each (lock, seq) appears at most once
 /// per run, however many times the report was sent or answered.
@@ -26,6 +26,22 @@ pub struct AckedReport {
     pub attempts: u32,
     /// When the acknowledgement arrived, from the start of the run.
     pub acked_after: Duration,
+    /// When the report was due ([`crate::lock::Report::due`]), from the
+    /// start of the run: `acked_after - due_after` is its latency as an
+    /// open-loop generator sees it.
+    pub due_after: Duration,
+}
+
+/// The broker's PUBACK of one MQTT report, the first one it got (a resent
+/// report is PUBACKed again; only the first counts). Recorded when the run
+/// tracks PUBACKs ([`crate::run::MqttAcks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PubackedReport {
+    pub kind: UplinkKind,
+    /// When the report was due, from the start of the run.
+    pub due_after: Duration,
+    /// When its first PUBACK arrived, from the start of the run.
+    pub pubacked_after: Duration,
 }
 
 /// A report still waiting for its acknowledgement when the run ended.
@@ -47,12 +63,18 @@ pub struct Ledger {
     /// (lock index in the fleet, its counters when its task stopped).
     pub counters: Vec<(usize, Counters)>,
     /// Answered CoAP exchanges, first transmission to answer (MQTT reports
-    /// are not timed).
+    /// are not timed here: their due and ack times are in `acked`).
     pub latency: AckLatency,
+    /// MQTT reports' first PUBACKs, when the run tracks them.
+    pub pubacked: Vec<PubackedReport>,
 }
 
 impl Ledger {
-    pub fn record_ack(&mut self, lock: &Lock, report: Report, acked_after: Duration) {
+    /// Records `report` of `lock` acknowledged at `now`, in a run that
+    /// started at `start`.
+    pub fn record_ack(&mut self, lock: &Lock, report: Report, start: Instant, now: Instant) {
+        let acked_after = now.saturating_duration_since(start);
+        let due_after = report.due.saturating_duration_since(start);
         self.acked.push(AckedReport {
             lock_id: lock.id().to_string(),
             transport: lock.transport(),
@@ -61,6 +83,7 @@ impl Ledger {
             event_seqs: report.event_seqs,
             attempts: report.attempts,
             acked_after,
+            due_after,
         });
     }
 
@@ -84,6 +107,7 @@ impl Ledger {
         self.acked.extend(other.acked);
         self.pending.extend(other.pending);
         self.counters.extend(other.counters);
+        self.pubacked.extend(other.pubacked);
         self.latency.merge(&other.latency);
     }
 }
