@@ -86,6 +86,10 @@ pub enum Command {
     /// 1 000 challenges/s and OTP verification throughput, beside heartbeats
     /// on the same locks and gateway, runs repeated, medians reported
     Twofa(crate::twofa::TwoFactorArgs),
+    /// MQTT bridge reports acknowledged after the durable commit, beside a
+    /// private Mosquitto under the same simulated bridges (PUBACKs), runs
+    /// interleaved, medians and ratios reported, the database checked
+    Bridges(crate::bridges::BridgesArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,7 +307,8 @@ mod tests {
             Command::Jobs(_)
             | Command::Wakeup(_)
             | Command::HeartbeatJobs(_)
-            | Command::Twofa(_) => {
+            | Command::Twofa(_)
+            | Command::Bridges(_) => {
                 unreachable!("parsed `ingest`")
             }
         }

@@ -24,6 +24,9 @@
 //!   gateway's `/metrics`, and the arithmetic (steady window, medians);
 //! * [`report`] and [`machine`]: the Markdown for BENCHMARKS.md.
 //!
+//! `loadtest bridges` ([`bridges`]) measures MQTT bridge reports, beside a
+//! private Mosquitto under the same simulated bridges in the same run.
+//!
 //! ## The default offered rate
 //!
 //! [`cli::default_rate`] is per engine, about 1.25 times the highest rate
@@ -33,6 +36,7 @@
 //! far beyond capacity: see the crate's README.md for the probes behind it.
 //! `--find-max` gives the highest rate sustained instead.
 
+pub mod bridges;
 pub mod cli;
 pub mod dashboard;
 pub mod database;
