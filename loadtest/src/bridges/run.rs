@@ -340,7 +340,8 @@ async fn drive(setup: &Setup, spec: RunSpec, port: u16, pid: u32) -> Result<Meas
     };
     let handle = device_sim::run::start(config, setup.fleet.clone()).await?;
     let stats = handle.stats().clone();
-    let begun = tokio::time::Instant::now();
+    // The simulator's clock, which the ledger's times count from.
+    let begun = tokio::time::Instant::now() - handle.snapshot().elapsed;
     let window = Window::steady(setup.duration, setup.warmup_share);
     let finish = handle.finish();
     tokio::pin!(finish);
@@ -379,10 +380,13 @@ async fn drive(setup: &Setup, spec: RunSpec, port: u16, pid: u32) -> Result<Meas
     };
     let server_after = procfs::read(&pid, setup.clock_ticks)?;
     let sim_after = procfs::read("self", setup.clock_ticks)?;
-    let created_in_window = match (created_start, created_end) {
-        (Some(a), Some(b)) => b.saturating_sub(a),
-        // Cancelled before the window ended.
-        _ => 0,
+    // Generation stops at the window's end: a run that drained at once
+    // may finish before its timer fired, with its final count.
+    let created_end = created_end.unwrap_or(report.stats.created);
+    let created_in_window = match created_start {
+        Some(a) => created_end.saturating_sub(a),
+        // Cancelled before the window began.
+        None => 0,
     };
     Ok(Measured {
         speedup,
