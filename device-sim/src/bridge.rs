@@ -27,6 +27,7 @@ pub fn conn_spec(bridge: &str, host: &str, port: u16) -> ConnSpec {
         ],
         status_topic: Some(down::bridge_status(bridge)),
         credentials: None,
+        track_pubacks: false,
     }
 }
 

@@ -462,8 +462,8 @@ impl SocketTask {
                 if let Some(report) = acked.report {
                     self.stats.acked(lock.index());
                     self.waiters.on_acked(tag.lock, &report);
-                    let after = now.saturating_duration_since(self.clock.start());
-                    self.ledger.record_ack(lock, report, after, Some(rtt));
+                    self.ledger
+                        .record_ack(lock, report, self.clock.start(), now, Some(rtt));
                 }
                 self.rearm(tag.lock);
             }

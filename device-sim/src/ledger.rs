@@ -12,7 +12,7 @@ use crate::lock::{Counters, Lock, Report};
 use schemas::device::UplinkKind;
 use schemas::event::Transport;
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One report the server acknowledged. Each (lock, seq) appears at most once
 /// per run, however many times the report was sent or answered.
@@ -36,6 +36,22 @@ pub struct AckedReport {
     /// latency percentiles over any interval of the run, after the run and
     /// without a lock on the answer path.
     pub rtt: Option<Duration>,
+    /// When the report was due ([`crate::lock::Report::due`]), from the
+    /// start of the run: `acked_after - due_after` is its latency as an
+    /// open-loop generator sees it.
+    pub due_after: Duration,
+}
+
+/// The broker's PUBACK of one MQTT report, the first one it got (a resent
+/// report is PUBACKed again; only the first counts). Recorded when the run
+/// tracks PUBACKs ([`crate::run::MqttAcks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PubackedReport {
+    pub kind: UplinkKind,
+    /// When the report was due, from the start of the run.
+    pub due_after: Duration,
+    /// When its first PUBACK arrived, from the start of the run.
+    pub pubacked_after: Duration,
 }
 
 /// A report still waiting for its acknowledgement when the run ended.
@@ -68,7 +84,8 @@ pub struct Ledger {
     /// (lock index in the fleet, its counters when its task stopped).
     pub counters: Vec<(usize, Counters)>,
     /// Acknowledged CoAP exchanges (2.xx), first transmission to answer
-    /// (MQTT reports are not timed).
+    /// (MQTT reports are not timed here: their due and ack times are in
+    /// `acked`).
     pub latency: AckLatency,
     /// Every answered CoAP exchange of a report, whatever the answer, in the
     /// order answered (per task).
@@ -76,18 +93,24 @@ pub struct Ledger {
     /// Their round trips, first transmission to answer: a superset of
     /// `latency`.
     pub answer_latency: AckLatency,
+    /// MQTT reports' first PUBACKs, when the run tracks them.
+    pub pubacked: Vec<PubackedReport>,
 }
 
 impl Ledger {
-    /// Records `report` as acknowledged `acked_after` the start of the run
-    /// by an exchange that took `rtt` (`None`: not timed).
+    /// Records `report` of `lock` acknowledged at `now`, in a run that
+    /// started at `start`, by an exchange that took `rtt` (`None`: not
+    /// timed).
     pub fn record_ack(
         &mut self,
         lock: &Lock,
         report: Report,
-        acked_after: Duration,
+        start: Instant,
+        now: Instant,
         rtt: Option<Duration>,
     ) {
+        let acked_after = now.saturating_duration_since(start);
+        let due_after = report.due.saturating_duration_since(start);
         self.acked.push(AckedReport {
             lock_id: lock.id().to_string(),
             transport: lock.transport(),
@@ -97,6 +120,7 @@ impl Ledger {
             attempts: report.attempts,
             acked_after,
             rtt,
+            due_after,
         });
     }
 
@@ -131,6 +155,7 @@ impl Ledger {
         self.acked.extend(other.acked);
         self.pending.extend(other.pending);
         self.counters.extend(other.counters);
+        self.pubacked.extend(other.pubacked);
         self.latency.merge(&other.latency);
         self.answered.extend(other.answered);
         self.answer_latency.merge(&other.answer_latency);

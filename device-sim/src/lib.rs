@@ -60,11 +60,11 @@ pub use bridge_relay::BleDelay;
 pub use control::{BridgeHandle, BridgeStatus, ControlError, Conversation, LockHandle, LockStatus};
 pub use fleet::{Fleet, FleetSpec};
 pub use latency::{AckLatency, TwoFactorLatency, TwoFactorLeg};
-pub use ledger::{AckedReport, AnsweredExchange, PendingReport};
+pub use ledger::{AckedReport, AnsweredExchange, PendingReport, PubackedReport};
 pub use lock::{Counters, Reporting};
 pub use persist::StateOptions;
 pub use phone::{InboxMode, ReceivedOtp, ReceivedSms, SmsInbox};
-pub use run::{run, start, RunHandle, RunReport, SimConfig};
+pub use run::{run, start, MqttAcks, RunHandle, RunReport, SimConfig};
 pub use stats::TwoFactorCounts;
 pub use twofa::{
     InboxSource, PersonHandle, TwoFactorPerson, TwoFactorSim, VisitEnd, VisitPlan, VisitReport,

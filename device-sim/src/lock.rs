@@ -131,6 +131,12 @@ pub struct Report {
     pub event_seqs: Range<u32>,
     /// How many times it was handed to a transport.
     pub attempts: u32,
+    /// When it was due: the moment its timer was set for (however late the
+    /// lock woke), or the moment it was asked for (a job report, a
+    /// heartbeat on demand). An open-loop measurement takes latency from
+    /// here, so a generator or transport that falls behind shows instead
+    /// of hiding (coordinated omission).
+    pub due: Instant,
 }
 
 /// A report handed to the transport by [`Lock::poll_send`].
@@ -257,6 +263,11 @@ pub struct Lock {
     server_clock: Option<(Instant, u64)>,
     /// The 2FA entry typed at the keypad, waiting to go or in flight.
     twofa: Option<lock_twofa::PendingEntry>,
+    /// When the reports being queued now were due ([`Report::due`]).
+    queue_due: Instant,
+    /// Whether a downlink's `next_heartbeat_at` moves the next heartbeat
+    /// ([`Lock::with_server_schedule`]).
+    server_schedule: bool,
 }
 
 impl Lock {
@@ -329,6 +340,8 @@ impl Lock {
             memory_changed: false,
             server_clock: None,
             twofa: None,
+            queue_due: start,
+            server_schedule: true,
             rng,
         }
     }
@@ -374,6 +387,18 @@ impl Lock {
         } else {
             chance.clamp(0.0, 1.0)
         };
+        self
+    }
+
+    /// The same lock, following (`true`, the default, as in the field) or
+    /// ignoring the wake-up time the server's answers give
+    /// (`Downlink::next_heartbeat_at`). A load test ignores it: the server
+    /// counts in real seconds while the lock's intervals are sped up, so
+    /// following it would tie each lock's next heartbeat to when its last
+    /// answer came (a closed loop) and spread the waits over half to one
+    /// and a half intervals, changing the offered rate.
+    pub fn with_server_schedule(mut self, follow: bool) -> Self {
+        self.server_schedule = follow;
         self
     }
 
@@ -460,6 +485,12 @@ impl Lock {
         let heartbeat_due = now >= self.next_heartbeat;
         let log_due = now >= self.next_log;
         let generate = generate && self.reporting == Reporting::Scheduled;
+        self.queue_due = match (heartbeat_due, log_due) {
+            (true, true) => self.next_heartbeat.min(self.next_log),
+            (true, false) => self.next_heartbeat,
+            (false, true) => self.next_log,
+            (false, false) => now,
+        };
         if generate && !self.finished() {
             out.events_lost = self.simulate_until(clock.sim_elapsed(now), clock);
             // Rolled only when enabled, so a run without resets draws the
@@ -476,6 +507,7 @@ impl Lock {
                 self.queue_log_batches(log_due, true, &mut out);
             }
             if heartbeat_due {
+                self.queue_due = self.next_heartbeat;
                 self.queue_heartbeat(now, clock, true, &mut out);
             }
             out.finished = self.finished();
@@ -702,6 +734,7 @@ impl Lock {
             payload,
             event_seqs,
             attempts: 0,
+            due: self.queue_due,
         };
         self.next_seq = self.next_seq.wrapping_add(1).max(1);
         if budgeted {

@@ -40,13 +40,15 @@ impl Lock {
         out: &mut WakeOutcome,
     ) {
         self.server_clock = Some((now, d.server_time));
+        // A job report this answer makes is due now.
+        self.queue_due = now;
         self.set_intervals(
             Some(d.heartbeat_interval),
             Some(d.activity_log_interval),
             now,
             clock,
         );
-        if let Some(at) = d.next_heartbeat_at {
+        if let Some(at) = d.next_heartbeat_at.filter(|_| self.server_schedule) {
             // Relative to the server's clock, which the lock's simulated
             // clock outruns at a speedup; at most one and a half intervals
             // away, the gateway's bound (dispatcher::schedule): a tighter
@@ -126,6 +128,7 @@ impl Lock {
             // The bolt moves after whatever people did up to now.
             self.simulate_until(clock.sim_elapsed(now), clock);
         }
+        self.queue_due = now;
         let handled = self.memory.handle_at(job, self.physical.door);
         self.memory_changed |= !handled.repeat;
         match handled.effect {
@@ -192,6 +195,7 @@ impl Lock {
             events_lost: self.simulate_until(clock.sim_elapsed(now), clock),
             ..WakeOutcome::default()
         };
+        self.queue_due = now;
         self.queue_log_batches(false, false, &mut out);
         self.queue_heartbeat(now, clock, false, &mut out);
         self.awake = !self.outbox.is_empty();

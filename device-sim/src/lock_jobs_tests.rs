@@ -796,3 +796,51 @@ fn a_resumed_lock_sends_what_its_outbox_holds_without_waiting_for_its_wake() {
     lock.resume();
     assert_eq!(lock.poll_send().unwrap().seq, o.seq);
 }
+
+#[test]
+fn a_lock_off_the_server_schedule_keeps_its_own_heartbeat_time() {
+    let (lock, c) = inb1(None);
+    let mut lock = lock.with_server_schedule(false);
+    let t = c.start() + Duration::from_secs(1);
+    let before = lock.next_heartbeat;
+    let hb = lock.heartbeat_now(t, &c).heartbeat.unwrap();
+    while let Some(o) = lock.poll_send() {
+        let answer = match o.kind {
+            UplinkKind::ActivityLog => Answer::LogAck(LogAck {
+                server_time: T0,
+                stored: 0,
+                seq: o.seq,
+            }),
+            _ => Answer::Downlink(Downlink {
+                next_heartbeat_at: Some(T0 + 600),
+                ..downlink(o.seq, vec![], false)
+            }),
+        };
+        lock.on_acked(o.seq, &answer, t, &c);
+    }
+    assert!(lock.report(hb).is_none());
+    assert_eq!(
+        lock.next_heartbeat, before,
+        "the answer's wake-up time ignored"
+    );
+}
+
+#[test]
+fn reports_are_due_when_their_timer_was_however_late_the_wake() {
+    let (mut lock, c) = inb1(None);
+    let due = lock.next_heartbeat;
+    lock.next_log = due + Duration::from_secs(3600);
+    // The transport woke the lock late: the heartbeat (and the log batch
+    // it syncs) was due at its timer.
+    let late = due + Duration::from_millis(250);
+    let hb = lock
+        .wake(late, &c, true)
+        .heartbeat
+        .expect("a heartbeat was due");
+    assert_eq!(lock.report(hb).unwrap().due, due);
+    assert!(lock.outbox().all(|r| r.due == due));
+    // On demand: due when asked for.
+    let t = late + Duration::from_secs(1);
+    let now_hb = lock.heartbeat_now(t, &c).heartbeat.unwrap();
+    assert_eq!(lock.report(now_hb).unwrap().due, t);
+}

@@ -21,6 +21,7 @@ use rand::Rng;
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter,
 };
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -40,6 +41,17 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Requests (publishes, subscribes) queued towards one connection; a full
 /// queue makes `try_publish` fail, which the ack timeout then covers.
 pub const REQUEST_CAPACITY: usize = 32;
+
+/// Device connections send at once (TCP_NODELAY), as the gateway's MQTT
+/// front and Mosquitto (`set_tcp_nodelay`) do on their side; rumqttc's
+/// default is Nagle's algorithm. With it, a device that answers the
+/// gateway's QoS 1 ack with a PUBACK and then publishes its next report
+/// sends two small segments back to back, and the second waits for the
+/// ACK of the first, which the broker delays up to 40 ms (delayed ACK)
+/// when it has nothing to send back: 40 ms per report, measured with
+/// `loadtest bridges`, where a plain broker (no ack publish, no PUBACK
+/// from the device) loses nothing.
+pub const TCP_NODELAY: bool = true;
 
 /// Payload of a bridge's status topic when it is connected.
 pub const STATUS_ONLINE: &str = "online";
@@ -64,6 +76,10 @@ pub struct ConnSpec {
     pub status_topic: Option<String>,
     /// The login; `None`: anonymous (a gateway run with `--insecure-dev`).
     pub credentials: Option<Credentials>,
+    /// Report the packet id of every publish that leaves and every PUBACK
+    /// ([`ConnEvent::Published`], [`ConnEvent::PubAck`]), so the fleet can
+    /// time or settle reports by their PUBACK ([`crate::run::MqttAcks`]).
+    pub track_pubacks: bool,
 }
 
 /// What a connection task reports to the fleet.
@@ -82,6 +98,13 @@ pub enum ConnEvent {
         topic: String,
         payload: Vec<u8>,
     },
+    /// A QoS 1 publish left for the first time with packet id `pkid`
+    /// (resends of the session's unacknowledged ones after a reconnection
+    /// are not reported again). With [`ConnSpec::track_pubacks`] only.
+    Published { conn: usize, pkid: u16 },
+    /// The broker acknowledged packet id `pkid` (MQTT 3.1.1 §3.4). With
+    /// [`ConnSpec::track_pubacks`] only.
+    PubAck { conn: usize, pkid: u16 },
 }
 
 impl ConnSpec {
@@ -108,7 +131,9 @@ impl ConnSpec {
     /// The client handle and event loop of this connection (nothing is sent
     /// until [`drive`] polls the loop).
     pub fn connect(&self) -> (AsyncClient, EventLoop) {
-        AsyncClient::new(self.options(), REQUEST_CAPACITY)
+        let (client, mut eventloop) = AsyncClient::new(self.options(), REQUEST_CAPACITY);
+        eventloop.network_options.set_tcp_nodelay(TCP_NODELAY);
+        (client, eventloop)
     }
 }
 
@@ -141,6 +166,7 @@ pub async fn drive(
     let mut goodbye_by: Option<Instant> = None;
     // Going offline on command: the goodbye is out, waiting for the close.
     let mut leaving_by: Option<Instant> = None;
+    let mut pubacks = spec.track_pubacks.then(PubackWatch::default);
     loop {
         let offline_wanted = !*online.borrow_and_update();
         if offline_wanted && leaving_by.is_none() && goodbye_by.is_none() {
@@ -189,6 +215,9 @@ pub async fn drive(
             polled = eventloop.poll() => match polled {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     connected = true;
+                    if let Some(w) = pubacks.as_mut() {
+                        w.subscribed = false;
+                    }
                     tracing::debug!(client = %spec.client_id, session_present = ack.session_present, "connected");
                     // rumqttc does not resubscribe (upstream #250).
                     let filters = spec.filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
@@ -196,11 +225,21 @@ pub async fn drive(
                         tracing::debug!(client = %spec.client_id, error = %e, "cannot queue subscribe");
                     }
                     if let (Some(topic), None, None) = (&spec.status_topic, goodbye_by, leaving_by) {
-                        let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, STATUS_ONLINE);
+                        let queued = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, STATUS_ONLINE);
+                        if let (Ok(()), Some(w)) = (queued, pubacks.as_mut()) {
+                            w.status_out = false;
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if !up && leaving_by.is_none() {
+                    if let Some(w) = pubacks.as_mut() {
+                        w.subscribed = true;
+                    }
+                    // Tracking: `Up` (after which the fleet publishes) waits
+                    // for the `online` status to have left, so every publish
+                    // the fleet is told of before it is not the fleet's.
+                    let status_out = pubacks.as_ref().is_none_or(|w| w.status_out || spec.status_topic.is_none());
+                    if !up && leaving_by.is_none() && status_out {
                         up = true;
                         stats.mqtt_connected_add(1);
                         if events.send(ConnEvent::Up { conn }).await.is_err() {
@@ -214,10 +253,41 @@ pub async fn drive(
                         break;
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                    let Some(w) = pubacks.as_mut() else { continue };
+                    // A resend of the session's unacknowledged publishes
+                    // after a reconnection keeps its packet id.
+                    if !w.unacked.insert(pkid) {
+                        continue;
+                    }
+                    let now_up = !w.status_out && w.subscribed && !up && leaving_by.is_none();
+                    w.status_out = true;
+                    if events.send(ConnEvent::Published { conn, pkid }).await.is_err() {
+                        break;
+                    }
+                    if now_up {
+                        up = true;
+                        stats.mqtt_connected_add(1);
+                        if events.send(ConnEvent::Up { conn }).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    let Some(w) = pubacks.as_mut() else { continue };
+                    w.unacked.remove(&ack.pkid);
+                    if events.send(ConnEvent::PubAck { conn, pkid: ack.pkid }).await.is_err() {
+                        break;
+                    }
+                }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) if goodbye_by.is_some() => break,
                 Ok(_) => {}
                 Err(e) => {
                     connected = false;
+                    if let Some(w) = pubacks.as_mut() {
+                        w.subscribed = false;
+                        w.status_out = true;
+                    }
                     if goodbye_by.is_some() {
                         break;
                     }
@@ -282,6 +352,28 @@ async fn park(
     tokio::select! {
         back = online.wait_for(|wanted| *wanted) => back.is_ok(),
         _ = stop.cancelled() => false,
+    }
+}
+
+/// What a connection tracking PUBACKs keeps ([`ConnSpec::track_pubacks`]).
+#[derive(Debug)]
+struct PubackWatch {
+    /// Packet ids that left and are not acknowledged yet: one leaving again
+    /// is a resend after a reconnection, not a new publish.
+    unacked: HashSet<u16>,
+    /// The SUBACK after the latest CONNACK came.
+    subscribed: bool,
+    /// No `online` status of the latest CONNACK is still waiting to leave.
+    status_out: bool,
+}
+
+impl Default for PubackWatch {
+    fn default() -> Self {
+        PubackWatch {
+            unacked: HashSet::new(),
+            subscribed: false,
+            status_out: true,
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use crate::fleet::{BridgeSpec, LockSpec};
 use crate::ledger::Ledger;
 use crate::lock::{Answer, Counters, Lock};
 use crate::mqtt_conn::{self, ConnEvent};
-use crate::mqtt_lock::{conn_spec_for, parse_reply, AckWait, OnTimeout, Reply, Route};
+use crate::mqtt_lock::{conn_spec_for, parse_reply, AckWait, MqttAcks, OnTimeout, Reply, Route};
 use crate::net::{Fate, Impairment};
 use crate::persist::LiveCounters;
 use crate::run::{Phase, Shared, DRAIN_RETRY_DELAY};
@@ -121,6 +121,8 @@ struct Slot {
     requests: Vec<RequestId>,
     /// While draining: when to try again after giving up.
     retry_at: Option<Instant>,
+    /// The seq of the latest report whose PUBACK was recorded.
+    pubacked: Option<u32>,
 }
 
 struct Conn {
@@ -134,6 +136,8 @@ struct Conn {
     online: watch::Sender<bool>,
     /// A bridge's own state; `None` for a lock's own connection.
     bridge: Option<BridgeConn>,
+    /// Pairs PUBACKs with reports when the run tracks them.
+    pubacks: Option<puback::PubackTracker>,
 }
 
 /// What the task keeps for a bridge besides its connection.
@@ -177,6 +181,7 @@ pub struct MqttFleet {
     counters: Arc<LiveCounters>,
     phase: Phase,
     ack_timeout: Duration,
+    acks: MqttAcks,
     ledger: Ledger,
     events: mpsc::Receiver<ConnEvent>,
     conn_stop: CancellationToken,
@@ -195,6 +200,8 @@ pub struct MqttTarget {
     pub host: String,
     pub port: u16,
     pub ack_timeout: Duration,
+    /// What ends a report's exchange, and whether PUBACKs are tracked.
+    pub acks: MqttAcks,
 }
 
 impl MqttFleet {
@@ -219,12 +226,14 @@ impl MqttFleet {
         let mut conn_tasks = JoinSet::new();
         let mut conns: Vec<Conn> = Vec::new();
         let mut conn_of: HashMap<String, usize> = HashMap::new();
+        let tracks_pubacks = target.acks.tracks_pubacks();
         let mut open = |mut spec: mqtt_conn::ConnSpec,
                         security: Option<MqttSecurity>,
                         bridge: Option<BridgeConn>,
                         conns: &mut Vec<Conn>|
          -> usize {
             let i = conns.len();
+            spec.track_pubacks = tracks_pubacks;
             let keys = security.map(|s| {
                 spec.credentials = Some(s.credentials);
                 s.keys
@@ -248,6 +257,7 @@ impl MqttFleet {
                 keys,
                 online,
                 bridge,
+                pubacks: tracks_pubacks.then(puback::PubackTracker::default),
             });
             i
         };
@@ -304,6 +314,7 @@ impl MqttFleet {
                 wait: None,
                 requests: Vec::new(),
                 retry_at: None,
+                pubacked: None,
             });
         }
         MqttFleet {
@@ -318,6 +329,7 @@ impl MqttFleet {
             counters,
             phase: Phase::Running,
             ack_timeout: target.ack_timeout,
+            acks: target.acks,
             ledger: Ledger::default(),
             events,
             conn_stop,
@@ -427,8 +439,16 @@ impl MqttFleet {
                     self.rearm(i);
                 }
             }
-            ConnEvent::Down { conn } => self.conns[conn].up = false,
-            ConnEvent::Parked { conn } => self.on_bridge_parked(conn),
+            ConnEvent::Down { conn } => {
+                self.conns[conn].up = false;
+                self.lose_pubacks(conn);
+            }
+            ConnEvent::Parked { conn } => {
+                self.lose_pubacks(conn);
+                self.on_bridge_parked(conn);
+            }
+            ConnEvent::Published { conn, pkid } => self.on_published(conn, pkid),
+            ConnEvent::PubAck { conn, pkid } => self.on_puback(conn, pkid, now),
             ConnEvent::Message {
                 conn,
                 topic,
@@ -504,8 +524,8 @@ impl MqttFleet {
         if let Some(report) = acked.report {
             self.stats.acked(slot.lock.index());
             self.waiters.on_acked(i, &report);
-            let after = now.saturating_duration_since(self.clock.start());
-            self.ledger.record_ack(&slot.lock, report, after, None);
+            self.ledger
+                .record_ack(&slot.lock, report, self.clock.start(), now, None);
         }
         self.pump(i, now);
         self.rearm(i);
@@ -695,6 +715,7 @@ impl MqttFleet {
             return;
         };
         let topic = self.slots[i].route.uplink_topic(report.kind);
+        let (kind, due) = (report.kind, report.due);
         let cbor = report.payload.clone();
         let payload = match self.seal(i, cbor) {
             Ok(payload) => payload,
@@ -724,13 +745,18 @@ impl MqttFleet {
             Fate::Send => {}
         }
         let client = &self.conns[slot.conn].client;
+        let mut queued = 0;
         for _ in 0..fate.copies() {
-            if let Err(e) =
-                client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
-            {
-                tracing::debug!(lock = slot.lock.id(), error = %e, "cannot queue publish");
-                self.stats.error("mqtt_queue_full");
+            match client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone()) {
+                Ok(()) => queued += 1,
+                Err(e) => {
+                    tracing::debug!(lock = slot.lock.id(), error = %e, "cannot queue publish");
+                    self.stats.error("mqtt_queue_full");
+                }
             }
+        }
+        for _ in 0..queued {
+            self.track_publish(i, seq, kind, due);
         }
     }
 
@@ -787,3 +813,6 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 #[path = "mqtt_fleet_bridge.rs"]
 mod bridge;
+
+#[path = "mqtt_fleet_puback.rs"]
+mod puback;

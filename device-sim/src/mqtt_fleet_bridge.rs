@@ -149,8 +149,14 @@ impl MqttFleet {
                 )
                 .map_err(|_| "mqtt_queue_full")
         });
-        if let Err(code) = sent {
-            self.stats.error(code);
+        match sent {
+            // Not a lock's report: it keeps the PUBACK pairing in step.
+            Ok(()) => {
+                if let Some(t) = conn.pubacks.as_mut() {
+                    t.queued(None);
+                }
+            }
+            Err(code) => self.stats.error(code),
         }
     }
 
@@ -186,6 +192,7 @@ impl MqttFleet {
         // Nothing more is published; the connection task says goodbye.
         conn.up = false;
         conn.online.send_replace(false);
+        self.lose_pubacks(c);
     }
 
     fn release(&mut self, c: usize, reply: oneshot::Sender<Result<(), ControlError>>) {

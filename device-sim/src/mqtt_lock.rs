@@ -21,6 +21,37 @@ pub const MAX_RESENDS: u32 = 4;
 /// answer waits for a group commit.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What ends an MQTT report's exchange, and whether PUBACKs are timed.
+///
+/// MQTT's own QoS 1 acknowledgement (PUBACK) only says the broker has the
+/// message; the gateway's answer on the ack topic says it is stored. A
+/// plain broker with nothing behind it (Mosquitto as a load-test baseline)
+/// never answers, so under [`MqttAcks::Application`] every report would be
+/// resent [`MAX_RESENDS`] times and then wait for the lock's next wake,
+/// and with one report in flight per lock the offered rate would collapse:
+/// [`MqttAcks::Puback`] is for that case.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MqttAcks {
+    /// The gateway's answer ends the exchange; PUBACKs are not tracked.
+    #[default]
+    Application,
+    /// The gateway's answer ends the exchange, and each report's first
+    /// PUBACK is recorded too ([`crate::run::RunReport::pubacked`]): the
+    /// broker's part, comparable with a plain broker's.
+    ApplicationAndPuback,
+    /// The first PUBACK ends the exchange (and is recorded as the
+    /// acknowledgement and as a PUBACK): a resend only follows when no
+    /// PUBACK comes within the ack timeout.
+    Puback,
+}
+
+impl MqttAcks {
+    /// Whether connections report their publishes' packet ids and PUBACKs.
+    pub fn tracks_pubacks(self) -> bool {
+        self != MqttAcks::Application
+    }
+}
+
 /// Where a lock's reports go and where their answers come back.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
@@ -88,6 +119,7 @@ pub fn lock_conn_spec(lock: &str, host: &str, port: u16) -> ConnSpec {
         ],
         status_topic: None,
         credentials: None,
+        track_pubacks: false,
     }
 }
 

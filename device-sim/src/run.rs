@@ -42,9 +42,10 @@ use crate::coap_socket::SocketTask;
 use crate::control::{BridgeControl, BridgeHandle, Command, LockHandle};
 use crate::fleet::Fleet;
 use crate::latency::{AckLatency, TwoFactorLatency};
-use crate::ledger::{AckedReport, AnsweredExchange, Ledger, PendingReport};
+use crate::ledger::{AckedReport, AnsweredExchange, Ledger, PendingReport, PubackedReport};
 use crate::lock::{Counters, Lock, Reporting};
 use crate::mqtt_fleet::{MqttBridge, MqttFleet, MqttLock, MqttSecurity, MqttTarget};
+pub use crate::mqtt_lock::MqttAcks;
 use crate::mqtt_lock::{self, route_for, Route};
 use crate::net::{Impairment, NetFaults};
 use crate::persist::{self, LiveCounters, Origin, Persister, StateError, StateOptions};
@@ -150,6 +151,14 @@ pub struct SimConfig {
     /// SMS inbox; `None` (the default): no 2FA but what a test types
     /// through [`LockHandle::enter_2fa_passcode`].
     pub twofa: Option<TwoFactorSim>,
+    /// What ends an MQTT report's exchange (the gateway's answer, by
+    /// default, or the broker's PUBACK for a plain broker) and whether
+    /// PUBACKs are recorded ([`RunReport::pubacked`]).
+    pub mqtt_acks: MqttAcks,
+    /// Locks follow the wake-up time in the server's answers (the
+    /// default, as in the field); `false` keeps each on its own schedule,
+    /// as an open-loop load test needs ([`Lock::with_server_schedule`]).
+    pub follow_server_schedule: bool,
 }
 
 impl Default for SimConfig {
@@ -178,6 +187,8 @@ impl Default for SimConfig {
             power_on_together: false,
             ble_delay: BleDelay::DEFAULT,
             twofa: None,
+            mqtt_acks: MqttAcks::Application,
+            follow_server_schedule: true,
         }
     }
 }
@@ -242,6 +253,9 @@ pub struct RunReport {
     /// 2FA: the round trips of `/2fa` and `/otp` requests and the OTPs'
     /// way to the inbox (the counts are in [`StatsSnapshot::twofa`]).
     pub twofa_latency: TwoFactorLatency,
+    /// Each MQTT report's first PUBACK, in the order they came, when
+    /// [`SimConfig::mqtt_acks`] tracks them.
+    pub pubacked: Vec<PubackedReport>,
 }
 
 impl RunReport {
@@ -471,7 +485,8 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
         let mut lock = Lock::new(spec, i, config.seed, &clock, config.max_reports_per_device)
             .with_counters(start_counters[i])
             .with_reporting(config.reporting)
-            .with_hard_reset_chance(config.hard_reset_chance);
+            .with_hard_reset_chance(config.hard_reset_chance)
+            .with_server_schedule(config.follow_server_schedule);
         if let Some(memory) = persister.as_ref().and_then(|p| p.memory(i)) {
             lock = lock.with_memory(memory.clone());
         }
@@ -588,6 +603,7 @@ pub async fn start(config: SimConfig, fleet: Fleet) -> Result<RunHandle, RunErro
             host: config.gateway.clone(),
             port: config.mqtt_port,
             ack_timeout: config.mqtt_ack_timeout,
+            acks: config.mqtt_acks,
         };
         let impairment = Impairment::new(config.faults, config.seed.wrapping_sub(1));
         let ids: Vec<String> = mqtt.iter().map(|m| m.lock.id().to_string()).collect();
@@ -805,6 +821,7 @@ impl Coordinator {
         ledger
             .pending
             .sort_by(|a, b| (&a.lock_id, a.seq).cmp(&(&b.lock_id, b.seq)));
+        ledger.pubacked.sort_by_key(|p| p.pubacked_after);
         Ok(RunReport {
             stats: stats.snapshot(elapsed()),
             acknowledged: ledger.acked,
@@ -814,6 +831,7 @@ impl Coordinator {
             answered: ledger.answered,
             answer_latency: ledger.answer_latency,
             twofa_latency: stats.twofa_latency(),
+            pubacked: ledger.pubacked,
         })
     }
 }

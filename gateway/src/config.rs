@@ -72,6 +72,11 @@ pub struct Settings {
     /// Most MQTT connections the embedded broker accepts [default: 50000]
     #[arg(long, env = "LOCKFLEET_MQTT_MAX_CONNECTIONS")]
     pub mqtt_max_connections: Option<usize>,
+    /// MQTT connection attempts per second one source address may make (a
+    /// site of bridges behind one NAT, or a load generator on one host); five
+    /// seconds' worth may come at once [default: 10, 50 at once]
+    #[arg(long, env = "LOCKFLEET_MQTT_CONNECTS_PER_SECOND")]
+    pub mqtt_connects_per_second: Option<f64>,
     /// File holding the server key (64 hex characters) that wraps device secrets; the key itself may instead be in LOCKFLEET_SERVER_KEY [default with SQLite: DATA_DIR/server.key, created if missing]
     #[arg(long, env = "LOCKFLEET_SERVER_KEY_FILE")]
     pub server_key_file: Option<PathBuf>,
@@ -147,6 +152,9 @@ impl Settings {
             bridge_max_tries: self.bridge_max_tries.or(other.bridge_max_tries),
             bridge_action_ttl_secs: self.bridge_action_ttl_secs.or(other.bridge_action_ttl_secs),
             mqtt_max_connections: self.mqtt_max_connections.or(other.mqtt_max_connections),
+            mqtt_connects_per_second: self
+                .mqtt_connects_per_second
+                .or(other.mqtt_connects_per_second),
             registry_refresh_secs: self.registry_refresh_secs.or(other.registry_refresh_secs),
             server_key_file: self.server_key_file.or(other.server_key_file),
             insecure_dev: self.insecure_dev || other.insecure_dev,
@@ -304,6 +312,9 @@ pub struct Config {
     pub backend_password: BackendPassword,
     /// TLS on the public MQTT listener.
     pub mqtt_tls: Option<TlsFiles>,
+    /// Connection attempts per second one source may make to the public
+    /// MQTT listener, and how many at once.
+    pub mqtt_connect_rate: crate::mqtt::front::rate::ConnectRate,
     /// 2FA: limits and the notifier.
     pub twofa: TwoFactorConfig,
 }
@@ -606,8 +617,17 @@ impl Config {
         if !valid_client_id(&backend_username) {
             return Err(ConfigError::Invalid(format!("backend_username {backend_username:?} must be 1 to {MAX_CLIENT_ID_LEN} characters of A-Z a-z 0-9 - _ . (it is also the backend's client id)")));
         }
+        let mqtt_connect_rate = match s.mqtt_connects_per_second {
+            None => crate::mqtt::front::rate::ConnectRate::default(),
+            Some(r) => crate::mqtt::front::rate::ConnectRate::per_second(r).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "mqtt_connects_per_second must be a positive number, got {r}"
+                ))
+            })?,
+        };
         Ok(Config {
             twofa,
+            mqtt_connect_rate,
             coap_listen: s.coap_listen.unwrap_or_else(|| addr(DEFAULT_COAP_LISTEN)),
             mqtt,
             mqtt_shared_group: s.mqtt_shared_group,
@@ -737,6 +757,31 @@ mod tests {
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.database_url, "sqlite://./data/lockfleet.db");
         assert!(matches!(c.mqtt, MqttMode::Embedded { listen, .. } if listen.port() == 1883));
+    }
+
+    #[test]
+    fn the_mqtt_connect_rate_per_source_is_configurable_and_validated() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(
+            c.mqtt_connect_rate,
+            crate::mqtt::front::rate::ConnectRate::default()
+        );
+        let c = Config::from_settings(Settings {
+            mqtt_connects_per_second: Some(2000.0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.mqtt_connect_rate.per_second, 2000.0);
+        assert_eq!(c.mqtt_connect_rate.burst, 10_000.0, "five seconds' worth");
+        for bad in [0.0, -1.0, f64::NAN] {
+            let err = Config::from_settings(Settings {
+                mqtt_connects_per_second: Some(bad),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("mqtt_connects_per_second"), "{err}");
+        }
     }
 
     #[test]

@@ -85,6 +85,7 @@ impl Front {
             backend: backend_broker,
             internal: internal.clone(),
             max_packet: broker::MAX_PAYLOAD_BYTES + 1024,
+            connect_rate: Default::default(),
         };
         let stop = CancellationToken::new();
         tokio::spawn(server::serve(

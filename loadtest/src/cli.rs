@@ -91,6 +91,10 @@ pub enum Command {
     /// locks against the same gateway with a small fleet, when registered
     /// and after one heartbeat each (issue 6: at most 512 bytes a lock)
     Memory(crate::memory::MemoryArgs),
+    /// MQTT bridge reports acknowledged after the durable commit, beside a
+    /// private Mosquitto under the same simulated bridges (PUBACKs), runs
+    /// interleaved, medians and ratios reported, the database checked
+    Bridges(crate::bridges::BridgesArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -120,6 +120,32 @@ pub enum LoadtestError {
 
     #[error("cannot draw the chart {}: {detail}", path.display())]
     Chart { path: PathBuf, detail: String },
+
+    #[error(
+        "no mosquitto binary (looked at {looked}): the MQTT baseline needs Debian's \
+         broker, `apt-get install mosquitto` (or pass --mosquitto-bin PATH), or run \
+         without the baseline with --no-mosquitto"
+    )]
+    MosquittoMissing { looked: String },
+
+    #[error("cannot start Mosquitto {}: {source}", path.display())]
+    MosquittoSpawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("Mosquitto exited during start-up ({status}); its last output:\n{log}")]
+    MosquittoExited { status: String, log: String },
+
+    #[error("Mosquitto did not {what} within {timeout:?}; its last output:\n{log}")]
+    MosquittoTimeout {
+        what: &'static str,
+        timeout: Duration,
+        log: String,
+    },
+
+    #[error("Mosquitto did not stop cleanly after SIGTERM ({status}); its last output:\n{log}")]
+    MosquittoStop { status: String, log: String },
 }
 
 impl LoadtestError {

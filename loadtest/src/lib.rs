@@ -29,6 +29,9 @@
 //! * [`timeline`]: each run second by second; [`json`] (`--json`) and
 //!   [`chart`] (`--chart`, a PNG): the files written beside the Markdown.
 //!
+//! `loadtest bridges` ([`bridges`]) measures MQTT bridge reports, beside a
+//! private Mosquitto under the same simulated bridges in the same run.
+//!
 //! ## The default offered rate
 //!
 //! [`cli::default_rate`] is per engine, about 1.25 times the highest rate
@@ -38,6 +41,7 @@
 //! far beyond capacity: see the crate's README.md for the probes behind it.
 //! `--find-max` gives the highest rate sustained instead.
 
+pub mod bridges;
 pub mod chart;
 pub mod cli;
 pub mod dashboard;

@@ -55,6 +55,17 @@ async fn main() -> anyhow::Result<()> {
             };
             print!("{report}");
         }
+        Command::Bridges(args) => {
+            let report = tokio::select! {
+                report = loadtest::bridges::run(&args, command_line.clone(), cancel.clone()) => report?,
+                _ = abandon.cancelled() => anyhow::bail!(
+                    "quit at once: the gateway or Mosquitto was killed; a PostgreSQL database \
+                     loadtest_{}_* may be left behind",
+                    std::process::id()
+                ),
+            };
+            print!("{report}");
+        }
         Command::Jobs(args) => {
             let report = tokio::select! {
                 report = loadtest::jobs::run(&args, command_line) => report?,

@@ -278,6 +278,7 @@ mod tests {
             attempts: 1,
             acked_after: s(at),
             rtt,
+            due_after: Duration::ZERO,
         }
     }
 

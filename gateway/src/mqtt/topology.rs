@@ -136,6 +136,7 @@ pub async fn start(
                 backend: backend_broker,
                 internal: internal.clone(),
                 max_packet: broker::MAX_PAYLOAD_BYTES + 1024,
+                connect_rate: config.mqtt_connect_rate,
             };
             tracing::info!(
                 addr = %public,

@@ -18,6 +18,37 @@ pub const CONNECTS_PER_SECOND: f64 = 10.0;
 pub const BURST: f64 = 50.0;
 /// Sources remembered at most (about 64 bytes each).
 pub const MAX_SOURCES: usize = 100_000;
+/// Seconds' worth of attempts a source may make at once when the rate is
+/// configured (`mqtt_connects_per_second`): the default's ratio of
+/// [`BURST`] to [`CONNECTS_PER_SECOND`].
+pub const BURST_SECONDS: f64 = BURST / CONNECTS_PER_SECOND;
+
+/// The per-source limit of connection attempts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConnectRate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for ConnectRate {
+    fn default() -> Self {
+        ConnectRate {
+            per_second: CONNECTS_PER_SECOND,
+            burst: BURST,
+        }
+    }
+}
+
+impl ConnectRate {
+    /// `per_second` sustained, [`BURST_SECONDS`] of them at once; `None`
+    /// unless `per_second` is a positive number.
+    pub fn per_second(per_second: f64) -> Option<Self> {
+        (per_second.is_finite() && per_second > 0.0).then(|| ConnectRate {
+            per_second,
+            burst: (per_second * BURST_SECONDS).max(1.0),
+        })
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
@@ -37,6 +68,12 @@ pub struct RateLimit {
 impl Default for RateLimit {
     fn default() -> Self {
         RateLimit::new(CONNECTS_PER_SECOND, BURST, MAX_SOURCES)
+    }
+}
+
+impl From<ConnectRate> for RateLimit {
+    fn from(rate: ConnectRate) -> Self {
+        RateLimit::new(rate.per_second, rate.burst, MAX_SOURCES)
     }
 }
 

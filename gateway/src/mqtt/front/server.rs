@@ -50,6 +50,8 @@ pub struct Routes {
     pub internal: Login,
     /// Largest frame in either direction.
     pub max_packet: usize,
+    /// Connection attempts allowed per source.
+    pub connect_rate: super::rate::ConnectRate,
 }
 
 /// Serve the front on `listener` until `shutdown`.
@@ -60,7 +62,7 @@ pub async fn serve<A: Accounts>(
     auth: Arc<Authenticator<A>>,
     shutdown: CancellationToken,
 ) {
-    let rate = Arc::new(Mutex::new(RateLimit::default()));
+    let rate = Arc::new(Mutex::new(RateLimit::from(routes.connect_rate)));
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut sweep = tokio::time::interval(RATE_SWEEP);
     loop {
