@@ -110,6 +110,9 @@ pub struct JsonRun {
     pub sustained: bool,
     /// Second by second.
     pub timeline: TimeLine,
+    /// Every acknowledged report's rows in the database after the run
+    /// (absent for libcoap).
+    pub db_check: Option<crate::dbcheck::DbCheck>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -265,6 +268,7 @@ fn run(i: usize, r: &RunResult) -> JsonRun {
         wall_s: r.wall.as_secs_f64(),
         sustained: r.sustained(),
         timeline: r.timeline.clone(),
+        db_check: r.db_check,
     }
 }
 
@@ -437,6 +441,7 @@ mod tests {
             latency_p999_ms: Some(9.5),
             gateway_log: LogSummary::default(),
             wall: Duration::from_secs(12),
+            db_check: None,
             timeline: TimeLine {
                 points: vec![Point {
                     t_s: 1.0,

@@ -46,6 +46,7 @@ pub mod chart;
 pub mod cli;
 pub mod dashboard;
 pub mod database;
+pub mod dbcheck;
 pub mod error;
 pub mod gateway;
 pub mod hbjobs;

@@ -7,6 +7,7 @@
 
 use crate::cli::SUSTAINED_SHARE;
 use crate::database::Engine;
+use crate::dbcheck::DbCheck;
 use crate::machine::Machine;
 use crate::plan::MAX_FIND_MAX_STEPS;
 use crate::run::{RunResult, Variant};
@@ -374,11 +375,11 @@ fn runs_table(o: &mut String, results: &[RunResult]) {
     );
     let _ = writeln!(
         o,
-        "| # | engine | config | offered hb/s | speed-up | acked hb/s | answered hb/s | acked logs/s | p50 / p95 / p99 ms | retx | gave up | rejected | abandoned | unacked | gateway CPU s | sim CPU s | RSS MiB | mean batch | mean commit ms | committed hb (gateway) / acked hb |"
+        "| # | engine | config | offered hb/s | speed-up | acked hb/s | answered hb/s | acked logs/s | p50 / p95 / p99 ms | retx | gave up | rejected | abandoned | unacked | gateway CPU s | sim CPU s | RSS MiB | mean batch | mean commit ms | committed hb (gateway) / acked hb | database check |"
     );
     let _ = writeln!(
         o,
-        "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
     );
     for (i, r) in results.iter().enumerate() {
         // libcoap acknowledges nothing: its round trip is to any answer.
@@ -392,7 +393,7 @@ fn runs_table(o: &mut String, results: &[RunResult]) {
         );
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {lat} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {} | {} | {} / {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {lat} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {} | {} | {} / {} | {} |",
             i + 1,
             r.spec.engine,
             r.spec.variant,
@@ -413,9 +414,29 @@ fn runs_table(o: &mut String, results: &[RunResult]) {
             num(r.mean_commit_ms, 2),
             num(r.committed_heartbeats, 0),
             r.acked_heartbeats,
+            db_check_cell(r.db_check.as_ref()),
         );
     }
     let _ = writeln!(o, "\n</details>\n");
+}
+
+/// A run's database check: the acknowledged heartbeats and events found,
+/// or what is missing.
+pub fn db_check_cell(check: Option<&DbCheck>) -> String {
+    match check {
+        None => "–".into(),
+        Some(c) if c.passed() => format!(
+            "passed: {} + {} of {} + {}",
+            c.acked_heartbeats - c.missing_heartbeats,
+            c.acked_events - c.missing_events,
+            c.acked_heartbeats,
+            c.acked_events
+        ),
+        Some(c) => format!(
+            "**FAILED**: {} heartbeats, {} events missing, {} of another transport",
+            c.missing_heartbeats, c.missing_events, c.wrong_transport
+        ),
+    }
 }
 
 fn notes(o: &mut String, ctx: &Context, results: &[RunResult]) {
@@ -470,6 +491,17 @@ fn notes(o: &mut String, ctx: &Context, results: &[RunResult]) {
         })
         .map(|(i, _)| format!("#{}", i + 1))
         .collect();
+    let failed: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.db_check.is_some_and(|c| !c.passed()))
+        .map(|(i, _)| format!("#{}", i + 1))
+        .collect();
+    if failed.is_empty() {
+        let _ = writeln!(o, "- Database check: after every gateway run, with the gateway stopped, every heartbeat the simulator saw acknowledged is a row of `heartbeats` and every event of every acknowledged log batch a row of `activity_events`, with transport `coap` (the primary keys make a second copy impossible); the runs table gives the counts.");
+    } else {
+        let _ = writeln!(o, "- **The database check failed** in runs {}: an acknowledged report is not in the database.", failed.join(", "));
+    }
     if !short.is_empty() {
         let _ = writeln!(o, "- **The gateway counted fewer committed heartbeats than the simulator saw acknowledged** in runs {}: an acknowledgement without a commit?", short.join(", "));
     }
@@ -568,6 +600,7 @@ mod tests {
             latency_p999_ms: None,
             gateway_log: LogSummary::default(),
             wall: Duration::from_secs(30),
+            db_check: None,
             timeline: crate::timeline::TimeLine::default(),
         }
     }

@@ -10,6 +10,7 @@
 //! whatever their code, and the server's CPU and memory from `/proc`.
 
 use crate::database::{Engine, FreshDatabase};
+use crate::dbcheck::{self, DbCheck};
 use crate::error::{LoadtestError, Result};
 use crate::gateway::{self, Gateway, LogSummary};
 use crate::libcoap::CoapServer;
@@ -183,6 +184,9 @@ pub struct RunResult {
     pub wall: Duration,
     /// Second by second: offered, acknowledged, latency, gateway CPU and RSS.
     pub timeline: TimeLine,
+    /// After a gateway run: every acknowledged report's rows in the
+    /// database (`None` for libcoap, which has none).
+    pub db_check: Option<DbCheck>,
 }
 
 impl RunResult {
@@ -282,7 +286,12 @@ async fn on_database(setup: &Setup, spec: RunSpec, url: &str) -> Result<RunResul
     if setup.cancel.is_cancelled() {
         return Err(LoadtestError::Interrupted);
     }
-    Ok(measured.finish(spec, log, started.elapsed()))
+    // With the gateway stopped: every acknowledged report is in the
+    // database, once.
+    let db_check = dbcheck::run(url, &measured.report.acknowledged, "coap").await?;
+    let mut result = measured.finish(spec, log, started.elapsed());
+    result.db_check = Some(db_check);
+    Ok(result)
 }
 
 /// A libcoap run: coap-server on a free port, the simulator against it, no
@@ -498,6 +507,7 @@ impl Measured {
             gateway_log,
             wall,
             timeline: self.timeline,
+            db_check: None,
         }
     }
 }

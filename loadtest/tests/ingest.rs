@@ -104,6 +104,11 @@ fn a_tiny_sqlite_invocation_reports_baseline_group_commit_and_libcoap() {
     let baseline_batch = rows[0].split('|').map(str::trim).nth(9);
     assert_eq!(baseline_batch, Some("1.0"), "{}", rows[0]);
 
+    // Both gateway runs checked the database: every acknowledged report
+    // is there.
+    assert_eq!(stdout.matches("| passed: ").count(), 2, "{stdout}");
+    assert!(!stdout.contains("database check failed"), "{stdout}");
+
     // The files asked for, named on stderr.
     assert!(
         stderr.contains(&format!("JSON report: {}", json_path.display())),

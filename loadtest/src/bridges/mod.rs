@@ -15,13 +15,12 @@
 //!   imported, `gateway serve` on ephemeral ports; each report ends at the
 //!   gateway's answer, sent after the durable group commit, and its PUBACK
 //!   is timed too, like for like with Mosquitto's. Afterwards the database
-//!   is checked against every report acknowledged ([`check`]).
+//!   is checked against every report acknowledged ([`crate::dbcheck`]).
 //!
 //! [`run`](mod@run) measures one run; [`report`] writes the Markdown with
 //! the gateway's figures as ratios to Mosquitto's. `--find-max` steps the
 //! rate up instead, until each configuration fails a step.
 
-pub mod check;
 pub mod mosquitto;
 pub mod plan;
 pub mod report;

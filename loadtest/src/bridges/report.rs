@@ -278,7 +278,7 @@ fn runs_table(o: &mut String, ctx: &Context, results: &[RunResult]) {
                     } else {
                         format!(
                             "**{} heartbeats, {} events, {} not bridged**",
-                            c.missing_heartbeats, c.missing_events, c.not_bridged
+                            c.missing_heartbeats, c.missing_events, c.wrong_transport
                         )
                     },
                 )
@@ -425,9 +425,9 @@ fn machine(o: &mut String, ctx: &Context) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridges::check::DbCheck;
     use crate::bridges::run::tests::result;
     use crate::database::Engine;
+    use crate::dbcheck::DbCheck;
 
     fn ctx(find_max: bool) -> Context {
         Context {

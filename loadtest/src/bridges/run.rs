@@ -6,10 +6,10 @@
 //! gateway the database checked against what was acknowledged, then
 //! removed, on error too.
 
-use super::check::{self, DbCheck};
 use super::mosquitto::Mosquitto;
 use super::workload;
 use crate::database::{Engine, FreshDatabase};
+use crate::dbcheck::{self as check, DbCheck};
 use crate::error::{LoadtestError, Result};
 use crate::gateway::{self, Gateway, LogSummary};
 use crate::stats::Window;
@@ -286,7 +286,7 @@ async fn on_gateway(setup: &Setup, spec: RunSpec, url: &str) -> Result<RunResult
     if setup.cancel.is_cancelled() {
         return Err(LoadtestError::Interrupted);
     }
-    let db_check = check::run(url, &measured.report.acknowledged).await?;
+    let db_check = check::run(url, &measured.report.acknowledged, "bridge").await?;
     let mean_batch = prom::histogram_mean(&metrics, BATCH_SIZE_METRIC);
     Ok(measured.finish(
         setup,

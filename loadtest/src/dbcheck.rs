@@ -1,5 +1,6 @@
-//! After each gateway run: is every report the simulator saw acknowledged
-//! in the database, once, as a bridge's report?
+//! After each gateway run (`ingest`, `bridges`): is every report the
+//! simulator saw acknowledged in the database, once, with the transport it
+//! came by?
 //!
 //! The run's database is fresh, so it holds only this run's reports. A
 //! heartbeat is one row of `heartbeats` (primary key `(lock_id, seq)`), a
@@ -7,7 +8,7 @@
 //! `(lock_id, event_seq)`); an empty batch stores nothing. The keys make a
 //! second copy impossible, so "once" is "present": every acknowledged
 //! heartbeat's key and every event of every acknowledged batch must be
-//! there, with transport `bridge`. Rows the simulator never saw
+//! there, with the run's transport (`coap`, `bridge`). Rows the simulator never saw
 //! acknowledged (committed, but the answer came after it stopped
 //! listening, or the report was still being resent) are counted, not an
 //! error.
@@ -26,7 +27,7 @@ const EVENT_KEYS: &str = "SELECT lock_id, event_seq, transport FROM activity_eve
 type Row = (String, i64, String);
 
 /// What the check found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DbCheck {
     /// Heartbeats the simulator saw acknowledged.
     pub acked_heartbeats: u64,
@@ -40,14 +41,14 @@ pub struct DbCheck {
     pub event_rows: u64,
     /// Events of acknowledged batches with no row.
     pub missing_events: u64,
-    /// Rows whose transport is not `bridge`.
-    pub not_bridged: u64,
+    /// Rows whose transport is not the run's.
+    pub wrong_transport: u64,
 }
 
 impl DbCheck {
-    /// Every acknowledged report is there, as a bridge's.
+    /// Every acknowledged report is there, with the run's transport.
     pub fn passed(&self) -> bool {
-        self.missing_heartbeats == 0 && self.missing_events == 0 && self.not_bridged == 0
+        self.missing_heartbeats == 0 && self.missing_events == 0 && self.wrong_transport == 0
     }
 
     /// Rows nobody saw acknowledged (stored, answer not received).
@@ -58,8 +59,14 @@ impl DbCheck {
     }
 }
 
-/// Compares the acknowledged reports with the rows of the two tables.
-pub fn compare(acked: &[AckedReport], heartbeats: &[Row], events: &[Row]) -> DbCheck {
+/// Compares the acknowledged reports with the rows of the two tables, all
+/// of which came by `transport`.
+pub fn compare(
+    acked: &[AckedReport],
+    heartbeats: &[Row],
+    events: &[Row],
+    transport: &str,
+) -> DbCheck {
     let keys = |rows: &[Row]| -> HashSet<(String, i64)> {
         rows.iter().map(|(l, s, _)| (l.clone(), *s)).collect()
     };
@@ -67,10 +74,10 @@ pub fn compare(acked: &[AckedReport], heartbeats: &[Row], events: &[Row]) -> DbC
     let mut check = DbCheck {
         heartbeat_rows: heartbeats.len() as u64,
         event_rows: events.len() as u64,
-        not_bridged: heartbeats
+        wrong_transport: heartbeats
             .iter()
             .chain(events)
-            .filter(|(_, _, t)| t != "bridge")
+            .filter(|(_, _, t)| t != transport)
             .count() as u64,
         ..DbCheck::default()
     };
@@ -97,11 +104,11 @@ pub fn compare(acked: &[AckedReport], heartbeats: &[Row], events: &[Row]) -> DbC
 }
 
 /// Reads both tables of the database at `url` and compares them with
-/// `acked`.
-pub async fn run(url: &str, acked: &[AckedReport]) -> Result<DbCheck> {
+/// `acked`, which came by `transport`.
+pub async fn run(url: &str, acked: &[AckedReport], transport: &str) -> Result<DbCheck> {
     let heartbeats = rows(url, HEARTBEAT_KEYS).await?;
     let events = rows(url, EVENT_KEYS).await?;
-    Ok(compare(acked, &heartbeats, &events))
+    Ok(compare(acked, &heartbeats, &events, transport))
 }
 
 async fn rows(url: &str, sql: &'static str) -> Result<Vec<Row>> {
@@ -163,7 +170,7 @@ mod tests {
         ];
         let hb = [row("L1", 1), row("L2", 1), row("L2", 2)];
         let ev = [row("L1", 5), row("L1", 6), row("L1", 7)];
-        let c = compare(&acked, &hb, &ev);
+        let c = compare(&acked, &hb, &ev, "bridge");
         assert!(c.passed(), "{c:?}");
         assert_eq!((c.acked_heartbeats, c.heartbeat_rows), (2, 3));
         assert_eq!((c.acked_events, c.event_rows), (3, 3));
@@ -176,15 +183,15 @@ mod tests {
             acked("L1", UplinkKind::Heartbeat, 1, 0..0),
             acked("L1", UplinkKind::ActivityLog, 2, 5..7),
         ];
-        let c = compare(&acked, &[], &[row("L1", 5), row("L1", 6)]);
+        let c = compare(&acked, &[], &[row("L1", 5), row("L1", 6)], "bridge");
         assert_eq!(c.missing_heartbeats, 1);
         assert!(!c.passed());
-        let c = compare(&acked, &[row("L1", 1)], &[row("L1", 6)]);
+        let c = compare(&acked, &[row("L1", 1)], &[row("L1", 6)], "bridge");
         assert_eq!(c.missing_events, 1);
         assert!(!c.passed());
         let coap = ("L1".to_string(), 1, "coap".to_string());
-        let c = compare(&acked, &[coap], &[row("L1", 5), row("L1", 6)]);
-        assert_eq!((c.missing_heartbeats, c.not_bridged), (0, 1));
+        let c = compare(&acked, &[coap], &[row("L1", 5), row("L1", 6)], "bridge");
+        assert_eq!((c.missing_heartbeats, c.wrong_transport), (0, 1));
         assert!(!c.passed());
     }
 }
