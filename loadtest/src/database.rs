@@ -264,6 +264,33 @@ pub async fn scalar(url: &str, sql: &'static str) -> Result<i64> {
     }
 }
 
+/// Every value of the one `BIGINT` column `sql` selects from the database at
+/// `url` (the after-run checks: `SELECT job_id FROM jobs`).
+pub async fn column_i64(url: &str, sql: &'static str) -> Result<Vec<i64>> {
+    let failed = |e: sqlx::Error| LoadtestError::Database {
+        url: redact(url),
+        statement: sql.to_string(),
+        detail: e.to_string(),
+    };
+    if is_postgres_url(url) {
+        let mut conn = PgConnection::connect(url).await.map_err(failed)?;
+        let values = sqlx::query_scalar(sql)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(failed)?;
+        let _ = conn.close().await;
+        Ok(values)
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.map_err(failed)?;
+        let values = sqlx::query_scalar(sql)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(failed)?;
+        let _ = conn.close().await;
+        Ok(values)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

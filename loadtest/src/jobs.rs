@@ -93,6 +93,7 @@ pub async fn run(args: &JobsArgs, command_line: String) -> Result<String> {
         .collect();
     let mut creates = Vec::new();
     let mut reads = Vec::new();
+    let mut checks = Vec::new();
     for n in 1..=args.runs {
         let db = FreshDatabase::create(engine, scratch.path(), &args.postgres_url, n).await?;
         let cwd = scratch.path().join(format!("run_{n}"));
@@ -113,11 +114,71 @@ pub async fn run(args: &JobsArgs, command_line: String) -> Result<String> {
             args.runs, r.per_s, r.p50_ms, r.p99_ms
         );
         gw.stop().await?;
+        // With the gateway stopped: every creation answered `ok` is a job
+        // row, and there is no other.
+        let rows = database::column_i64(db.url(), "SELECT job_id FROM jobs").await?;
+        let check = JobCheck::of(&job_ids, &rows);
+        eprintln!("run {n}/{}: database check {}", args.runs, check.describe());
         db.remove().await?;
+        checks.push(check);
         creates.push(c);
         reads.push(r);
     }
-    Ok(report(args, engine, &command_line, &creates, &reads))
+    Ok(report(
+        args,
+        engine,
+        &command_line,
+        &creates,
+        &reads,
+        &checks,
+    ))
+}
+
+/// After a run: the jobs the dashboard was answered `ok` for against the
+/// rows of `jobs` (the run's database is fresh, so it holds only these).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobCheck {
+    /// Creations answered `ok` (each with its job id).
+    pub acked: u64,
+    /// Rows of `jobs`.
+    pub rows: u64,
+    /// Acknowledged job ids with no row.
+    pub missing: u64,
+}
+
+impl JobCheck {
+    pub fn of(acked: &[(String, Option<String>, u64)], rows: &[i64]) -> JobCheck {
+        let stored: std::collections::HashSet<i64> = rows.iter().copied().collect();
+        JobCheck {
+            acked: acked.len() as u64,
+            rows: rows.len() as u64,
+            missing: acked
+                .iter()
+                .filter(|(_, _, id)| i64::try_from(*id).map_or(true, |id| !stored.contains(&id)))
+                .count() as u64,
+        }
+    }
+
+    /// Every acknowledged job is there, and nothing else (every command
+    /// had its own idempotency key and was answered).
+    pub fn passed(&self) -> bool {
+        self.missing == 0 && self.rows == self.acked
+    }
+
+    pub fn describe(&self) -> String {
+        if self.passed() {
+            format!(
+                "passed: {} of {} jobs",
+                self.acked - self.missing,
+                self.acked
+            )
+        } else {
+            format!(
+                "**FAILED**: {} acknowledged, {} missing, {} rows",
+                self.acked, self.missing, self.rows
+            )
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -235,7 +296,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn report(args: &JobsArgs, engine: Engine, command_line: &str, c: &[Phase], r: &[Phase]) -> String {
+fn report(
+    args: &JobsArgs,
+    engine: Engine,
+    command_line: &str,
+    c: &[Phase],
+    r: &[Phase],
+    checks: &[JobCheck],
+) -> String {
     let m = crate::machine::Machine::detect().summary();
     let cm = median(c.iter().map(|p| p.per_s).collect());
     let rm = median(r.iter().map(|p| p.per_s).collect());
@@ -248,10 +316,10 @@ fn report(args: &JobsArgs, engine: Engine, command_line: &str, c: &[Phase], r: &
         args.window,
         args.locks
     ));
-    out.push_str("| run | create_custom_pin /s (durable) | p50 ms | p99 ms | refused | baseline get_job /s | p50 ms | p99 ms |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    for (i, (a, b)) in c.iter().zip(r).enumerate() {
+    out.push_str("| run | create_custom_pin /s (durable) | p50 ms | p99 ms | refused | baseline get_job /s | p50 ms | p99 ms | database check |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (i, ((a, b), check)) in c.iter().zip(r).zip(checks).enumerate() {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {:.1} | {} | {:.0} | {:.1} | {:.1} |\n",
+            "| {} | {:.0} | {:.1} | {:.1} | {} | {:.0} | {:.1} | {:.1} | {} |\n",
             i + 1,
             a.per_s,
             a.p50_ms,
@@ -259,7 +327,8 @@ fn report(args: &JobsArgs, engine: Engine, command_line: &str, c: &[Phase], r: &
             a.refused,
             b.per_s,
             b.p50_ms,
-            b.p99_ms
+            b.p99_ms,
+            check.describe()
         ));
     }
     out.push_str(&format!(
@@ -271,4 +340,35 @@ fn report(args: &JobsArgs, engine: Engine, command_line: &str, c: &[Phase], r: &
 
 fn humantime(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acked(ids: &[u64]) -> Vec<(String, Option<String>, u64)> {
+        ids.iter().map(|&id| ("org-1".into(), None, id)).collect()
+    }
+
+    #[test]
+    fn every_acknowledged_job_must_be_a_row_and_nothing_else() {
+        let check = JobCheck::of(&acked(&[1, 2, 3]), &[3, 1, 2]);
+        assert!(check.passed(), "{check:?}");
+        assert_eq!(check.describe(), "passed: 3 of 3 jobs");
+
+        let missing = JobCheck::of(&acked(&[1, 2, 3]), &[1, 3, 9]);
+        assert_eq!((missing.missing, missing.rows), (1, 3));
+        assert!(!missing.passed());
+        assert!(
+            missing.describe().contains("FAILED"),
+            "{}",
+            missing.describe()
+        );
+
+        // A row nobody was answered for: a creation committed twice, or
+        // an answer lost.
+        let extra = JobCheck::of(&acked(&[1, 2]), &[1, 2, 3]);
+        assert_eq!(extra.missing, 0);
+        assert!(!extra.passed());
+    }
 }
