@@ -108,7 +108,7 @@ pub struct Listeners {
 }
 
 /// What the gateway logged that a reader of the report should know.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogSummary {
     pub warnings: u64,
     pub errors: u64,

@@ -27,9 +27,13 @@ fn bold_number(cell: &str) -> f64 {
 
 #[test]
 fn a_tiny_invocation_reports_mosquitto_and_the_gateway_with_the_database_checked() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let json_path = dir.path().join("bridges.json");
     let out = run_loadtest(
         &[
             "bridges",
+            "--json",
+            json_path.to_str().expect("a UTF-8 path"),
             "--bridges",
             "2",
             "--rate",
@@ -85,6 +89,30 @@ fn a_tiny_invocation_reports_mosquitto_and_the_gateway_with_the_database_checked
     ] {
         assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");
     }
+
+    // The JSON report: both runs, with what the Markdown shows.
+    assert!(
+        stderr.contains(&format!("JSON report: {}", json_path.display())),
+        "{stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("the JSON report"))
+            .expect("the JSON report parses");
+    assert_eq!(json["schema_version"], 1, "{json}");
+    assert_eq!(json["mix"], "bridges", "{json}");
+    assert_eq!(json["context"]["bridges"], 2, "{json}");
+    let runs = json["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{json}");
+    assert_eq!(runs[0]["spec"]["target"], "mosquitto", "{json}");
+    assert_eq!(runs[1]["spec"]["target"]["gateway"], "sqlite", "{json}");
+    for run in runs {
+        assert!(run["acked_per_s"].as_f64() > Some(0.0), "{run}");
+        assert!(run["ack_latency"]["p99"].as_f64() > Some(0.0), "{run}");
+    }
+    assert!(runs[0]["db_check"].is_null(), "{json}");
+    let check = &runs[1]["db_check"];
+    assert_eq!(check["missing_heartbeats"], 0, "{json}");
+    assert!(check["acked_heartbeats"].as_u64() > Some(0), "{json}");
 }
 
 #[test]

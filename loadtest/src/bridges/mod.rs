@@ -33,7 +33,7 @@ use crate::cli::{
 use crate::database::{self, Engine, DEFAULT_POSTGRES_URL};
 use crate::error::{LoadtestError, Result};
 use crate::{gateway, machine, procfs};
-use run::{Setup, Target};
+use run::{RunResult, Setup, Target};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -135,6 +135,11 @@ pub struct BridgesArgs {
     /// with --insecure-dev (no MQTT front); Mosquitto gets the same
     #[arg(long)]
     pub insecure: bool,
+    /// Also write the whole result as JSON to PATH: the settings, the
+    /// machine, every run's figures (latency quantiles, PUBACKs, CPU and
+    /// RSS, the database check) and why each was or was not sustained
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<std::path::PathBuf>,
 }
 
 /// Validated settings of a `bridges` invocation.
@@ -353,7 +358,40 @@ pub async fn run(
         targets,
     };
     let _ = scratch.close();
+    if let Some(path) = &args.json {
+        let document = BridgesJson {
+            schema_version: crate::json::SCHEMA_VERSION,
+            mix: "bridges",
+            context: &ctx,
+            runs: results
+                .iter()
+                .map(|r| JsonRun {
+                    unsustained: r.unsustained(settings.p99_bound),
+                    result: r,
+                })
+                .collect(),
+        };
+        crate::json::write(path, &document)?;
+        eprintln!("JSON report: {}", path.display());
+    }
     Ok(report::markdown(&ctx, &results))
+}
+
+/// `loadtest bridges --json`: the report's context and every run.
+#[derive(serde::Serialize)]
+struct BridgesJson<'a> {
+    schema_version: u32,
+    mix: &'static str,
+    context: &'a report::Context,
+    runs: Vec<JsonRun<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonRun<'a> {
+    #[serde(flatten)]
+    result: &'a RunResult,
+    /// Why the run did not sustain its offered rate; absent if it did.
+    unsustained: Option<String>,
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 /// What the report says about the invocation besides the runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Context {
     pub command_line: String,
     pub machine: Machine,

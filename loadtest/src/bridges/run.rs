@@ -37,7 +37,10 @@ const BATCH_SIZE_METRIC: &str = crate::run::BATCH_SIZE_METRIC;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// The broker a run measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     /// A private Mosquitto: each report ends at its PUBACK.
     Mosquitto,
@@ -94,7 +97,7 @@ pub struct Setup {
 }
 
 /// Which run to do.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunSpec {
     pub target: Target,
     /// Offered reports per second.
@@ -105,7 +108,7 @@ pub struct RunSpec {
 
 /// Latency quantiles, milliseconds, from HDR histograms of reports due in
 /// the steady window, each from its due time.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Latency {
     pub count: u64,
     pub p50: f64,
@@ -138,7 +141,7 @@ impl Latency {
 }
 
 /// The figures of one run.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunResult {
     pub spec: RunSpec,
     pub speedup: f64,
