@@ -73,6 +73,10 @@ pub struct MemoryArgs {
     /// Seed of the fleet and the simulator
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also write the result as JSON to PATH: both fleets' RSS at each
+    /// moment, the bytes per lock, import and start-up times
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
 }
 
 impl MemoryArgs {
@@ -105,14 +109,14 @@ impl MemoryArgs {
 }
 
 /// Resident memory of one gateway at one moment, bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rss {
     pub current: u64,
     pub peak: u64,
 }
 
 /// What one fleet size measured.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FleetMemory {
     pub locks: usize,
     pub import: Duration,
@@ -177,6 +181,32 @@ pub async fn run(
         Engine::Sqlite => None,
     };
     let _ = scratch.close();
+    if let Some(path) = &args.json {
+        let (small, large) = (&measured[0], &measured[1]);
+        let per = |a: Option<Rss>, b: Option<Rss>, peak: bool| {
+            let pick = |r: Rss| if peak { r.peak } else { r.current };
+            bytes_per_lock((small.locks, pick(a?)), (large.locks, pick(b?)))
+        };
+        let document = serde_json::json!({
+            "schema_version": crate::json::SCHEMA_VERSION,
+            "mix": "memory",
+            "command": command_line,
+            "machine": machine::Machine::detect(),
+            "target_bytes_per_lock": TARGET_BYTES_PER_LOCK,
+            "fleets": [small, large],
+            "bytes_per_lock": {
+                "registered": per(Some(small.registered), Some(large.registered), false),
+                "after_one_heartbeat_each": per(small.after_pass, large.after_pass, false),
+                "peak": per(
+                    Some(small.after_pass.unwrap_or(small.registered)),
+                    Some(large.after_pass.unwrap_or(large.registered)),
+                    true,
+                ),
+            },
+        });
+        crate::json::write(path, &document)?;
+        eprintln!("JSON report: {}", path.display());
+    }
     Ok(markdown(
         &command_line,
         &machine::Machine::detect(),
@@ -425,6 +455,7 @@ mod tests {
             gateway_bin: None,
             postgres_url: String::new(),
             seed: 1,
+            json: None,
         };
         assert!(args(100, 10).validate().is_ok());
         assert!(args(10, 10).validate().is_err());
