@@ -371,6 +371,11 @@ async fn drive(setup: &Setup, spec: RunSpec, target: &Target) -> Result<Measured
         // The fleet's pairing secrets, imported into the gateway above
         // (libcoap has none: it refuses the protected requests with 4.02).
         security: !setup.insecure,
+        // Open loop: each lock keeps its own schedule. Following the
+        // `next_heartbeat_at` of each answer (as locks in the field do)
+        // ties a lock's next report to when its last was answered and
+        // bunches the offered load (3 500/s in one second of a 2 500/s run).
+        follow_server_schedule: false,
         ..SimConfig::default()
     };
     let handle = device_sim::run::start(config, setup.fleet.clone()).await?;
