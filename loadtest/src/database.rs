@@ -240,9 +240,15 @@ pub async fn seed_pending_jobs(url: &str) -> Result<u64> {
     }
 }
 
-/// The one `BIGINT` (or `INTEGER`) value `sql` selects from the database
-/// at `url`: the after-run checks (`SELECT count(*) ...`).
-pub async fn scalar(url: &str, sql: &'static str) -> Result<i64> {
+/// Every row `sql` selects from the database at `url`, on either engine:
+/// the after-run checks. One connection, closed afterwards.
+pub async fn fetch_all<T>(url: &str, sql: &'static str) -> Result<Vec<T>>
+where
+    T: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
     let failed = |e: sqlx::Error| LoadtestError::Database {
         url: redact(url),
         statement: sql.to_string(),
@@ -250,48 +256,44 @@ pub async fn scalar(url: &str, sql: &'static str) -> Result<i64> {
     };
     if is_postgres_url(url) {
         let mut conn = PgConnection::connect(url).await.map_err(failed)?;
-        let value: i64 = sqlx::query_scalar(sql)
-            .fetch_one(&mut conn)
+        let rows = sqlx::query_as(sql)
+            .fetch_all(&mut conn)
             .await
             .map_err(failed)?;
         let _ = conn.close().await;
-        Ok(value)
+        Ok(rows)
     } else {
         let mut conn = sqlx::SqliteConnection::connect(url).await.map_err(failed)?;
-        let value: i64 = sqlx::query_scalar(sql)
-            .fetch_one(&mut conn)
+        let rows = sqlx::query_as(sql)
+            .fetch_all(&mut conn)
             .await
             .map_err(failed)?;
         let _ = conn.close().await;
-        Ok(value)
+        Ok(rows)
+    }
+}
+
+/// The one `BIGINT` (or `INTEGER`) value `sql` selects from the database
+/// at `url`: the after-run checks (`SELECT count(*) ...`).
+pub async fn scalar(url: &str, sql: &'static str) -> Result<i64> {
+    match fetch_all::<(i64,)>(url, sql).await?.first() {
+        Some((value,)) => Ok(*value),
+        None => Err(LoadtestError::Database {
+            url: redact(url),
+            statement: sql.to_string(),
+            detail: sqlx::Error::RowNotFound.to_string(),
+        }),
     }
 }
 
 /// Every value of the one `BIGINT` column `sql` selects from the database at
 /// `url` (the after-run checks: `SELECT job_id FROM jobs`).
 pub async fn column_i64(url: &str, sql: &'static str) -> Result<Vec<i64>> {
-    let failed = |e: sqlx::Error| LoadtestError::Database {
-        url: redact(url),
-        statement: sql.to_string(),
-        detail: e.to_string(),
-    };
-    if is_postgres_url(url) {
-        let mut conn = PgConnection::connect(url).await.map_err(failed)?;
-        let values = sqlx::query_scalar(sql)
-            .fetch_all(&mut conn)
-            .await
-            .map_err(failed)?;
-        let _ = conn.close().await;
-        Ok(values)
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.map_err(failed)?;
-        let values = sqlx::query_scalar(sql)
-            .fetch_all(&mut conn)
-            .await
-            .map_err(failed)?;
-        let _ = conn.close().await;
-        Ok(values)
-    }
+    Ok(fetch_all::<(i64,)>(url, sql)
+        .await?
+        .into_iter()
+        .map(|(value,)| value)
+        .collect())
 }
 
 #[cfg(test)]

@@ -13,11 +13,10 @@
 //! listening, or the report was still being resent) are counted, not an
 //! error.
 
-use crate::database::{is_postgres_url, redact};
-use crate::error::{LoadtestError, Result};
+use crate::database;
+use crate::error::Result;
 use device_sim::AckedReport;
 use schemas::device::UplinkKind;
-use sqlx::{Connection, PgConnection, SqliteConnection};
 use std::collections::HashSet;
 
 const HEARTBEAT_KEYS: &str = "SELECT lock_id, seq, transport FROM heartbeats";
@@ -106,34 +105,9 @@ pub fn compare(
 /// Reads both tables of the database at `url` and compares them with
 /// `acked`, which came by `transport`.
 pub async fn run(url: &str, acked: &[AckedReport], transport: &str) -> Result<DbCheck> {
-    let heartbeats = rows(url, HEARTBEAT_KEYS).await?;
-    let events = rows(url, EVENT_KEYS).await?;
+    let heartbeats: Vec<Row> = database::fetch_all(url, HEARTBEAT_KEYS).await?;
+    let events: Vec<Row> = database::fetch_all(url, EVENT_KEYS).await?;
     Ok(compare(acked, &heartbeats, &events, transport))
-}
-
-async fn rows(url: &str, sql: &'static str) -> Result<Vec<Row>> {
-    let failed = |e: sqlx::Error| LoadtestError::Database {
-        url: redact(url),
-        statement: sql.to_string(),
-        detail: e.to_string(),
-    };
-    if is_postgres_url(url) {
-        let mut conn = PgConnection::connect(url).await.map_err(failed)?;
-        let rows = sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await
-            .map_err(failed)?;
-        let _ = conn.close().await;
-        Ok(rows)
-    } else {
-        let mut conn = SqliteConnection::connect(url).await.map_err(failed)?;
-        let rows = sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await
-            .map_err(failed)?;
-        let _ = conn.close().await;
-        Ok(rows)
-    }
 }
 
 #[cfg(test)]
