@@ -237,6 +237,44 @@ pub async fn import(bin: &Path, cwd: &Path, fleet_file: &Path, database_url: &st
     })
 }
 
+/// How a process sent SIGTERM by [`terminate`] ended.
+#[derive(Debug)]
+pub enum Terminated {
+    /// It exited, with this status.
+    Exited(ExitStatus),
+    /// kill(1) failed, with this status: no signal was sent.
+    NotSignalled(ExitStatus),
+    /// Still running when the timeout passed.
+    StillRunning,
+}
+
+/// SIGTERM to `pid` (the process of `child`), then its exit within
+/// `timeout`. `what` names the process in the error of a failed wait. The
+/// caller says what a failed signal, a timeout or an exit status means for
+/// its process.
+pub async fn terminate(
+    child: &mut Child,
+    pid: u32,
+    timeout: Duration,
+    what: &str,
+) -> Result<Terminated> {
+    // kill(1): the workspace forbids the `unsafe` a libc call needs.
+    let sent = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await
+        .map_err(|e| LoadtestError::io("run kill(1)", e))?;
+    if !sent.success() {
+        return Ok(Terminated::NotSignalled(sent));
+    }
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) => Ok(Terminated::Exited(status)),
+        Ok(Err(e)) => Err(LoadtestError::io(format!("wait for {what} to exit"), e)),
+        Err(_) => Ok(Terminated::StillRunning),
+    }
+}
+
 /// A running `gateway serve`. Dropping it kills the process.
 pub struct Gateway {
     child: Child,
@@ -316,23 +354,16 @@ impl Gateway {
 
     /// SIGTERM, then waits for the drain: the process must exit 0.
     pub async fn stop(mut self) -> Result<LogSummary> {
-        // kill(1): the workspace forbids the `unsafe` a libc call needs.
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status()
-            .await
-            .map_err(|e| LoadtestError::io("run kill(1)", e))?;
-        if !sent.success() {
-            return Err(LoadtestError::GatewayStop {
-                status: format!("kill -TERM {} failed: {sent}", self.pid),
-                log: self.log_tail(),
-            });
-        }
-        let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
-            Ok(Ok(status)) => status,
-            Ok(Err(e)) => return Err(LoadtestError::io("wait for the gateway to exit", e)),
-            Err(_) => {
+        let status = match terminate(&mut self.child, self.pid, STOP_TIMEOUT, "the gateway").await?
+        {
+            Terminated::Exited(status) => status,
+            Terminated::NotSignalled(sent) => {
+                return Err(LoadtestError::GatewayStop {
+                    status: format!("kill -TERM {} failed: {sent}", self.pid),
+                    log: self.log_tail(),
+                })
+            }
+            Terminated::StillRunning => {
                 return Err(LoadtestError::GatewayTimeout {
                     what: "exit after SIGTERM",
                     timeout: STOP_TIMEOUT,

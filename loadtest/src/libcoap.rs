@@ -17,7 +17,7 @@
 //! lines before it serves, so once it answers the ping the file holds them.
 
 use crate::error::{LoadtestError, Result};
-use crate::gateway::LogSummary;
+use crate::gateway::{terminate, LogSummary, Terminated};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -307,24 +307,17 @@ impl CoapServer {
 
     /// SIGTERM, then waits: it must exit 0. Returns what it logged.
     pub async fn stop(mut self) -> Result<LogSummary> {
-        // kill(1): the workspace forbids the `unsafe` a libc call needs.
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status()
-            .await
-            .map_err(|e| LoadtestError::io("run kill(1)", e))?;
+        let ended = terminate(&mut self.child, self.pid, STOP_TIMEOUT, "coap-server").await?;
         let log = || read_log(&self.log_file);
-        if !sent.success() {
-            return Err(LoadtestError::LibcoapStop {
-                status: format!("kill -TERM {} failed: {sent}", self.pid),
-                log: tail(&log()),
-            });
-        }
-        let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
-            Ok(Ok(status)) => status,
-            Ok(Err(e)) => return Err(LoadtestError::io("wait for coap-server to exit", e)),
-            Err(_) => {
+        let status = match ended {
+            Terminated::Exited(status) => status,
+            Terminated::NotSignalled(sent) => {
+                return Err(LoadtestError::LibcoapStop {
+                    status: format!("kill -TERM {} failed: {sent}", self.pid),
+                    log: tail(&log()),
+                })
+            }
+            Terminated::StillRunning => {
                 return Err(LoadtestError::LibcoapStop {
                     status: format!("still running {STOP_TIMEOUT:?} after SIGTERM"),
                     log: tail(&log()),

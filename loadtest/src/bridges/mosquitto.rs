@@ -11,6 +11,7 @@
 //! sets it, and only errors and warnings logged.
 
 use crate::error::{LoadtestError, Result};
+use crate::gateway::{terminate, Terminated};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -225,23 +226,15 @@ impl Mosquitto {
 
     /// SIGTERM, then waits: Mosquitto must exit 0.
     pub async fn stop(mut self) -> Result<()> {
-        // kill(1): the workspace forbids the `unsafe` a libc call needs.
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status()
-            .await
-            .map_err(|e| LoadtestError::io("run kill(1)", e))?;
-        if !sent.success() {
-            return Err(LoadtestError::MosquittoStop {
-                status: format!("kill -TERM {} failed: {sent}", self.pid),
-                log: self.log_tail(),
-            });
-        }
-        let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
-            Ok(Ok(status)) => status,
-            Ok(Err(e)) => return Err(LoadtestError::io("wait for Mosquitto to exit", e)),
-            Err(_) => {
+        let status = match terminate(&mut self.child, self.pid, STOP_TIMEOUT, "Mosquitto").await? {
+            Terminated::Exited(status) => status,
+            Terminated::NotSignalled(sent) => {
+                return Err(LoadtestError::MosquittoStop {
+                    status: format!("kill -TERM {} failed: {sent}", self.pid),
+                    log: self.log_tail(),
+                })
+            }
+            Terminated::StillRunning => {
                 return Err(LoadtestError::MosquittoTimeout {
                     what: "exit after SIGTERM",
                     timeout: STOP_TIMEOUT,
