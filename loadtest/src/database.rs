@@ -101,6 +101,23 @@ impl FreshDatabase {
         }
     }
 
+    /// Deletes the database after a run that used it, whatever the run's
+    /// `result`: the run's error comes first (a failed removal beside it is
+    /// printed on stderr), then the removal's.
+    pub async fn remove_after<T>(self, result: Result<T>) -> Result<T> {
+        let removed = self.remove().await;
+        match (result, removed) {
+            (Ok(r), Ok(())) => Ok(r),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), removed) => {
+                if let Err(r) = removed {
+                    eprintln!("  (also failed to remove the run's database: {r})");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Deletes the database (PostgreSQL: `DROP DATABASE ... WITH (FORCE)`,
     /// so a gateway that did not exit cannot keep it alive).
     pub async fn remove(self) -> Result<()> {

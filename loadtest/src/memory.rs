@@ -276,12 +276,7 @@ async fn fleet_memory(
         })
     }
     .await;
-    let removed = db.remove().await;
-    match (result, removed) {
-        (Ok(m), Ok(())) => Ok(m),
-        (Ok(_), Err(e)) => Err(e),
-        (Err(e), _) => Err(e),
-    }
+    db.remove_after(result).await
 }
 
 /// Every lock offers one heartbeat: the simulator runs for one heartbeat

@@ -229,17 +229,7 @@ pub async fn run(setup: &Setup, spec: RunSpec) -> Result<RunResult> {
     )
     .await?;
     let result = on_database(setup, spec, db.url()).await;
-    let removed = db.remove().await;
-    match (result, removed) {
-        (Ok(r), Ok(())) => Ok(r),
-        (Ok(_), Err(e)) => Err(e),
-        (Err(e), removed) => {
-            if let Err(r) = removed {
-                eprintln!("  (also failed to remove the run's database: {r})");
-            }
-            Err(e)
-        }
-    }
+    db.remove_after(result).await
 }
 
 async fn on_database(setup: &Setup, spec: RunSpec, url: &str) -> Result<RunResult> {

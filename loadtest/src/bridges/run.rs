@@ -233,17 +233,7 @@ pub async fn run(setup: &Setup, spec: RunSpec) -> Result<RunResult> {
                 FreshDatabase::create(engine, &setup.scratch, &setup.postgres_url, spec.number)
                     .await?;
             let result = on_gateway(setup, spec, db.url()).await;
-            let removed = db.remove().await;
-            match (result, removed) {
-                (Ok(r), Ok(())) => Ok(r),
-                (Ok(_), Err(e)) => Err(e),
-                (Err(e), removed) => {
-                    if let Err(r) = removed {
-                        eprintln!("  (also failed to remove the run's database: {r})");
-                    }
-                    Err(e)
-                }
-            }
+            db.remove_after(result).await
         }
     }
 }

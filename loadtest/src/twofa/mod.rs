@@ -242,9 +242,7 @@ pub async fn run(args: &TwoFactorArgs, command_line: String) -> Result<String> {
             Ok(()) => one_run(args, &bin, &cwd, &fleet, &fleet_file, db.url()).await,
             Err(e) => Err(LoadtestError::io("create a run directory", e)),
         };
-        let removed = db.remove().await;
-        let figures = result?;
-        removed?;
+        let figures = db.remove_after(result).await?;
         eprintln!("{}", report::run_line(&figures));
         runs.push(figures);
     }
