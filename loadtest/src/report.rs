@@ -8,6 +8,7 @@
 use crate::cli::SUSTAINED_SHARE;
 use crate::database::Engine;
 use crate::dbcheck::DbCheck;
+use crate::gateway::LogSummary;
 use crate::machine::Machine;
 use crate::plan::MAX_FIND_MAX_STEPS;
 use crate::run::{RunResult, Variant};
@@ -525,13 +526,21 @@ fn notes(o: &mut String, ctx: &Context, results: &[RunResult]) {
     if !backlog.is_empty() {
         let _ = writeln!(o, "- Reports still in the simulated locks' outboxes at the end (offered above capacity; a lock keeps them and retries, 5.03 after its Max-Age): runs {}.", backlog.join(", "));
     }
-    let warnings: u64 = results.iter().map(|r| r.gateway_log.warnings).sum();
-    let errors: u64 = results.iter().map(|r| r.gateway_log.errors).sum();
+    let logs: Vec<&LogSummary> = results.iter().map(|r| &r.gateway_log).collect();
+    gateway_log_notes(o, &logs);
+    o.push('\n');
+}
+
+/// The notes' line on what the gateway logged over the runs of `logs`, with
+/// its first WARN/ERROR lines (coap-server's have a line of their own).
+pub fn gateway_log_notes(o: &mut String, logs: &[&LogSummary]) {
+    let warnings: u64 = logs.iter().map(|l| l.warnings).sum();
+    let errors: u64 = logs.iter().map(|l| l.errors).sum();
     let _ = writeln!(
         o,
         "- The gateway logged {warnings} WARN and {errors} ERROR lines over all runs."
     );
-    let mut samples: Vec<&String> = all.iter().flat_map(|r| &r.gateway_log.samples).collect();
+    let mut samples: Vec<&String> = logs.iter().flat_map(|l| &l.samples).collect();
     samples.dedup();
     if !samples.is_empty() {
         let _ = writeln!(o, "\n```");
@@ -540,7 +549,6 @@ fn notes(o: &mut String, ctx: &Context, results: &[RunResult]) {
         }
         let _ = writeln!(o, "```");
     }
-    o.push('\n');
 }
 
 fn machine(o: &mut String, ctx: &Context) {
@@ -563,7 +571,6 @@ fn machine(o: &mut String, ctx: &Context) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::LogSummary;
     use crate::run::{Quantiles, RunSpec};
     use std::collections::BTreeMap;
 

@@ -383,21 +383,7 @@ fn notes(o: &mut String, ctx: &Context, results: &[RunResult]) {
         .filter_map(|r| r.gateway_log.as_ref())
         .collect();
     if !logs.is_empty() {
-        let warnings: u64 = logs.iter().map(|l| l.warnings).sum();
-        let errors: u64 = logs.iter().map(|l| l.errors).sum();
-        let _ = writeln!(
-            o,
-            "- The gateway logged {warnings} WARN and {errors} ERROR lines over all runs."
-        );
-        let mut samples: Vec<&String> = logs.iter().flat_map(|l| &l.samples).collect();
-        samples.dedup();
-        if !samples.is_empty() {
-            let _ = writeln!(o, "\n```");
-            for s in samples.iter().take(8) {
-                let _ = writeln!(o, "{s}");
-            }
-            let _ = writeln!(o, "```");
-        }
+        crate::report::gateway_log_notes(o, &logs);
     }
     o.push('\n');
 }
