@@ -224,11 +224,7 @@ fn markdown(
         "## Heartbeat answer latency with {} pending jobs over {} locks\n",
         args.locks, args.locks
     );
-    let _ = writeln!(out, "Command: `{command_line}`\n");
-    let _ = writeln!(out, "Machine: {}.\n", machine.summary());
-    if let Some(v) = postgres_version {
-        let _ = writeln!(out, "PostgreSQL: {v}\n");
-    }
+    machine::report_header(&mut out, command_line, machine, postgres_version);
     let _ = writeln!(
         out,
         "Offered {:.0} heartbeats/s (OSCORE-protected CoAP) for {} s per run, {} runs of each kind, alternating; medians of the runs. Latency: the simulator's round trip of each heartbeat exchange.\n",

@@ -64,6 +64,22 @@ pub fn mem_total_kib(meminfo: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The lines under a report's heading: the command, the machine and, on
+/// PostgreSQL, the server's version.
+pub fn report_header(
+    out: &mut String,
+    command_line: &str,
+    machine: &Machine,
+    postgres_version: Option<&str>,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "Command: `{command_line}`\n");
+    let _ = writeln!(out, "Machine: {}.\n", machine.summary());
+    if let Some(v) = postgres_version {
+        let _ = writeln!(out, "PostgreSQL: {v}\n");
+    }
+}
+
 /// `args` as one line a POSIX shell reads back as the same words.
 pub fn shell_line(args: impl IntoIterator<Item = String>) -> String {
     args.into_iter()

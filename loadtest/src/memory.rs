@@ -349,11 +349,7 @@ fn markdown(
         "## Resident memory per registered lock: {} locks against {}\n",
         large.locks, small.locks
     );
-    let _ = writeln!(out, "Command: `{command_line}`\n");
-    let _ = writeln!(out, "Machine: {}.\n", machine.summary());
-    if let Some(v) = postgres_version {
-        let _ = writeln!(out, "PostgreSQL: {v}\n");
-    }
+    machine::report_header(&mut out, command_line, machine, postgres_version);
     let _ = writeln!(
         out,
         "The same gateway binary on a fresh database with each fleet (INB1 locks on CoAP, OSCORE keys, \

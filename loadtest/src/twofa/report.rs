@@ -4,7 +4,7 @@
 use super::drive::{Leg, PhaseFigures};
 use super::{RunFigures, TwoFactorArgs};
 use crate::database::Engine;
-use crate::machine::Machine;
+use crate::machine::{self, Machine};
 use crate::stats::{median, ratio};
 use std::fmt::Write as _;
 
@@ -72,11 +72,7 @@ pub fn markdown(
         "## 2FA unlock: challenge latency at {:.0} challenges/s and verification throughput ({engine})\n",
         args.rate
     );
-    let _ = writeln!(out, "Command: `{command_line}`\n");
-    let _ = writeln!(out, "Machine: {}.\n", machine.summary());
-    if let Some(v) = postgres_version {
-        let _ = writeln!(out, "PostgreSQL: {v}\n");
-    }
+    machine::report_header(&mut out, command_line, machine, postgres_version);
     let _ = writeln!(
         out,
         "{} people, one INB1-2FA lock each, OSCORE-protected CoAP; the gateway's webhook notifier \
