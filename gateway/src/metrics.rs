@@ -38,6 +38,10 @@ pub const COMMIT_LATENCY: &str = "lockfleet_commit_duration_seconds";
 pub const COMMIT_FAILED: &str = "lockfleet_commit_failed_total";
 /// Seconds from queueing a report to its answer (includes the commit).
 pub const ACK_LATENCY: &str = "lockfleet_ack_latency_seconds";
+/// Seconds one SQLite WAL checkpoint took (off the writer, see `store::sqlite`).
+pub const SQLITE_CHECKPOINT_LATENCY: &str = "lockfleet_sqlite_checkpoint_duration_seconds";
+/// Pages in the SQLite WAL after the last checkpoint.
+pub const SQLITE_WAL_PAGES: &str = "lockfleet_sqlite_wal_pages";
 /// Reports waiting for the writer.
 pub const QUEUE_DEPTH: &str = "lockfleet_ingest_queue_depth";
 /// CoAP exchanges remembered for duplicate detection.
@@ -267,6 +271,15 @@ fn describe() {
         "Time from queueing a report to its answer"
     );
     describe_gauge!(QUEUE_DEPTH, "Reports waiting for the writer");
+    describe_histogram!(
+        SQLITE_CHECKPOINT_LATENCY,
+        Unit::Seconds,
+        "Duration of one SQLite WAL checkpoint, run beside the writer"
+    );
+    describe_gauge!(
+        SQLITE_WAL_PAGES,
+        "Pages in the SQLite WAL after the last checkpoint (the writer restarts it once all are copied)"
+    );
     describe_gauge!(
         COAP_EXCHANGES,
         "CoAP exchanges remembered for duplicate detection"
@@ -488,6 +501,7 @@ fn register_known_series() {
         TWOFA_PASSCODE_HASH_LATENCY,
         TWOFA_STEP_LATENCY,
         KEYRING_LOAD_DURATION,
+        SQLITE_CHECKPOINT_LATENCY,
     ] {
         // Registering the handle is enough: the exporter renders it with
         // empty buckets.
@@ -537,6 +551,10 @@ pub fn batch(size: usize, took: Duration) {
 }
 pub fn commit_failed() {
     counter!(COMMIT_FAILED).increment(1);
+}
+pub fn sqlite_checkpoint(took: Duration, wal_pages: u64) {
+    histogram!(SQLITE_CHECKPOINT_LATENCY).record(took.as_secs_f64());
+    gauge!(SQLITE_WAL_PAGES).set(wal_pages as f64);
 }
 pub fn queue_depth(n: usize) {
     gauge!(QUEUE_DEPTH).set(n as f64);

@@ -68,6 +68,8 @@ pub struct Running {
     backend_mqtt: MqttClient,
     mqtt_loops: Vec<JoinHandle<()>>,
     http: JoinHandle<()>,
+    /// SQLite's WAL checkpoints, beside the writer.
+    checkpointer: Option<JoinHandle<()>>,
     ingest: Option<Ingest>,
     embedded_broker: bool,
 }
@@ -108,6 +110,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let intake = CancellationToken::new();
     let background = CancellationToken::new();
+    let checkpointer = match store.spawn_checkpointer(background.clone()).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot checkpoint the SQLite WAL beside the writer; every commit that fills it checkpoints it instead (slower under load)");
+            None
+        }
+    };
     let topology = mqtt::topology::start(&config, &ring, background.clone()).await?;
     let mqtt_addr = topology.public;
     let client_id = config.mqtt_client_id.clone();
@@ -328,6 +337,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         backend_mqtt,
         mqtt_loops: vec![device_loop, backend_loop],
         http,
+        checkpointer,
         ingest: Some(ingest),
         embedded_broker: matches!(config.mqtt, MqttMode::Embedded { .. }),
     })
@@ -596,6 +606,9 @@ impl Running {
             let _ = handle.await;
         }
         let _ = self.http.await;
+        if let Some(checkpointer) = self.checkpointer {
+            let _ = checkpointer.await;
+        }
         self.store.close().await;
         tracing::info!("shutdown complete");
     }

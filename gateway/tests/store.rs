@@ -1132,3 +1132,87 @@ async fn rotation_and_deregistration_replace_and_remove_keys(url: String) {
     assert!(matches!(err, StoreError::NotRegistered { .. }), "{err:?}");
     store.close().await;
 }
+
+/// `PRAGMA wal_autocheckpoint` of the store's (one) SQLite connection.
+async fn autocheckpoint(store: &Store) -> i64 {
+    let Store::Sqlite(pool) = store else {
+        panic!("a SQLite store")
+    };
+    sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// SQLite under a serving gateway: the writer's commits stop checkpointing
+/// and the checkpointer copies their WAL pages into the database file
+/// (which therefore grows while the store is open); stopping it gives the
+/// writer its autocheckpoint back. PostgreSQL has none.
+#[tokio::test]
+async fn sqlite_wal_checkpoints_run_beside_the_writer() {
+    let db = TestDb::sqlite().await;
+    let store = open(&db.url).await;
+    gateway::store::testing::register(&store, &fleet()).await;
+    let file = std::path::PathBuf::from(db.url.trim_start_matches("sqlite://"));
+    // Start from an empty WAL, so that only the checkpointer can grow the file.
+    let Store::Sqlite(pool) = &store else {
+        panic!("a SQLite store")
+    };
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let before = std::fs::metadata(&file).unwrap().len();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let checkpointer = store
+        .spawn_checkpointer(stop.clone())
+        .await
+        .unwrap()
+        .expect("SQLite checkpoints beside the writer");
+    assert_eq!(
+        autocheckpoint(&store).await,
+        0,
+        "the writer's autocheckpoint is off"
+    );
+    for chunk in (1..=4_000u32).collect::<Vec<_>>().chunks(500) {
+        let batch = Batch {
+            heartbeats: chunk.iter().map(|s| heartbeat_row("L1", *s)).collect(),
+            ..Batch::default()
+        };
+        store.commit(&batch).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = std::fs::metadata(&file).unwrap().len();
+        if now > before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpointer never copied the WAL into {} ({before} bytes)",
+            file.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    checkpointer.await.unwrap();
+    assert_eq!(
+        autocheckpoint(&store).await,
+        1000,
+        "SQLite's default autocheckpoint is back"
+    );
+    assert_eq!(store.audit().await.unwrap().heartbeats.len(), 4_000);
+    store.close().await;
+    db.cleanup().await;
+
+    let db = TestDb::postgres().await;
+    let store = open(&db.url).await;
+    let none = store
+        .spawn_checkpointer(tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(none.is_none(), "PostgreSQL has no checkpointer of ours");
+    store.close().await;
+    db.cleanup().await;
+}

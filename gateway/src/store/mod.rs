@@ -254,6 +254,20 @@ impl Store {
         common::ping(self).await
     }
 
+    /// SQLite: copy the WAL back into the database beside the writer
+    /// rather than inside its commits, until `stop` is cancelled; await
+    /// the handle before [`Store::close`]. `None` on PostgreSQL. An error
+    /// leaves the writer checkpointing as SQLite does by default.
+    pub async fn spawn_checkpointer(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::spawn_checkpointer(p, stop).await.map(Some),
+            Store::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Close every connection (SQLite also checkpoints its WAL). Waits for
     /// connections in use to be returned.
     pub async fn close(&self) {
