@@ -190,27 +190,26 @@ pub(super) async fn spawn_checkpointer(
     let pool = pool.clone();
     Ok(tokio::spawn(async move {
         loop {
-            let pause = match checkpoint(&mut conn).await {
-                Ok(wal) if wal.pages > WAL_RESTART_PAGES => {
-                    // Routine under sustained load (the writer never pauses
-                    // for a passive checkpoint to catch up completely), so
-                    // not a warning: `lockfleet_sqlite_wal_pages` shows it.
-                    tracing::debug!(pages = wal.pages, "the SQLite WAL outgrew the passive checkpoints; holding the writer back until it is copied and restarted");
-                    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                        .execute(&mut conn)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "SQLite WAL restart failed; will retry");
-                    }
-                    CHECKPOINT_BUSY
-                }
-                Ok(wal) if wal.copied < wal.pages => CHECKPOINT_BUSY,
-                Ok(_) => CHECKPOINT_IDLE,
+            let next = match checkpoint(&mut conn).await {
+                Ok(wal) => Next::after(wal),
                 Err(e) => {
                     tracing::warn!(error = %e, "SQLite WAL checkpoint failed; will retry");
-                    CHECKPOINT_IDLE
+                    Next::Idle
                 }
             };
+            if let Next::Restart { pages } = next {
+                // Routine under sustained load (the writer never pauses for
+                // a passive checkpoint to catch up completely), so not a
+                // warning: `lockfleet_sqlite_wal_pages` shows it.
+                tracing::debug!(pages, "the SQLite WAL outgrew the passive checkpoints; holding the writer back until it is copied and restarted");
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                    .execute(&mut conn)
+                    .await
+                {
+                    tracing::warn!(error = %e, "SQLite WAL restart failed; will retry");
+                }
+            }
+            let pause = next.pause();
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(pause) => {}
@@ -229,6 +228,37 @@ pub(super) async fn spawn_checkpointer(
 struct Wal {
     pages: i64,
     copied: i64,
+}
+
+/// What the checkpointer does after a passive checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// The WAL is past [`WAL_RESTART_PAGES`]: copy it all and restart it,
+    /// holding the writer back, then check again soon.
+    Restart { pages: i64 },
+    /// Pages are left to copy: check again soon.
+    CatchUp,
+    /// Everything is copied (or the checkpoint failed): wait.
+    Idle,
+}
+
+impl Next {
+    fn after(wal: Wal) -> Next {
+        if wal.pages > WAL_RESTART_PAGES {
+            Next::Restart { pages: wal.pages }
+        } else if wal.copied < wal.pages {
+            Next::CatchUp
+        } else {
+            Next::Idle
+        }
+    }
+
+    fn pause(self) -> Duration {
+        match self {
+            Next::Restart { .. } | Next::CatchUp => CHECKPOINT_BUSY,
+            Next::Idle => CHECKPOINT_IDLE,
+        }
+    }
 }
 
 async fn checkpoint(conn: &mut SqliteConnection) -> Result<Wal, sqlx::Error> {
@@ -475,5 +505,23 @@ mod tests {
         assert_eq!(rows_per_statement(INSERT_LOCK_STATE), MAX_BIND_PARAMS / 15);
         assert_eq!(rows_per_statement(INSERT_CONNECTIVITY), MAX_BIND_PARAMS / 4);
         assert_eq!(rows_per_statement(UPSERT_WINDOWS), MAX_BIND_PARAMS / 5);
+    }
+
+    #[test]
+    fn the_checkpointer_restarts_a_long_wal_catches_up_and_then_waits() {
+        let wal = |pages, copied| Next::after(Wal { pages, copied });
+        let over = WAL_RESTART_PAGES + 1;
+        // Past the bound: restart, whatever is copied already.
+        assert_eq!(wal(over, 0), Next::Restart { pages: over });
+        assert_eq!(wal(over, over), Next::Restart { pages: over });
+        // Within it: catch up while pages are left, else wait.
+        assert_eq!(wal(WAL_RESTART_PAGES, 10), Next::CatchUp);
+        assert_eq!(wal(WAL_RESTART_PAGES, WAL_RESTART_PAGES), Next::Idle);
+        assert_eq!(wal(0, 0), Next::Idle);
+        // SQLite answers -1 and -1 when the database is not in WAL mode.
+        assert_eq!(wal(-1, -1), Next::Idle);
+        assert_eq!(Next::Restart { pages: over }.pause(), CHECKPOINT_BUSY);
+        assert_eq!(Next::CatchUp.pause(), CHECKPOINT_BUSY);
+        assert_eq!(Next::Idle.pause(), CHECKPOINT_IDLE);
     }
 }
