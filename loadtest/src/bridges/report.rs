@@ -210,7 +210,7 @@ fn ratios(o: &mut String, ctx: &Context, results: &[RunResult]) {
 fn highest(o: &mut String, ctx: &Context, results: &[RunResult]) {
     let _ = writeln!(
         o,
-        "Highest offered rate sustained (≥ 95 % acknowledged in the steady window, p99 due-to-ack ≤ {:.0} ms, no error, nothing left unacknowledged, database check passed):\n",
+        "Highest offered rate sustained (≥ 95 % acknowledged in the steady window, p99 due-to-ack ≤ {:.0} ms, no error, nothing left unacknowledged, database check passed, every bridge connected when the window began):\n",
         ctx.p99_bound.as_secs_f64() * 1000.0
     );
     let best = super::plan::highest_sustained(&ctx.targets, results, ctx.p99_bound);

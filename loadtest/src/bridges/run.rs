@@ -168,6 +168,9 @@ pub struct RunResult {
     pub unacknowledged: usize,
     /// Bridges connected when the steady window began.
     pub connected_at_window: u64,
+    /// Bridges in the fleet.
+    #[serde(default)]
+    pub bridges: u64,
     /// The broker's CPU from its start to just before SIGTERM.
     pub server_cpu_s: f64,
     /// The broker's peak RSS (VmHWM).
@@ -191,7 +194,9 @@ impl RunResult {
     /// does: at least [`crate::cli::SUSTAINED_SHARE`] of the offered
     /// reports acknowledged per second in the steady window, p99 (due to
     /// acknowledged) within `p99_bound`, no error, nothing left
-    /// unacknowledged, and the database check passed.
+    /// unacknowledged, the database check passed, and every bridge was
+    /// connected when the steady window began (else the window measured
+    /// the fleet's logins, not the offered rate).
     pub fn unsustained(&self, p99_bound: Duration) -> Option<String> {
         let share = crate::cli::SUSTAINED_SHARE;
         let bound_ms = p99_bound.as_secs_f64() * 1000.0;
@@ -218,6 +223,12 @@ impl RunResult {
         }
         if self.db_check.is_some_and(|c| !c.passed()) {
             return Some("database check failed".into());
+        }
+        if self.connected_at_window < self.bridges {
+            return Some(format!(
+                "{} of {} bridges connected when the steady window began: give the fleet's logins more time with a longer --duration or --warmup-share",
+                self.connected_at_window, self.bridges
+            ));
         }
         None
     }
@@ -443,6 +454,7 @@ impl Measured {
             errors: r.stats.errors.clone(),
             unacknowledged: r.unacknowledged.len(),
             connected_at_window: self.connected_at_window,
+            bridges: setup.fleet.bridges.len() as u64,
             server_cpu_s: self.server_cpu.as_secs_f64(),
             server_rss_mib: self.server.peak_rss_bytes as f64 / MIB,
             sim_cpu_s: self.sim_cpu.as_secs_f64(),
@@ -488,6 +500,7 @@ pub(crate) mod tests {
             errors: BTreeMap::new(),
             unacknowledged: 0,
             connected_at_window: 10,
+            bridges: 10,
             server_cpu_s: 1.0,
             server_rss_mib: 10.0,
             sim_cpu_s: 1.0,
@@ -523,6 +536,13 @@ pub(crate) mod tests {
             ..DbCheck::default()
         });
         assert!(failing.unsustained(bound).unwrap().contains("database"));
+        failing.db_check = None;
+        failing.connected_at_window = 7;
+        let why = failing.unsustained(bound).unwrap();
+        assert!(
+            why.contains("7 of 10 bridges connected") && why.contains("--duration"),
+            "{why}"
+        );
         failing.ack_latency = None;
         assert!(failing.unsustained(bound).is_some());
     }
