@@ -96,30 +96,36 @@ pub async fn run(args: &JobsArgs, command_line: String) -> Result<String> {
     let mut checks = Vec::new();
     for n in 1..=args.runs {
         let db = FreshDatabase::create(engine, scratch.path(), &args.postgres_url, n).await?;
-        let cwd = scratch.path().join(format!("run_{n}"));
-        std::fs::create_dir_all(&cwd)
-            .map_err(|e| LoadtestError::io("create a run directory", e))?;
-        gateway::import(&bin, &cwd, &fleet_file, db.url()).await?;
-        let gw = Gateway::start(&bin, &cwd, db.url(), &[]).await?;
-        let password = gateway::LOADTEST_BACKEND_PASSWORD.to_string();
-        let mqtt = gw.listeners.mqtt;
-        let (c, job_ids) = drive(mqtt, password.trim(), &locks, args, Mode::Create, &[]).await?;
-        eprintln!(
-            "run {n}/{}: {:.0} job creations/s (p50 {:.1} ms, p99 {:.1} ms, {} refused)",
-            args.runs, c.per_s, c.p50_ms, c.p99_ms, c.refused
-        );
-        let (r, _) = drive(mqtt, password.trim(), &locks, args, Mode::Read, &job_ids).await?;
-        eprintln!(
-            "run {n}/{}: {:.0} get_job reads/s (p50 {:.1} ms, p99 {:.1} ms)",
-            args.runs, r.per_s, r.p50_ms, r.p99_ms
-        );
-        gw.stop().await?;
-        // With the gateway stopped: every creation answered `ok` is a job
-        // row, and there is no other.
-        let rows = database::column_i64(db.url(), "SELECT job_id FROM jobs").await?;
-        let check = JobCheck::of(&job_ids, &rows);
-        eprintln!("run {n}/{}: database check {}", args.runs, check.describe());
-        db.remove().await?;
+        // The database goes whatever happens in the run, errors included.
+        let run = async {
+            let cwd = scratch.path().join(format!("run_{n}"));
+            std::fs::create_dir_all(&cwd)
+                .map_err(|e| LoadtestError::io("create a run directory", e))?;
+            gateway::import(&bin, &cwd, &fleet_file, db.url()).await?;
+            let gw = Gateway::start(&bin, &cwd, db.url(), &[]).await?;
+            let password = gateway::LOADTEST_BACKEND_PASSWORD.to_string();
+            let mqtt = gw.listeners.mqtt;
+            let (c, job_ids) =
+                drive(mqtt, password.trim(), &locks, args, Mode::Create, &[]).await?;
+            eprintln!(
+                "run {n}/{}: {:.0} job creations/s (p50 {:.1} ms, p99 {:.1} ms, {} refused)",
+                args.runs, c.per_s, c.p50_ms, c.p99_ms, c.refused
+            );
+            let (r, _) = drive(mqtt, password.trim(), &locks, args, Mode::Read, &job_ids).await?;
+            eprintln!(
+                "run {n}/{}: {:.0} get_job reads/s (p50 {:.1} ms, p99 {:.1} ms)",
+                args.runs, r.per_s, r.p50_ms, r.p99_ms
+            );
+            gw.stop().await?;
+            // With the gateway stopped: every creation answered `ok` is a job
+            // row, and there is no other.
+            let rows = database::column_i64(db.url(), "SELECT job_id FROM jobs").await?;
+            let check = JobCheck::of(&job_ids, &rows);
+            eprintln!("run {n}/{}: database check {}", args.runs, check.describe());
+            Ok((c, r, check))
+        }
+        .await;
+        let (c, r, check) = db.remove_after(run).await?;
         checks.push(check);
         creates.push(c);
         reads.push(r);
