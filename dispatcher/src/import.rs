@@ -330,7 +330,7 @@ pub fn validate(
                 imei: (!imei.is_empty()).then(|| imei.to_string()),
                 bluetooth_id: row.bluetooth_id.clone(),
                 org: OrgId::new(&row.org),
-                departments: depts,
+                departments: depts.into(),
                 time_zone: row.time_zone.as_str().into(),
                 heartbeat_interval: hb,
                 activity_log_interval: log,
@@ -400,7 +400,7 @@ mod tests {
         .unwrap();
         assert_eq!(f.bridges.len(), 1);
         assert_eq!(f.locks.len(), 2);
-        assert_eq!(f.locks[0].departments, vec!["dept-1", "dept-2"]);
+        assert_eq!(f.locks[0].departments[..], ["dept-1", "dept-2"]);
         assert_eq!(f.locks[1].bridge.as_ref().unwrap().as_str(), "B1");
         assert_eq!(f.locks[1].path, ReportPath::Bridge);
     }

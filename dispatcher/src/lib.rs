@@ -31,5 +31,6 @@ pub mod telemetry;
 pub mod twofa;
 
 pub use registry::{
-    BridgeId, BridgeRecord, Interner, LockId, LockRecord, OrgId, Registry, ReportPath,
+    BridgeId, BridgeRecord, Interner, KnownIds, LockId, LockRecord, NoKnownIds, OrgId, Registry,
+    ReportPath,
 };

@@ -4,7 +4,7 @@
 
 use schemas::{ActivityLogInterval, HeartbeatInterval, LockModel};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -70,8 +70,11 @@ pub struct LockRecord {
     pub imei: Option<String>,
     pub bluetooth_id: String,
     pub org: OrgId,
-    /// Empty in a flat organisation.
-    pub departments: Vec<String>,
+    /// Empty in a flat organisation. Shared: an organisation has at most 20
+    /// departments, so a fleet has few distinct lists, and the registry
+    /// loader hands every lock with the same list the same allocation
+    /// ([`Interner::departments`]).
+    pub departments: Arc<[String]>,
     /// IANA name of the property's time zone. Shared: a fleet has few
     /// zones, and the registry loader hands every lock in one zone the same
     /// string ([`Interner`]).
@@ -90,21 +93,35 @@ pub struct BridgeRecord {
     pub org: OrgId,
 }
 
-/// Hands out one shared copy of each distinct string: the registry of a
-/// million locks holds a few hundred organisation ids and time zones, so
-/// loading gives equal values the same allocation instead of one each
-/// (about 70 bytes a lock).
+/// Hands out one shared copy of each distinct string or department list:
+/// the registry of a million locks holds a few hundred organisation ids,
+/// time zones and department lists, so loading gives equal values the same
+/// allocation instead of one each (about 70 bytes a lock for the strings,
+/// and about 130 for a lock's departments: a vector and a string each).
 #[derive(Debug, Default)]
-pub struct Interner(std::collections::HashSet<Arc<str>>);
+pub struct Interner {
+    strings: std::collections::HashSet<Arc<str>>,
+    lists: std::collections::HashSet<Arc<[String]>>,
+}
 
 impl Interner {
     /// The shared copy of `s`.
     pub fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(shared) = self.0.get(s) {
+        if let Some(shared) = self.strings.get(s) {
             return shared.clone();
         }
         let shared: Arc<str> = Arc::from(s);
-        self.0.insert(shared.clone());
+        self.strings.insert(shared.clone());
+        shared
+    }
+
+    /// The shared copy of a department list (in the order given).
+    pub fn departments(&mut self, list: &[String]) -> Arc<[String]> {
+        if let Some(shared) = self.lists.get(list) {
+            return shared.clone();
+        }
+        let shared: Arc<[String]> = Arc::from(list);
+        self.lists.insert(shared.clone());
         shared
     }
 
@@ -116,11 +133,98 @@ impl Interner {
 /// The guide: a bridge links at most 2 locks or devices.
 pub const MAX_LOCKS_PER_BRIDGE: usize = 2;
 
+/// Ids a loader can take instead of allocating its own: the registry and
+/// the key ring each hold every device's id, and a million devices' second
+/// copies would cost 32 bytes each. A loader asks by the id's text and
+/// takes the shared copy when there is one.
+pub trait KnownIds: Send + Sync {
+    fn lock_id(&self, id: &str) -> Option<LockId>;
+    fn bridge_id(&self, id: &str) -> Option<BridgeId>;
+}
+
+/// No ids known: every loaded id is a new allocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoKnownIds;
+
+impl KnownIds for NoKnownIds {
+    fn lock_id(&self, _: &str) -> Option<LockId> {
+        None
+    }
+    fn bridge_id(&self, _: &str) -> Option<BridgeId> {
+        None
+    }
+}
+
+impl KnownIds for Registry {
+    fn lock_id(&self, id: &str) -> Option<LockId> {
+        self.locks.get(id).map(|l| l.0.id.clone())
+    }
+    fn bridge_id(&self, id: &str) -> Option<BridgeId> {
+        self.bridges.get(id).map(|b| b.0.id.clone())
+    }
+}
+
+/// The registry a server shares between its tasks: each question takes the
+/// read lock for one look-up.
+impl KnownIds for std::sync::RwLock<Registry> {
+    fn lock_id(&self, id: &str) -> Option<LockId> {
+        self.read().unwrap_or_else(|e| e.into_inner()).lock_id(id)
+    }
+    fn bridge_id(&self, id: &str) -> Option<BridgeId> {
+        self.read().unwrap_or_else(|e| e.into_inner()).bridge_id(id)
+    }
+}
+
+/// A record in the registry's sets, found by its own id: a map would hold
+/// the id a second time as its key (16 bytes a slot, and a hash table of a
+/// million locks has two million slots).
+#[derive(Clone, Debug)]
+struct ById<T>(Arc<T>);
+
+/// A record with an id of its own.
+trait Keyed {
+    fn key(&self) -> &str;
+}
+
+impl Keyed for LockRecord {
+    fn key(&self) -> &str {
+        self.id.as_str()
+    }
+}
+
+impl Keyed for BridgeRecord {
+    fn key(&self) -> &str {
+        self.id.as_str()
+    }
+}
+
+// Hashed and compared as its id alone, like the `str` it borrows as, so the
+// set is searched with a `&str`.
+impl<T: Keyed> std::hash::Hash for ById<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.key().hash(state);
+    }
+}
+
+impl<T: Keyed> PartialEq for ById<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key() == other.0.key()
+    }
+}
+
+impl<T: Keyed> Eq for ById<T> {}
+
+impl<T: Keyed> std::borrow::Borrow<str> for ById<T> {
+    fn borrow(&self) -> &str {
+        self.0.key()
+    }
+}
+
 /// Every registered device, indexed for the ingest path.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
-    locks: HashMap<LockId, Arc<LockRecord>>,
-    bridges: HashMap<BridgeId, Arc<BridgeRecord>>,
+    locks: HashSet<ById<LockRecord>>,
+    bridges: HashSet<ById<BridgeRecord>>,
 }
 
 impl Registry {
@@ -129,23 +233,17 @@ impl Registry {
         bridges: impl IntoIterator<Item = BridgeRecord>,
     ) -> Self {
         Registry {
-            locks: locks
-                .into_iter()
-                .map(|l| (l.id.clone(), Arc::new(l)))
-                .collect(),
-            bridges: bridges
-                .into_iter()
-                .map(|b| (b.id.clone(), Arc::new(b)))
-                .collect(),
+            locks: locks.into_iter().map(|l| ById(Arc::new(l))).collect(),
+            bridges: bridges.into_iter().map(|b| ById(Arc::new(b))).collect(),
         }
     }
 
     pub fn lock(&self, id: &str) -> Option<&Arc<LockRecord>> {
-        self.locks.get(id)
+        self.locks.get(id).map(|l| &l.0)
     }
 
     pub fn bridge(&self, id: &str) -> Option<&Arc<BridgeRecord>> {
-        self.bridges.get(id)
+        self.bridges.get(id).map(|b| &b.0)
     }
 
     pub fn lock_count(&self) -> usize {
@@ -157,11 +255,11 @@ impl Registry {
     }
 
     pub fn locks(&self) -> impl Iterator<Item = &Arc<LockRecord>> {
-        self.locks.values()
+        self.locks.iter().map(|l| &l.0)
     }
 
     pub fn bridges(&self) -> impl Iterator<Item = &Arc<BridgeRecord>> {
-        self.bridges.values()
+        self.bridges.iter().map(|b| &b.0)
     }
 
     /// Add or replace records (after an import).
@@ -171,10 +269,10 @@ impl Registry {
         bridges: impl IntoIterator<Item = BridgeRecord>,
     ) {
         for l in locks {
-            self.locks.insert(l.id.clone(), Arc::new(l));
+            self.locks.replace(ById(Arc::new(l)));
         }
         for b in bridges {
-            self.bridges.insert(b.id.clone(), Arc::new(b));
+            self.bridges.replace(ById(Arc::new(b)));
         }
     }
 
@@ -187,17 +285,23 @@ impl Registry {
         ) else {
             return;
         };
-        if let Some(rec) = self.locks.get_mut(lock) {
-            let r = Arc::make_mut(rec);
+        self.edit(lock, |r| {
             r.heartbeat_interval = hb;
             r.activity_log_interval = log;
-        }
+        });
     }
 
     /// A lock linked to `bridge` (or unlinked: `None`).
     pub fn set_bridge(&mut self, lock: &str, bridge: Option<BridgeId>) {
-        if let Some(rec) = self.locks.get_mut(lock) {
-            Arc::make_mut(rec).bridge = bridge;
+        self.edit(lock, |r| r.bridge = bridge);
+    }
+
+    /// Change what `edit` changes of lock `id`'s record (never its id: the
+    /// set finds it by it), if the lock is registered.
+    fn edit(&mut self, id: &str, edit: impl FnOnce(&mut LockRecord)) {
+        if let Some(mut rec) = self.locks.take(id) {
+            edit(Arc::make_mut(&mut rec.0));
+            self.locks.insert(rec);
         }
     }
 
@@ -290,7 +394,7 @@ pub(crate) mod tests {
             imei: model.is_nb_iot().then(|| "490154203237518".to_string()),
             bluetooth_id: format!("{model}{id}"),
             org: OrgId::new("org-1"),
-            departments: vec!["dept-1".into()],
+            departments: vec!["dept-1".into()].into(),
             time_zone: "Asia/Singapore".into(),
             heartbeat_interval: HeartbeatInterval::DEFAULT,
             activity_log_interval: ActivityLogInterval::DEFAULT,
@@ -334,6 +438,48 @@ pub(crate) mod tests {
         let (o1, o2) = (shared.org("acme"), shared.org("acme"));
         assert!(Arc::ptr_eq(&o1.0, &o2.0));
         assert_eq!(o1, OrgId::new("acme"));
+        let (d1, d2) = (
+            shared.departments(&["a".into(), "b".into()]),
+            shared.departments(&["a".into(), "b".into()]),
+        );
+        assert!(Arc::ptr_eq(&d1, &d2));
+        assert!(!Arc::ptr_eq(
+            &d1,
+            &shared.departments(&["b".into(), "a".into()])
+        ));
+        assert_eq!(&d1[..], ["a", "b"]);
+    }
+
+    #[test]
+    fn a_known_id_is_the_registry_s_own_allocation() {
+        let r = registry();
+        let id = r.lock_id("L1").unwrap();
+        assert!(Arc::ptr_eq(&id.0, &r.lock("L1").unwrap().id.0));
+        let bridge = r.bridge_id("B1").unwrap();
+        assert!(Arc::ptr_eq(&bridge.0, &r.bridge("B1").unwrap().id.0));
+        assert_eq!((r.lock_id("L9"), r.bridge_id("L1")), (None, None));
+        let shared = std::sync::RwLock::new(r);
+        assert_eq!(KnownIds::lock_id(&shared, "L2"), Some(LockId::new("L2")));
+        assert_eq!(NoKnownIds.lock_id("L1"), None);
+    }
+
+    #[test]
+    fn a_changed_record_is_still_found_by_its_id() {
+        let mut r = registry();
+        r.set_intervals("L1", 2, 60);
+        r.set_bridge("L2", None);
+        r.set_bridge("L9", None);
+        let l1 = r.lock("L1").unwrap();
+        assert_eq!(l1.heartbeat_interval.hours(), 2);
+        assert_eq!(l1.activity_log_interval.minutes(), 60);
+        assert_eq!(r.lock("L2").unwrap().bridge, None);
+        assert_eq!((r.lock_count(), r.locks().count()), (2, 2));
+        r.upsert([lock("L1", LockModel::Inb1, None)], []);
+        assert_eq!(
+            r.lock("L1").unwrap().heartbeat_interval,
+            HeartbeatInterval::DEFAULT
+        );
+        assert_eq!(r.lock_count(), 2);
     }
 
     #[test]

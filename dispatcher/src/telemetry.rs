@@ -97,7 +97,7 @@ pub fn on_heartbeat(
     let mut events = vec![DashboardEvent::Heartbeat(HeartbeatEvent {
         event_id: event::event_id("heartbeat", &hb.lock_id, hb.seq),
         org: org.clone(),
-        departments: lock.departments.clone(),
+        departments: lock.departments.to_vec(),
         lock_id: hb.lock_id.clone(),
         model: lock.model,
         seq: hb.seq,
@@ -127,7 +127,7 @@ pub fn on_heartbeat(
         events.push(DashboardEvent::StateChanged(StateChangedEvent {
             event_id: event::event_id("state", &hb.lock_id, hb.seq),
             org: org.clone(),
-            departments: lock.departments.clone(),
+            departments: lock.departments.to_vec(),
             lock_id: hb.lock_id.clone(),
             seq: hb.seq,
             device_time: hb.device_time,
@@ -141,7 +141,7 @@ pub fn on_heartbeat(
         events.push(DashboardEvent::BatteryLow(BatteryLowEvent {
             event_id: event::event_id("battery-low", &hb.lock_id, hb.seq),
             org,
-            departments: lock.departments.clone(),
+            departments: lock.departments.to_vec(),
             lock_id: hb.lock_id.clone(),
             model: lock.model,
             seq: hb.seq,
@@ -177,7 +177,7 @@ pub fn on_activity(
     Some(DashboardEvent::Activity(ActivityEventBatch {
         event_id: event::event_id("activity", &batch.lock_id, batch.seq),
         org: lock.org.to_string(),
-        departments: lock.departments.clone(),
+        departments: lock.departments.to_vec(),
         lock_id: batch.lock_id.clone(),
         seq: batch.seq,
         received_at_ms: origin.received_at_ms,

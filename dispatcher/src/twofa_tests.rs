@@ -381,7 +381,7 @@ fn lock(model: LockModel, zone: &str) -> LockRecord {
         imei: None,
         bluetooth_id: "b".into(),
         org: OrgId::new("acme"),
-        departments: vec!["d1".into()],
+        departments: vec!["d1".into()].into(),
         time_zone: zone.into(),
         heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
         activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),

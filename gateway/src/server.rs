@@ -100,7 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let registry = Arc::new(RwLock::new(registry));
     let ring = Arc::new(KeyRing::new());
     let loaded = ring
-        .load(&store, &server_key)
+        .load(&store, &server_key, registry.clone())
         .await
         .context("loading device keys")?;
     if let Some(e) = loaded.wrong_server_key() {
@@ -353,7 +353,9 @@ struct Devices {
 impl Devices {
     /// Reload both; `Err` leaves what failed as it was (the next tick retries).
     async fn reload(&self, store: &Store) -> Result<(), crate::store::StoreError> {
-        let r = store.load_registry().await?;
+        // Ids are taken from the registry being replaced, then the ring's
+        // new entries take them from the new one: one copy per device.
+        let r = store.reload_registry(&*self.registry).await?;
         metrics::devices_registered("lock", r.lock_count());
         metrics::devices_registered("bridge", r.bridge_count());
         tracing::info!(
@@ -362,7 +364,10 @@ impl Devices {
             "device registry reloaded after a change"
         );
         *self.registry.write().unwrap_or_else(|e| e.into_inner()) = r;
-        let loaded = self.ring.load(store, &self.server_key).await?;
+        let loaded = self
+            .ring
+            .load(store, &self.server_key, self.registry.clone())
+            .await?;
         log_key_load(&loaded, "device keys reloaded after a change");
         Ok(())
     }
@@ -533,7 +538,7 @@ fn spawn_overdue_watch(
                                 schemas::event::event_id("returned", &c.lock_id, c.last_heard_ms)
                             },
                             org: lock.org.to_string(),
-                            departments: lock.departments.clone(),
+                            departments: lock.departments.to_vec(),
                             lock_id: c.lock_id.clone(),
                             overdue: is_overdue,
                             due_ms: is_overdue.then_some(due),

@@ -36,7 +36,7 @@ fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRecord {
         imei: model.is_nb_iot().then(|| "490154203237518".into()),
         bluetooth_id: format!("{model}{id}"),
         org: OrgId::new("org-1"),
-        departments: vec![],
+        departments: vec![].into(),
         time_zone: "Asia/Singapore".into(),
         heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
         activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),

@@ -147,7 +147,7 @@ impl Run {
                     imei: Some("490154203237518".into()),
                     bluetooth_id: format!("INB1{id}"),
                     org: OrgId::new(&self.org),
-                    departments: vec!["dept-1".into()],
+                    departments: vec!["dept-1".into()].into(),
                     time_zone: "Asia/Singapore".into(),
                     heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
                     activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),

@@ -58,7 +58,7 @@ fn fleet() -> ParsedFleet {
             imei: Some("490154203237518".into()),
             bluetooth_id: "INB1L1".into(),
             org: OrgId::new("org-1"),
-            departments: vec!["dept-1".into()],
+            departments: vec!["dept-1".into()].into(),
             time_zone: "Asia/Singapore".into(),
             heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
             activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),

@@ -26,7 +26,7 @@ fn fleet() -> ParsedFleet {
         imei: Some("490154203237518".into()),
         bluetooth_id: format!("IGB1{id}"),
         org: OrgId::new(ORG),
-        departments: vec![],
+        departments: vec![].into(),
         time_zone: "Asia/Singapore".into(),
         heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
         activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),

@@ -21,7 +21,7 @@ fn fleet() -> ParsedFleet {
         imei: None,
         bluetooth_id: format!("SP2E{id}"),
         org: OrgId::new(ORG),
-        departments: vec![],
+        departments: vec![].into(),
         time_zone: "Asia/Singapore".into(),
         heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
         activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),

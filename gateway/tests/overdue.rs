@@ -23,7 +23,7 @@ fn fleet() -> ParsedFleet {
         imei: Some("490154203237518".into()),
         bluetooth_id: format!("IGB1{id}"),
         org: OrgId::new(ORG),
-        departments: vec!["d1".into()],
+        departments: vec!["d1".into()].into(),
         time_zone: "Asia/Singapore".into(),
         heartbeat_interval: HeartbeatInterval::from_hours(1).unwrap(),
         activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),

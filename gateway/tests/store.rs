@@ -77,7 +77,7 @@ fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRecord {
         imei: model.is_nb_iot().then(|| "490154203237518".to_string()),
         bluetooth_id: format!("{model}{id}"),
         org: OrgId::new("org-1"),
-        departments: vec!["dept-1".into(), "dept-2".into()],
+        departments: vec!["dept-1".into(), "dept-2".into()].into(),
         time_zone: "Asia/Singapore".into(),
         heartbeat_interval: HeartbeatInterval::DEFAULT,
         activity_log_interval: ActivityLogInterval::DEFAULT,
@@ -101,7 +101,7 @@ fn bridge(id: &str) -> BridgeRecord {
 /// MQTT with non-default intervals); bridges B1 and B2.
 fn fleet() -> ParsedFleet {
     let mut l2 = lock("L2", LockModel::Sp2e, Some("B1"));
-    l2.departments = vec![];
+    l2.departments = vec![].into();
     let mut l3 = lock("L3", LockModel::Inb1TwoFactor, None);
     l3.path = ReportPath::Mqtt;
     l3.heartbeat_interval = HeartbeatInterval::from_hours(2).unwrap();
@@ -197,7 +197,7 @@ async fn reimport_updates_fields_and_counts_updates(url: String) {
 
     let mut f = fleet();
     f.locks[0].heartbeat_interval = HeartbeatInterval::from_hours(5).unwrap();
-    f.locks[0].departments = vec!["dept-9".into()];
+    f.locks[0].departments = vec!["dept-9".into()].into();
     // L2 moves from B1 to B2.
     f.locks[1].bridge = Some(BridgeId::new("B2"));
     f.locks.push(lock("L4", LockModel::Inb1, None));

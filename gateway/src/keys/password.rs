@@ -7,6 +7,7 @@
 //! The dashboard backend's password is chosen by a person: it gets OWASP's
 //! recommended cost.
 
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
@@ -41,6 +42,92 @@ pub fn verify(password: &str, phc: &str) -> bool {
         .is_ok()
 }
 
+/// A stored password hash as the key ring holds it. A device's hash is a
+/// 96-character Argon2id PHC string: as text, a 112-byte heap block and a
+/// pointer for each of a million devices; as its parts, 60 bytes inline.
+/// Any string that is not of that shape (another algorithm, salt or output
+/// length) is kept as text. Either way [`StoredHash::to_phc`] gives back
+/// exactly the stored string: a hash is only held in parts when its parts
+/// write it again character for character.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoredHash {
+    Argon2id {
+        memory_kib: u32,
+        passes: u32,
+        lanes: u32,
+        salt: [u8; SALT_LEN],
+        output: [u8; OUTPUT_LEN],
+    },
+    Phc(Box<str>),
+}
+
+/// Bytes of Argon2 output `hash` writes (argon2's default).
+const OUTPUT_LEN: usize = 32;
+
+impl StoredHash {
+    pub fn new(phc: &str) -> StoredHash {
+        Self::in_parts(phc)
+            .filter(|parts| parts.to_phc() == phc)
+            .unwrap_or_else(|| StoredHash::Phc(phc.into()))
+    }
+
+    fn in_parts(phc: &str) -> Option<StoredHash> {
+        let h = PasswordHash::new(phc).ok()?;
+        if h.algorithm != Algorithm::Argon2id.ident()
+            || h.version != Some(Version::V0x13.into())
+            || h.params.iter().count() != 3
+        {
+            return None;
+        }
+        Some(StoredHash::Argon2id {
+            memory_kib: h.params.get_decimal("m")?,
+            passes: h.params.get_decimal("t")?,
+            lanes: h.params.get_decimal("p")?,
+            salt: h.salt?.as_ref().try_into().ok()?,
+            output: h.hash?.as_bytes().try_into().ok()?,
+        })
+    }
+
+    /// The PHC string, as stored.
+    pub fn to_phc(&self) -> String {
+        match self {
+            StoredHash::Phc(phc) => phc.to_string(),
+            StoredHash::Argon2id {
+                memory_kib,
+                passes,
+                lanes,
+                salt,
+                output,
+            } => {
+                let mut params = ParamsString::new();
+                // Infallible: three short names and numbers fit the buffer.
+                for (name, value) in [("m", memory_kib), ("t", passes), ("p", lanes)] {
+                    params
+                        .add_decimal(name, *value)
+                        .expect("three Argon2 parameters fit a PHC parameter string");
+                }
+                PasswordHash {
+                    algorithm: Algorithm::Argon2id.ident(),
+                    version: Some(Version::V0x13.into()),
+                    params,
+                    salt: Salt::new(salt).ok(),
+                    hash: Output::new(output).ok(),
+                }
+                .to_string()
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for StoredHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoredHash::Argon2id { .. } => f.write_str("StoredHash::Argon2id(..)"),
+            StoredHash::Phc(_) => f.write_str("StoredHash::Phc(..)"),
+        }
+    }
+}
+
 /// Whether `phc` is an Argon2id PHC string this module can verify against.
 pub fn is_argon2id_phc(phc: &str) -> bool {
     argon2::password_hash::phc::PasswordHash::new(phc)
@@ -62,5 +149,31 @@ mod tests {
         assert!(hash("x", OPERATOR_COST).contains("m=19456,t=2"));
         assert!(is_argon2id_phc(&h));
         assert!(!is_argon2id_phc("hunter2"));
+    }
+
+    #[test]
+    fn a_stored_hash_gives_back_the_exact_string_in_parts_or_as_text() {
+        for cost in [DEVICE_COST, OPERATOR_COST] {
+            let phc = hash("correct horse", cost);
+            let held = StoredHash::new(&phc);
+            assert!(matches!(held, StoredHash::Argon2id { .. }), "{phc}");
+            assert_eq!(held.to_phc(), phc);
+            assert!(verify("correct horse", &held.to_phc()));
+        }
+        // Not of the device shape: kept as text, given back unchanged.
+        let argon2i = "$argon2i$v=19$m=1024,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
+        let short_salt =
+            "$argon2id$v=19$m=1024,t=1,p=1$c29tZXNhbHQ$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
+        let keyed = "$argon2id$v=19$m=1024,t=1,p=1,keyid=AAAA$c29tZXNhbHRzb21lc2FsdA$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
+        for phc in [argon2i, short_salt, keyed, "not a phc string"] {
+            let held = StoredHash::new(phc);
+            assert!(matches!(held, StoredHash::Phc(_)), "{phc}");
+            assert_eq!(held.to_phc(), phc);
+        }
+        assert!(std::mem::size_of::<StoredHash>() <= 64);
+        assert_eq!(
+            format!("{:?}", StoredHash::new(argon2i)),
+            "StoredHash::Phc(..)"
+        );
     }
 }

@@ -34,14 +34,16 @@
 //! only the keys changed since the last version is the next step past a
 //! million devices.
 
+use crate::keys::password::StoredHash;
 use crate::keys::{ServerKey, ServerKeyError};
 use crate::metrics;
 use crate::store::keys::{KeyWithWindow, StoredKey};
 use crate::store::{KeyStamp, Store, StoreError, StoredWindow};
 use dispatcher::keys::DeviceRef;
+use dispatcher::KnownIds;
 use lockfleet_oscore::{Params, Replay, ReplayWindow, SecurityContext};
 use schemas::security::{DEVICE_OSCORE_ID, SERVER_OSCORE_ID};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -58,7 +60,7 @@ pub struct DeviceKey {
     stamp: KeyStamp,
     context: SecurityContext,
     /// The Argon2id hash of the device's MQTT password, for MQTT logins.
-    mqtt_password_hash: Box<str>,
+    mqtt_password_hash: StoredHash,
     /// Sequence numbers a commit accepted (see the module doc). Held only
     /// for a check or an accept, never across an `.await`.
     window: Mutex<ReplayWindow>,
@@ -110,7 +112,7 @@ impl DeviceKey {
                 wrap_nonce,
             },
             context,
-            mqtt_password_hash: stored.mqtt_password_hash.as_str().into(),
+            mqtt_password_hash: StoredHash::new(&stored.mqtt_password_hash),
             window: Mutex::new(window),
         })
     }
@@ -129,8 +131,9 @@ impl DeviceKey {
         &self.context
     }
 
-    pub fn mqtt_password_hash(&self) -> &str {
-        &self.mqtt_password_hash
+    /// The stored PHC string of the device's MQTT password hash.
+    pub fn mqtt_password_hash(&self) -> String {
+        self.mqtt_password_hash.to_phc()
     }
 
     /// The fast replay check (RFC 8613 §7.4), before decrypting: refuses a
@@ -191,7 +194,35 @@ impl LoadReport {
     }
 }
 
-type Map = HashMap<DeviceRef, Arc<DeviceKey>>;
+/// A key in the ring's set, found by its own device: a map would hold the
+/// device a second time as its key (24 bytes a slot, and the table of a
+/// million devices has two million slots).
+#[derive(Clone)]
+struct Entry(Arc<DeviceKey>);
+
+// Hashed and compared as its device alone, like the `DeviceRef` it borrows
+// as, so the set is searched with a `&DeviceRef`.
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.device.hash(state);
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.device == other.0.device
+    }
+}
+
+impl Eq for Entry {}
+
+impl std::borrow::Borrow<DeviceRef> for Entry {
+    fn borrow(&self) -> &DeviceRef {
+        &self.0.device
+    }
+}
+
+type Map = HashSet<Entry>;
 
 /// Every registered device's context. Cheap to share behind an `Arc`.
 #[derive(Default)]
@@ -232,7 +263,7 @@ impl KeyRing {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(device)
-            .cloned()
+            .map(|e| e.0.clone())
     }
 
     /// The key of the device an ID Context names (`lk/{lock}`, `br/{bridge}`).
@@ -242,14 +273,16 @@ impl KeyRing {
 
     /// (Re)load from the store: every stored key and replay window. A
     /// database error leaves the ring as it was. Exports the ring's gauges
-    /// and the load's duration.
+    /// and the load's duration. A new entry takes its device's id from
+    /// `ids` (the registry) when it is there, instead of a copy of its own.
     pub async fn load(
         &self,
         store: &Store,
         server_key: &ServerKey,
+        ids: Arc<dyn KnownIds>,
     ) -> Result<LoadReport, StoreError> {
         let started = Instant::now();
-        match self.build_paged(store, server_key).await {
+        match self.build_paged(store, server_key, ids).await {
             Ok((map, report)) => {
                 self.swap(map);
                 metrics::keyring_loaded(started.elapsed(), report.contexts, report.unusable);
@@ -268,8 +301,9 @@ impl KeyRing {
         &self,
         store: &Store,
         server_key: &ServerKey,
+        ids: Arc<dyn KnownIds>,
     ) -> Result<(Map, LoadReport), StoreError> {
-        let mut builder = Builder::new(self.snapshot(), server_key.clone());
+        let mut builder = Builder::new(self.snapshot(), server_key.clone(), ids);
         let mut after: Option<DeviceRef> = None;
         loop {
             let page = store.load_keys_page(after.as_ref(), KEY_PAGE_ROWS).await?;
@@ -326,7 +360,11 @@ fn build(
 ) -> (Map, LoadReport) {
     let mut windows: HashMap<DeviceRef, StoredWindow> =
         windows.into_iter().map(|w| (w.device.clone(), w)).collect();
-    let mut builder = Builder::new(current.clone(), server_key.clone());
+    let mut builder = Builder::new(
+        current.clone(),
+        server_key.clone(),
+        Arc::new(dispatcher::NoKnownIds),
+    );
     builder.add(keys.into_iter().map(|stored| {
         let window = windows
             .remove(&stored.device)
@@ -340,39 +378,51 @@ fn build(
 struct Builder {
     current: Arc<Map>,
     server_key: ServerKey,
+    ids: Arc<dyn KnownIds>,
     map: Map,
     report: LoadReport,
 }
 
 impl Builder {
-    fn new(current: Arc<Map>, server_key: ServerKey) -> Builder {
+    fn new(current: Arc<Map>, server_key: ServerKey, ids: Arc<dyn KnownIds>) -> Builder {
         Builder {
             map: Map::with_capacity(current.len()),
             current,
             server_key,
+            ids,
             report: LoadReport::default(),
         }
+    }
+
+    /// `device` with the id `ids` holds for it, if it holds one.
+    fn shared(&self, device: DeviceRef) -> DeviceRef {
+        let known = match &device {
+            DeviceRef::Lock(l) => self.ids.lock_id(l.as_str()).map(DeviceRef::Lock),
+            DeviceRef::Bridge(b) => self.ids.bridge_id(b.as_str()).map(DeviceRef::Bridge),
+        };
+        known.unwrap_or(device)
     }
 
     /// Keeps or derives each key; a window of another generation is
     /// ignored (the key was rotated since).
     fn add(&mut self, keys: impl IntoIterator<Item = KeyWithWindow>) {
-        for (stored, window) in keys {
-            let unchanged = self.current.get(&stored.device).filter(|k| {
+        for (mut stored, window) in keys {
+            let unchanged = self.current.get(&stored.device).filter(|Entry(k)| {
                 k.stamp.generation == stored.generation
                     && k.stamp.wrap_nonce[..] == stored.wrapped.nonce
             });
             if let Some(kept) = unchanged {
-                self.map.insert(stored.device.clone(), kept.clone());
+                self.map.insert(kept.clone());
                 self.report.kept += 1;
                 continue;
             }
             let window = window
                 .filter(|(generation, _)| *generation == stored.generation)
                 .map_or_else(ReplayWindow::new, |(_, w)| w);
+            stored.device = self.shared(stored.device);
             match DeviceKey::derive(&stored, &self.server_key, window) {
                 Ok(key) => {
-                    self.map.insert(stored.device, Arc::new(key));
+                    self.map.insert(Entry(Arc::new(key)));
                     self.report.derived += 1;
                 }
                 Err(e) => {
@@ -392,8 +442,8 @@ impl Builder {
         let map = &self.map;
         self.report.removed = self
             .current
-            .keys()
-            .filter(|d| !map.contains_key(*d))
+            .iter()
+            .filter(|e| !map.contains(&e.0.device))
             .count();
         self.report.contexts = self.map.len();
         (self.map, self.report)
@@ -548,10 +598,51 @@ mod tests {
             .is_some_and(|e| e.contains(other.id())));
     }
 
+    /// Ids a registry would hold: one lock's.
+    struct OneId(LockId);
+
+    impl KnownIds for OneId {
+        fn lock_id(&self, id: &str) -> Option<LockId> {
+            (self.0.as_str() == id).then(|| self.0.clone())
+        }
+        fn bridge_id(&self, _: &str) -> Option<BridgeId> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_new_entry_takes_its_device_id_from_the_registry_and_a_kept_one_keeps_it() {
+        let held = LockId::new("L1");
+        let ids: Arc<dyn KnownIds> = Arc::new(OneId(held.clone()));
+        let same_allocation =
+            |map: &Map, device: &DeviceRef| match &map.get(device).unwrap().0.device {
+                DeviceRef::Lock(l) => Arc::ptr_eq(&l.0, &held.0),
+                DeviceRef::Bridge(_) => false,
+            };
+        let (l1, l2) = (lock("L1"), lock("L2"));
+        let key1 = stored(&l1, 1);
+        let mut first = Builder::new(Arc::default(), server_key(), ids.clone());
+        first.add([(key1.clone(), None), (stored(&l2, 1), None)]);
+        let (map, report) = first.finish();
+        assert_eq!((report.derived, report.contexts), (2, 2));
+        assert!(same_allocation(&map, &l1));
+        assert_eq!(map.get(&l2).unwrap().0.device, l2);
+        // A reload keeps the unchanged entry, allocation and all.
+        let mut again = Builder::new(
+            Arc::new(map),
+            server_key(),
+            Arc::new(dispatcher::NoKnownIds),
+        );
+        again.add([(key1, None)]);
+        let (map, report) = again.finish();
+        assert_eq!((report.kept, report.removed, report.contexts), (1, 1, 1));
+        assert!(same_allocation(&map, &l1));
+    }
+
     #[test]
     fn a_device_key_stays_small() {
         assert!(
-            std::mem::size_of::<DeviceKey>() <= 208,
+            std::mem::size_of::<DeviceKey>() <= 216,
             "DeviceKey is {} bytes: update the memory figure in the docs",
             std::mem::size_of::<DeviceKey>()
         );

@@ -8,7 +8,9 @@ use super::{Audit, ImportSummary, Purged, Store, StoreError, POSTGRES, SQLITE};
 use crate::keys::ServerKey;
 use dispatcher::import::ParsedFleet;
 use dispatcher::telemetry::LatestState;
-use dispatcher::{BridgeId, BridgeRecord, Interner, LockId, LockRecord, Registry, ReportPath};
+use dispatcher::{
+    BridgeId, BridgeRecord, Interner, KnownIds, LockId, LockRecord, Registry, ReportPath,
+};
 use schemas::{ActivityLogInterval, Battery, HeartbeatInterval, LockModel};
 use sqlx::{Postgres, QueryBuilder, Sqlite, Transaction};
 use std::collections::HashMap;
@@ -218,11 +220,15 @@ type LockColumns = (
     String,
 );
 
-pub(super) async fn load_registry(store: &Store) -> Result<Registry, StoreError> {
+pub(super) async fn load_registry(
+    store: &Store,
+    known: &dyn KnownIds,
+) -> Result<Registry, StoreError> {
     let mut bridges = Vec::new();
     let mut locks = Vec::new();
-    // Organisation ids and time zones repeat across the fleet: one shared
-    // copy each (see `Interner`).
+    // Organisation ids, time zones and department lists repeat across the
+    // fleet: one shared copy each (see `Interner`). Device ids `known`
+    // holds are taken from it, so a reload does not copy them again.
     let mut shared = Interner::default();
     on_pool!(store, |pool, engine| {
         let err = |e| StoreError::from_sqlx(engine, "loading the registry", e);
@@ -240,7 +246,7 @@ pub(super) async fn load_registry(store: &Store) -> Result<Registry, StoreError>
             after = last.0.clone();
             let full = page.len() as i64 == LOAD_PAGE_ROWS;
             bridges.extend(page.into_iter().map(|(id, org)| BridgeRecord {
-                id: BridgeId::new(&id),
+                id: bridge_id(&id, known, &mut shared),
                 org: shared.org(&org),
             }));
             if !full {
@@ -262,7 +268,7 @@ pub(super) async fn load_registry(store: &Store) -> Result<Registry, StoreError>
             after = last.0.clone();
             let full = page.len() as i64 == LOAD_PAGE_ROWS;
             for cols in page {
-                locks.push(lock_record(cols, &mut shared)?);
+                locks.push(lock_record(cols, known, &mut shared)?);
             }
             if !full {
                 break;
@@ -272,7 +278,19 @@ pub(super) async fn load_registry(store: &Store) -> Result<Registry, StoreError>
     Ok(Registry::new(locks, bridges))
 }
 
-fn lock_record(c: LockColumns, shared: &mut Interner) -> Result<LockRecord, StoreError> {
+/// Bridge `id`, shared with `known` or, within one load, between the bridge's
+/// record and its locks' records.
+fn bridge_id(id: &str, known: &dyn KnownIds, shared: &mut Interner) -> BridgeId {
+    known
+        .bridge_id(id)
+        .unwrap_or_else(|| BridgeId(shared.get(id)))
+}
+
+fn lock_record(
+    c: LockColumns,
+    known: &dyn KnownIds,
+    shared: &mut Interner,
+) -> Result<LockRecord, StoreError> {
     let (id, model, imei, bluetooth_id, org, departments, time_zone, hb, log, bridge, transport) =
         c;
     let bad = |detail: String| StoreError::corrupt("locks", &id, detail);
@@ -290,20 +308,22 @@ fn lock_record(c: LockColumns, shared: &mut Interner) -> Result<LockRecord, Stor
         })?;
     let path: ReportPath = codes::parse(&transport).map_err(|e| bad(format!("transport: {e}")))?;
     Ok(LockRecord {
-        id: LockId::new(&id),
+        id: known.lock_id(&id).unwrap_or_else(|| LockId::new(&id)),
         model,
         imei,
         bluetooth_id,
         org: shared.org(&org),
-        departments: departments
-            .split(';')
-            .filter(|d| !d.is_empty())
-            .map(String::from)
-            .collect(),
+        departments: shared.departments(
+            &departments
+                .split(';')
+                .filter(|d| !d.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        ),
         time_zone: shared.get(&time_zone),
         heartbeat_interval: hb,
         activity_log_interval: log,
-        bridge: bridge.as_deref().map(BridgeId::new),
+        bridge: bridge.as_deref().map(|b| bridge_id(b, known, shared)),
         path,
     })
 }

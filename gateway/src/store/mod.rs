@@ -37,7 +37,7 @@ pub use error::StoreError;
 pub use replay::{KeyStamp, ProtectionRefusal, ProtectionRow, StoredWindow};
 
 use dispatcher::telemetry::LatestState;
-use dispatcher::{BridgeId, LockId, Registry};
+use dispatcher::{BridgeId, KnownIds, LockId, Registry};
 use schemas::event::{ConnectivityCause, Transport};
 use std::collections::HashMap;
 use std::fmt;
@@ -314,7 +314,13 @@ impl Store {
 
     /// Every registered lock and bridge.
     pub async fn load_registry(&self) -> Result<Registry, StoreError> {
-        common::load_registry(self).await
+        common::load_registry(self, &dispatcher::NoKnownIds).await
+    }
+
+    /// Every registered lock and bridge, taking the ids `known` holds (the
+    /// registry being replaced) instead of copying them again.
+    pub async fn reload_registry(&self, known: &dyn KnownIds) -> Result<Registry, StoreError> {
+        common::load_registry(self, known).await
     }
 
     /// Newest state per lock (for change detection and presence after a restart).

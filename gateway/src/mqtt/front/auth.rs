@@ -138,7 +138,7 @@ impl Accounts for GatewayAccounts {
                 if let Some(key) = self.ring.get(&device) {
                     found.push(Account {
                         identity: Identity::Device(device),
-                        password_hash: key.mqtt_password_hash().to_string(),
+                        password_hash: key.mqtt_password_hash(),
                     });
                 }
             }
