@@ -4,7 +4,8 @@
 
 use crate::keys::{DeviceRef, MasterSecret};
 use crate::registry::{
-    BridgeId, BridgeRecord, LockId, LockRecord, OrgId, Registry, ReportPath, MAX_LOCKS_PER_BRIDGE,
+    BridgeId, BridgeRecord, LockId, LockRecord, LockRegistration, OrgId, Registry, ReportPath,
+    MAX_LOCKS_PER_BRIDGE,
 };
 use schemas::device::valid_id;
 use schemas::fleet::FleetRow;
@@ -65,7 +66,7 @@ fn format_errors(errors: &[RowError]) -> String {
 /// A validated fleet file, ready to be stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParsedFleet {
-    pub locks: Vec<LockRecord>,
+    pub locks: Vec<LockRegistration>,
     pub bridges: Vec<BridgeRecord>,
     /// The pairing secrets the file gave (`master_secret`). A new device
     /// without one gets a generated secret at registration; an existing
@@ -324,18 +325,20 @@ pub fn validate(
             fail("departments", format!("organisation {:?} would have {} departments; the limit is {MAX_DEPARTMENTS_PER_ORG}", row.org, org_depts.len()));
         }
         if let (true, Some(model), Some(hb), Some(log), Some(path)) = (ok, model, hb, log, path) {
-            locks.push(LockRecord {
-                id: LockId::new(&row.id),
-                model,
+            locks.push(LockRegistration {
+                record: LockRecord {
+                    id: LockId::new(&row.id),
+                    model,
+                    org: OrgId::new(&row.org),
+                    departments: depts.into(),
+                    time_zone: row.time_zone.as_str().into(),
+                    heartbeat_interval: hb,
+                    activity_log_interval: log,
+                    bridge: bridge.map(|b| BridgeId::new(&b)),
+                    path,
+                },
                 imei: (!imei.is_empty()).then(|| imei.to_string()),
                 bluetooth_id: row.bluetooth_id.clone(),
-                org: OrgId::new(&row.org),
-                departments: depts.into(),
-                time_zone: row.time_zone.as_str().into(),
-                heartbeat_interval: hb,
-                activity_log_interval: log,
-                bridge: bridge.map(|b| BridgeId::new(&b)),
-                path,
             });
         }
     }
@@ -400,9 +403,9 @@ mod tests {
         .unwrap();
         assert_eq!(f.bridges.len(), 1);
         assert_eq!(f.locks.len(), 2);
-        assert_eq!(f.locks[0].departments[..], ["dept-1", "dept-2"]);
-        assert_eq!(f.locks[1].bridge.as_ref().unwrap().as_str(), "B1");
-        assert_eq!(f.locks[1].path, ReportPath::Bridge);
+        assert_eq!(f.locks[0].record.departments[..], ["dept-1", "dept-2"]);
+        assert_eq!(f.locks[1].record.bridge.as_ref().unwrap().as_str(), "B1");
+        assert_eq!(f.locks[1].record.path, ReportPath::Bridge);
     }
 
     #[test]

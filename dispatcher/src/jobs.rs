@@ -617,8 +617,6 @@ mod tests {
         LockRecord {
             id: LockId::new("L1"),
             model: LockModel::Inb1,
-            imei: None,
-            bluetooth_id: "bt".into(),
             org: OrgId::new("acme"),
             departments: departments.iter().map(|d| d.to_string()).collect(),
             time_zone: "UTC".into(),

@@ -31,6 +31,6 @@ pub mod telemetry;
 pub mod twofa;
 
 pub use registry::{
-    BridgeId, BridgeRecord, Interner, KnownIds, LockId, LockRecord, NoKnownIds, OrgId, Registry,
-    ReportPath,
+    BridgeId, BridgeRecord, Interner, KnownIds, LockId, LockRecord, LockRegistration, NoKnownIds,
+    OrgId, Registry, ReportPath,
 };

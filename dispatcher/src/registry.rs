@@ -61,14 +61,14 @@ impl ReportPath {
     }
 }
 
-/// A registered lock.
+/// A registered lock: what the gateway holds in memory for every lock and
+/// reads on every report. What only the database keeps (the IMEI, the
+/// Bluetooth id) is in [`LockRegistration`]; a million records are a
+/// million times each field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {
     pub id: LockId,
     pub model: LockModel,
-    /// 15 digits, NB-IoT models only.
-    pub imei: Option<String>,
-    pub bluetooth_id: String,
     pub org: OrgId,
     /// Empty in a flat organisation. Shared: an organisation has at most 20
     /// departments, so a fleet has few distinct lists, and the registry
@@ -84,6 +84,18 @@ pub struct LockRecord {
     pub activity_log_interval: ActivityLogInterval,
     pub bridge: Option<BridgeId>,
     pub path: ReportPath,
+}
+
+/// A lock as a fleet file registers it: its record, and the identifiers
+/// the database keeps for the dashboard but nothing on the report path
+/// reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRegistration {
+    #[serde(flatten)]
+    pub record: LockRecord,
+    /// 15 digits, NB-IoT models only.
+    pub imei: Option<String>,
+    pub bluetooth_id: String,
 }
 
 /// A registered bridge.
@@ -391,8 +403,6 @@ pub(crate) mod tests {
         LockRecord {
             id: LockId::new(id),
             model,
-            imei: model.is_nb_iot().then(|| "490154203237518".to_string()),
-            bluetooth_id: format!("{model}{id}"),
             org: OrgId::new("org-1"),
             departments: vec!["dept-1".into()].into(),
             time_zone: "Asia/Singapore".into(),

@@ -378,8 +378,6 @@ fn lock(model: LockModel, zone: &str) -> LockRecord {
     LockRecord {
         id: LockId::new("L1"),
         model,
-        imei: None,
-        bluetooth_id: "b".into(),
         org: OrgId::new("acme"),
         departments: vec!["d1".into()].into(),
         time_zone: zone.into(),

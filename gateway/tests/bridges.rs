@@ -161,13 +161,13 @@ async fn jobs_go_through_bridges(engine: Engine) {
     let bridged = parsed
         .locks
         .iter()
-        .find(|l| l.bridge.is_some() && l.departments.len() <= 1)
+        .find(|l| l.record.bridge.is_some() && l.record.departments.len() <= 1)
         .expect("the fleet has a bridged lock in one department")
         .clone();
     let lone = parsed
         .locks
         .iter()
-        .find(|l| l.bridge.is_none())
+        .find(|l| l.record.bridge.is_none())
         .expect("the fleet has a lock without a bridge")
         .clone();
     // A second bridge with a lock, left out of the simulation.
@@ -175,15 +175,16 @@ async fn jobs_go_through_bridges(engine: Engine) {
         .locks
         .iter()
         .find(|l| {
-            l.bridge
+            l.record
+                .bridge
                 .as_ref()
-                .is_some_and(|b| Some(b) != bridged.bridge.as_ref())
+                .is_some_and(|b| Some(b) != bridged.record.bridge.as_ref())
         })
         .expect("the fleet has a second bridge with a lock")
         .clone();
-    let silent_lock = silent_lock_rec.id.to_string();
-    let silent_dept = silent_lock_rec.departments.first().cloned();
-    let silent_id = silent_lock_rec.bridge.as_ref().unwrap().to_string();
+    let silent_lock = silent_lock_rec.record.id.to_string();
+    let silent_dept = silent_lock_rec.record.departments.first().cloned();
+    let silent_id = silent_lock_rec.record.bridge.as_ref().unwrap().to_string();
     let silent_spec = fleet
         .bridges
         .iter()
@@ -195,9 +196,12 @@ async fn jobs_go_through_bridges(engine: Engine) {
     simulated
         .locks
         .retain(|l| l.bridge_id.as_deref() != Some(silent_id.as_str()));
-    let (lock_id, org) = (bridged.id.to_string(), bridged.org.to_string());
-    let bridge_id = bridged.bridge.as_ref().unwrap().to_string();
-    let dept = bridged.departments.first().map(String::as_str);
+    let (lock_id, org) = (
+        bridged.record.id.to_string(),
+        bridged.record.org.to_string(),
+    );
+    let bridge_id = bridged.record.bridge.as_ref().unwrap().to_string();
+    let dept = bridged.record.departments.first().map(String::as_str);
 
     let h = Harness::start_with(
         engine,
@@ -315,14 +319,14 @@ async fn jobs_go_through_bridges(engine: Engine) {
     );
 
     // A lock without a bridge: lock/unlock/sync have no route.
-    let lone_dept = lone.departments.first().map(String::as_str);
+    let lone_dept = lone.record.departments.first().map(String::as_str);
     let refused = d
         .command(
-            &lone.org.to_string(),
+            &lone.record.org.to_string(),
             request(
                 "u3",
                 lone_dept,
-                json!({"type": "lock", "lock_id": lone.id.to_string()}),
+                json!({"type": "lock", "lock_id": lone.record.id.to_string()}),
             ),
         )
         .await;

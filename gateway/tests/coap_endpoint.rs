@@ -4,7 +4,7 @@
 //! the end-to-end tests against a real store live elsewhere.
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
+use dispatcher::registry::{BridgeRecord, LockRecord, LockRegistration, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId, Registry};
 use gateway::coap::{self, CoapConfig};
 use gateway::ingest::{Ingest, Outcome, ReportBody, Subject, WriteRequest};
@@ -29,22 +29,24 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a test waits to be sure no answer comes.
 const SILENCE: Duration = Duration::from_millis(200);
 
-fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRecord {
-    LockRecord {
-        id: LockId::new(id),
-        model,
+fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRegistration {
+    LockRegistration {
         imei: model.is_nb_iot().then(|| "490154203237518".into()),
         bluetooth_id: format!("{model}{id}"),
-        org: OrgId::new("org-1"),
-        departments: vec![].into(),
-        time_zone: "Asia/Singapore".into(),
-        heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
-        activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
-        bridge: bridge.map(BridgeId::new),
-        path: if model.is_nb_iot() {
-            ReportPath::Coap
-        } else {
-            ReportPath::Bridge
+        record: LockRecord {
+            id: LockId::new(id),
+            model,
+            org: OrgId::new("org-1"),
+            departments: vec![].into(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
+            bridge: bridge.map(BridgeId::new),
+            path: if model.is_nb_iot() {
+                ReportPath::Coap
+            } else {
+                ReportPath::Bridge
+            },
         },
     }
 }
@@ -171,8 +173,8 @@ impl Server {
     async fn start_with(config: CoapConfig, store_open: bool) -> Server {
         let registry = Registry::new(
             [
-                lock("L1", LockModel::Inb1, None),
-                lock("L2", LockModel::Sp2e, Some("B1")),
+                lock("L1", LockModel::Inb1, None).record,
+                lock("L2", LockModel::Sp2e, Some("B1")).record,
             ],
             [BridgeRecord {
                 id: BridgeId::new("B1"),

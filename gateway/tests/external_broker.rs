@@ -38,7 +38,7 @@ mod common;
 use coap_lite::{MessageClass, RequestType, ResponseType};
 use common::{CoapClient, Dashboard, OscoreDevice};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, ReportPath};
+use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
 use dispatcher::{LockId, OrgId};
 use gateway::config::{Config, Settings};
 use gateway::server::Running;
@@ -141,18 +141,20 @@ impl Run {
                 .locks
                 .iter()
                 .enumerate()
-                .map(|(i, id)| LockRecord {
-                    id: LockId::new(id),
-                    model: LockModel::Inb1,
+                .map(|(i, id)| LockRegistration {
                     imei: Some("490154203237518".into()),
                     bluetooth_id: format!("INB1{id}"),
-                    org: OrgId::new(&self.org),
-                    departments: vec!["dept-1".into()].into(),
-                    time_zone: "Asia/Singapore".into(),
-                    heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
-                    activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
-                    bridge: None,
-                    path: path(i),
+                    record: LockRecord {
+                        id: LockId::new(id),
+                        model: LockModel::Inb1,
+                        org: OrgId::new(&self.org),
+                        departments: vec!["dept-1".into()].into(),
+                        time_zone: "Asia/Singapore".into(),
+                        heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
+                        activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
+                        bridge: None,
+                        path: path(i),
+                    },
                 })
                 .collect(),
             bridges: vec![],

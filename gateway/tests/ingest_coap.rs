@@ -10,28 +10,30 @@ mod common;
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
 use common::{CoapClient, Dashboard, Engine, Harness, OscoreDevice};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
+use dispatcher::registry::{BridgeRecord, LockRecord, LockRegistration, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
 use schemas::device::encode;
 use schemas::*;
 use std::time::Duration;
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str, model: LockModel, bridge: Option<&str>| LockRecord {
-        id: LockId::new(id),
-        model,
+    let lock = |id: &str, model: LockModel, bridge: Option<&str>| LockRegistration {
         imei: model.is_nb_iot().then(|| "490154203237518".into()),
         bluetooth_id: format!("{model}{id}"),
-        org: OrgId::new("org-1"),
-        departments: vec!["dept-1".into()].into(),
-        time_zone: "Asia/Singapore".into(),
-        heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
-        activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
-        bridge: bridge.map(BridgeId::new),
-        path: if model.is_nb_iot() {
-            ReportPath::Coap
-        } else {
-            ReportPath::Bridge
+        record: LockRecord {
+            id: LockId::new(id),
+            model,
+            org: OrgId::new("org-1"),
+            departments: vec!["dept-1".into()].into(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
+            bridge: bridge.map(BridgeId::new),
+            path: if model.is_nb_iot() {
+                ReportPath::Coap
+            } else {
+                ReportPath::Bridge
+            },
         },
     };
     ParsedFleet {

@@ -9,7 +9,7 @@ mod common;
 
 use common::{done, now_s, request, Dashboard, Engine, Harness, JobLock};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, ReportPath};
+use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
 use dispatcher::{LockId, OrgId};
 use schemas::*;
 use serde_json::{json, Value};
@@ -18,18 +18,20 @@ const ORG: &str = "org-1";
 const PIN: &str = "48291637";
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str, departments: &[&str]| LockRecord {
-        id: LockId::new(id),
-        model: LockModel::Inb1,
+    let lock = |id: &str, departments: &[&str]| LockRegistration {
         imei: Some("490154203237518".into()),
         bluetooth_id: format!("IGB1{id}"),
-        org: OrgId::new(ORG),
-        departments: departments.iter().map(|d| d.to_string()).collect(),
-        time_zone: "Asia/Singapore".into(),
-        heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
-        activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
-        bridge: None,
-        path: ReportPath::Coap,
+        record: LockRecord {
+            id: LockId::new(id),
+            model: LockModel::Inb1,
+            org: OrgId::new(ORG),
+            departments: departments.iter().map(|d| d.to_string()).collect(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
+            bridge: None,
+            path: ReportPath::Coap,
+        },
     };
     ParsedFleet {
         locks: vec![lock("L1", &["d1"]), lock("L2", &["d1", "d2"])],

@@ -11,7 +11,7 @@ mod common;
 use common::process::GatewayProcess as Process;
 use common::{done, now_s, Dashboard, Engine, JobLock};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, ReportPath};
+use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
 use dispatcher::{LockId, OrgId};
 use schemas::*;
 use serde_json::{json, Value};
@@ -20,18 +20,20 @@ use std::time::Duration;
 const ORG: &str = "org-1";
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str| LockRecord {
-        id: LockId::new(id),
-        model: LockModel::Inb1,
+    let lock = |id: &str| LockRegistration {
         imei: Some("490154203237518".into()),
         bluetooth_id: format!("IGB1{id}"),
-        org: OrgId::new(ORG),
-        departments: vec![].into(),
-        time_zone: "Asia/Singapore".into(),
-        heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
-        activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
-        bridge: None,
-        path: ReportPath::Coap,
+        record: LockRecord {
+            id: LockId::new(id),
+            model: LockModel::Inb1,
+            org: OrgId::new(ORG),
+            departments: vec![].into(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
+            bridge: None,
+            path: ReportPath::Coap,
+        },
     };
     ParsedFleet {
         locks: vec![lock("L1"), lock("L2")],

@@ -55,11 +55,11 @@ async fn pins_open_the_simulated_lock_and_hard_resets_fail_jobs(engine: Engine) 
     let rec = parsed
         .locks
         .iter()
-        .find(|l| l.model.is_nb_iot() && l.departments.len() <= 1)
+        .find(|l| l.record.model.is_nb_iot() && l.record.departments.len() <= 1)
         .expect("the fleet has an NB-IoT lock in one department")
         .clone();
-    let (lock_id, org) = (rec.id.to_string(), rec.org.to_string());
-    let dept = rec.departments.first().map(String::as_str);
+    let (lock_id, org) = (rec.record.id.to_string(), rec.record.org.to_string());
+    let dept = rec.record.departments.first().map(String::as_str);
 
     let h = Harness::start(engine, &parsed).await;
     let d = Dashboard::subscribe(h.server.mqtt_addr, &["events/v1/#", "rsp/v1/#"]).await;

@@ -7,7 +7,7 @@ mod common;
 
 use common::{Dashboard, Engine, Harness};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
+use dispatcher::registry::{BridgeRecord, LockRecord, LockRegistration, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
 use schemas::*;
 use serde_json::{json, Value};
@@ -15,18 +15,20 @@ use serde_json::{json, Value};
 const ORG: &str = "org-1";
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str| LockRecord {
-        id: LockId::new(id),
-        model: LockModel::Sp2e,
+    let lock = |id: &str| LockRegistration {
         imei: None,
         bluetooth_id: format!("SP2E{id}"),
-        org: OrgId::new(ORG),
-        departments: vec![].into(),
-        time_zone: "Asia/Singapore".into(),
-        heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
-        activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
-        bridge: None,
-        path: ReportPath::Bridge,
+        record: LockRecord {
+            id: LockId::new(id),
+            model: LockModel::Sp2e,
+            org: OrgId::new(ORG),
+            departments: vec![].into(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
+            bridge: None,
+            path: ReportPath::Bridge,
+        },
     };
     let bridge = |id: &str, org: &str| BridgeRecord {
         id: BridgeId::new(id),

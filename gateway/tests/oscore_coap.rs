@@ -12,7 +12,7 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 use common::{CoapClient, Engine, Harness, Options, OscoreDevice};
 use dispatcher::import::ParsedFleet;
 use dispatcher::keys::{DeviceRef, MasterSecret};
-use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
+use dispatcher::registry::{BridgeRecord, LockRecord, LockRegistration, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
 use gateway::store::Store;
 use schemas::device::encode;
@@ -20,21 +20,23 @@ use schemas::*;
 use std::time::Duration;
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str, model: LockModel, bridge: Option<&str>| LockRecord {
-        id: LockId::new(id),
-        model,
+    let lock = |id: &str, model: LockModel, bridge: Option<&str>| LockRegistration {
         imei: model.is_nb_iot().then(|| "490154203237518".into()),
         bluetooth_id: format!("{model}{id}"),
-        org: OrgId::new("org-1"),
-        departments: vec![].into(),
-        time_zone: "Asia/Singapore".into(),
-        heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
-        activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
-        bridge: bridge.map(BridgeId::new),
-        path: if model.is_nb_iot() {
-            ReportPath::Coap
-        } else {
-            ReportPath::Bridge
+        record: LockRecord {
+            id: LockId::new(id),
+            model,
+            org: OrgId::new("org-1"),
+            departments: vec![].into(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
+            bridge: bridge.map(BridgeId::new),
+            path: if model.is_nb_iot() {
+                ReportPath::Coap
+            } else {
+                ReportPath::Bridge
+            },
         },
     };
     ParsedFleet {

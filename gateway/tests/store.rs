@@ -5,7 +5,7 @@
 //! skipped).
 
 use dispatcher::import::ParsedFleet;
-use dispatcher::{BridgeId, BridgeRecord, LockId, LockRecord, OrgId, ReportPath};
+use dispatcher::{BridgeId, BridgeRecord, LockId, LockRecord, LockRegistration, OrgId, ReportPath};
 use gateway::store::testing::{bridge_status, event_row, heartbeat_row, TestDb};
 use gateway::store::{
     Batch, BridgeStatus, Change, Committed, OnlineCounts, Purged, Store, StoreError,
@@ -70,22 +70,24 @@ on_both_engines!(
     nul_in_device_text_does_not_fail_the_commit,
 );
 
-fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRecord {
-    LockRecord {
-        id: LockId::new(id),
-        model,
+fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRegistration {
+    LockRegistration {
         imei: model.is_nb_iot().then(|| "490154203237518".to_string()),
         bluetooth_id: format!("{model}{id}"),
-        org: OrgId::new("org-1"),
-        departments: vec!["dept-1".into(), "dept-2".into()].into(),
-        time_zone: "Asia/Singapore".into(),
-        heartbeat_interval: HeartbeatInterval::DEFAULT,
-        activity_log_interval: ActivityLogInterval::DEFAULT,
-        bridge: bridge.map(BridgeId::new),
-        path: if bridge.is_some() {
-            ReportPath::Bridge
-        } else {
-            ReportPath::Coap
+        record: LockRecord {
+            id: LockId::new(id),
+            model,
+            org: OrgId::new("org-1"),
+            departments: vec!["dept-1".into(), "dept-2".into()].into(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::DEFAULT,
+            activity_log_interval: ActivityLogInterval::DEFAULT,
+            bridge: bridge.map(BridgeId::new),
+            path: if bridge.is_some() {
+                ReportPath::Bridge
+            } else {
+                ReportPath::Coap
+            },
         },
     }
 }
@@ -101,12 +103,12 @@ fn bridge(id: &str) -> BridgeRecord {
 /// MQTT with non-default intervals); bridges B1 and B2.
 fn fleet() -> ParsedFleet {
     let mut l2 = lock("L2", LockModel::Sp2e, Some("B1"));
-    l2.departments = vec![].into();
+    l2.record.departments = vec![].into();
     let mut l3 = lock("L3", LockModel::Inb1TwoFactor, None);
-    l3.path = ReportPath::Mqtt;
-    l3.heartbeat_interval = HeartbeatInterval::from_hours(2).unwrap();
-    l3.activity_log_interval = ActivityLogInterval::from_minutes(10).unwrap();
-    l3.time_zone = "UTC".into();
+    l3.record.path = ReportPath::Mqtt;
+    l3.record.heartbeat_interval = HeartbeatInterval::from_hours(2).unwrap();
+    l3.record.activity_log_interval = ActivityLogInterval::from_minutes(10).unwrap();
+    l3.record.time_zone = "UTC".into();
     ParsedFleet {
         locks: vec![lock("L1", LockModel::Inb1, None), l2, l3],
         bridges: vec![bridge("B1"), bridge("B2")],
@@ -127,6 +129,16 @@ async fn execute(store: &Store, sql: &'static str) {
         Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
     }
     .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Every stored lock's id, IMEI and Bluetooth id.
+async fn lock_identifiers(store: &Store) -> Vec<(String, Option<String>, String)> {
+    const SQL: &str = "SELECT lock_id, imei, bluetooth_id FROM locks";
+    match store {
+        Store::Sqlite(p) => sqlx::query_as(SQL).fetch_all(p).await,
+        Store::Postgres(p) => sqlx::query_as(SQL).fetch_all(p).await,
+    }
+    .unwrap_or_else(|e| panic!("{SQL}: {e}"))
 }
 
 fn keys(pairs: &[(&str, u32)]) -> Vec<(String, u32)> {
@@ -182,8 +194,27 @@ async fn import_then_load_registry_round_trips_every_field(url: String) {
     assert_eq!(registry.bridge_count(), 2);
     let f = fleet();
     for l in &f.locks {
-        assert_eq!(registry.lock(l.id.as_str()).map(|r| &**r), Some(l));
+        assert_eq!(
+            registry.lock(l.record.id.as_str()).map(|r| &**r),
+            Some(&l.record)
+        );
     }
+    // What only the database keeps (the registry in memory does not).
+    let mut stored = lock_identifiers(&store).await;
+    let mut registered: Vec<_> = f
+        .locks
+        .iter()
+        .map(|l| {
+            (
+                l.record.id.to_string(),
+                l.imei.clone(),
+                l.bluetooth_id.clone(),
+            )
+        })
+        .collect();
+    stored.sort();
+    registered.sort();
+    assert_eq!(stored, registered);
     for b in &f.bridges {
         assert_eq!(registry.bridge(b.id.as_str()).map(|r| &**r), Some(b));
     }
@@ -196,10 +227,10 @@ async fn reimport_updates_fields_and_counts_updates(url: String) {
     let v1 = store.registry_version().await.unwrap();
 
     let mut f = fleet();
-    f.locks[0].heartbeat_interval = HeartbeatInterval::from_hours(5).unwrap();
-    f.locks[0].departments = vec!["dept-9".into()].into();
+    f.locks[0].record.heartbeat_interval = HeartbeatInterval::from_hours(5).unwrap();
+    f.locks[0].record.departments = vec!["dept-9".into()].into();
     // L2 moves from B1 to B2.
-    f.locks[1].bridge = Some(BridgeId::new("B2"));
+    f.locks[1].record.bridge = Some(BridgeId::new("B2"));
     f.locks.push(lock("L4", LockModel::Inb1, None));
     f.bridges.truncate(1);
     let summary = gateway::store::testing::register(&store, &f).await;
@@ -226,7 +257,10 @@ async fn reimport_updates_fields_and_counts_updates(url: String) {
         "bridges absent from the file stay registered"
     );
     for l in &f.locks {
-        assert_eq!(registry.lock(l.id.as_str()).map(|r| &**r), Some(l));
+        assert_eq!(
+            registry.lock(l.record.id.as_str()).map(|r| &**r),
+            Some(&l.record)
+        );
     }
     store.close().await;
 }

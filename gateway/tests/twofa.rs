@@ -15,7 +15,7 @@ mod common;
 use coap_lite::{MessageClass, RequestType, ResponseType};
 use common::{request, CoapClient, Dashboard, Engine, Harness, Options, OscoreDevice};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, ReportPath};
+use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
 use dispatcher::{LockId, OrgId};
 use schemas::twofa::{OtpEntry, PasscodeEntry, TwoFactorAnswer, TwoFactorResult};
 use schemas::*;
@@ -59,18 +59,20 @@ fn capture_logs() -> LogBuffer {
 }
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str, model: LockModel| LockRecord {
-        id: LockId::new(id),
-        model,
+    let lock = |id: &str, model: LockModel| LockRegistration {
         imei: Some("490154203237518".into()),
         bluetooth_id: format!("IGB1{id}"),
-        org: OrgId::new(ORG),
-        departments: vec!["d1".into()].into(),
-        time_zone: ZONE.into(),
-        heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
-        activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
-        bridge: None,
-        path: ReportPath::Coap,
+        record: LockRecord {
+            id: LockId::new(id),
+            model,
+            org: OrgId::new(ORG),
+            departments: vec!["d1".into()].into(),
+            time_zone: ZONE.into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(24).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
+            bridge: None,
+            path: ReportPath::Coap,
+        },
     };
     ParsedFleet {
         locks: vec![

@@ -152,7 +152,7 @@ pub(super) async fn import_fleet(
             let mut q = QueryBuilder::new("SELECT COUNT(*) FROM locks WHERE lock_id IN (");
             let mut ids = q.separated(", ");
             for l in chunk {
-                ids.push_bind(l.id.as_str());
+                ids.push_bind(l.record.id.as_str());
             }
             ids.push_unseparated(")");
             let existing: i64 = q
@@ -167,17 +167,17 @@ pub(super) async fn import_fleet(
                  heartbeat_interval_h, activity_log_interval_min, bridge_id, transport, registered_at_ms) ",
             );
             q.push_values(chunk, |mut row, l| {
-                row.push_bind(l.id.as_str())
-                    .push_bind(l.model.as_str())
+                row.push_bind(l.record.id.as_str())
+                    .push_bind(l.record.model.as_str())
                     .push_bind(l.imei.as_deref())
                     .push_bind(codes::text(&l.bluetooth_id).into_owned())
-                    .push_bind(l.org.as_str())
-                    .push_bind(l.departments.join(";"))
-                    .push_bind(codes::text(&l.time_zone).into_owned())
-                    .push_bind(i64::from(l.heartbeat_interval.hours()))
-                    .push_bind(i64::from(l.activity_log_interval.minutes()))
-                    .push_bind(l.bridge.as_ref().map(|b| b.as_str()))
-                    .push_bind(l.path.as_str())
+                    .push_bind(l.record.org.as_str())
+                    .push_bind(l.record.departments.join(";"))
+                    .push_bind(codes::text(&l.record.time_zone).into_owned())
+                    .push_bind(i64::from(l.record.heartbeat_interval.hours()))
+                    .push_bind(i64::from(l.record.activity_log_interval.minutes()))
+                    .push_bind(l.record.bridge.as_ref().map(|b| b.as_str()))
+                    .push_bind(l.record.path.as_str())
                     .push_bind(now);
             });
             q.push(
@@ -208,8 +208,6 @@ pub(super) async fn import_fleet(
 
 type LockColumns = (
     String,
-    String,
-    Option<String>,
     String,
     String,
     String,
@@ -256,7 +254,7 @@ pub(super) async fn load_registry(
         let mut after = String::new();
         loop {
             let page: Vec<LockColumns> = sqlx::query_as(
-                "SELECT lock_id, model, imei, bluetooth_id, org, departments, time_zone, heartbeat_interval_h, \
+                "SELECT lock_id, model, org, departments, time_zone, heartbeat_interval_h, \
                  activity_log_interval_min, bridge_id, transport FROM locks WHERE lock_id > $1 ORDER BY lock_id LIMIT $2",
             )
             .bind(&after)
@@ -291,8 +289,7 @@ fn lock_record(
     known: &dyn KnownIds,
     shared: &mut Interner,
 ) -> Result<LockRecord, StoreError> {
-    let (id, model, imei, bluetooth_id, org, departments, time_zone, hb, log, bridge, transport) =
-        c;
+    let (id, model, org, departments, time_zone, hb, log, bridge, transport) = c;
     let bad = |detail: String| StoreError::corrupt("locks", &id, detail);
     let model: LockModel = model
         .parse()
@@ -310,8 +307,6 @@ fn lock_record(
     Ok(LockRecord {
         id: known.lock_id(&id).unwrap_or_else(|| LockId::new(&id)),
         model,
-        imei,
-        bluetooth_id,
         org: shared.org(&org),
         departments: shared.departments(
             &departments

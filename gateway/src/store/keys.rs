@@ -69,7 +69,12 @@ pub fn devices_of(fleet: &ParsedFleet) -> Vec<DeviceRef> {
         .bridges
         .iter()
         .map(|b| DeviceRef::Bridge(b.id.clone()))
-        .chain(fleet.locks.iter().map(|l| DeviceRef::Lock(l.id.clone())))
+        .chain(
+            fleet
+                .locks
+                .iter()
+                .map(|l| DeviceRef::Lock(l.record.id.clone())),
+        )
         .collect()
 }
 

@@ -19,7 +19,7 @@ use device_sim::run::{self, RunHandle, SimConfig};
 use device_sim::twofa::{InboxSource, TwoFactorPerson, TwoFactorSim, VisitEnd, VisitPlan};
 use device_sim::Reporting;
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, ReportPath};
+use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
 use dispatcher::LockId;
 use gateway::store::testing::TestDb;
 use gateway::store::{Batch, Store};
@@ -120,17 +120,25 @@ impl World {
         let mut parsed =
             dispatcher::import::read_fleet(&csv[..], &dispatcher::Registry::default()).unwrap();
         let template = parsed.locks[0].clone();
-        let org = template.org.to_string();
-        parsed.locks.push(LockRecord {
-            id: LockId::new(LATE_LOCK),
-            model: LockModel::Inb1,
+        let org = template.record.org.to_string();
+        parsed.locks.push(LockRegistration {
             imei: Some("490154203237518".into()),
             bluetooth_id: format!("IGB1{LATE_LOCK}"),
-            departments: template.departments.iter().take(1).cloned().collect(),
-            heartbeat_interval: HeartbeatInterval::from_hours(1).unwrap(),
-            bridge: None,
-            path: ReportPath::Coap,
-            ..template
+            record: LockRecord {
+                id: LockId::new(LATE_LOCK),
+                model: LockModel::Inb1,
+                departments: template
+                    .record
+                    .departments
+                    .iter()
+                    .take(1)
+                    .cloned()
+                    .collect(),
+                heartbeat_interval: HeartbeatInterval::from_hours(1).unwrap(),
+                bridge: None,
+                path: ReportPath::Coap,
+                ..template.record
+            },
         });
 
         let db = TestDb::sqlite().await;
@@ -332,10 +340,13 @@ impl World {
             .parsed
             .locks
             .iter()
-            .find(|l| l.id.as_str() == self.job_lock)
+            .find(|l| l.record.id.as_str() == self.job_lock)
             .unwrap()
             .clone();
-        let (id, dept) = (rec.id.to_string(), rec.departments.first().cloned());
+        let (id, dept) = (
+            rec.record.id.to_string(),
+            rec.record.departments.first().cloned(),
+        );
         let dept = dept.as_deref();
         let lock = self.sim().lock(&id).expect("the simulated lock");
         let pin = |pin: &str| {
@@ -377,12 +388,12 @@ impl World {
             .parsed
             .locks
             .iter()
-            .find(|l| l.id.as_str() == LATE_LOCK)
+            .find(|l| l.record.id.as_str() == LATE_LOCK)
             .unwrap()
             .clone();
         let job = self
             .ok(
-                late.departments.first().map(String::as_str),
+                late.record.departments.first().map(String::as_str),
                 json!({"type": "create_custom_pin", "lock_id": LATE_LOCK, "pin_name": "Courier",
                        "pin": "1357913", "pin_type": "permanent", "start_s": now_s() - 30}),
             )
@@ -396,14 +407,17 @@ impl World {
             .parsed
             .locks
             .iter()
-            .find(|l| l.bridge.is_some() && l.departments.len() <= 1)
+            .find(|l| l.record.bridge.is_some() && l.record.departments.len() <= 1)
             .expect("a bridged lock in at most one department")
             .clone();
-        let (id, dept) = (rec.id.to_string(), rec.departments.first().cloned());
+        let (id, dept) = (
+            rec.record.id.to_string(),
+            rec.record.departments.first().cloned(),
+        );
         let dept = dept.as_deref();
         let bridge = self
             .sim()
-            .bridge(rec.bridge.as_ref().unwrap().as_str())
+            .bridge(rec.record.bridge.as_ref().unwrap().as_str())
             .expect("the simulated bridge");
         let job = self
             .ok(dept, json!({"type": "unlock", "lock_id": id}))
@@ -489,8 +503,8 @@ impl World {
             .parsed
             .locks
             .iter()
-            .find(|l| l.id.as_str() == lock)
-            .and_then(|l| l.departments.first().cloned());
+            .find(|l| l.record.id.as_str() == lock)
+            .and_then(|l| l.record.departments.first().cloned());
         self.ok(
             dept.as_deref(),
             json!({"type": "clear_2fa_lockout", "lock_id": lock}),
