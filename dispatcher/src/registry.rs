@@ -64,7 +64,10 @@ impl ReportPath {
 /// A registered lock: what the gateway holds in memory for every lock and
 /// reads on every report. What only the database keeps (the IMEI, the
 /// Bluetooth id) is in [`LockRegistration`]; a million records are a
-/// million times each field.
+/// million times each field. On x86-64 with glibc's allocator the record
+/// is 88 bytes, 112 as allocated in its `Arc`; its id (shared with the key
+/// ring) about 32 more; organisation, time zone and departments are shared
+/// ([`Interner`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {
     pub id: LockId,
@@ -458,6 +461,15 @@ pub(crate) mod tests {
             &shared.departments(&["b".into(), "a".into()])
         ));
         assert_eq!(&d1[..], ["a", "b"]);
+    }
+
+    #[test]
+    fn a_lock_record_stays_small() {
+        assert!(
+            std::mem::size_of::<LockRecord>() <= 88,
+            "LockRecord is {} bytes: update the memory figure in its doc",
+            std::mem::size_of::<LockRecord>()
+        );
     }
 
     #[test]

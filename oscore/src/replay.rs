@@ -56,10 +56,13 @@ pub struct InvalidWindowParts {
 }
 
 /// A 64-wide sliding replay window (RFC 8613 §7.4). Bit `i` of `bits` set
-/// means `highest − i` was accepted; `highest` itself always is.
+/// means `highest − i` was accepted; `highest` itself always is, so a
+/// window that accepted something has bit 0 set, and `bits == 0` is the
+/// window that accepted nothing (`highest` is then 0 and means nothing).
+/// Two integers, 16 bytes: a gateway holds one window per device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayWindow {
-    highest: Option<u64>,
+    highest: u64,
     bits: u64,
 }
 
@@ -75,7 +78,7 @@ impl ReplayWindow {
         if seq > MAX_SEQ {
             return Err(Replay::OutOfRange { seq });
         }
-        let Some(highest) = self.highest else {
+        let Some(highest) = self.highest() else {
             return Ok(());
         };
         if seq > highest {
@@ -99,7 +102,7 @@ impl ReplayWindow {
     /// so a second accept of the same number (a concurrent duplicate) fails.
     pub fn accept(&mut self, seq: u64) -> Result<(), Replay> {
         self.check(seq)?;
-        match self.highest {
+        match self.highest() {
             Some(highest) if seq <= highest => self.bits |= 1 << (highest - seq),
             Some(highest) => {
                 let shift = seq - highest;
@@ -108,11 +111,11 @@ impl ReplayWindow {
                 } else {
                     self.bits << shift | 1
                 };
-                self.highest = Some(seq);
+                self.highest = seq;
             }
             None => {
                 self.bits = 1;
-                self.highest = Some(seq);
+                self.highest = seq;
             }
         }
         Ok(())
@@ -120,13 +123,13 @@ impl ReplayWindow {
 
     /// The highest accepted sequence number, if any.
     pub fn highest(&self) -> Option<u64> {
-        self.highest
+        (self.bits != 0).then_some(self.highest)
     }
 
     /// The two integers to store: the highest accepted sequence number
     /// (`None` before the first) and the bitmap.
     pub fn to_parts(&self) -> (Option<u64>, u64) {
-        (self.highest, self.bits)
+        (self.highest(), self.bits)
     }
 
     /// Restores a window stored with [`Self::to_parts`]. Refuses parts no
@@ -143,7 +146,7 @@ impl ReplayWindow {
             // Bit i stands for h - i; for h < 63, bits past i = h stand for
             // negative numbers and must be clear.
             Some(h) if h < REPLAY_WINDOW_WIDTH - 1 && bits >> (h + 1) != 0 => Err(invalid),
-            Some(_) => Ok(Self { highest, bits }),
+            Some(h) => Ok(Self { highest: h, bits }),
         }
     }
 }
@@ -287,6 +290,18 @@ mod tests {
             assert_eq!(restored.check(seq), Err(Replay::AlreadySeen { seq }));
         }
         assert_eq!(restored.check(2), Ok(()));
+    }
+
+    #[test]
+    fn a_window_is_two_integers_and_knows_when_it_accepted_nothing() {
+        assert_eq!(std::mem::size_of::<ReplayWindow>(), 16);
+        let mut w = ReplayWindow::new();
+        assert_eq!((w.highest(), w.to_parts()), (None, (None, 0)));
+        // Sequence number 0 is a real first acceptance, not "nothing".
+        accepted(&mut w, 0);
+        assert_eq!((w.highest(), w.to_parts()), (Some(0), (Some(0), 1)));
+        assert_eq!(w.check(0), Err(Replay::AlreadySeen { seq: 0 }));
+        assert_eq!(ReplayWindow::from_parts(None, 0), Ok(ReplayWindow::new()));
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub fn verify(password: &str, phc: &str) -> bool {
 
 /// A stored password hash as the key ring holds it. A device's hash is a
 /// 96-character Argon2id PHC string: as text, a 112-byte heap block and a
-/// pointer for each of a million devices; as its parts, 60 bytes inline.
+/// pointer for each of a million devices; as its parts, 56 bytes inline
+/// (passes and lanes are small numbers: a cost past 255 stays text).
 /// Any string that is not of that shape (another algorithm, salt or output
 /// length) is kept as text. Either way [`StoredHash::to_phc`] gives back
 /// exactly the stored string: a hash is only held in parts when its parts
@@ -53,8 +54,8 @@ pub fn verify(password: &str, phc: &str) -> bool {
 pub enum StoredHash {
     Argon2id {
         memory_kib: u32,
-        passes: u32,
-        lanes: u32,
+        passes: u8,
+        lanes: u8,
         salt: [u8; SALT_LEN],
         output: [u8; OUTPUT_LEN],
     },
@@ -81,8 +82,8 @@ impl StoredHash {
         }
         Some(StoredHash::Argon2id {
             memory_kib: h.params.get_decimal("m")?,
-            passes: h.params.get_decimal("t")?,
-            lanes: h.params.get_decimal("p")?,
+            passes: h.params.get_decimal("t")?.try_into().ok()?,
+            lanes: h.params.get_decimal("p")?.try_into().ok()?,
             salt: h.salt?.as_ref().try_into().ok()?,
             output: h.hash?.as_bytes().try_into().ok()?,
         })
@@ -101,9 +102,10 @@ impl StoredHash {
             } => {
                 let mut params = ParamsString::new();
                 // Infallible: three short names and numbers fit the buffer.
-                for (name, value) in [("m", memory_kib), ("t", passes), ("p", lanes)] {
+                let (passes, lanes) = (u32::from(*passes), u32::from(*lanes));
+                for (name, value) in [("m", *memory_kib), ("t", passes), ("p", lanes)] {
                     params
-                        .add_decimal(name, *value)
+                        .add_decimal(name, value)
                         .expect("three Argon2 parameters fit a PHC parameter string");
                 }
                 PasswordHash {
@@ -165,12 +167,13 @@ mod tests {
         let short_salt =
             "$argon2id$v=19$m=1024,t=1,p=1$c29tZXNhbHQ$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
         let keyed = "$argon2id$v=19$m=1024,t=1,p=1,keyid=AAAA$c29tZXNhbHRzb21lc2FsdA$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
-        for phc in [argon2i, short_salt, keyed, "not a phc string"] {
+        let many_passes = "$argon2id$v=19$m=1024,t=300,p=1$c29tZXNhbHRzb21lc2FsdA$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
+        for phc in [argon2i, short_salt, keyed, many_passes, "not a phc string"] {
             let held = StoredHash::new(phc);
             assert!(matches!(held, StoredHash::Phc(_)), "{phc}");
             assert_eq!(held.to_phc(), phc);
         }
-        assert!(std::mem::size_of::<StoredHash>() <= 64);
+        assert!(std::mem::size_of::<StoredHash>() <= 56);
         assert_eq!(
             format!("{:?}", StoredHash::new(argon2i)),
             "StoredHash::Phc(..)"
