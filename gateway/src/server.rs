@@ -236,6 +236,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         command_rx,
         mqtt::commands::Commands {
             store: store.clone(),
+            queue: store.command_queue(),
             registry: registry.clone(),
             server_key: server_key.clone(),
             client: backend_mqtt.clone(),

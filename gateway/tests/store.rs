@@ -68,6 +68,8 @@ on_both_engines!(
     failed_commit_stores_nothing,
     batch_larger_than_one_statement_is_stored_whole,
     nul_in_device_text_does_not_fail_the_commit,
+    a_command_that_fails_in_a_group_is_rolled_back_alone,
+    commands_queued_at_once_all_commit,
 );
 
 fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRegistration {
@@ -1249,4 +1251,140 @@ async fn sqlite_wal_checkpoints_run_beside_the_writer() {
     assert!(none.is_none(), "PostgreSQL has no checkpointer of ours");
     store.close().await;
     db.cleanup().await;
+}
+
+/// A dashboard request setting `lock`'s heartbeat interval.
+fn set_intervals(key: &str, lock: &str) -> schemas::command::CommandRequest {
+    serde_json::from_value(serde_json::json!({
+        "correlation_id": key,
+        "idempotency_key": key,
+        "requested_by": "Ana",
+        "department": "dept-1",
+        "command": {"type": "set_intervals", "lock_id": lock, "heartbeat_interval_h": 2},
+    }))
+    .unwrap()
+}
+
+/// What a command is prepared with: `lock`'s record from `registry`.
+fn prepared_for(registry: &dispatcher::Registry, lock: &str) -> gateway::store::jobs::Prepared {
+    gateway::store::jobs::Prepared {
+        lock: registry.lock(lock).cloned(),
+        ..Default::default()
+    }
+}
+
+async fn a_command_that_fails_in_a_group_is_rolled_back_alone(url: String) {
+    let store = open(&url).await;
+    gateway::store::testing::register(&store, &fleet()).await;
+    // A real database error for L3's job alone: a trigger refuses it.
+    match &store {
+        Store::Sqlite(p) => {
+            sqlx::query(
+                "CREATE TRIGGER refuse_l3 BEFORE INSERT ON jobs WHEN NEW.lock_id = 'L3' \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            )
+            .execute(p)
+            .await
+            .unwrap();
+        }
+        Store::Postgres(p) => {
+            for sql in [
+                "CREATE FUNCTION refuse_l3() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.lock_id = 'L3' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse_l3 BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION refuse_l3()",
+            ] {
+                sqlx::query(sql).execute(p).await.unwrap();
+            }
+        }
+    }
+    let registry = store.load_registry().await.unwrap();
+    let requests = [
+        set_intervals("k1", "L1"),
+        set_intervals("k3", "L3"),
+        set_intervals("k1", "L1"),
+    ];
+    let prepared: Vec<_> = ["L1", "L3", "L1"]
+        .iter()
+        .map(|l| prepared_for(&registry, l))
+        .collect();
+    let group: Vec<_> = requests
+        .iter()
+        .zip(&prepared)
+        .map(|(request, prepared)| gateway::store::jobs::QueuedCommand {
+            org: "org-1",
+            request,
+            prepared,
+            now_ms: 1_790_000_000_000,
+        })
+        .collect();
+    let outcomes = store.run_commands(&group).await.unwrap();
+    let first = outcomes[0].as_ref().expect("L1's job is created");
+    assert!(first.answer.error.is_none() && !first.replayed, "{first:?}");
+    let failed = outcomes[1].as_ref().expect_err("L3's insert is refused");
+    assert!(
+        failed.to_string().contains("refused by the test"),
+        "{failed}"
+    );
+    // The same key later in the group sees the first one's stored answer.
+    let again = outcomes[2].as_ref().unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.answer, first.answer);
+    // L1's job and key committed; nothing of L3's (its key is free again).
+    let stored: Vec<(String, String)> = match &store {
+        Store::Sqlite(p) => sqlx::query_as(COMMITTED).fetch_all(p).await,
+        Store::Postgres(p) => sqlx::query_as(COMMITTED).fetch_all(p).await,
+    }
+    .unwrap();
+    assert_eq!(stored, [("k1".to_string(), "L1".to_string())]);
+    store.close().await;
+}
+
+/// Every stored idempotency key beside every job Ana's requests created
+/// (one row when one command committed).
+const COMMITTED: &str = "SELECT c.idempotency_key, j.lock_id FROM commands c \
+     JOIN jobs j ON j.created_by = 'Ana' ORDER BY c.idempotency_key";
+
+async fn commands_queued_at_once_all_commit(url: String) {
+    let store = open(&url).await;
+    gateway::store::testing::register(&store, &fleet()).await;
+    let registry = store.load_registry().await.unwrap();
+    let queue = store.command_queue();
+    let prepared = prepared_for(&registry, "L1");
+    let mut runs = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let (queue, prepared) = (queue.clone(), prepared.clone());
+        runs.spawn(async move {
+            let request = set_intervals(&format!("key-{n}"), "L1");
+            queue
+                .run("org-1", &request, &prepared, 1_790_000_000_000)
+                .await
+        });
+    }
+    let mut job_ids = std::collections::BTreeSet::new();
+    while let Some(done) = runs.join_next().await {
+        let done = done.unwrap().expect("committed");
+        assert!(done.answer.error.is_none() && !done.replayed, "{done:?}");
+        let Some(schemas::command::CommandResult::Job { job }) = &done.answer.result else {
+            panic!("a job: {:?}", done.answer);
+        };
+        job_ids.insert(job.job_id);
+    }
+    assert_eq!(job_ids.len(), 40, "forty distinct jobs");
+    let keys: i64 = match &store {
+        Store::Sqlite(p) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM commands")
+                .fetch_one(p)
+                .await
+        }
+        Store::Postgres(p) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM commands")
+                .fetch_one(p)
+                .await
+        }
+    }
+    .unwrap();
+    assert_eq!(keys, 40);
+    drop(queue);
+    store.close().await;
 }

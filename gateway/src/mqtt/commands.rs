@@ -4,9 +4,10 @@
 //! (under `rsp/v1/`, default `rsp/v1/{org}`), job events on
 //! `events/v1/{org}/lock/{lock}/job`.
 //!
-//! Each command runs in one transaction with its idempotency record
-//! (`store::jobs`); the answer and the events are published only after it
-//! committed. PIN digits are sealed under the server key before the
+//! Each command runs in a transaction with its idempotency record
+//! (`store::jobs`); on SQLite the commands waiting at the same moment share
+//! one transaction, each in a savepoint of its own (`store::CommandQueue`).
+//! The answer and the events are published only after it committed. PIN digits are sealed under the server key before the
 //! transaction and never leave it in any answer or event.
 
 use super::MqttClient;
@@ -30,8 +31,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// Commands handled at once; more wait in the session's queue. SQLite runs
-/// them one after another anyway; PostgreSQL in parallel, per lock in order.
+/// Commands handled at once; more wait in the session's queue. SQLite
+/// commits the ones waiting together; PostgreSQL runs them in parallel, per
+/// lock in order.
 pub const MAX_CONCURRENT_COMMANDS: usize = 64;
 /// Passcodes drawn for one generate or reset: the first that no other user
 /// of the organisation has is kept.
@@ -43,6 +45,8 @@ pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct Commands {
     pub store: Store,
+    /// Where commands run: grouped into shared transactions on SQLite.
+    pub queue: crate::store::CommandQueue,
     pub registry: Arc<RwLock<Registry>>,
     pub server_key: ServerKey,
     pub client: MqttClient,
@@ -138,11 +142,7 @@ impl Commands {
         };
         let prepared = self.prepare(org, &request).await;
         let now_ms = crate::ingest::now_ms();
-        let done = match self
-            .store
-            .run_command(org, &request, &prepared, now_ms)
-            .await
-        {
+        let done = match self.queue.run(org, &request, &prepared, now_ms).await {
             Ok(d) => d,
             Err(e) => {
                 metrics::command(kind, "failed", started.elapsed());

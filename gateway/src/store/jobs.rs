@@ -421,6 +421,63 @@ pub(super) async fn run_command(
     let engine = store.engine();
     let err = |e| StoreError::from_sqlx(engine, "running a dashboard command", e);
     let mut tx = Tx::begin(store).await.map_err(err)?;
+    let done = run_in(&mut tx, engine, org, req, prepared, now_ms).await?;
+    tx.commit().await.map_err(err)?;
+    Ok(done)
+}
+
+/// One queued command of a group commit ([`run_commands`]).
+pub struct QueuedCommand<'a> {
+    pub org: &'a str,
+    pub request: &'a CommandRequest,
+    pub prepared: &'a Prepared,
+    pub now_ms: u64,
+}
+
+/// Run `commands` in order in one transaction, each inside a savepoint of
+/// its own: a command whose statements fail is rolled back alone and
+/// answered with its error, the others commit together, with one write of
+/// the log (SQLite's fsync). `Err` when the transaction itself cannot begin
+/// or commit: then nothing of any of them was stored.
+pub(super) async fn run_commands(
+    store: &Store,
+    commands: &[QueuedCommand<'_>],
+) -> Result<Vec<Result<CommandDone, StoreError>>, StoreError> {
+    let engine = store.engine();
+    let err = |e| StoreError::from_sqlx(engine, "running a group of dashboard commands", e);
+    let mut tx = Tx::begin(store).await.map_err(err)?;
+    let mut results = Vec::with_capacity(commands.len());
+    for c in commands {
+        tx.execute("SAVEPOINT command", &[]).await.map_err(err)?;
+        let done = run_in(&mut tx, engine, c.org, c.request, c.prepared, c.now_ms).await;
+        let end = if done.is_ok() {
+            "RELEASE SAVEPOINT command"
+        } else {
+            "ROLLBACK TO SAVEPOINT command"
+        };
+        tx.execute(end, &[]).await.map_err(err)?;
+        if done.is_err() {
+            // Rolled back to, the savepoint stays open: close it too.
+            tx.execute("RELEASE SAVEPOINT command", &[])
+                .await
+                .map_err(err)?;
+        }
+        results.push(done);
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(results)
+}
+
+/// A command's statements inside `tx` (begun and committed by the caller).
+async fn run_in(
+    tx: &mut Tx,
+    engine: &'static str,
+    org: &str,
+    req: &CommandRequest,
+    prepared: &Prepared,
+    now_ms: u64,
+) -> Result<CommandDone, StoreError> {
+    let err = |e| StoreError::from_sqlx(engine, "running a dashboard command", e);
     let fp = fingerprint(req);
     if req.command.writes() {
         // Claim the key first: on PostgreSQL a concurrent claim of the same
@@ -466,15 +523,15 @@ pub(super) async fn run_command(
         match rules::check_text("requested_by", &req.requested_by) {
             Err(r) => Ok(Err(r)),
             Ok(()) => {
-                super::twofa::execute(&mut tx, org, req, prepared, now_ms, &mut twofa_events).await
+                super::twofa::execute(tx, org, req, prepared, now_ms, &mut twofa_events).await
             }
         }
     } else {
-        execute(&mut tx, org, req, prepared, now_ms, &mut events).await
+        execute(tx, org, req, prepared, now_ms, &mut events).await
     };
     let answer = match executed {
         Ok(Ok(mut result)) => {
-            expect_delivery(&mut tx, &mut events, &mut result, now_ms)
+            expect_delivery(tx, &mut events, &mut result, now_ms)
                 .await
                 .map_err(err)?;
             Answer::ok(result)
@@ -502,7 +559,6 @@ pub(super) async fn run_command(
         .await
         .map_err(err)?;
     }
-    tx.commit().await.map_err(err)?;
     Ok(CommandDone {
         answer,
         replayed: false,

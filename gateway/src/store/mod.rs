@@ -366,6 +366,30 @@ impl Store {
         jobs::run_command(self, org, req, prepared, now_ms).await
     }
 
+    /// Run `commands` in one transaction, each in a savepoint of its own
+    /// (see [`jobs::run_commands`]): what [`CommandQueue`] does with a group.
+    pub async fn run_commands(
+        &self,
+        commands: &[jobs::QueuedCommand<'_>],
+    ) -> Result<Vec<Result<jobs::CommandDone, StoreError>>, StoreError> {
+        jobs::run_commands(self, commands).await
+    }
+
+    /// Where the dashboard's commands go: on SQLite a queue whose task runs
+    /// them in groups, one transaction (and one fsync) for as many as are
+    /// waiting ([`CommandQueue`]); on PostgreSQL, which runs transactions
+    /// side by side, straight to [`Store::run_command`].
+    pub fn command_queue(&self) -> CommandQueue {
+        match self {
+            Store::Sqlite(_) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(MAX_COMMAND_GROUP);
+                tokio::spawn(group_commands(self.clone(), rx));
+                CommandQueue(Route::Grouped(tx))
+            }
+            Store::Postgres(_) => CommandQueue(Route::Direct(self.clone())),
+        }
+    }
+
     /// Decide a writer batch's 2FA entries in one transaction, in order
     /// (see [`twofa`]).
     pub async fn apply_twofa_entries(
@@ -500,5 +524,99 @@ impl Store {
     /// bridge connectivity rows. Reads whole tables: for tests and audits.
     pub async fn audit(&self) -> Result<Audit, StoreError> {
         common::audit(self).await
+    }
+}
+
+/// Commands run in one transaction at most.
+pub const MAX_COMMAND_GROUP: usize = 64;
+
+/// A command on its way to [`group_commands`], with where its outcome goes.
+struct Queued {
+    org: String,
+    request: schemas::command::CommandRequest,
+    prepared: jobs::Prepared,
+    now_ms: u64,
+    done: tokio::sync::oneshot::Sender<Result<jobs::CommandDone, StoreError>>,
+}
+
+/// Runs the dashboard's commands: see [`Store::command_queue`]. Cheap to
+/// clone; the grouping task ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct CommandQueue(Route);
+
+#[derive(Clone)]
+enum Route {
+    Grouped(tokio::sync::mpsc::Sender<Queued>),
+    Direct(Store),
+}
+
+impl fmt::Debug for CommandQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Route::Grouped(_) => "CommandQueue::Grouped",
+            Route::Direct(_) => "CommandQueue::Direct",
+        })
+    }
+}
+
+impl CommandQueue {
+    /// Run one command (committed when this returns `Ok`), as
+    /// [`Store::run_command`] does.
+    pub async fn run(
+        &self,
+        org: &str,
+        request: &schemas::command::CommandRequest,
+        prepared: &jobs::Prepared,
+        now_ms: u64,
+    ) -> Result<jobs::CommandDone, StoreError> {
+        let queue = match &self.0 {
+            Route::Direct(store) => return store.run_command(org, request, prepared, now_ms).await,
+            Route::Grouped(queue) => queue,
+        };
+        let gone = || StoreError::Failed {
+            engine: SQLITE,
+            operation: "running a dashboard command",
+            detail: "the command queue has stopped (the gateway is shutting down)".into(),
+        };
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        queue
+            .send(Queued {
+                org: org.to_string(),
+                request: request.clone(),
+                prepared: prepared.clone(),
+                now_ms,
+                done,
+            })
+            .await
+            .map_err(|_| gone())?;
+        outcome.await.map_err(|_| gone())?
+    }
+}
+
+/// Takes every command waiting (up to [`MAX_COMMAND_GROUP`]) and runs them
+/// in one transaction, until every queue handle is gone. A failed begin or
+/// commit answers each command of the group with that error: nothing of
+/// them was stored, and the dashboard retries with the same keys.
+async fn group_commands(store: Store, mut queue: tokio::sync::mpsc::Receiver<Queued>) {
+    let mut group = Vec::with_capacity(MAX_COMMAND_GROUP);
+    while queue.recv_many(&mut group, MAX_COMMAND_GROUP).await > 0 {
+        let commands: Vec<_> = group
+            .iter()
+            .map(|q| jobs::QueuedCommand {
+                org: &q.org,
+                request: &q.request,
+                prepared: &q.prepared,
+                now_ms: q.now_ms,
+            })
+            .collect();
+        let outcomes = match store.run_commands(&commands).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => vec![Err(e); group.len()],
+        };
+        drop(commands);
+        for (q, outcome) in group.drain(..).zip(outcomes) {
+            // The asker may have gone (shutdown): its outcome is committed.
+            let _ = q.done.send(outcome);
+        }
     }
 }
