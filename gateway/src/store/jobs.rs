@@ -620,22 +620,25 @@ async fn expect_delivery(
         if job.view.state != schemas::command::JobState::Pending {
             continue;
         }
-        let via_bridge = match current_bridge(tx, &job.view.lock_id).await? {
-            Some(b) => bridge_online(tx, &b).await?,
-            None => false,
-        };
-        job.view.expected_delivery_ms = if via_bridge {
+        // The lock's bridge's state (null: no bridge; false: one never
+        // heard from) and the lock's own, in one statement.
+        let (bridge_online, online_until) = tx
+            .rows::<(Option<bool>, Option<i64>)>(
+                "SELECT (SELECT COALESCE(b.online, FALSE) FROM locks l \
+                 JOIN bridges b ON b.bridge_id = l.bridge_id WHERE l.lock_id = $1), \
+                 (SELECT online_until_ms FROM lock_state WHERE lock_id = $1)",
+                &[t(&job.view.lock_id)],
+            )
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        job.view.expected_delivery_ms = if bridge_online.unwrap_or(false) {
             Some(now_ms)
         } else if job.view.kind.is_immediate() {
             None
         } else {
-            let until = tx
-                .scalar::<i64>(
-                    "SELECT online_until_ms FROM lock_state WHERE lock_id = $1",
-                    &[t(&job.view.lock_id)],
-                )
-                .await?;
-            until
+            online_until
                 .map(|u| (u.max(0) as u64).saturating_sub(dispatcher::presence::ONLINE_GRACE_MS))
                 .filter(|due| *due > now_ms)
         };
@@ -699,13 +702,16 @@ async fn insert_job(
     new: NewJob<'_>,
     now_ms: u64,
 ) -> Result<StoredJob, sqlx::Error> {
-    let id = tx
-        .scalar::<i64>(
-            "INSERT INTO jobs (org, department, lock_id, kind, state, attempt, created_at_ms, created_by, \
-             description, pin_name, access_id, pin_kind, pin_type, pin_start_s, pin_end_s, pin_sealed, \
-             heartbeat_interval_h, activity_log_interval_min, issued_at_ms, version, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, 'pending', 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $5, 1, $5) \
-             RETURNING job_id",
+    // The new row comes back with the insert: no second statement to read it.
+    let rows = tx
+        .rows::<JobColumns>(
+            &format!(
+                "INSERT INTO jobs (org, department, lock_id, kind, state, attempt, created_at_ms, created_by, \
+                 description, pin_name, access_id, pin_kind, pin_type, pin_start_s, pin_end_s, pin_sealed, \
+                 heartbeat_interval_h, activity_log_interval_min, issued_at_ms, version, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, 'pending', 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $5, 1, $5) \
+                 RETURNING {JOB_COLUMNS}"
+            ),
             &[
                 t(org),
                 Bind::OptText(req.department.clone()),
@@ -725,11 +731,11 @@ async fn insert_job(
                 Bind::OptI64(new.activity_min.map(i64::from)),
             ],
         )
-        .await?
-        .unwrap_or_default();
-    job_by_id(tx, org, id as u64)
-        .await?
-        .ok_or_else(|| sqlx::Error::Protocol("inserted job not found".into()))
+        .await?;
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| sqlx::Error::Protocol("inserted job not returned".into()))
+        .and_then(|row| StoredJob::try_from(row).map_err(|e| sqlx::Error::Protocol(e.to_string())))
 }
 
 struct NewJob<'a> {

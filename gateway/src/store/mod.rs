@@ -576,7 +576,9 @@ impl CommandQueue {
         let gone = || StoreError::Failed {
             engine: SQLITE,
             operation: "running a dashboard command",
-            detail: "the command queue has stopped (the gateway is shutting down)".into(),
+            detail: "the command queue has stopped: the gateway is shutting down, or the \
+                     queue's task failed (see the log); retry with the same idempotency key"
+                .into(),
         };
         let (done, outcome) = tokio::sync::oneshot::channel();
         queue
