@@ -1345,6 +1345,9 @@ async fn a_command_that_fails_in_a_group_is_rolled_back_alone(url: String) {
 const COMMITTED: &str = "SELECT c.idempotency_key, j.lock_id FROM commands c \
      JOIN jobs j ON j.created_by = 'Ana' ORDER BY c.idempotency_key";
 
+/// The answer stored under an idempotency key.
+const ANSWER_OF: &str = "SELECT answer FROM commands WHERE idempotency_key = $1";
+
 async fn commands_queued_at_once_all_commit(url: String) {
     let store = open(&url).await;
     gateway::store::testing::register(&store, &fleet()).await;
@@ -1355,15 +1358,27 @@ async fn commands_queued_at_once_all_commit(url: String) {
     for n in 0..40 {
         let (queue, prepared) = (queue.clone(), prepared.clone());
         runs.spawn(async move {
-            let request = set_intervals(&format!("key-{n}"), "L1");
-            queue
+            let key = format!("key-{n}");
+            let request = set_intervals(&key, "L1");
+            let done = queue
                 .run("org-1", &request, &prepared, 1_790_000_000_000)
-                .await
+                .await;
+            (key, done)
         });
     }
     let mut job_ids = std::collections::BTreeSet::new();
     while let Some(done) = runs.join_next().await {
-        let done = done.unwrap().expect("committed");
+        let (key, done) = done.unwrap();
+        let done = done.expect("committed");
+        // Each asker hears its own command's answer: the one stored under
+        // its key.
+        let stored: String = match &store {
+            Store::Sqlite(p) => sqlx::query_scalar(ANSWER_OF).bind(&key).fetch_one(p).await,
+            Store::Postgres(p) => sqlx::query_scalar(ANSWER_OF).bind(&key).fetch_one(p).await,
+        }
+        .unwrap();
+        let stored: gateway::store::jobs::Answer = serde_json::from_str(&stored).unwrap();
+        assert_eq!(stored, done.answer, "{key}");
         assert!(done.answer.error.is_none() && !done.replayed, "{done:?}");
         let Some(schemas::command::CommandResult::Job { job }) = &done.answer.result else {
             panic!("a job: {:?}", done.answer);

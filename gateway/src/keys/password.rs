@@ -168,7 +168,19 @@ mod tests {
             "$argon2id$v=19$m=1024,t=1,p=1$c29tZXNhbHQ$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
         let keyed = "$argon2id$v=19$m=1024,t=1,p=1,keyid=AAAA$c29tZXNhbHRzb21lc2FsdA$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
         let many_passes = "$argon2id$v=19$m=1024,t=300,p=1$c29tZXNhbHRzb21lc2FsdA$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
-        for phc in [argon2i, short_salt, keyed, many_passes, "not a phc string"] {
+        // Of the device shape, but its parts would write it another way
+        // (parameters in another order): only the exact-string check keeps
+        // it as text.
+        let reordered = "$argon2id$v=19$t=1,m=1024,p=1$c29tZXNhbHRzb21lc2FsdA$wWKIMhR9lyDFvRz9YTZweHKfbftvj+qf+YFY4NeBbtA";
+        assert!(StoredHash::in_parts(reordered).is_some());
+        for phc in [
+            argon2i,
+            short_salt,
+            keyed,
+            many_passes,
+            reordered,
+            "not a phc string",
+        ] {
             let held = StoredHash::new(phc);
             assert!(matches!(held, StoredHash::Phc(_)), "{phc}");
             assert_eq!(held.to_phc(), phc);

@@ -1,5 +1,6 @@
-//! Jobs in the database: commands from the dashboard (each in one
-//! transaction with its idempotency record), delivery at heartbeats, and
+//! Jobs in the database: commands from the dashboard (each in a
+//! transaction with its idempotency record: its own, or on SQLite one
+//! shared by a group, each command in a savepoint of its own), delivery at heartbeats, and
 //! the locks' results. The rules are `dispatcher::jobs`; this module reads
 //! what they need inside the transaction (the lock's row locked on
 //! PostgreSQL, the one write connection on SQLite), so instances agree.
@@ -437,8 +438,9 @@ pub struct QueuedCommand<'a> {
 /// Run `commands` in order in one transaction, each inside a savepoint of
 /// its own: a command whose statements fail is rolled back alone and
 /// answered with its error, the others commit together, with one write of
-/// the log (SQLite's fsync). `Err` when the transaction itself cannot begin
-/// or commit: then nothing of any of them was stored.
+/// the log (SQLite's fsync). `Err` when the transaction itself fails (its
+/// begin, a savepoint's statement, or its commit): then nothing of any of
+/// them was stored.
 pub(super) async fn run_commands(
     store: &Store,
     commands: &[QueuedCommand<'_>],
@@ -450,18 +452,28 @@ pub(super) async fn run_commands(
     for c in commands {
         tx.execute("SAVEPOINT command", &[]).await.map_err(err)?;
         let done = run_in(&mut tx, engine, c.org, c.request, c.prepared, c.now_ms).await;
-        let end = if done.is_ok() {
-            "RELEASE SAVEPOINT command"
-        } else {
-            "ROLLBACK TO SAVEPOINT command"
-        };
-        tx.execute(end, &[]).await.map_err(err)?;
-        if done.is_err() {
-            // Rolled back to, the savepoint stays open: close it too.
-            tx.execute("RELEASE SAVEPOINT command", &[])
+        if let Err(cause) = &done {
+            // SQLite may have rolled the whole transaction back already
+            // (a full disk, an I/O error): then the savepoint is gone too,
+            // and the group fails with both errors.
+            let both = |e| StoreError::Failed {
+                engine,
+                operation: "running a group of dashboard commands",
+                detail: format!(
+                    "a command failed ({cause}), and rolling back to its savepoint failed \
+                     too ({}): nothing of the group is stored",
+                    err(e)
+                ),
+            };
+            tx.execute("ROLLBACK TO SAVEPOINT command", &[])
                 .await
-                .map_err(err)?;
+                .map_err(both)?;
         }
+        // Released after a rollback to it as well: the savepoint stays open
+        // until then.
+        tx.execute("RELEASE SAVEPOINT command", &[])
+            .await
+            .map_err(err)?;
         results.push(done);
     }
     tx.commit().await.map_err(err)?;
@@ -1215,7 +1227,7 @@ async fn execute(
             };
             Ok(Ok(CommandResult::Jobs { jobs, next_before }))
         }
-        // Dispatched to `store::twofa` by `run_command`.
+        // Dispatched to `store::twofa` by `run_in`.
         _ => Ok(Err(Refusal::BadRequest(format!(
             "internal: {} is a 2FA command",
             req.command.kind()

@@ -596,29 +596,45 @@ impl CommandQueue {
 }
 
 /// Takes every command waiting (up to [`MAX_COMMAND_GROUP`]) and runs them
-/// in one transaction, until every queue handle is gone. A failed begin or
-/// commit answers each command of the group with that error: nothing of
-/// them was stored, and the dashboard retries with the same keys.
+/// in one transaction, until every queue handle is gone. A failed
+/// transaction answers each command of the group with its error: nothing
+/// of them was stored, and the dashboard retries with the same keys. Each
+/// group runs in a task of its own, so a bug that panics fails that group
+/// (its askers hear that the queue stopped) and not every later command.
 async fn group_commands(store: Store, mut queue: tokio::sync::mpsc::Receiver<Queued>) {
     let mut group = Vec::with_capacity(MAX_COMMAND_GROUP);
     while queue.recv_many(&mut group, MAX_COMMAND_GROUP).await > 0 {
-        let commands: Vec<_> = group
-            .iter()
-            .map(|q| jobs::QueuedCommand {
-                org: &q.org,
-                request: &q.request,
-                prepared: &q.prepared,
-                now_ms: q.now_ms,
-            })
-            .collect();
-        let outcomes = match store.run_commands(&commands).await {
-            Ok(outcomes) => outcomes,
-            Err(e) => vec![Err(e); group.len()],
-        };
-        drop(commands);
-        for (q, outcome) in group.drain(..).zip(outcomes) {
-            // The asker may have gone (shutdown): its outcome is committed.
-            let _ = q.done.send(outcome);
+        let (store, group) = (store.clone(), std::mem::take(&mut group));
+        let size = group.len();
+        if let Err(e) = tokio::spawn(run_group(store, group)).await {
+            tracing::error!(
+                commands = size,
+                error = %e,
+                "a group of dashboard commands failed unexpectedly (a bug): each was answered \
+                 with an error; a retry with the same idempotency key is safe"
+            );
         }
+    }
+}
+
+/// One group's transaction, and each outcome to its asker.
+async fn run_group(store: Store, group: Vec<Queued>) {
+    let commands: Vec<_> = group
+        .iter()
+        .map(|q| jobs::QueuedCommand {
+            org: &q.org,
+            request: &q.request,
+            prepared: &q.prepared,
+            now_ms: q.now_ms,
+        })
+        .collect();
+    let outcomes = match store.run_commands(&commands).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => vec![Err(e); group.len()],
+    };
+    drop(commands);
+    for (q, outcome) in group.into_iter().zip(outcomes) {
+        // The asker may have gone (shutdown): its outcome is committed.
+        let _ = q.done.send(outcome);
     }
 }
