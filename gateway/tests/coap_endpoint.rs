@@ -9,6 +9,7 @@ use dispatcher::{BridgeId, LockId, OrgId, Registry};
 use gateway::coap::{self, CoapConfig};
 use gateway::ingest::{Ingest, Outcome, ReportBody, Subject, WriteRequest};
 use gateway::keys::KeyRing;
+use gateway::store::testing::registration;
 use schemas::device::{encode, MAX_UPLINK_BYTES};
 use schemas::units::BatteryLevel;
 use schemas::{
@@ -30,25 +31,21 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const SILENCE: Duration = Duration::from_millis(200);
 
 fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRegistration {
-    LockRegistration {
-        imei: model.is_nb_iot().then(|| "490154203237518".into()),
-        bluetooth_id: format!("{model}{id}"),
-        record: LockRecord {
-            id: LockId::new(id),
-            model,
-            org: OrgId::new("org-1"),
-            departments: vec![].into(),
-            time_zone: "Asia/Singapore".into(),
-            heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
-            activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
-            bridge: bridge.map(BridgeId::new),
-            path: if model.is_nb_iot() {
-                ReportPath::Coap
-            } else {
-                ReportPath::Bridge
-            },
+    registration(LockRecord {
+        id: LockId::new(id),
+        model,
+        org: OrgId::new("org-1"),
+        departments: vec![].into(),
+        time_zone: "Asia/Singapore".into(),
+        heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
+        activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
+        bridge: bridge.map(BridgeId::new),
+        path: if model.is_nb_iot() {
+            ReportPath::Coap
+        } else {
+            ReportPath::Bridge
         },
-    }
+    })
 }
 
 fn heartbeat(lock: &str, seq: u32) -> Heartbeat {

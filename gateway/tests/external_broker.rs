@@ -38,11 +38,11 @@ mod common;
 use coap_lite::{MessageClass, RequestType, ResponseType};
 use common::{CoapClient, Dashboard, OscoreDevice};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::{LockId, OrgId};
 use gateway::config::{Config, Settings};
 use gateway::server::Running;
-use gateway::store::testing::TestDb;
+use gateway::store::testing::{registration, TestDb};
 use gateway::store::Store;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
 use schemas::device::encode;
@@ -141,10 +141,8 @@ impl Run {
                 .locks
                 .iter()
                 .enumerate()
-                .map(|(i, id)| LockRegistration {
-                    imei: Some("490154203237518".into()),
-                    bluetooth_id: format!("INB1{id}"),
-                    record: LockRecord {
+                .map(|(i, id)| {
+                    registration(LockRecord {
                         id: LockId::new(id),
                         model: LockModel::Inb1,
                         org: OrgId::new(&self.org),
@@ -154,7 +152,7 @@ impl Run {
                         activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
                         bridge: None,
                         path: path(i),
-                    },
+                    })
                 })
                 .collect(),
             bridges: vec![],

@@ -10,17 +10,16 @@ mod common;
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
 use common::{CoapClient, Dashboard, Engine, Harness, OscoreDevice};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{BridgeRecord, LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
+use gateway::store::testing::registration;
 use schemas::device::encode;
 use schemas::*;
 use std::time::Duration;
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str, model: LockModel, bridge: Option<&str>| LockRegistration {
-        imei: model.is_nb_iot().then(|| "490154203237518".into()),
-        bluetooth_id: format!("{model}{id}"),
-        record: LockRecord {
+    let lock = |id: &str, model: LockModel, bridge: Option<&str>| {
+        registration(LockRecord {
             id: LockId::new(id),
             model,
             org: OrgId::new("org-1"),
@@ -34,7 +33,7 @@ fn fleet() -> ParsedFleet {
             } else {
                 ReportPath::Bridge
             },
-        },
+        })
     };
     ParsedFleet {
         locks: vec![

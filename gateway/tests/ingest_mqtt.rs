@@ -19,8 +19,9 @@ mod common;
 
 use common::{Dashboard, Engine, Harness, Received};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{BridgeRecord, LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
+use gateway::store::testing::registration;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
 use schemas::device::encode;
 use schemas::event::DeviceError;
@@ -55,22 +56,19 @@ const LOST: &str = "lost";
 const ORG: &str = "org-1";
 
 fn fleet() -> ParsedFleet {
-    let lock =
-        |id: &str, model: LockModel, path: ReportPath, bridge: Option<&str>| LockRegistration {
-            imei: model.is_nb_iot().then(|| "490154203237518".into()),
-            bluetooth_id: format!("{model}{id}"),
-            record: LockRecord {
-                id: LockId::new(id),
-                model,
-                org: OrgId::new(ORG),
-                departments: vec!["dept-1".into()].into(),
-                time_zone: "Asia/Singapore".into(),
-                heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
-                activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
-                bridge: bridge.map(BridgeId::new),
-                path,
-            },
-        };
+    let lock = |id: &str, model: LockModel, path: ReportPath, bridge: Option<&str>| {
+        registration(LockRecord {
+            id: LockId::new(id),
+            model,
+            org: OrgId::new(ORG),
+            departments: vec!["dept-1".into()].into(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
+            bridge: bridge.map(BridgeId::new),
+            path,
+        })
+    };
     let bridge = |id: &str| BridgeRecord {
         id: BridgeId::new(id),
         org: OrgId::new(ORG),

@@ -16,8 +16,9 @@ use coap_lite::{MessageClass, RequestType, ResponseType};
 use common::{CoapClient, Engine, Harness, OscoreDevice};
 use dispatcher::import::ParsedFleet;
 use dispatcher::keys::DeviceRef;
-use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::{LockId, OrgId};
+use gateway::store::testing::registration;
 use schemas::device::encode;
 use schemas::security::{DEVICE_OSCORE_ID, SERVER_OSCORE_ID};
 use schemas::*;
@@ -52,21 +53,17 @@ const AIOCOAP_MISSING: i32 = 3;
 
 fn fleet() -> ParsedFleet {
     ParsedFleet {
-        locks: vec![LockRegistration {
-            imei: Some("490154203237518".into()),
-            bluetooth_id: "INB1L1".into(),
-            record: LockRecord {
-                id: LockId::new("L1"),
-                model: LockModel::Inb1,
-                org: OrgId::new("org-1"),
-                departments: vec!["dept-1".into()].into(),
-                time_zone: "Asia/Singapore".into(),
-                heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
-                activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
-                bridge: None,
-                path: ReportPath::Coap,
-            },
-        }],
+        locks: vec![registration(LockRecord {
+            id: LockId::new("L1"),
+            model: LockModel::Inb1,
+            org: OrgId::new("org-1"),
+            departments: vec!["dept-1".into()].into(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
+            bridge: None,
+            path: ReportPath::Coap,
+        })],
         bridges: vec![],
         ..ParsedFleet::default()
     }

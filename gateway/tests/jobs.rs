@@ -9,8 +9,9 @@ mod common;
 
 use common::{done, now_s, request, Dashboard, Engine, Harness, JobLock};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::{LockId, OrgId};
+use gateway::store::testing::registration;
 use schemas::*;
 use serde_json::{json, Value};
 
@@ -18,10 +19,8 @@ const ORG: &str = "org-1";
 const PIN: &str = "48291637";
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str, departments: &[&str]| LockRegistration {
-        imei: Some("490154203237518".into()),
-        bluetooth_id: format!("IGB1{id}"),
-        record: LockRecord {
+    let lock = |id: &str, departments: &[&str]| {
+        registration(LockRecord {
             id: LockId::new(id),
             model: LockModel::Inb1,
             org: OrgId::new(ORG),
@@ -31,7 +30,7 @@ fn fleet() -> ParsedFleet {
             activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
             bridge: None,
             path: ReportPath::Coap,
-        },
+        })
     };
     ParsedFleet {
         locks: vec![lock("L1", &["d1"]), lock("L2", &["d1", "d2"])],

@@ -11,8 +11,9 @@ mod common;
 use common::process::GatewayProcess as Process;
 use common::{done, now_s, Dashboard, Engine, JobLock};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::{LockId, OrgId};
+use gateway::store::testing::registration;
 use schemas::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -20,10 +21,8 @@ use std::time::Duration;
 const ORG: &str = "org-1";
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str| LockRegistration {
-        imei: Some("490154203237518".into()),
-        bluetooth_id: format!("IGB1{id}"),
-        record: LockRecord {
+    let lock = |id: &str| {
+        registration(LockRecord {
             id: LockId::new(id),
             model: LockModel::Inb1,
             org: OrgId::new(ORG),
@@ -33,7 +32,7 @@ fn fleet() -> ParsedFleet {
             activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
             bridge: None,
             path: ReportPath::Coap,
-        },
+        })
     };
     ParsedFleet {
         locks: vec![lock("L1"), lock("L2")],

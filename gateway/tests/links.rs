@@ -7,18 +7,17 @@ mod common;
 
 use common::{Dashboard, Engine, Harness};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{BridgeRecord, LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
+use gateway::store::testing::registration;
 use schemas::*;
 use serde_json::{json, Value};
 
 const ORG: &str = "org-1";
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str| LockRegistration {
-        imei: None,
-        bluetooth_id: format!("SP2E{id}"),
-        record: LockRecord {
+    let lock = |id: &str| {
+        registration(LockRecord {
             id: LockId::new(id),
             model: LockModel::Sp2e,
             org: OrgId::new(ORG),
@@ -28,7 +27,7 @@ fn fleet() -> ParsedFleet {
             activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
             bridge: None,
             path: ReportPath::Bridge,
-        },
+        })
     };
     let bridge = |id: &str, org: &str| BridgeRecord {
         id: BridgeId::new(id),

@@ -17,9 +17,9 @@ use common::{Dashboard, Engine, Harness, DASHBOARD_USERNAME};
 use device_sim::security::DeviceKeys;
 use dispatcher::import::ParsedFleet;
 use dispatcher::keys::{DeviceRef, MasterSecret};
-use dispatcher::registry::{BridgeRecord, LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
-use gateway::store::testing::{secret_for, BACKEND_PASSWORD};
+use gateway::store::testing::{registration, secret_for, BACKEND_PASSWORD};
 use gateway::store::Store;
 use lockfleet_oscore::RequestId;
 use rumqttc::{
@@ -37,22 +37,19 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn fleet() -> ParsedFleet {
-    let lock =
-        |id: &str, model: LockModel, path: ReportPath, bridge: Option<&str>| LockRegistration {
-            imei: model.is_nb_iot().then(|| "490154203237518".into()),
-            bluetooth_id: format!("{model}{id}"),
-            record: LockRecord {
-                id: LockId::new(id),
-                model,
-                org: OrgId::new("org-1"),
-                departments: vec![].into(),
-                time_zone: "Asia/Singapore".into(),
-                heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
-                activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
-                bridge: bridge.map(BridgeId::new),
-                path,
-            },
-        };
+    let lock = |id: &str, model: LockModel, path: ReportPath, bridge: Option<&str>| {
+        registration(LockRecord {
+            id: LockId::new(id),
+            model,
+            org: OrgId::new("org-1"),
+            departments: vec![].into(),
+            time_zone: "Asia/Singapore".into(),
+            heartbeat_interval: HeartbeatInterval::from_hours(12).unwrap(),
+            activity_log_interval: ActivityLogInterval::from_minutes(30).unwrap(),
+            bridge: bridge.map(BridgeId::new),
+            path,
+        })
+    };
     let bridge = |id: &str| BridgeRecord {
         id: BridgeId::new(id),
         org: OrgId::new("org-1"),

@@ -12,18 +12,17 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 use common::{CoapClient, Engine, Harness, Options, OscoreDevice};
 use dispatcher::import::ParsedFleet;
 use dispatcher::keys::{DeviceRef, MasterSecret};
-use dispatcher::registry::{BridgeRecord, LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{BridgeRecord, LockRecord, ReportPath};
 use dispatcher::{BridgeId, LockId, OrgId};
+use gateway::store::testing::registration;
 use gateway::store::Store;
 use schemas::device::encode;
 use schemas::*;
 use std::time::Duration;
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str, model: LockModel, bridge: Option<&str>| LockRegistration {
-        imei: model.is_nb_iot().then(|| "490154203237518".into()),
-        bluetooth_id: format!("{model}{id}"),
-        record: LockRecord {
+    let lock = |id: &str, model: LockModel, bridge: Option<&str>| {
+        registration(LockRecord {
             id: LockId::new(id),
             model,
             org: OrgId::new("org-1"),
@@ -37,7 +36,7 @@ fn fleet() -> ParsedFleet {
             } else {
                 ReportPath::Bridge
             },
-        },
+        })
     };
     ParsedFleet {
         locks: vec![

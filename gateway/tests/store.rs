@@ -6,7 +6,7 @@
 
 use dispatcher::import::ParsedFleet;
 use dispatcher::{BridgeId, BridgeRecord, LockId, LockRecord, LockRegistration, OrgId, ReportPath};
-use gateway::store::testing::{bridge_status, event_row, heartbeat_row, TestDb};
+use gateway::store::testing::{bridge_status, event_row, heartbeat_row, registration, TestDb};
 use gateway::store::{
     Batch, BridgeStatus, Change, Committed, OnlineCounts, Purged, Store, StoreError,
 };
@@ -73,25 +73,21 @@ on_both_engines!(
 );
 
 fn lock(id: &str, model: LockModel, bridge: Option<&str>) -> LockRegistration {
-    LockRegistration {
-        imei: model.is_nb_iot().then(|| "490154203237518".to_string()),
-        bluetooth_id: format!("{model}{id}"),
-        record: LockRecord {
-            id: LockId::new(id),
-            model,
-            org: OrgId::new("org-1"),
-            departments: vec!["dept-1".into(), "dept-2".into()].into(),
-            time_zone: "Asia/Singapore".into(),
-            heartbeat_interval: HeartbeatInterval::DEFAULT,
-            activity_log_interval: ActivityLogInterval::DEFAULT,
-            bridge: bridge.map(BridgeId::new),
-            path: if bridge.is_some() {
-                ReportPath::Bridge
-            } else {
-                ReportPath::Coap
-            },
+    registration(LockRecord {
+        id: LockId::new(id),
+        model,
+        org: OrgId::new("org-1"),
+        departments: vec!["dept-1".into(), "dept-2".into()].into(),
+        time_zone: "Asia/Singapore".into(),
+        heartbeat_interval: HeartbeatInterval::DEFAULT,
+        activity_log_interval: ActivityLogInterval::DEFAULT,
+        bridge: bridge.map(BridgeId::new),
+        path: if bridge.is_some() {
+            ReportPath::Bridge
+        } else {
+            ReportPath::Coap
         },
-    }
+    })
 }
 
 fn bridge(id: &str) -> BridgeRecord {

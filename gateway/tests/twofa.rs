@@ -15,8 +15,9 @@ mod common;
 use coap_lite::{MessageClass, RequestType, ResponseType};
 use common::{request, CoapClient, Dashboard, Engine, Harness, Options, OscoreDevice};
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::{LockId, OrgId};
+use gateway::store::testing::registration;
 use schemas::twofa::{OtpEntry, PasscodeEntry, TwoFactorAnswer, TwoFactorResult};
 use schemas::*;
 use serde_json::{json, Value};
@@ -59,10 +60,8 @@ fn capture_logs() -> LogBuffer {
 }
 
 fn fleet() -> ParsedFleet {
-    let lock = |id: &str, model: LockModel| LockRegistration {
-        imei: Some("490154203237518".into()),
-        bluetooth_id: format!("IGB1{id}"),
-        record: LockRecord {
+    let lock = |id: &str, model: LockModel| {
+        registration(LockRecord {
             id: LockId::new(id),
             model,
             org: OrgId::new(ORG),
@@ -72,7 +71,7 @@ fn fleet() -> ParsedFleet {
             activity_log_interval: ActivityLogInterval::from_minutes(60).unwrap(),
             bridge: None,
             path: ReportPath::Coap,
-        },
+        })
     };
     ParsedFleet {
         locks: vec![

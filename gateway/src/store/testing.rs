@@ -293,6 +293,19 @@ pub async fn register(
         .unwrap_or_else(|e| panic!("registering the test fleet: {e}"))
 }
 
+/// A sample IMEI (15 digits, a valid check digit).
+pub const SAMPLE_IMEI: &str = "490154203237518";
+
+/// `record` as a fleet file registers it: [`SAMPLE_IMEI`] for an NB-IoT
+/// model (none otherwise) and a Bluetooth id made of the model and the id.
+pub fn registration(record: dispatcher::LockRecord) -> dispatcher::LockRegistration {
+    dispatcher::LockRegistration {
+        imei: record.model.is_nb_iot().then(|| SAMPLE_IMEI.to_string()),
+        bluetooth_id: format!("{}{}", record.model, record.id),
+        record,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

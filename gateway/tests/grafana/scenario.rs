@@ -19,9 +19,9 @@ use device_sim::run::{self, RunHandle, SimConfig};
 use device_sim::twofa::{InboxSource, TwoFactorPerson, TwoFactorSim, VisitEnd, VisitPlan};
 use device_sim::Reporting;
 use dispatcher::import::ParsedFleet;
-use dispatcher::registry::{LockRecord, LockRegistration, ReportPath};
+use dispatcher::registry::{LockRecord, ReportPath};
 use dispatcher::LockId;
-use gateway::store::testing::TestDb;
+use gateway::store::testing::{registration, TestDb};
 use gateway::store::{Batch, Store};
 use schemas::twofa::TwoFactorResult;
 use schemas::{Battery, BatteryLevel, HeartbeatInterval, LockModel};
@@ -121,25 +121,21 @@ impl World {
             dispatcher::import::read_fleet(&csv[..], &dispatcher::Registry::default()).unwrap();
         let template = parsed.locks[0].clone();
         let org = template.record.org.to_string();
-        parsed.locks.push(LockRegistration {
-            imei: Some("490154203237518".into()),
-            bluetooth_id: format!("IGB1{LATE_LOCK}"),
-            record: LockRecord {
-                id: LockId::new(LATE_LOCK),
-                model: LockModel::Inb1,
-                departments: template
-                    .record
-                    .departments
-                    .iter()
-                    .take(1)
-                    .cloned()
-                    .collect(),
-                heartbeat_interval: HeartbeatInterval::from_hours(1).unwrap(),
-                bridge: None,
-                path: ReportPath::Coap,
-                ..template.record
-            },
-        });
+        parsed.locks.push(registration(LockRecord {
+            id: LockId::new(LATE_LOCK),
+            model: LockModel::Inb1,
+            departments: template
+                .record
+                .departments
+                .iter()
+                .take(1)
+                .cloned()
+                .collect(),
+            heartbeat_interval: HeartbeatInterval::from_hours(1).unwrap(),
+            bridge: None,
+            path: ReportPath::Coap,
+            ..template.record
+        }));
 
         let db = TestDb::sqlite().await;
         let store = Store::open(&db.url).await.unwrap();
