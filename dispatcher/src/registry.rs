@@ -155,6 +155,16 @@ pub const MAX_LOCKS_PER_BRIDGE: usize = 2;
 pub trait KnownIds: Send + Sync {
     fn lock_id(&self, id: &str) -> Option<LockId>;
     fn bridge_id(&self, id: &str) -> Option<BridgeId>;
+
+    /// `device` with the id held here, when one is; else `device` itself.
+    fn device(&self, device: crate::keys::DeviceRef) -> crate::keys::DeviceRef {
+        use crate::keys::DeviceRef;
+        let known = match &device {
+            DeviceRef::Lock(l) => self.lock_id(l.as_str()).map(DeviceRef::Lock),
+            DeviceRef::Bridge(b) => self.bridge_id(b.as_str()).map(DeviceRef::Bridge),
+        };
+        known.unwrap_or(device)
+    }
 }
 
 /// No ids known: every loaded id is a new allocation.
@@ -480,9 +490,17 @@ pub(crate) mod tests {
         let bridge = r.bridge_id("B1").unwrap();
         assert!(Arc::ptr_eq(&bridge.0, &r.bridge("B1").unwrap().id.0));
         assert_eq!((r.lock_id("L9"), r.bridge_id("L1")), (None, None));
+        let l1 = r.lock("L1").unwrap().id.clone();
         let shared = std::sync::RwLock::new(r);
         assert_eq!(KnownIds::lock_id(&shared, "L2"), Some(LockId::new("L2")));
         assert_eq!(NoKnownIds.lock_id("L1"), None);
+        use crate::keys::DeviceRef;
+        match shared.device(DeviceRef::Lock(LockId::new("L1"))) {
+            DeviceRef::Lock(l) => assert!(Arc::ptr_eq(&l.0, &l1.0)),
+            other => panic!("a lock stays a lock: {other:?}"),
+        }
+        let unknown = DeviceRef::Bridge(BridgeId::new("B9"));
+        assert_eq!(shared.device(unknown.clone()), unknown);
     }
 
     #[test]

@@ -395,15 +395,6 @@ impl Builder {
         }
     }
 
-    /// `device` with the id `ids` holds for it, if it holds one.
-    fn shared(&self, device: DeviceRef) -> DeviceRef {
-        let known = match &device {
-            DeviceRef::Lock(l) => self.ids.lock_id(l.as_str()).map(DeviceRef::Lock),
-            DeviceRef::Bridge(b) => self.ids.bridge_id(b.as_str()).map(DeviceRef::Bridge),
-        };
-        known.unwrap_or(device)
-    }
-
     /// Keeps or derives each key; a window of another generation is
     /// ignored (the key was rotated since).
     fn add(&mut self, keys: impl IntoIterator<Item = KeyWithWindow>) {
@@ -420,7 +411,7 @@ impl Builder {
             let window = window
                 .filter(|(generation, _)| *generation == stored.generation)
                 .map_or_else(ReplayWindow::new, |(_, w)| w);
-            stored.device = self.shared(stored.device);
+            stored.device = self.ids.device(stored.device);
             match DeviceKey::derive(&stored, &self.server_key, window) {
                 Ok(key) => {
                     self.map.insert(Entry(Arc::new(key)));
